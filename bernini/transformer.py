@@ -1,0 +1,172 @@
+"""The renderer expert: Wan2.2's DiT over a packed sequence of latent segments.
+
+``BerniniTransformer`` *is* diffusers' ``WanTransformer3DModel`` (same modules, same parameter names,
+same config, so diffusers-format weights load unchanged) with one addition, :meth:`forward_packed`:
+``[condition 1 | ... | condition K | noisy target]`` go through the same patch embedding, each with
+its own segment-aware RoPE, share one timestep embedding, attend to each other bidirectionally, and
+only the target tokens go through the output head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from diffusers import WanTransformer3DModel
+
+from .attention import AttentionBackend, AttentionFn, sdpa_attention
+from .rope import apply_rope, packed_rope
+
+
+class SequenceParallel(Protocol):
+    """What the renderer needs from a sequence-parallel group (see ``bernini.parallel``)."""
+
+    world_size: int
+
+    def shard(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Pad ``dim`` to a multiple of world_size and keep this rank's contiguous chunk."""
+
+    def gather(self, x: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+        """All-gather the chunks along ``dim`` and drop the padding beyond ``length``."""
+
+    def attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fn: AttentionFn, length: int
+    ) -> torch.Tensor:
+        """Self-attention over the full sequence from this rank's token shard ``[B, n, heads, D]``."""
+
+
+@dataclass
+class Runtime:
+    """Run-time services of an expert, set explicitly with :meth:`BerniniTransformer.configure`."""
+
+    attention: AttentionBackend = field(default_factory=lambda: AttentionBackend("sdpa", sdpa_attention))
+    sequence_parallel: SequenceParallel | None = None
+    sequence_length: int = 0
+
+
+class PackedAttnProcessor:
+    """Wan attention with Bernini's runtime: chosen backend, optional Ulysses for self-attention."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        is_self = encoder_hidden_states is None
+        context = hidden_states if is_self else encoder_hidden_states
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(attn.to_k(context)).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(context).unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query = apply_rope(query, *rotary_emb)
+            key = apply_rope(key, *rotary_emb)
+        sp = self.runtime.sequence_parallel
+        if is_self and sp is not None and sp.world_size > 1:
+            out = sp.attention(query, key, value, self.runtime.attention, self.runtime.sequence_length)
+        else:
+            out = self.runtime.attention(query, key, value)
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One latent segment of a packed sequence: a clean condition or the noisy target."""
+
+    latent: torch.Tensor  # [B, C, T, H, W]
+    source_id: float = 0.0
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        _, _, t, h, w = self.latent.shape
+        return t, h // 2, w // 2
+
+
+class BerniniTransformer(WanTransformer3DModel):
+    """A Wan2.2 expert that also runs packed multi-segment sequences (:meth:`forward_packed`)."""
+
+    _runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        """Run-time services; installing them swaps in :class:`PackedAttnProcessor` on every block."""
+        if self._runtime is None:
+            self._runtime = Runtime()
+            for block in self.blocks:
+                block.attn1.set_processor(PackedAttnProcessor(self._runtime))
+                block.attn2.set_processor(PackedAttnProcessor(self._runtime))
+        return self._runtime
+
+    def configure(
+        self, attention: AttentionBackend | None = None, sequence_parallel: SequenceParallel | None = None
+    ) -> None:
+        """Set the attention backend and the sequence-parallel group used by every block."""
+        if attention is not None:
+            self.runtime.attention = attention
+        self.runtime.sequence_parallel = sequence_parallel
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.config.attention_head_dim)
+
+    def embed_segments(self, segments: Sequence[Segment]) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+        dtype = self.patch_embedding.weight.dtype
+        tokens, grids = [], []
+        for segment in segments:
+            embedded = self.patch_embedding(segment.latent.to(dtype))
+            tokens.append(embedded.flatten(2).transpose(1, 2))
+            grids.append(segment.grid)
+        return torch.cat(tokens, dim=1).contiguous(), grids
+
+    def forward_packed(
+        self,
+        conditions: Sequence[Segment],
+        target: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+    ) -> torch.Tensor:
+        """Velocity for ``target`` ``[B, C, T, H, W]`` given clean ``conditions`` packed before it.
+
+        ``timestep`` has shape ``[B]``; one embedding is shared by every token of a sample.
+        """
+        batch, _, frames, height, width = target.shape
+        p_t, p_h, p_w = self.config.patch_size
+        segments = [*conditions, Segment(target, 0.0)]
+        hidden_states, grids = self.embed_segments(segments)
+        cos, sin = packed_rope(grids, [s.source_id for s in segments], self.head_dim)
+        cos, sin = cos.to(hidden_states.device), sin.to(hidden_states.device)
+        length = hidden_states.shape[1]
+        target_tokens = (frames // p_t) * (height // p_h) * (width // p_w)
+
+        temb, timestep_proj, context, _ = self.condition_embedder(
+            timestep, encoder_hidden_states.to(hidden_states.dtype)
+        )
+        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+
+        sp = self.runtime.sequence_parallel
+        sharded = sp is not None and sp.world_size > 1
+        self.runtime.sequence_length = length
+        if sharded:
+            hidden_states = sp.shard(hidden_states, 1)
+            cos, sin = sp.shard(cos, 1), sp.shard(sin, 1)
+        for block in self.blocks:
+            hidden_states = block(hidden_states, context, timestep_proj, (cos, sin))
+        if sharded:
+            hidden_states = sp.gather(hidden_states, 1, length)
+
+        hidden_states = hidden_states[:, length - target_tokens :]
+        shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
+        hidden_states = (self.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
+        hidden_states = self.proj_out(hidden_states)
+        hidden_states = hidden_states.reshape(
+            batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1
+        ).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return hidden_states.flatten(6, 7).flatten(4, 5).flatten(2, 3)
