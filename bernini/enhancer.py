@@ -769,9 +769,8 @@ def enhance_prompt(
             log(_scrub(message, secret))
 
     def done(text: str, enhanced: bool, warning: str | None) -> EnhanceResult:
-        if warning is not None:
+        if warning is not None:  # returned, not logged: the caller decides how to show it
             warning = _scrub(warning, secret)
-            emit(warning)
         return EnhanceResult(
             prompt=text,
             original=prompt,
@@ -830,7 +829,8 @@ def enhance_prompt(
             remaining = config.budget_s - (clock() - start)
             if remaining < _MIN_ATTEMPT_S:
                 return fallback(
-                    _after(last_reason or "no time left", attempts) + f", {config.budget_s:g} s budget spent"
+                    _after(last_reason or "no time left", attempts)
+                    + f", stopped by the {config.budget_s:g} s time budget"
                 )
             attempts += 1
             try:
@@ -853,7 +853,9 @@ def enhance_prompt(
                     delay = min(max(delay, failure.retry_after), _MAX_BACKOFF_S)
                 backoff_index += 1
                 if clock() - start + delay + _MIN_ATTEMPT_S > config.budget_s:
-                    return fallback(_after(last_reason, attempts) + f", {config.budget_s:g} s budget spent")
+                    return fallback(
+                        _after(last_reason, attempts) + f", stopped by the {config.budget_s:g} s time budget"
+                    )
                 emit(f"prompt enhancer: attempt {attempts} failed ({last_reason}); retrying in {delay:g} s")
                 sleep(delay)
                 continue

@@ -93,7 +93,7 @@ def _check_file(path: Path, kind: str) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(str(getattr(exc, "strerror", None) or exc).split())
     return text or type(exc).__name__
 
 
@@ -103,7 +103,7 @@ def _open_video(path: Path) -> Iterator[tuple[av.container.InputContainer, av.vi
     try:
         container = av.open(str(path), mode="r")
     except Exception as exc:  # any failure to open a user file is a bad file
-        raise MediaError(f"cannot read video {path}: ffmpeg cannot decode it ({_reason(exc)})") from exc
+        raise MediaError(f"cannot read video {path}: not a video ffmpeg can decode ({_reason(exc)})") from exc
     try:
         if not container.streams.video:
             raise MediaError(f"video {path} has no video stream; give a file with moving pictures")

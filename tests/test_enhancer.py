@@ -122,7 +122,7 @@ class ChatServer:
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def push(self, *replies: Reply) -> None:
         self.script.extend(replies)
@@ -442,9 +442,7 @@ def test_401_falls_back_immediately(server: ChatServer) -> None:
     server.default = error(401, "Invalid authentication")
     result = enhance_prompt("a dog", "t2v", config_for(server), sleep=fake.sleep, clock=fake.clock)
     assert not result.enhanced and result.prompt == "a dog" and result.attempts == 1 and fake.sleeps == []
-    assert result.warning == (
-        "prompt enhancer failed (HTTP 401: Invalid authentication); using the original prompt"
-    )
+    assert result.warning == ("prompt enhancer failed (HTTP 401: Invalid authentication); using the original prompt")
 
 
 @pytest.mark.parametrize("status", [400, 403, 404])
