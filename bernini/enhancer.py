@@ -758,7 +758,8 @@ def enhance_prompt(
     ``images`` are paths, PIL images or HxWx3 uint8 arrays. ``client_factory`` builds the SDK client
     from keyword arguments ``api_key``, ``base_url``, ``timeout`` and ``max_retries`` (default
     ``openai.OpenAI``); ``sleep`` and ``clock`` are injectable for tests. On any failure the result
-    holds the original prompt, ``enhanced=False`` and a one-line ``warning``.
+    holds the original prompt, ``enhanced=False`` and a one-line ``warning``. ``log`` receives
+    progress lines (retries, the enhanced prompt) but not the warning, which the caller shows.
     """
     start = clock()
     secret = config.api_key

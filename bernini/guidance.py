@@ -74,9 +74,7 @@ def combine(
     """The guided velocity for ``mode`` from its branch predictions (in the order of ``BRANCHES[mode]``)."""
     if mode == "rv2v":
         empty, video, visual, text = predictions
-        return (
-            empty + weights.vid * (video - empty) + weights.img * (visual - video) + weights.txt * (text - visual)
-        )
+        return empty + weights.vid * (video - empty) + weights.img * (visual - video) + weights.txt * (text - visual)
     if mode == "v2v_chain":
         empty, video, text = predictions
         return empty + weights.vid * (video - empty) + weights.txt * (text - video)
@@ -89,8 +87,10 @@ def combine(
         guided = uncond + weights.txt * apg.project(cond - uncond, cond, 0)
     elif mode == "r2v_apg":
         empty, image, text = x0
-        guided = empty + weights.img * apg.project(image - empty, image, 0) + weights.txt * apg.project(
-            text - image, text, 1
+        guided = (
+            empty
+            + weights.img * apg.project(image - empty, image, 0)
+            + weights.txt * apg.project(text - image, text, 1)
         )
     else:
         raise ValueError(f"unknown guidance mode {mode!r}")

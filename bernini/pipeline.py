@@ -30,8 +30,14 @@ from .text import encode_text, t5_text
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-          "fp32": torch.float32, "float32": torch.float32}
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
 
 
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -142,9 +148,7 @@ class BerniniPipeline:
                 source.separate_checkpoints[name] = str(separate[name])
                 experts[name] = load_expert(config_dir, files, expert=name, dtype=weight_dtype, separate=True)
             else:
-                experts[name] = load_expert(
-                    config_dir, source.transformer_files[name], expert=name, dtype=weight_dtype
-                )
+                experts[name] = load_expert(config_dir, source.transformer_files[name], expert=name, dtype=weight_dtype)
         try:
             tokenizer = AutoTokenizer.from_pretrained(components / "tokenizer")
             text_encoder = UMT5EncoderModel.from_pretrained(components / "text_encoder", dtype=weight_dtype).eval()
@@ -176,9 +180,7 @@ class BerniniPipeline:
             return offload == "model"
         if self.device.type != "cuda":
             return False
-        needed = sum(
-            p.numel() * p.element_size() for m in self._modules() for p in m.parameters()
-        )
+        needed = sum(p.numel() * p.element_size() for m in self._modules() for p in m.parameters())
         total = torch.cuda.get_device_properties(self.device).total_memory
         return needed * 1.3 > total
 
@@ -282,8 +284,11 @@ class BerniniPipeline:
         try:
             device = next(self.text_encoder.parameters()).device
             embeds = encode_text(
-                [positive, negative], self.tokenizer, self.text_encoder,
-                self.renderer_config.max_sequence_length, device,
+                [positive, negative],
+                self.tokenizer,
+                self.text_encoder,
+                self.renderer_config.max_sequence_length,
+                device,
             )
         finally:
             self._place(self.text_encoder, False)
@@ -358,14 +363,21 @@ class BerniniPipeline:
         stats = SamplingStats()
         step_callback = None
         if callback is not None:
+
             def step_callback(index: int, t: int, latents: torch.Tensor) -> None:
                 callback(self, index, t, {"latents": latents})
+
         tick = time.perf_counter()
         try:
             latents = sample(
-                experts, self.make_scheduler(request), inputs, request.num_inference_steps,
-                runner=self.branch_runner, callback=step_callback,
-                progress=self._progress if self.progress_bar else None, stats=stats,
+                experts,
+                self.make_scheduler(request),
+                inputs,
+                request.num_inference_steps,
+                runner=self.branch_runner,
+                callback=step_callback,
+                progress=self._progress if self.progress_bar else None,
+                stats=stats,
             )
         finally:
             for expert in self.experts:
@@ -441,9 +453,18 @@ def tasks_table() -> dict[str, dict[str, Any]]:
     """Tasks with their default guidance mode, media slots and T5 prefix."""
     from .tasks import TASKS
 
-    return {name: {"guidance_mode": s.guidance_mode, "video": s.video, "image": s.image, "images": s.images,
-                   "single_frame": s.single_frame, "t5_prefix": s.t5_prefix, "description": s.description}
-            for name, s in TASKS.items()}
+    return {
+        name: {
+            "guidance_mode": s.guidance_mode,
+            "video": s.video,
+            "image": s.image,
+            "images": s.images,
+            "single_frame": s.single_frame,
+            "t5_prefix": s.t5_prefix,
+            "description": s.description,
+        }
+        for name, s in TASKS.items()
+    }
 
 
 def output_path_for(path: str | Path) -> Path:

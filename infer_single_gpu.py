@@ -1,0 +1,8 @@
+"""Upstream-compatible entry point: ``python infer_single_gpu.py --config ... --case ...``."""
+
+import sys
+
+from bernini.cli import upstream_script_main
+
+if __name__ == "__main__":
+    sys.exit(upstream_script_main())
