@@ -140,8 +140,9 @@ def _count_frames(path: Path) -> int:
             raise MediaError(f"cannot read video {path}: the file is damaged ({_reason(exc)})") from exc
 
 
-def _decoded_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                    path: Path) -> Iterator[av.VideoFrame]:
+def _decoded_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+) -> Iterator[av.VideoFrame]:
     """Decoded frames; a damaged tail ends the clip early instead of failing the whole file."""
     count = 0
     try:
@@ -156,10 +157,9 @@ def _decoded_frames(container: av.container.InputContainer, stream: av.video.str
         logger.warning("video %s: decoding stopped after %d frames (%s)", path, count, _reason(exc))
 
 
-def _frame_rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
-    """RGB uint8 [H, W, 3] upright; ``size`` is the stored (width, height) every frame is brought to."""
-    width, height = size if size is not None else (frame.width, frame.height)
-    rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+def _frame_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 [H, W, 3] upright; ``size`` is the stored (width, height) of the first frame, kept throughout."""
+    rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
     quarter_turns = round(frame.rotation / 90) % 4 if frame.rotation else 0
     return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
@@ -214,7 +214,7 @@ def _to_uint8(values: np.ndarray, what: str) -> np.ndarray:
 
 
 def _rgb_channels(pixels: np.ndarray, what: str) -> np.ndarray:
-    """Channel-last array with 1, 3 or 4 channels (or none) to 3 channels."""
+    """Channel-last pixels with 1, 3 or 4 channels to RGB (alpha is dropped, grey is repeated)."""
     if pixels.shape[-1] == 3:
         return pixels
     if pixels.shape[-1] == 4:
@@ -345,19 +345,19 @@ class _Sampler:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         wanted = iter(self.indices)
-        target = next(wanted, None)
+        target = next(wanted)
         size: tuple[int, int] | None = None
         for index, frame in enumerate(self.frames):
             self.decoded = index + 1
             size = size or (frame.width, frame.height)
-            if target is None:
-                return
             if index < target:
                 continue
             rgb = _frame_rgb(frame, size)
             while target == index:
                 yield rgb
                 target = next(wanted, None)
+            if target is None:
+                return
 
 
 def _sample_file(

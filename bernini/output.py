@@ -39,9 +39,7 @@ def _float_frames_to_uint8(values: np.ndarray) -> np.ndarray:
     if values.size and not np.isfinite(values).all():
         raise MediaError("frames contain NaN or infinite values; the generation diverged")
     if values.size and (values.min() < -_FLOAT_SLACK or values.max() > 1 + _FLOAT_SLACK):
-        raise MediaError(
-            f"float frames span [{values.min():.3g}, {values.max():.3g}]; float frames must be in [0, 1]"
-        )
+        raise MediaError(f"float frames span [{values.min():.3g}, {values.max():.3g}]; float frames must be in [0, 1]")
     return np.clip(np.round(values * 255.0), 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,211 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from bernini.errors import WeightsError
+from bernini.loading import checkpoint_files, load_expert, map_checkpoint_keys, resolve_model
+from bernini.safetensors_stream import read_header
+
+
+def written_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return tensors
+
+
+def assert_loaded_equals(model, expected: dict[str, torch.Tensor]):
+    state = model.state_dict()
+    assert set(state) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(state[key], value.to(state[key].dtype)), key
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "wan22", "single"])
+def test_bundle_layouts_load_exact_tensors(bundles, layout):
+    from bernini import BerniniPipeline
+
+    path = bundles[layout]
+    pipe = BerniniPipeline.from_pretrained(path, device="cpu")
+    source = resolve_model(path)
+    assert_loaded_equals(pipe.transformer, written_tensors(source.components / "transformer"))
+    if layout == "single":
+        assert pipe.transformer_2 is None
+        assert not pipe.renderer_config.two_experts
+        assert pipe.make_experts().low is None
+    else:
+        assert pipe.renderer_config.two_experts and pipe.renderer_config.boundary_timestep == 875
+        assert_loaded_equals(pipe.transformer_2, written_tensors(source.components / "transformer_2"))
+
+
+def test_bundle_without_model_index_loads(bundles, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["diffusers"], copy)
+    (copy / "model_index.json").unlink()
+    source = resolve_model(copy)
+    assert source.renderer.two_experts and source.components == copy
+
+
+def test_separate_checkpoints_prefer_ema(bundles):
+    from bernini import BerniniPipeline
+
+    config = bundles["separate"]
+    root = config.parent.parent
+    high, low = root / "Bernini-R" / "bernini_renderer_high", root / "Bernini-R" / "bernini_renderer_low"
+    pipe = BerniniPipeline.from_pretrained(config, device="cpu", high_noise_ckpt=high, low_noise_ckpt=low)
+    for model, folder, prefix in ((pipe.transformer, high, "ema.diff_dec.transformer."),
+                                  (pipe.transformer_2, low, "ema.diff_dec.transformer_2.")):
+        tensors = written_tensors(folder)
+        ema = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        assert_loaded_equals(model, ema)
+        base = written_tensors(root / "base" / ("transformer" if "_2" not in prefix else "transformer_2"))
+        assert not torch.equal(model.proj_out.weight, base["proj_out.weight"])
+
+
+def test_checkpoint_spec_forms(bundles, tmp_path):
+    root = bundles["separate"].parent.parent
+    high = root / "Bernini-R" / "bernini_renderer_high"
+    index = high / "model.safetensors.index.json"
+    assert checkpoint_files(high) == checkpoint_files(index)
+    assert len(checkpoint_files(high)) == 2
+    # one file with bare keys, and one with non-EMA prefixed keys only
+    source = resolve_model(bundles["separate"])
+    tensors = written_tensors(high)
+    bare = {k[len("ema.diff_dec.transformer."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    save_file(bare, str(tmp_path / "bare.safetensors"))
+    model = load_expert(source.components / "transformer", checkpoint_files(tmp_path / "bare.safetensors"),
+                        expert="transformer", dtype=torch.float32, separate=True)
+    assert_loaded_equals(model, bare)
+    plain = {k: v for k, v in tensors.items() if not k.startswith("ema.")}
+    save_file(plain, str(tmp_path / "plain.safetensors"))
+    model = load_expert(source.components / "transformer", [tmp_path / "plain.safetensors"],
+                        expert="transformer", dtype=torch.float32, separate=True)
+    assert_loaded_equals(model, {k[len("diff_dec.transformer."):]: v for k, v in plain.items()})
+
+
+def test_key_mapping_priorities():
+    entries = {k: k for k in ("transformer.a", "ema.transformer.a", "diff_dec.transformer.b", "b",
+                              "diff_dec.transformer_2.a", "junk.c")}
+    mapping, unexpected = map_checkpoint_keys(entries, {"a", "b"}, "transformer")
+    assert mapping == {"a": "ema.transformer.a", "b": "diff_dec.transformer.b"}
+    assert unexpected == ["junk.c"]
+
+
+def test_bf16_load_casts_and_keeps_fp32_modules(bundles):
+    source = resolve_model(bundles["diffusers"])
+    model = load_expert(source.components / "transformer", source.transformer_files["transformer"],
+                        expert="transformer", dtype=torch.bfloat16)
+    assert model.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert model.blocks[0].norm2.weight.dtype == torch.float32
+    assert model.scale_shift_table.dtype == torch.float32
+    assert model.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    written = written_tensors(source.components / "transformer")
+    assert torch.equal(model.proj_out.weight, written["proj_out.weight"].bfloat16())
+
+
+def _corrupt_copy(bundle: Path, tmp_path: Path, mutate) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    shard = sorted((copy / "transformer").glob("*.safetensors"))[0]
+    mutate(shard)
+    return copy
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"this is not a safetensors file at all")
+
+
+def _drop_tensor(path: Path) -> None:
+    tensors = load_file(str(path))
+    tensors.pop(sorted(tensors)[0])
+    save_file(tensors, str(path))
+
+
+def _extra_tensor(path: Path) -> None:
+    tensors = load_file(str(path))
+    tensors["blocks.99.attn1.to_q.weight"] = torch.zeros(2)
+    save_file(tensors, str(path))
+
+
+def _wrong_shape(path: Path) -> None:
+    tensors = load_file(str(path))
+    key = sorted(k for k in tensors if k.endswith("weight"))[0]
+    tensors[key] = torch.zeros(3, 3)
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [(_truncate, "truncated"), (_garbage, "safetensors"), (_drop_tensor, "missing"),
+     (_extra_tensor, "unexpected tensors: blocks.99"), (_wrong_shape, "has shape")],
+)
+def test_bad_weights_give_one_line_errors(bundles, tmp_path, mutate, expected):
+    copy = _corrupt_copy(bundles["diffusers"], tmp_path, mutate)
+    from bernini import BerniniPipeline
+
+    with pytest.raises(WeightsError) as info:
+        BerniniPipeline.from_pretrained(copy, device="cpu")
+    message = str(info.value)
+    assert expected in message and "\n" not in message
+
+
+def test_cli_reports_corrupt_weights_without_traceback(bundles, tmp_path):
+    copy = _corrupt_copy(bundles["diffusers"], tmp_path, _truncate)
+    output = tmp_path / "out.mp4"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bernini.cli", "generate", "--config", str(copy), "--prompt", "x",
+         "--output", str(output)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "truncated" in lines[0]
+    assert "Traceback" not in proc.stderr and not output.exists()
+
+
+def test_not_a_bundle_and_missing_paths(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "something_else"}))
+    with pytest.raises(WeightsError, match="not a Bernini-R or Wan2.2 diffusers bundle"):
+        resolve_model(tmp_path)
+    with pytest.raises(WeightsError, match="does not exist"):
+        resolve_model(tmp_path / "nope" / "deeper")
+    with pytest.raises(WeightsError, match="does not exist"):
+        checkpoint_files(tmp_path / "missing.safetensors")
+
+
+def test_config_dir_takes_components_from_wan22_base(bundles, tmp_path):
+    base = bundles["separate"].parent.parent / "base"
+    config_dir = tmp_path / "configs" / "bernini_renderer_wan22"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.json").write_text(json.dumps({"model_type": "bernini_renderer", "wan22_base": str(base)}))
+    source = resolve_model(config_dir)
+    assert source.components == base and set(source.transformer_files) == {"transformer", "transformer_2"}
+
+
+def test_offline_repo_id_gives_actionable_error(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code = "from bernini.loading import resolve_model; resolve_model('ByteDance/Bernini-R-Diffusers')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "ByteDance/Bernini-R-Diffusers" in last and "--config" in last
+
+
+def test_header_reader_matches_safetensors(bundles):
+    source = resolve_model(bundles["diffusers"])
+    shard = source.transformer_files["transformer"][0]
+    entries = read_header(shard)
+    tensors = load_file(str(shard))
+    assert set(entries) == set(tensors)
+    for key, entry in entries.items():
+        assert entry.shape == tuple(tensors[key].shape) and entry.dtype == tensors[key].dtype
