@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import BerniniError
 from .request import (
@@ -122,8 +122,15 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     par.add_argument("--cfg_parallel", action="store_true", help="run the guidance branches on different ranks")
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage errors as one ``error: ...`` line (argparse would print the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bernini", description="Bernini-R video generation and editing")
+    parser = _OneLineErrors(prog="bernini", description="Bernini-R video generation and editing")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     generate = sub.add_parser("generate", help="generate from flags, a case file or a task list")
@@ -263,6 +270,8 @@ def run_generate(args: argparse.Namespace) -> int:
     requests = requests_from_args(args)
     if args.pe_only:
         return run_pe_only(args, requests)
+    if len(requests) == 1 and isinstance(requests[0], GenerationRequest):
+        validate(requests[0])  # fail on bad input before the slow model load
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 or args.ulysses > 1 or args.cfg_parallel:
         from .parallel.driver import run_parallel
@@ -305,7 +314,7 @@ def run_batch(pipe, requests: list, args: argparse.Namespace, *, write: bool = T
             continue
         if result.output is not None:
             _stderr(f"{label}: wrote {result.output}")
-    if total > 1 or failures:
+    if total > 1:
         done = total - len(failures)
         _stderr(f"summary: {done} of {total} task(s) succeeded" + (f", {len(failures)} failed:" if failures else ""))
         for line in failures:

@@ -6,9 +6,11 @@ CFG-parallel over ranks, sequence-parallel inside an expert) is injected as a ``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .guidance import BRANCHES, APGState, Branch, Weights, combine
@@ -93,7 +95,7 @@ def sample(
     stats = stats if stats is not None else SamplingStats()
     branches = BRANCHES[inputs.mode]
     latents = inputs.latents
-    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    set_timesteps(scheduler, num_inference_steps, latents.device)
     weights = inputs.weights
     switched = False
     bar = progress(len(scheduler.timesteps)) if progress else None
@@ -120,6 +122,31 @@ def sample(
     if bar is not None:
         bar.close()
     return latents
+
+
+def reference_flow_sigmas(num_inference_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
+    """Unshifted UniPC flow sigmas of the reference (diffusers 0.35): ``flip(1 - linspace(1, 1/T, N+1))[:-1]``.
+
+    Later diffusers releases start at 1.0 instead of 0.999, which moves every timestep (and the
+    expert switch: 13 instead of 12 high-noise steps at shift 3), so the reference values are passed in.
+    """
+    alphas = np.linspace(1.0, 1.0 / num_train_timesteps, num_inference_steps + 1)
+    return np.flip(1.0 - alphas)[:-1].copy()
+
+
+def set_timesteps(scheduler, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+    """``scheduler.set_timesteps`` with the reference's flow sigmas where the scheduler takes custom sigmas."""
+    config = scheduler.config
+    takes_sigmas = "sigmas" in inspect.signature(scheduler.set_timesteps).parameters
+    if (
+        getattr(config, "use_flow_sigmas", False)
+        and takes_sigmas
+        and not getattr(config, "use_dynamic_shifting", False)
+    ):
+        sigmas = reference_flow_sigmas(num_inference_steps, config.num_train_timesteps)
+        scheduler.set_timesteps(num_inference_steps, device=device, sigmas=sigmas)
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=device)
 
 
 def _current_sigma(scheduler, index: int) -> torch.Tensor:

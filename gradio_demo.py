@@ -1,0 +1,8 @@
+"""Upstream-compatible entry point: ``python gradio_demo.py --config BUNDLE --port 7860`` (see bernini/demo.py)."""
+
+import sys
+
+from bernini.demo import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Guidance modes against the spec's formulas, written out independently here."""
+
+import pytest
+import torch
+
+from bernini.guidance import BRANCHES, APGState, Weights, combine
+from bernini.tasks import FORWARDS_PER_STEP
+
+W = Weights(vid=1.25, img=4.5, txt=4.0)
+SHAPE = (1, 16, 3, 4, 6)
+
+
+def preds(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(SHAPE, generator=g, dtype=torch.float64) for _ in range(n)]
+
+
+def test_branch_tables_match_forward_counts():
+    assert {m: len(b) for m, b in BRANCHES.items()} == FORWARDS_PER_STEP
+
+
+def test_rv2v():
+    e, v, vi, c = preds(4)
+    x = torch.randn(SHAPE, dtype=torch.float64)
+    got = combine("rv2v", [e, v, vi, c], x, 0.7, W, APGState())
+    assert torch.allclose(got, e + 1.25 * (v - e) + 4.5 * (vi - v) + 4.0 * (c - vi))
+
+
+def test_v2v_and_t2v_are_plain_text_cfg():
+    u, c = preds(2)
+    x = torch.randn(SHAPE, dtype=torch.float64)
+    for mode in ("v2v", "t2v"):
+        assert torch.allclose(combine(mode, [u, c], x, 0.5, W, APGState()), u + 4.0 * (c - u))
+
+
+def test_v2v_chain():
+    e, v, c = preds(3)
+    got = combine("v2v_chain", [e, v, c], torch.zeros(SHAPE, dtype=torch.float64), 0.5, W, APGState())
+    assert torch.allclose(got, e + 1.25 * (v - e) + 4.0 * (c - v))
+
+
+def independent_project(d, r, eta, threshold):
+    """P(d; r) frame by frame with explicit loops over T (norms over C, H, W)."""
+    out = torch.empty_like(d)
+    for t in range(d.shape[2]):
+        dt, rt = d[:, :, t].clone(), r[:, :, t]
+        norm = dt.pow(2).sum().sqrt()
+        if threshold > 0 and norm > threshold:
+            dt = dt * threshold / norm
+        unit = rt / rt.pow(2).sum().sqrt()
+        par = (dt * unit).sum() * unit
+        out[:, :, t] = (dt - par) + eta * par
+    return out
+
+
+@pytest.mark.parametrize("threshold", [0.0, 5.0, 1000.0])
+def test_apg_single_condition(threshold):
+    u, c = preds(2, seed=3)
+    x = torch.randn(SHAPE, dtype=torch.float64)
+    sigma = 0.6
+    xu, xc = x - sigma * u, x - sigma * c
+    guided = xu + 4.0 * independent_project(xc - xu, xc, 0.5, threshold)
+    for mode in ("t2v_apg", "v2v_apg"):
+        apg = APGState(eta=0.5, norm_threshold=(threshold, threshold))
+        got = combine(mode, [u, c], x, sigma, W, apg)
+        assert torch.allclose(got, (x - guided) / sigma, atol=1e-9)
+
+
+def test_apg_chained_r2v():
+    e, i, c = preds(3, seed=5)
+    x = torch.randn(SHAPE, dtype=torch.float64)
+    sigma = 0.8
+    xe, xi, xc = (x - sigma * p for p in (e, i, c))
+    guided = xe + 4.5 * independent_project(xi - xe, xi, 0.5, 7.0) + 4.0 * independent_project(xc - xi, xc, 0.5, 9.0)
+    got = combine("r2v_apg", [e, i, c], x, sigma, W, APGState(eta=0.5, norm_threshold=(7.0, 9.0)))
+    assert torch.allclose(got, (x - guided) / sigma, atol=1e-9)
+
+
+def test_apg_with_eta_one_and_no_cap_is_plain_cfg():
+    u, c = preds(2, seed=9)
+    x = torch.randn(SHAPE, dtype=torch.float64)
+    got = combine("t2v_apg", [u, c], x, 0.3, W, APGState(eta=1.0, norm_threshold=(0.0, 0.0)))
+    assert torch.allclose(got, u + 4.0 * (c - u), atol=1e-9)
+    e, i, t = preds(3, seed=10)
+    got = combine("r2v_apg", [e, i, t], x, 0.3, W, APGState(eta=1.0, norm_threshold=(0.0, 0.0)))
+    assert torch.allclose(got, e + 4.5 * (i - e) + 4.0 * (t - i), atol=1e-9)
+
+
+def test_norms_are_per_frame_not_over_time():
+    d = torch.zeros(SHAPE, dtype=torch.float64)
+    d[:, :, 0] = 10.0
+    d[:, :, 1] = 0.01
+    r = torch.ones(SHAPE, dtype=torch.float64)
+    out = APGState(eta=1.0, norm_threshold=(1.0,)).project(d, r, 0)
+    assert out[:, :, 0].pow(2).sum().sqrt().item() == pytest.approx(1.0)
+    assert torch.allclose(out[:, :, 1], d[:, :, 1])
+
+
+def test_momentum_buffers_persist_across_calls():
+    apg = APGState(eta=1.0, norm_threshold=(0.0, 0.0), momentum=-0.5)
+    d1, d2 = preds(2, seed=11)
+    r = torch.ones(SHAPE, dtype=torch.float64)
+    first = apg.project(d1, r, 0)
+    second = apg.project(d2, r, 0)
+    assert torch.allclose(first, d1)
+    assert torch.allclose(second, d2 - 0.5 * d1)
+    other = apg.project(d2, r, 1)  # second chained condition has its own buffer
+    assert torch.allclose(other, d2)

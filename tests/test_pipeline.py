@@ -1,0 +1,135 @@
+"""End to end on the tiny bundle: diffusers parity, the Python API, latents, argument errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bernini import BerniniError, BerniniPipeline
+from bernini.sampler import set_timesteps
+from bernini.tasks import t5_prefix
+
+SMALL = dict(num_frames=9, height=64, width=96, num_inference_steps=4)
+
+
+def test_t2v_mode_reproduces_diffusers_wan_pipeline(tiny_bundle, tiny_pipe):
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    prompt = "a red fox runs across a snowy field"
+    ours = tiny_pipe(prompt, task_type="t2v", guidance_mode="t2v", seed=3, flow_shift=5.0, **SMALL)
+    reference = WanPipeline.from_pretrained(tiny_bundle, torch_dtype=torch.float32)
+    scheduler = UniPCMultistepScheduler.from_config(reference.scheduler.config, flow_shift=5.0)
+    # Both pipelines get the same schedule (the reference's flow sigmas, see bernini.sampler.set_timesteps).
+    original = scheduler.set_timesteps
+    scheduler.set_timesteps = lambda n, device=None, **kw: set_timesteps(
+        type("S", (), {"config": scheduler.config, "set_timesteps": original})(), n, device)
+    reference.scheduler = scheduler
+    expected = reference(
+        prompt=t5_prefix("t2v") + prompt,
+        negative_prompt=ours.parameters["resolved"]["negative_text"],
+        height=64, width=96, num_frames=9, num_inference_steps=4,
+        guidance_scale=4.0, guidance_scale_2=4.0 * 0.8,
+        generator=torch.Generator("cpu").manual_seed(3), output_type="np",
+    ).frames[0]
+    assert ours.frames.shape == expected.shape == (9, 64, 96, 3)
+    assert np.abs(ours.frames - expected).max() < 1e-4
+    assert ours.parameters["resolved"]["forwards"] == 8
+    assert ours.frames.std() > 0.01
+
+
+def test_seed_prompt_and_media_change_the_result(tiny_pipe):
+    base = tiny_pipe("a boat", task_type="t2v", seed=1, **SMALL).frames
+    assert not np.allclose(base, tiny_pipe("a boat", task_type="t2v", seed=2, **SMALL).frames, atol=1e-3)
+    assert not np.allclose(base, tiny_pipe("a tree", task_type="t2v", seed=1, **SMALL).frames, atol=1e-3)
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 255, (9, 64, 96, 3), dtype=np.uint8)
+    other = rng.integers(0, 255, (9, 64, 96, 3), dtype=np.uint8)
+    a = tiny_pipe("a boat", task_type="v2v", video=video, seed=1, num_inference_steps=3).frames
+    b = tiny_pipe("a boat", task_type="v2v", video=other, seed=1, num_inference_steps=3).frames
+    assert not np.allclose(a, b, atol=1e-3)
+
+
+def test_api_tasks_and_media_types(tiny_pipe):
+    rng = np.random.default_rng(1)
+    video = rng.integers(0, 255, (17, 64, 96, 3), dtype=np.uint8)
+    out = tiny_pipe("edit it", task_type="v2v", video=video, num_inference_steps=2)
+    assert out.frames.shape == (17, 64, 96, 3)
+    assert out.parameters["resolved"]["guidance_mode"] == "v2v_apg"
+    image = Image.fromarray(rng.integers(0, 255, (70, 100, 3), dtype=np.uint8))
+    out = tiny_pipe("make it blue", task_type="i2i", image=image, num_inference_steps=2, output_type="pil")
+    assert len(out.frames) == 1 and out.frames[0].size == (96, 64)
+    refs = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(3)]
+    out = tiny_pipe("image0 and image1 dance", task_type="r2v", images=refs, num_inference_steps=2, **{
+        k: v for k, v in SMALL.items() if k != "num_inference_steps"})
+    assert out.parameters["resolved"]["source_ids"]["I"] == [1.0, 2.0, 3.0]
+    assert out.parameters["resolved"]["forwards"] == 6
+    pt = tiny_pipe("x", task_type="t2i", height=64, width=96, num_inference_steps=2, output_type="pt")
+    assert tuple(pt.frames.shape) == (1, 3, 64, 96)
+
+
+def test_latent_output_decodes_to_the_same_frames(tiny_pipe):
+    latent = tiny_pipe("a kite", task_type="t2v", seed=5, output_type="latent", **SMALL)
+    frames = tiny_pipe("a kite", task_type="t2v", seed=5, **SMALL).frames
+    assert tuple(latent.frames.shape) == (1, 16, 3, 8, 12)
+    assert np.allclose(tiny_pipe.decode(latent.frames), frames, atol=1e-6)
+
+
+def test_generator_is_honoured(tiny_pipe):
+    a = tiny_pipe("a kite", task_type="t2i", generator=torch.Generator().manual_seed(9), height=64, width=96,
+                  num_inference_steps=2)
+    b = tiny_pipe("a kite", task_type="t2i", seed=9, height=64, width=96, num_inference_steps=2)
+    assert np.array_equal(a.frames, b.frames)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        (dict(task_type="nope"), "task_type"),
+        (dict(guidance_mode="fast"), "guidance_mode"),
+        (dict(num_frames=0), "num_frames"),
+        (dict(height=8), "height"),
+        (dict(output_type="gif"), "output_type"),
+        (dict(omega_txt="lots"), "omega_txt"),
+        (dict(bogus=1), "bogus"),
+        (dict(task_type="t2v", guidance_mode="rv2v"), "rv2v"),
+    ],
+)
+def test_invalid_arguments_raise_value_error_naming_them(tiny_pipe, kwargs, needle, capsys):
+    with pytest.raises(ValueError) as info:
+        tiny_pipe("prompt", **kwargs)
+    assert isinstance(info.value, BerniniError)
+    assert needle in str(info.value)
+    assert capsys.readouterr().out == ""
+
+
+def test_components_are_exposed_and_swappable(tiny_bundle):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = BerniniPipeline.from_pretrained(tiny_bundle, dtype=torch.float32, device="cpu")
+    for name in ("transformer", "transformer_2", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert getattr(pipe, name) is not None
+    assert pipe.to("cpu") is pipe
+    pipe.progress_bar = False
+    unipc = pipe("a cat", task_type="t2i", height=64, width=96, num_inference_steps=3).frames
+    euler = pipe("a cat", task_type="t2i", height=64, width=96, num_inference_steps=3, use_unipc=False).frames
+    assert not np.allclose(unipc, euler, atol=1e-4)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    assert pipe.make_scheduler(pipe_request(pipe)).__class__ is FlowMatchEulerDiscreteScheduler
+
+
+def pipe_request(pipe):
+    from bernini.request import GenerationRequest
+
+    return GenerationRequest(prompt="x", flow_shift=2.0)
+
+
+def test_readme_python_example_runs(tiny_bundle, tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-bundle").symlink_to(tiny_bundle)
+    exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "fox.mp4").is_file()

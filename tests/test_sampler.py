@@ -1,0 +1,91 @@
+"""The denoising loop with a controlled fake expert: routing, omega scale, forward counts, shift."""
+
+import pytest
+import torch
+from diffusers import UniPCMultistepScheduler
+
+from bernini.conditions import Conditions
+from bernini.guidance import BRANCHES, APGState, Weights
+from bernini.sampler import BranchRunner, Experts, SamplingInputs, sample
+
+
+class RecordingRunner(BranchRunner):
+    """Stands in for the expert forward (no model needed): returns fixed predictions and records calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, expert, inputs, branches, latents, t):
+        self.calls.append((expert, int(t), list(branches)))
+        return [torch.full_like(latents, 0.01 * (i + 1)) for i in range(len(branches))]
+
+
+def make_inputs(mode, weights=Weights(1.25, 4.5, 4.0)):
+    conditions = Conditions(videos=[torch.zeros(1, 16, 1, 2, 2)], images=[torch.zeros(1, 16, 1, 2, 2)])
+    combos = {name: conditions.combo(name) for name in ("0", "V", "I", "VI")}
+    return SamplingInputs(latents=torch.randn(1, 16, 1, 2, 2), combos=combos, text={}, mode=mode,
+                          weights=weights, omega_scale=0.8, apg=APGState())
+
+
+def scheduler(shift):
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
+                                   solver_order=2, solver_type="bh2", final_sigmas_type="zero")
+
+
+@pytest.mark.parametrize("mode", list(BRANCHES))
+def test_forwards_per_step_and_expert_switch(mode):
+    runner = RecordingRunner()
+    experts = Experts(high="high", low="low", boundary=875.0)
+    sample(experts, scheduler(5.0), make_inputs(mode), 40, runner=runner)
+    assert len(runner.calls) == 40
+    assert all(branches == list(BRANCHES[mode]) for _, _, branches in runner.calls)
+    highs = [t for expert, t, _ in runner.calls if expert == "high"]
+    lows = [t for expert, t, _ in runner.calls if expert == "low"]
+    assert len(highs) == 17 and len(lows) == 23  # spec §3.1 table for shift 5
+    assert min(highs) >= 875 > max(lows)
+    assert lows[0] == 870
+
+
+def test_shift_three_gives_spec_step_split():
+    runner = RecordingRunner()
+    sample(Experts(high="high", low="low"), scheduler(3.0), make_inputs("t2v"), 40, runner=runner)
+    lows = [t for expert, t, _ in runner.calls if expert == "low"]
+    assert len(lows) == 28 and lows[0] == 874
+
+
+def test_omega_scale_applied_once_at_switch(monkeypatch):
+    import bernini.sampler as sampler_module
+
+    seen = []
+    original = sampler_module.combine
+
+    def spy(mode, predictions, latents, sigma, weights, apg):
+        seen.append(weights.txt)
+        return original(mode, predictions, latents, sigma, weights, apg)
+
+    monkeypatch.setattr(sampler_module, "combine", spy)
+    switches = []
+    experts = Experts(high="high", low="low", on_switch=lambda old, new: switches.append((old, new)))
+    sample(experts, scheduler(5.0), make_inputs("t2v"), 40, runner=RecordingRunner())
+    assert seen[:17] == [4.0] * 17
+    assert seen[17:] == pytest.approx([3.2] * 23)
+    assert switches == [("high", "low")]
+
+
+def test_single_expert_never_switches_or_scales():
+    runner = RecordingRunner()
+    sample(Experts(high="only", low=None, boundary=0.0), scheduler(5.0), make_inputs("t2v"), 10, runner=runner)
+    assert {expert for expert, _, _ in runner.calls} == {"only"}
+
+
+def test_combos_and_ids():
+    conditions = Conditions(videos=[torch.zeros(1), torch.ones(1)], image=torch.full((1,), 2.0),
+                            images=[torch.full((1,), 3.0)])
+    assert conditions.combo("0") == []
+    assert [s.source_id for s in conditions.combo("V")] == [1.0]
+    assert [s.latent.item() for s in conditions.combo("VI")] == [0.0, 1.0, 2.0, 3.0]
+    assert [s.source_id for s in conditions.combo("VI")] == [1.0, 2.0, 3.0, 4.0]
+    assert [s.source_id for s in conditions.combo("I")] == [1.0, 2.0]
+    assert [s.source_id for s in conditions.combo("VI", use_source_ids=False)] == [0.0] * 4
+    many = Conditions(images=[torch.zeros(1)] * 8)
+    assert [s.source_id for s in many.combo("I")] == pytest.approx([1 + 4 * i / 7 for i in range(8)])
