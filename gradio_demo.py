@@ -5,4 +5,4 @@ import sys
 from bernini.demo import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="gradio_demo.py"))

@@ -334,6 +334,10 @@ def print_tasks() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:  # argparse's REMAINDER rejects a leading --flag; the demo parses its own flags
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit = _explicit_flags(argv)

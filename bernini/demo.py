@@ -51,19 +51,25 @@ class TaskInputs:
 
 
 TASK_INPUTS: dict[str, TaskInputs] = {
-    "t2i": TaskInputs(False, "none", False, "Text only: describe the image."),
-    "t2v": TaskInputs(False, "none", False, "Text only: describe the video."),
-    "i2i": TaskInputs(False, "source", True, "Single image: the image to edit. Gallery: optional references."),
-    "v2v": TaskInputs(True, "none", True, "Video: the clip to edit (appearance). Gallery: optional references."),
-    "mv2v": TaskInputs(True, "none", True, "Video: the clip to edit (motion, pose). Gallery: optional references."),
-    "r2v": TaskInputs(False, "reference", True, "Single image and/or gallery: the subject(s) to put in a new video."),
+    "t2i": TaskInputs(False, "none", False, "text only"),
+    "t2v": TaskInputs(False, "none", False, "text only"),
+    "i2i": TaskInputs(False, "source", True, "Single image = the image to edit; Multiple images = optional references"),
+    "v2v": TaskInputs(True, "none", True, "Video = the clip to edit; Multiple images = optional references"),
+    "mv2v": TaskInputs(True, "none", True, "Video = the clip to edit; Multiple images = optional references"),
+    "r2v": TaskInputs(False, "reference", True, "Single image and/or Multiple images = the subject(s), at least one"),
     "rv2v": TaskInputs(
-        True, "reference", True, "Video: the clip to edit. Single image and/or gallery: at least one reference."
+        True, "reference", True, "Video = the clip to edit; Single image and/or Multiple images = references (1+)"
     ),
     "ads2v": TaskInputs(
-        True, "reference", True, "Video: the main clip, then the clip to insert. Single image/gallery: the product."
+        True, "reference", True, "Video = the main clip, then the clip to insert; Single image = the product"
     ),
 }
+
+
+def task_hint(task: str) -> str:
+    """The input hint shown under the task dropdown."""
+    return f"**{task}**: {TASKS[task].description}. Inputs: {TASK_INPUTS[task].hint}."
+
 
 # Guidance defaults a task change puts back (the frame count depends on the task too).
 GUIDANCE_DEFAULTS: dict[str, float] = {
@@ -99,11 +105,11 @@ class GenerationCancelled(Exception):
 
 
 # ------------------------------------------------------------------------------------------ flags
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "bernini demo") -> argparse.ArgumentParser:
     from .cli import add_model_args
 
     parser = argparse.ArgumentParser(
-        prog="gradio_demo.py",
+        prog=prog,
         description="Bernini-R Gradio demo (listens on 127.0.0.1 unless --host is given; upstream binds 0.0.0.0)",
     )
     add_model_args(parser)
@@ -428,7 +434,7 @@ def task_updates(task: str) -> tuple[Any, ...]:
     text_only = not TASK_INPUTS[task].video and TASK_INPUTS[task].image == "none"
     return (
         gr.update(value=spec.guidance_mode),
-        gr.update(value=f"**{task}** ({spec.description}). {TASK_INPUTS[task].hint}"),
+        gr.update(value=task_hint(task)),
         gr.update(value=1 if single else DEFAULT_FRAMES, interactive=not single),
         gr.update(visible=text_only),
         gr.update(visible=text_only),
@@ -512,7 +518,11 @@ def build_ui(backend: DemoBackend):
             "extra_record": {
                 "demo": {
                     "ui": ui,
-                    "uploads": {"video": _paths(videos), "image": _paths(image), "gallery": _paths(gallery)},
+                    "uploads": {
+                        "video": [Path(p).name for p in _paths(videos)],
+                        "image": next((Path(p).name for p in _paths(image)), None),
+                        "gallery": [Path(p).name for p in _paths(gallery)],
+                    },
                     "ignored_inputs": ignored,
                     "server": settings.server,
                 }
@@ -584,7 +594,7 @@ def build_ui(backend: DemoBackend):
                         elem_id="guidance_mode",
                         interactive=True,
                     )
-                hint = gr.Markdown(f"**{DEFAULT_TASK}** ({spec.description}). {TASK_INPUTS[DEFAULT_TASK].hint}")
+                hint = gr.Markdown(task_hint(DEFAULT_TASK), elem_id="task_hint")
                 with gr.Tabs():
                     with gr.Tab("Video"):
                         videos = gr.File(
@@ -634,10 +644,12 @@ def build_ui(backend: DemoBackend):
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop_btn")
             with gr.Column(scale=1):
                 result_video = gr.Video(label="Result", interactive=False, elem_id="result_video")
-                result_image = gr.Image(label="Result", interactive=False, visible=False, elem_id="result_image")
+                result_image = gr.Image(
+                    label="Result (image)", interactive=False, visible=False, elem_id="result_image"
+                )
                 files = gr.File(label="Download (output and sidecar)", file_count="multiple", elem_id="files")
                 prompt_used = gr.Textbox(label="Prompt actually used", interactive=False, elem_id="prompt_used")
-                status = gr.Markdown(elem_id="status")
+                status = gr.Markdown(label="Status", elem_id="status")
                 sidecar = gr.JSON(label="Sidecar", elem_id="sidecar")
 
         guidance_controls = [omega_vid, omega_img, omega_txt, omega_scale, eta, momentum]
@@ -673,10 +685,10 @@ def build_ui(backend: DemoBackend):
 
 
 # ----------------------------------------------------------------------------------------- main
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "bernini demo") -> int:
     """Start the demo (rank 0 serves; other ranks follow the broadcast requests). Returns an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
     try:

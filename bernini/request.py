@@ -306,7 +306,8 @@ def load_case(path: str | Path) -> dict[str, Any]:
             raise BerniniError(f"case file {path}: '{key}' must be a string")
     if out.get("guidance_mode") is not None and out["guidance_mode"] not in GUIDANCE_MODES:
         raise BerniniError(
-            f"case file {path}: unknown guidance_mode {out['guidance_mode']!r}; choose one of: {', '.join(GUIDANCE_MODES)}"
+            f"case file {path}: unknown guidance_mode {out['guidance_mode']!r}; "
+            f"choose one of: {', '.join(GUIDANCE_MODES)}"
         )
     out.update(_media_fields(data, f"case file {path}", path.parent))
     return out

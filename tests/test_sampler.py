@@ -20,7 +20,8 @@ class RecordingRunner(BranchRunner):
         return [torch.full_like(latents, 0.01 * (i + 1)) for i in range(len(branches))]
 
 
-def make_inputs(mode, weights=Weights(1.25, 4.5, 4.0)):
+def make_inputs(mode, weights=None):
+    weights = weights or Weights(1.25, 4.5, 4.0)
     conditions = Conditions(videos=[torch.zeros(1, 16, 1, 2, 2)], images=[torch.zeros(1, 16, 1, 2, 2)])
     combos = {name: conditions.combo(name) for name in ("0", "V", "I", "VI")}
     return SamplingInputs(latents=torch.randn(1, 16, 1, 2, 2), combos=combos, text={}, mode=mode,

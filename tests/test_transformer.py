@@ -1,6 +1,5 @@
 import pytest
 import torch
-from diffusers import WanTransformer3DModel
 
 from bernini.tiny import TINY_TRANSFORMER, tiny_transformer
 from bernini.transformer import BerniniTransformer, Segment
