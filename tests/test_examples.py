@@ -94,16 +94,16 @@ def test_case_specifics() -> None:
 
 def test_media_are_small_and_regenerate_identically(tmp_path: Path) -> None:
     make_media_module = _load_make_media()
-    IMAGES, VIDEOS, make_media = make_media_module.IMAGES, make_media_module.VIDEOS, make_media_module.make_media
+    images, videos = make_media_module.IMAGES, make_media_module.VIDEOS
     committed = sorted(p.name for p in MEDIA.iterdir())
-    assert committed == sorted([*IMAGES, *VIDEOS])
+    assert committed == sorted([*images, *videos])
     assert sum(p.stat().st_size for p in MEDIA.iterdir()) < 300_000
-    make_media(tmp_path)
-    for name in IMAGES:
+    make_media_module.make_media(tmp_path)
+    for name in images:
         ours, theirs = np.asarray(Image.open(MEDIA / name)), np.asarray(Image.open(tmp_path / name))
         tolerance = 0 if name.endswith(".png") else 2  # JPEG decoders may round differently
         assert ours.shape == theirs.shape and np.abs(ours.astype(int) - theirs).max() <= tolerance, name
-    for name, (_, fps) in VIDEOS.items():
+    for name, (_, fps) in videos.items():
         frames, height, width, rate = read_video(MEDIA / name)
         assert (frames, height, width, rate) == read_video(tmp_path / name), name
         assert width <= 160 and height <= 96 and 2 <= frames / rate <= 3 and rate == fps, name

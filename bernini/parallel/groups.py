@@ -1,0 +1,138 @@
+"""Process groups and the small agreement collectives that keep ranks from waiting on a dead peer.
+
+Backends: NCCL for tensors on GPUs plus gloo for control objects (``cuda:nccl,cpu:gloo``), gloo alone
+on CPU. Groups that serve one task (Ulysses, CFG, task) use ``--dist_timeout``; one extra gloo group
+over the whole world (``control``) waits much longer, because data-parallel groups legitimately
+finish loading and their task lists at different times. A rank that dies makes torchrun stop the
+others, and a rank that raises a user error tells its peers through :func:`agree` / :func:`share`
+before any collective they would otherwise wait in forever.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from ..errors import BerniniError
+from .layout import Layout
+
+CONTROL_TIMEOUT = timedelta(hours=24)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """What torchrun tells a worker (defaults describe a plain single process)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environ(cls) -> LaunchEnv:
+        try:
+            return cls(
+                int(os.environ.get("RANK", "0")),
+                int(os.environ.get("WORLD_SIZE", "1")),
+                int(os.environ.get("LOCAL_RANK", "0")),
+            )
+        except ValueError:
+            raise BerniniError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
+
+
+def rank_device(preference: str | None, local_rank: int) -> torch.device:
+    """``auto``/``cuda``/``cuda:N`` → this rank's GPU ``cuda:LOCAL_RANK``; ``cpu`` stays on the CPU."""
+    preference = preference or "auto"
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not preference.startswith(("auto", "cuda")):
+        raise BerniniError(f"device {preference!r} is not supported with torchrun; use cpu or cuda")
+    if not torch.cuda.is_available():
+        raise BerniniError(f"device {preference!r} requested but CUDA is not available; use --device cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise BerniniError(
+            f"LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+            "launch at most one process per GPU"
+        )
+    return torch.device("cuda", local_rank)
+
+
+@dataclass
+class Groups:
+    """This rank's groups; ``None`` where the group would have a single rank."""
+
+    layout: Layout
+    ulysses: dist.ProcessGroup | None
+    cfg: dist.ProcessGroup | None
+    task: dist.ProcessGroup | None
+    control: dist.ProcessGroup | None
+
+
+def init(env: LaunchEnv, device: torch.device, timeout_s: float) -> None:
+    """Join the job's default process group (torchrun's rendezvous: env:// MASTER_ADDR/PORT)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        backend = "cuda:nccl,cpu:gloo"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend, rank=env.rank, world_size=env.world, timeout=timedelta(seconds=timeout_s))
+
+
+def build(layout: Layout, timeout_s: float) -> Groups:
+    """Create every group in the same order on every rank (``new_group`` is collective)."""
+    timeout = timedelta(seconds=timeout_s)
+    mine: dict[str, dist.ProcessGroup | None] = {}
+    families = (
+        ("ulysses", layout.ulysses_groups()),
+        ("cfg", layout.cfg_groups()),
+        ("task", layout.task_groups()),
+    )
+    for name, rank_lists in families:
+        mine[name] = None
+        for ranks in rank_lists:
+            if len(ranks) < 2:
+                continue
+            group = dist.new_group(ranks, timeout=timeout)
+            if layout.rank in ranks:
+                mine[name] = group
+    control = None
+    if layout.world > 1:
+        control = dist.new_group(list(range(layout.world)), timeout=max(timeout, CONTROL_TIMEOUT), backend="gloo")
+    return Groups(layout, mine["ulysses"], mine["cfg"], mine["task"], control)
+
+
+def gather_all(value: T, group: dist.ProcessGroup | None) -> list[T]:
+    """Every rank's ``value`` in group-rank order (just ``[value]`` without a group)."""
+    if group is None:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, value, group=group)
+    return out
+
+
+def agree(problem: str | None, group: dist.ProcessGroup | None) -> str | None:
+    """The first problem any rank of ``group`` reports (or None): every rank then takes the same branch."""
+    return next((p for p in gather_all(problem, group) if p), None)
+
+
+def share(fn: Callable[[], T], group: dist.ProcessGroup | None, leader: int, is_leader: bool) -> T:
+    """Call ``fn`` on the leader only and hand its result (or its user error) to every rank of ``group``."""
+    if group is None:
+        return fn()
+    payload: list[Any] = [None]
+    if is_leader:
+        try:
+            payload[0] = ("ok", fn())
+        except BerniniError as exc:
+            payload[0] = ("error", str(exc))
+    dist.broadcast_object_list(payload, src=leader, group=group)
+    status, value = payload[0]
+    if status == "error":
+        raise BerniniError(value)
+    return value
