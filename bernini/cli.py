@@ -119,7 +119,16 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     pe.add_argument("--pe_only", action="store_true", help="print the enhanced prompt (or case) and stop")
     par = parser.add_argument_group("parallel (torchrun)")
     par.add_argument("--ulysses", type=int, default=1, help="Ulysses sequence-parallel degree")
-    par.add_argument("--cfg_parallel", action="store_true", help="run the guidance branches on different ranks")
+    par.add_argument(
+        "--cfg_parallel",
+        type=int,
+        nargs="?",
+        const=2,
+        default=None,
+        metavar="C",
+        help="run the guidance branches on C ranks (default 2 when given)",
+    )
+    par.add_argument("--dist_timeout", type=float, default=600.0, help="seconds a collective may wait for a peer")
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -219,47 +228,32 @@ def load_pipeline(args: argparse.Namespace):
 
 
 def run_pe_only(args: argparse.Namespace, requests: list[GenerationRequest | BerniniError]) -> int:
-    from .enhancer import EnhancerConfig, case_with_prompt, enhance_prompt
-    from .media import preprocess_video
+    """``--pe_only``: print each enhanced prompt (or the case file with it) for review, generate nothing."""
+    from .enhancer import case_with_prompt
+    from .media import preprocess_video, to_preview_frames
+    from .runner import make_enhancer
 
-    config = EnhancerConfig.from_env(args.pe_model)
+    enhance = make_enhancer(args.pe_model, _stderr)
     failures = 0
     for request in requests:
-        if isinstance(request, BerniniError):
-            _stderr(f"error: {request}")
-            failures += 1
-            continue
         try:
+            if isinstance(request, BerniniError):
+                raise request
             request = validate(request)
-            previews = []
-            for item in request.video:
-                pixels = preprocess_video(item, request.fps, request.num_frames, request.max_image_size)
-                previews.append(((pixels.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+            previews = [
+                to_preview_frames(preprocess_video(item, request.fps, request.num_frames, request.max_image_size))
+                for item in request.video
+            ]
         except BerniniError as exc:
             _stderr(f"error: {exc}")
             failures += 1
             continue
-        result = enhance_prompt(
-            request.prompt,
-            request.task_type,
-            config,
-            videos=previews,
-            image=request.image,
-            images=request.images,
-            log=_stderr,
-        )
-        if result.warning:
-            _stderr(f"warning: {result.warning}")
+        prompt, _ = enhance(request, previews)
         if args.case:
-            print(
-                json.dumps(
-                    case_with_prompt(json.loads(Path(args.case).read_text()), result.prompt),
-                    indent=2,
-                    ensure_ascii=False,
-                )
-            )
+            case = case_with_prompt(json.loads(Path(args.case).read_text(encoding="utf-8")), prompt)
+            print(json.dumps(case, indent=2, ensure_ascii=False))
         else:
-            print(result.prompt)
+            print(prompt)
     return 1 if failures else 0
 
 

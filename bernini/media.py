@@ -440,3 +440,8 @@ def video_preview_frames(frames: np.ndarray, count: int = 3) -> list[Image.Image
     last = len(frames) - 1
     picks = [0] if count == 1 else [round(i * last / (count - 1)) for i in range(count)]
     return [Image.fromarray(_image_array(frames[i])) for i in picks]
+
+
+def to_preview_frames(pixels: torch.Tensor) -> np.ndarray:
+    """A preprocessed video ``[3, T, H, W]`` in [-1, 1] back to uint8 frames ``[T, H, W, 3]`` (for the enhancer)."""
+    return ((pixels.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()

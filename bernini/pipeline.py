@@ -246,7 +246,7 @@ class BerniniPipeline:
 
     def encode_conditions(self, request: GenerationRequest) -> tuple[Conditions, dict[str, Any], list[np.ndarray]]:
         """Preprocess and VAE-encode every visual input; return the target geometry too."""
-        from .media import preprocess_image, preprocess_video
+        from .media import preprocess_image, preprocess_video, to_preview_frames
 
         codec = LatentCodec(self.vae)
         self._place(self.vae, True)
@@ -258,7 +258,7 @@ class BerniniPipeline:
                 pixels = preprocess_video(
                     item, request.fps, request.num_frames, request.max_image_size, source_fps=request.video_fps
                 )
-                previews.append(((pixels.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+                previews.append(to_preview_frames(pixels))
                 if index == 0:
                     geometry = {"frames": pixels.shape[1], "height": pixels.shape[2], "width": pixels.shape[3]}
                 conditions.videos.append(codec.encode(pixels))
