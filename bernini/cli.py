@@ -262,10 +262,11 @@ def run_generate(args: argparse.Namespace) -> int:
     if ignored:
         _stderr(f"note: {', '.join('--' + n for n in ignored)} only affect the full Bernini model; ignored")
     requests = requests_from_args(args)
+    if len(requests) == 1 and isinstance(requests[0], GenerationRequest):
+        validate(requests[0])  # fail on bad input before the slow imports and model load
+    _quiet_libraries()
     if args.pe_only:
         return run_pe_only(args, requests)
-    if len(requests) == 1 and isinstance(requests[0], GenerationRequest):
-        validate(requests[0])  # fail on bad input before the slow model load
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 or args.ulysses > 1 or args.cfg_parallel:
         from .parallel.driver import run_parallel
@@ -350,7 +351,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import main as demo_main
 
             return demo_main(args.demo_args)
-        _quiet_libraries()
         return run_generate(args)
     except BerniniError as exc:
         _stderr(f"error: {exc}")

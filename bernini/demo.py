@@ -81,6 +81,7 @@ GUIDANCE_DEFAULTS: dict[str, float] = {
     "momentum": 0.0,
 }
 DEFAULT_FRAMES = 81
+KEEPALIVE_S = 600.0
 # UI parameters in the order of the ``generate`` endpoint's inputs (after prompt, task and media).
 NUMERIC_PARAMETERS: tuple[str, ...] = (
     "max_image_size",
@@ -139,7 +140,16 @@ def build_parser(prog: str = "bernini demo") -> argparse.ArgumentParser:
     pe.add_argument("--pe_model", default=None, help="model name (default: $BERNINI_PE_MODEL or the built-in one)")
     par = parser.add_argument_group("parallel (torchrun)")
     par.add_argument("--ulysses", type=int, default=1, help="Ulysses sequence-parallel degree")
-    par.add_argument("--cfg_parallel", action="store_true", help="run the guidance branches on different ranks")
+    par.add_argument(
+        "--cfg_parallel",
+        type=int,
+        nargs="?",
+        const=2,
+        default=None,
+        metavar="C",
+        help="run the guidance branches on C ranks (default 2 when given)",
+    )
+    par.add_argument("--dist_timeout", type=float, default=600.0, help="seconds a collective may wait for a peer")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -170,13 +180,18 @@ class DemoSettings:
     server: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DemoSettings":
+    def from_args(cls, args: argparse.Namespace, serving: bool = True) -> "DemoSettings":
+        """``serving`` (rank 0) creates the save dir; the other ranks never write there."""
         if args.max_frames < 1:
             raise BerniniError("--max_frames must be at least 1")
         if args.queue_size < 1:
             raise BerniniError("--queue_size must be at least 1")
-        save_dir = Path(args.save_dir) if args.save_dir else Path(tempfile.mkdtemp(prefix="bernini_gradio_"))
-        save_dir.mkdir(parents=True, exist_ok=True)
+        if args.save_dir:
+            save_dir = Path(args.save_dir)
+        else:
+            save_dir = Path(tempfile.mkdtemp(prefix="bernini_gradio_")) if serving else Path(tempfile.gettempdir())
+        if serving:
+            save_dir.mkdir(parents=True, exist_ok=True)
         return cls(
             save_dir=save_dir.resolve(),
             use_pe=args.use_pe,
@@ -351,6 +366,14 @@ class DemoBackend:
     ):
         """Rank 0: broadcast the request to the other ranks, then run it here too."""
         with self.lock:
+            target = Path(payload["request"]["output"])
+            if any(target.with_suffix(s).exists() for s in (".png", ".mp4")):  # taken while this one waited
+                frames = 1 if target.suffix == ".png" else 2
+                task = payload["request"]["task_type"]
+                payload = {
+                    **payload,
+                    "request": {**payload["request"], "output": str(output_path(target.parent, task, frames))},
+                }
             self.collective.broadcast({"kind": "generate", **payload})
             return self.execute(payload, progress=progress, cancel=cancel)
 
@@ -388,6 +411,20 @@ class DemoBackend:
             callback=on_step,
         )
 
+    def keep_alive(self, interval_s: float = KEEPALIVE_S) -> threading.Event:
+        """Ping the waiting ranks now and then, so an idle demo never hits the control group's timeout."""
+        stopped = threading.Event()
+
+        def ping() -> None:
+            while not stopped.wait(interval_s):
+                with self.lock:
+                    if not stopped.is_set():
+                        self.collective.broadcast({"kind": "ping"})
+
+        if self.collective.enabled:
+            threading.Thread(target=ping, name="bernini-demo-keepalive", daemon=True).start()
+        return stopped
+
     def shutdown(self) -> None:
         with self.lock:
             self.collective.broadcast({"kind": "shutdown"})
@@ -397,7 +434,10 @@ def worker_loop(backend: DemoBackend) -> int:
     """Ranks other than 0: run every broadcast request until the "shutdown" message."""
     while True:
         message = backend.collective.broadcast(None)
-        if not isinstance(message, dict) or message.get("kind") == "shutdown":
+        kind = message.get("kind") if isinstance(message, dict) else None
+        if kind == "ping":
+            continue
+        if kind != "generate":
             return 0
         try:
             backend.execute(message)
@@ -407,19 +447,34 @@ def worker_loop(backend: DemoBackend) -> int:
             logger.exception("rank %d: request failed", backend.collective.rank)
 
 
-def load_parallel_pipeline(args: argparse.Namespace) -> Any:
-    """Hook: the sequence/CFG-parallel pipeline of ``bernini.parallel`` (initialises torch.distributed).
+def load_parallel_pipeline(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Hook into :mod:`bernini.parallel`: join torchrun's group, load, install the Ulysses/CFG runners.
 
-    The demo only needs a pipeline whose ``generate`` is called on every rank with the same request.
+    Returns ``(pipe, control_group)``. Every rank serves every request, so the Ulysses × CFG degrees
+    must cover the whole world (no data parallelism in the demo).
     """
-    try:
-        from .parallel import load_parallel_pipeline as parallel_loader  # type: ignore[attr-defined]
-    except ImportError:
+    from .parallel import groups as pg
+    from .parallel import worker
+    from .parallel.driver import cfg_degree, model_heads, timeout_s
+    from .parallel.layout import LaunchEnv, Layout, check_degrees
+
+    env = LaunchEnv.from_environ()
+    ulysses, cfg = int(args.ulysses), cfg_degree(args)
+    check_degrees(env.world, ulysses, cfg, model_heads(args.config))
+    if ulysses * cfg != env.world:
         raise BerniniError(
-            "the demo under torchrun (--ulysses/--cfg_parallel) needs bernini.parallel.load_parallel_pipeline, "
-            "which this install lacks; run it as a single process"
-        ) from None
-    return parallel_loader(args)
+            f"the demo runs each request on every rank: --ulysses ({ulysses}) × --cfg_parallel ({cfg}) "
+            f"must equal the number of processes ({env.world})"
+        )
+    timeout = timeout_s(args)
+    device = pg.rank_device(args.device, env.local_rank)
+    layout = Layout(env.world, env.rank, ulysses, cfg)
+    if env.world > 1:
+        pg.init(env, device, timeout)
+    groups = pg.build(layout, timeout) if env.world > 1 else pg.Groups(layout, None, None, None, None)
+    pipe = worker.load(args, device, groups.control, layout.rank)
+    worker.install(pipe, groups)
+    return pipe, groups.control
 
 
 # ------------------------------------------------------------------------------------------ UI
@@ -562,6 +617,11 @@ def build_ui(backend: DemoBackend):
         )
         if ignored:
             status += f" Ignored for {task}: {', '.join(ignored)}."
+        enhancer = result.parameters.get("prompt_enhancer") or {}
+        if enhancer.get("warning"):
+            status += f" Prompt enhancer: {enhancer['warning']}" + (
+                "" if enhancer.get("enhanced") else " (raw prompt used)."
+            )
         return (
             gr.update(value=output if is_video else None, visible=is_video),
             gr.update(value=None if is_video else output, visible=not is_video),
@@ -573,9 +633,10 @@ def build_ui(backend: DemoBackend):
 
     def stop(request: gr.Request) -> str:
         flag = backend.cancel_flags.get(getattr(request, "session_hash", None) or "api")
-        if flag is not None:
-            flag.set()
-        return "Stopping…"
+        if flag is None:
+            return "Nothing is running."
+        flag.set()
+        return "Stopped: the generation ends after its current step."
 
     spec = TASKS[DEFAULT_TASK]
     with gr.Blocks(title="Bernini-R", analytics_enabled=False) as app:
@@ -679,7 +740,13 @@ def build_ui(backend: DemoBackend):
             *guidance_controls,
         ]
         outputs = [result_video, result_image, files, sidecar, prompt_used, status]
-        event = run.click(generate, inputs=inputs, outputs=outputs, api_name="generate")
+        event = run.click(
+            generate,
+            inputs=inputs,
+            outputs=outputs,
+            api_name="generate",
+            show_progress_on=[result_video, result_image],
+        )
         stop_btn.click(stop, inputs=None, outputs=status, cancels=[event], queue=False, api_name=False)
     return app
 
@@ -693,51 +760,63 @@ def main(argv: Sequence[str] | None = None, prog: str = "bernini demo") -> int:
     logger.setLevel(logging.INFO)
     try:
         auth = parse_auth(args.auth)
-        settings = DemoSettings.from_args(args)
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        distributed = world > 1 or args.ulysses > 1 or args.cfg_parallel
-        # Uploads and Gradio's cache go under the save dir; route_utils reads this when gradio is imported.
-        cache = settings.save_dir / ".gradio"
-        cache.mkdir(parents=True, exist_ok=True)
-        os.environ["GRADIO_TEMP_DIR"] = str(cache)
-        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+        serving = os.environ.get("RANK", "0") == "0"
+        distributed = world > 1 or args.ulysses > 1 or bool(args.cfg_parallel)
+        settings = DemoSettings.from_args(args, serving=serving)
+        if serving:
+            # Uploads and Gradio's cache go under the save dir; gradio reads this variable on import.
+            cache = settings.save_dir / ".gradio"
+            cache.mkdir(parents=True, exist_ok=True)
+            os.environ["GRADIO_TEMP_DIR"] = str(cache)
+            os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         from .cli import _quiet_libraries, load_pipeline
 
         _quiet_libraries()
         if distributed:
-            import torch.distributed as dist
-
-            pipe = load_parallel_pipeline(args)
-            collective = Collective(dist.new_group(backend="gloo"))
+            pipe, control = load_parallel_pipeline(args)
+            collective = Collective(control)
         else:
-            pipe = load_pipeline(args)
-            collective = Collective()
-        backend = DemoBackend(pipe, settings, collective)
-        if collective.rank != 0:
-            pipe.progress_bar = False
-            return worker_loop(backend)
+            pipe, collective = load_pipeline(args), Collective()
         try:
-            app = build_ui(backend)
-            app.queue(default_concurrency_limit=1, max_size=args.queue_size)
-            print(f"Bernini-R demo: saving to {settings.save_dir}", file=sys.stderr, flush=True)
-            app.launch(
-                server_name=args.host,
-                server_port=args.port,
-                share=args.share,
-                auth=auth,
-                max_file_size=args.max_file_size,
-                allowed_paths=[str(settings.save_dir)],
-                show_error=True,
-                quiet=False,
-            )
+            return serve(args, auth, DemoBackend(pipe, settings, collective))
         finally:
-            backend.shutdown()
-        return 0
+            if collective.enabled:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
     except BerniniError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def serve(args: argparse.Namespace, auth: tuple[str, str] | None, backend: DemoBackend) -> int:
+    """Rank 0 runs the Gradio server until it is stopped; the other ranks follow its broadcasts."""
+    settings = backend.settings
+    if backend.collective.rank != 0:
+        backend.pipe.progress_bar = False
+        return worker_loop(backend)
+    stop_pings = backend.keep_alive()
+    try:
+        app = build_ui(backend)
+        app.queue(default_concurrency_limit=1, max_size=args.queue_size)
+        print(f"Bernini-R demo: saving to {settings.save_dir}", file=sys.stderr, flush=True)
+        app.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            auth=auth,
+            max_file_size=args.max_file_size,
+            allowed_paths=[str(settings.save_dir)],
+            show_error=True,
+            quiet=False,
+        )
+    finally:
+        stop_pings.set()
+        backend.shutdown()
+    return 0
 
 
 if __name__ == "__main__":
