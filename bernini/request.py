@@ -146,6 +146,21 @@ def _check_media(request: GenerationRequest, task: str, mode: str) -> None:
         )
 
 
+def _check_media_files(request: GenerationRequest) -> None:
+    """Fail fast, before any model loads, on media paths that are missing, folders or empty."""
+    named = [("video", v) for v in request.video] + [("image", request.image)] + [("images", v) for v in request.images]
+    for slot, item in named:
+        if not isinstance(item, (str, Path)):
+            continue
+        path = Path(item).expanduser()
+        if not path.exists():
+            raise BerniniError(f"{slot} file {path} not found")
+        if not path.is_file():
+            raise BerniniError(f"{slot} {path} is not a file")
+        if path.stat().st_size == 0:
+            raise BerniniError(f"{slot} file {path} is empty")
+
+
 def _as_float(name: str, value: Any) -> float:
     try:
         number = float(value)
@@ -187,6 +202,7 @@ def validate(request: GenerationRequest) -> GenerationRequest:
     if mode not in GUIDANCE_MODES:
         raise BerniniError(f"unknown guidance_mode {mode!r}; choose one of: {', '.join(GUIDANCE_MODES)}")
     _check_media(request, task, mode)
+    _check_media_files(request)
     ints = {
         n: _as_int(n, getattr(request, n))
         for n in (

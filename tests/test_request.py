@@ -25,6 +25,16 @@ from bernini.tasks import GUIDANCE_MODES, TASKS
 PROMPT = "Add a snowman. The meadow, the person and the camera stay unchanged."
 
 
+@pytest.fixture(autouse=True)
+def media_files(tmp_path, monkeypatch):
+    """Requests name media by path; validation checks they exist, so give the names real (tiny) files."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for name in ("a.mp4", "b.mp4", "a.png", "r.png", "r1.png", "r2.png", "img.png", "ref.png", "v.mp4", "s.png"):
+        (cwd / name).write_bytes(b"x")
+
+
 def one_line_error(call, *args: Any, match: str, **kwargs: Any) -> str:
     """Run ``call``; it must raise a :class:`BerniniError` whose message is one line containing ``match``."""
     with pytest.raises(BerniniError) as info:
