@@ -10,7 +10,6 @@ before any collective they would otherwise wait in forever.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,30 +19,10 @@ import torch
 import torch.distributed as dist
 
 from ..errors import BerniniError
-from .layout import Layout
+from .layout import LaunchEnv, Layout
 
 CONTROL_TIMEOUT = timedelta(hours=24)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class LaunchEnv:
-    """What torchrun tells a worker (defaults describe a plain single process)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_environ(cls) -> LaunchEnv:
-        try:
-            return cls(
-                int(os.environ.get("RANK", "0")),
-                int(os.environ.get("WORLD_SIZE", "1")),
-                int(os.environ.get("LOCAL_RANK", "0")),
-            )
-        except ValueError:
-            raise BerniniError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
 
 
 def rank_device(preference: str | None, local_rank: int) -> torch.device:
@@ -84,8 +63,11 @@ def init(env: LaunchEnv, device: torch.device, timeout_s: float) -> None:
     dist.init_process_group(backend, rank=env.rank, world_size=env.world, timeout=timedelta(seconds=timeout_s))
 
 
-def build(layout: Layout, timeout_s: float) -> Groups:
-    """Create every group in the same order on every rank (``new_group`` is collective)."""
+def build(layout: Layout, timeout_s: float, control: dist.ProcessGroup | None = None) -> Groups:
+    """Create every group in the same order on every rank (``new_group`` is collective).
+
+    ``control`` reuses the world-wide control group of an earlier layout (the self-check runs several).
+    """
     timeout = timedelta(seconds=timeout_s)
     mine: dict[str, dist.ProcessGroup | None] = {}
     families = (
@@ -101,8 +83,7 @@ def build(layout: Layout, timeout_s: float) -> Groups:
             group = dist.new_group(ranks, timeout=timeout)
             if layout.rank in ranks:
                 mine[name] = group
-    control = None
-    if layout.world > 1:
+    if control is None and layout.world > 1:
         control = dist.new_group(list(range(layout.world)), timeout=max(timeout, CONTROL_TIMEOUT), backend="gloo")
     return Groups(layout, mine["ulysses"], mine["cfg"], mine["task"], control)
 
@@ -129,8 +110,8 @@ def share(fn: Callable[[], T], group: dist.ProcessGroup | None, leader: int, is_
     if is_leader:
         try:
             payload[0] = ("ok", fn())
-        except BerniniError as exc:
-            payload[0] = ("error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - every rank must learn that the leader failed
+            payload[0] = ("error", str(exc) if isinstance(exc, BerniniError) else f"{type(exc).__name__}: {exc}")
     dist.broadcast_object_list(payload, src=leader, group=group)
     status, value = payload[0]
     if status == "error":

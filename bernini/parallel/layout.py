@@ -10,6 +10,7 @@ This module is pure Python (no torch), so bad degrees are refused before anythin
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ..errors import BerniniError
@@ -87,9 +88,7 @@ class Layout:
         return (dp * self.cfg + cfg) * self.ulysses + ulysses
 
     def ulysses_groups(self) -> list[list[int]]:
-        return [
-            [self._rank(d, c, u) for u in range(self.ulysses)] for d in range(self.dp) for c in range(self.cfg)
-        ]
+        return [[self._rank(d, c, u) for u in range(self.ulysses)] for d in range(self.dp) for c in range(self.cfg)]
 
     def cfg_groups(self) -> list[list[int]]:
         return [[self._rank(d, c, u) for c in range(self.cfg)] for d in range(self.dp) for u in range(self.ulysses)]
@@ -106,3 +105,30 @@ class Layout:
             f"world {self.world} = dp {self.dp} × cfg {self.cfg} × ulysses {self.ulysses}; rank {self.rank} is "
             f"dp {self.dp_rank}, cfg {self.cfg_rank}, ulysses {self.ulysses_rank}"
         )
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """What torchrun tells a worker (defaults describe a plain single process)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @classmethod
+    def from_environ(cls) -> LaunchEnv:
+        try:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            return cls(
+                int(os.environ.get("RANK", "0")),
+                world,
+                int(os.environ.get("LOCAL_RANK", "0")),
+                int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+            )
+        except ValueError:
+            raise BerniniError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
+
+    def spans_nodes(self, ulysses: int) -> bool:
+        """Whether some Ulysses group would straddle two machines (its all-to-alls then cross the network)."""
+        return self.world > self.local_world and self.local_world % ulysses != 0

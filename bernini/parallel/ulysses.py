@@ -52,8 +52,9 @@ class UlyssesGroup:
 
     def _all_to_all(self, x: torch.Tensor) -> torch.Tensor:
         """Send ``x[i]`` to rank i; return what rank i sent us at index i (dim 0 is the group size)."""
-        out = torch.empty_like(x)
-        dist.all_to_all_single(out, x.contiguous(), group=self.group)
+        x = x.contiguous()
+        out = torch.empty_like(x)  # after contiguous(): empty_like keeps a permuted input's strides
+        dist.all_to_all_single(out, x, group=self.group)
         return out
 
     def attention(
