@@ -18,8 +18,14 @@ SMALL = ["--num_frames", "5", "--height", "32", "--width", "48", "--num_inferenc
 def run_cli(args, base_url, tmp_path):
     env = {**os.environ, "BERNINI_PE_BASE_URL": base_url, "BERNINI_PE_API_KEY": KEY, "BERNINI_PE_MODEL": "pe-test"}
     env.pop("OPENAI_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "bernini.cli", "generate", *args], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "bernini.cli", "generate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
 
 
 def test_enhanced_prompt_reaches_t5_text_and_sidecar(server, tiny_bundle, tmp_path):  # noqa: F811
@@ -27,8 +33,24 @@ def test_enhanced_prompt_reaches_t5_text_and_sidecar(server, tiny_bundle, tmp_pa
     frames = (np.arange(9)[:, None, None, None] * 25 + np.zeros((9, 32, 48, 3))).astype(np.uint8)
     video = write_video(tmp_path / "src.mp4", frames, fps=16)
     out = tmp_path / "out.mp4"
-    proc = run_cli(["--config", str(tiny_bundle), "--task_type", "v2v", "--video", str(video), "--prompt",
-                    "make it snow", "--use_pe", "--output", str(out), *SMALL], server.base_url, tmp_path)
+    proc = run_cli(
+        [
+            "--config",
+            str(tiny_bundle),
+            "--task_type",
+            "v2v",
+            "--video",
+            str(video),
+            "--prompt",
+            "make it snow",
+            "--use_pe",
+            "--output",
+            str(out),
+            *SMALL,
+        ],
+        server.base_url,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "out.mp4.json").read_text())
     assert record["resolved"]["t5_text"] == t5_prefix("v2v") + "A red fox leaps through fresh snow at dawn."
@@ -45,8 +67,22 @@ def test_enhanced_prompt_reaches_t5_text_and_sidecar(server, tiny_bundle, tmp_pa
 def test_enhancer_failure_falls_back_to_raw_prompt(server, tiny_bundle, tmp_path):  # noqa: F811
     server.default = error(401, f"bad key {KEY}")
     out = tmp_path / "out.png"
-    proc = run_cli(["--config", str(tiny_bundle), "--task_type", "t2i", "--prompt", "a lighthouse", "--use_pe",
-                    "--output", str(out), *SMALL], server.base_url, tmp_path)
+    proc = run_cli(
+        [
+            "--config",
+            str(tiny_bundle),
+            "--task_type",
+            "t2i",
+            "--prompt",
+            "a lighthouse",
+            "--use_pe",
+            "--output",
+            str(out),
+            *SMALL,
+        ],
+        server.base_url,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "out.png.json").read_text())
     assert record["resolved"]["t5_text"] == t5_prefix("t2i") + "a lighthouse"
@@ -63,5 +99,9 @@ def test_pe_only_prints_an_editable_case(server, tmp_path):  # noqa: F811
     proc = run_cli(["--case", str(case), "--use_pe", "--pe_only"], server.base_url, tmp_path)
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
-    assert printed == {"task_type": "t2i", "prompt": "A lighthouse on a cliff under a deep blue sky.", "output": "x.png"}
+    assert printed == {
+        "task_type": "t2i",
+        "prompt": "A lighthouse on a cliff under a deep blue sky.",
+        "output": "x.png",
+    }
     assert not (tmp_path / "x.png").exists()
