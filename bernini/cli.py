@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -257,6 +258,23 @@ def run_pe_only(args: argparse.Namespace, requests: list[GenerationRequest | Ber
     return 1 if failures else 0
 
 
+def _checked(request: GenerationRequest | BerniniError) -> GenerationRequest | BerniniError:
+    """Validate a task and probe its media files before any model loads; a failure stays in its slot."""
+    if isinstance(request, BerniniError):
+        return request
+    from .media import probe_media
+
+    try:
+        request = validate(request)
+        for kind, items in (("video", request.video), ("image", [request.image]), ("image", request.images)):
+            for item in items:
+                if item is not None:
+                    probe_media(item, kind)
+    except BerniniError as exc:
+        return exc
+    return request
+
+
 def run_generate(args: argparse.Namespace) -> int:
     ignored = [n for n in IGNORED_FULL_BERNINI if getattr(args, n, None) is not None]
     if ignored:
@@ -264,6 +282,9 @@ def run_generate(args: argparse.Namespace) -> int:
     requests = requests_from_args(args)
     if len(requests) == 1 and isinstance(requests[0], GenerationRequest):
         validate(requests[0])  # fail on bad input before the slow imports and model load
+    requests = [_checked(r) for r in requests]
+    if len(requests) == 1 and isinstance(requests[0], BerniniError):
+        raise requests[0]
     _quiet_libraries()
     if args.pe_only:
         return run_pe_only(args, requests)
@@ -272,7 +293,15 @@ def run_generate(args: argparse.Namespace) -> int:
         from .parallel.driver import run_parallel
 
         return run_parallel(args, requests)
+    if all(isinstance(r, BerniniError) for r in requests):
+        return 1 if run_batch(None, requests, args) else 0
+    start = time.perf_counter()
     pipe = load_pipeline(args)
+    _stderr(
+        f"loaded {pipe.source.spec} in {time.perf_counter() - start:.1f} s: device {pipe.device}, "
+        f"{str(pipe.dtype).replace('torch.', '')}, attention {pipe.attention_backend.name}, "
+        f"{'model offload' if pipe.offload else 'all on device'}"
+    )
     failures = run_batch(pipe, requests, args)
     return 1 if failures else 0
 

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -445,3 +446,19 @@ def video_preview_frames(frames: np.ndarray, count: int = 3) -> list[Image.Image
 def to_preview_frames(pixels: torch.Tensor) -> np.ndarray:
     """A preprocessed video ``[3, T, H, W]`` in [-1, 1] back to uint8 frames ``[T, H, W, 3]`` (for the enhancer)."""
     return ((pixels.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+
+def probe_media(source: Any, kind: str) -> None:
+    """Cheaply check that a media path opens and decodes (first frame only); in-memory media pass.
+
+    Front ends call this before loading the model so a bad file fails in a second, not after minutes.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    path = Path(source)
+    if kind == "video":
+        with _open_video(path) as (container, stream):
+            if next(_decoded_frames(container, stream, path), None) is None:
+                raise MediaError(f"video {path} contains no frames; re-export it")
+    else:
+        read_image(path)
