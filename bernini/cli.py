@@ -114,10 +114,19 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--system_prompt", default="", help="T5 prefix (default: the task's)")
     for name in IGNORED_FULL_BERNINI:
         gen.add_argument(f"--{name}", type=float, default=None, help=argparse.SUPPRESS)
-    pe = parser.add_argument_group("prompt enhancer")
-    pe.add_argument("--use_pe", action="store_true", help="rewrite prompts with an OpenAI-compatible model")
-    pe.add_argument("--pe_model", default=None, help="model name (default: $BERNINI_PE_MODEL or the built-in one)")
+    pe = add_pe_args(parser, "rewrite prompts with an OpenAI-compatible model")
     pe.add_argument("--pe_only", action="store_true", help="print the enhanced prompt (or case) and stop")
+    add_parallel_args(parser)
+
+
+def add_pe_args(parser: argparse.ArgumentParser, use_help: str) -> argparse._ArgumentGroup:
+    pe = parser.add_argument_group("prompt enhancer")
+    pe.add_argument("--use_pe", action="store_true", help=use_help)
+    pe.add_argument("--pe_model", default=None, help="model name (default: $BERNINI_PE_MODEL or the built-in one)")
+    return pe
+
+
+def add_parallel_args(parser: argparse.ArgumentParser) -> None:
     par = parser.add_argument_group("parallel (torchrun)")
     par.add_argument("--ulysses", type=int, default=1, help="Ulysses sequence-parallel degree")
     par.add_argument(

@@ -107,7 +107,7 @@ class GenerationCancelled(Exception):
 
 # ------------------------------------------------------------------------------------------ flags
 def build_parser(prog: str = "bernini demo") -> argparse.ArgumentParser:
-    from .cli import add_model_args
+    from .cli import add_model_args, add_parallel_args, add_pe_args
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -135,21 +135,8 @@ def build_parser(prog: str = "bernini demo") -> argparse.ArgumentParser:
     server.add_argument("--queue_size", type=int, default=20, help="requests that may wait behind the running one")
     gen = parser.add_argument_group("generation defaults")
     gen.add_argument("--flow_shift", type=float, default=5.0, help="the flow-shift slider's start value")
-    pe = parser.add_argument_group("prompt enhancer")
-    pe.add_argument("--use_pe", action="store_true", help="allow the GPT prompt enhancer checkbox")
-    pe.add_argument("--pe_model", default=None, help="model name (default: $BERNINI_PE_MODEL or the built-in one)")
-    par = parser.add_argument_group("parallel (torchrun)")
-    par.add_argument("--ulysses", type=int, default=1, help="Ulysses sequence-parallel degree")
-    par.add_argument(
-        "--cfg_parallel",
-        type=int,
-        nargs="?",
-        const=2,
-        default=None,
-        metavar="C",
-        help="run the guidance branches on C ranks (default 2 when given)",
-    )
-    par.add_argument("--dist_timeout", type=float, default=600.0, help="seconds a collective may wait for a peer")
+    add_pe_args(parser, "allow the GPT prompt enhancer checkbox")
+    add_parallel_args(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
