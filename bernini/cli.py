@@ -67,8 +67,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--offload",
         default="auto",
-        choices=("auto", "none", "model"),
-        help="keep idle models on the CPU (model) or everything on the device (none)",
+        choices=("auto", "none", "model", "blocks"),
+        help="none: all on the device; model: idle models wait on the CPU; blocks: experts stream block by "
+        "block (GPUs smaller than one expert); auto: by the device memory",
     )
     group.add_argument("--attention", default="auto", choices=("auto", "fa3", "fa2", "sdpa"))
 
@@ -309,7 +310,7 @@ def run_generate(args: argparse.Namespace) -> int:
     _stderr(
         f"loaded {pipe.source.spec} in {time.perf_counter() - start:.1f} s: device {pipe.device}, "
         f"{str(pipe.dtype).replace('torch.', '')}, attention {pipe.attention_backend.name}, "
-        f"{'model offload' if pipe.offload else 'all on device'}"
+        f"offload {pipe.offload}"
     )
     failures = run_batch(pipe, requests, args)
     return 1 if failures else 0

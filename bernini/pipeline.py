@@ -30,6 +30,7 @@ from .text import encode_text, t5_text
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+OFFLOAD_MODES = ("auto", "none", "model", "blocks")
 DTYPES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
@@ -92,7 +93,7 @@ class BerniniPipeline:
         source: ModelSource,
         device: torch.device,
         dtype: torch.dtype,
-        offload: bool = False,
+        offload: str = "none",
         attention: str = "auto",
     ) -> None:
         self.transformer = transformer
@@ -106,6 +107,7 @@ class BerniniPipeline:
         self.device = device
         self.dtype = dtype
         self.offload = offload
+        self._group_offloaded: set[int] = set()
         self.attention_preference = attention
         self.branch_runner: BranchRunner = BranchRunner()
         self.progress_bar = True
@@ -171,18 +173,26 @@ class BerniniPipeline:
         pipe.offload = pipe._decide_offload(offload)
         return pipe.to(target)
 
-    def _decide_offload(self, offload: bool | str) -> bool:
+    def _decide_offload(self, offload: bool | str) -> str:
+        """``none`` (all on the device), ``model`` (idle models on the CPU) or ``blocks`` (experts streamed
+        block by block, for GPUs smaller than one expert); ``auto`` picks by the device's memory."""
         if isinstance(offload, bool):
-            return offload
-        if offload not in ("auto", "none", "model"):
-            raise BerniniError(f"unknown offload {offload!r}; choose auto, none or model")
+            return "model" if offload else "none"
+        if offload not in OFFLOAD_MODES:
+            raise BerniniError(f"unknown offload {offload!r}; choose one of: {', '.join(OFFLOAD_MODES)}")
         if offload != "auto":
-            return offload == "model"
+            return offload
         if self.device.type != "cuda":
-            return False
-        needed = sum(p.numel() * p.element_size() for m in self._modules() for p in m.parameters())
+            return "none"
+        sizes = [sum(p.numel() * p.element_size() for p in m.parameters()) for m in self._modules()]
+        expert = max(sum(p.numel() * p.element_size() for p in e.parameters()) for e in self.experts)
         total = torch.cuda.get_device_properties(self.device).total_memory
-        return needed * 1.3 > total
+        headroom = 8 * 1024**3  # activations of a ~67k-token packed sequence, the VAE decode workspace
+        if sum(sizes) * 1.1 + headroom < total:
+            return "none"
+        if expert * 1.1 + headroom < total:
+            return "model"
+        return "blocks"
 
     def _modules(self) -> list[torch.nn.Module]:
         return [m for m in (self.transformer, self.transformer_2, self.text_encoder, self.vae) if m is not None]
@@ -190,21 +200,43 @@ class BerniniPipeline:
     def _configure_attention(self) -> None:
         backend = select_backend(self.device, self.attention_preference)
         self.attention_backend = backend
-        for expert in (self.transformer, self.transformer_2):
-            if expert is not None:
-                expert.configure(attention=backend, sequence_parallel=expert.runtime.sequence_parallel)
+        for expert in self.experts:
+            expert.configure(attention=backend, sequence_parallel=expert.runtime.sequence_parallel)
+            expert.runtime.execution_device = self.device
 
     def to(self, device: str | torch.device) -> BerniniPipeline:
         self.device = parse_device(device)
-        home = torch.device("cpu") if self.offload else self.device
+        home = torch.device("cpu") if self.offload != "none" else self.device
         for module in self._modules():
-            module.to(home)
+            if self.offload == "blocks" and module in self.experts:
+                self._stream_blocks(module)
+            else:
+                module.to(home)
         self._configure_attention()
         return self
 
+    def _stream_blocks(self, expert: torch.nn.Module) -> None:
+        """diffusers' block-level group offloading: weights live on the CPU, each block visits the device."""
+        if id(expert) in self._group_offloaded:
+            return
+        expert.to("cpu")
+        cuda = self.device.type == "cuda"
+        expert.enable_group_offload(
+            onload_device=self.device,
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=cuda,
+            non_blocking=cuda,
+        )
+        self._group_offloaded.add(id(expert))
+
     def _place(self, module: torch.nn.Module | None, active: bool) -> None:
-        if module is not None and self.offload:
-            module.to(self.device if active else torch.device("cpu"))
+        if module is None or self.offload == "none":
+            return
+        if self.offload == "blocks" and module in self.experts:
+            return
+        module.to(self.device if active else torch.device("cpu"))
 
     @property
     def experts(self) -> list[BerniniTransformer]:  # noqa: F821 - documented type

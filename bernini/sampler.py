@@ -53,7 +53,7 @@ class SamplingInputs:
 def run_branch(expert: BerniniTransformer, inputs: SamplingInputs, branch: Branch, latents, t) -> torch.Tensor:
     """One forward: the combo's clean conditions packed before the noisy target, target velocity out."""
     combo, text = branch
-    device = expert.device
+    device = expert.execution_device
     dtype = expert.patch_embedding.weight.dtype
     conditions = [Segment(s.latent.to(device, dtype), s.source_id) for s in inputs.combos[combo]]
     timestep = torch.full((latents.shape[0],), int(t), device=device, dtype=torch.long)

@@ -44,6 +44,7 @@ class Runtime:
     attention: AttentionBackend = field(default_factory=lambda: AttentionBackend("sdpa", sdpa_attention))
     sequence_parallel: SequenceParallel | None = None
     sequence_length: int = 0
+    execution_device: torch.device | None = None
 
 
 class PackedAttnProcessor:
@@ -126,6 +127,37 @@ class BerniniTransformer(WanTransformer3DModel):
             grids.append(segment.grid)
         return torch.cat(tokens, dim=1).contiguous(), grids
 
+    @property
+    def execution_device(self) -> torch.device:
+        """Where inputs must go: the configured device (weights may sit on the CPU under offloading)."""
+        return self.runtime.execution_device or self.device
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor | None = None,
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        conditions: Sequence[Segment] | None = None,
+    ):
+        """diffusers' forward, or the packed one when ``conditions`` is given.
+
+        Routing the packed path through ``forward`` keeps module hooks (group offloading, compile
+        wrappers) working for it too.
+        """
+        if conditions is None:
+            return super().forward(
+                hidden_states,
+                timestep,
+                encoder_hidden_states,
+                encoder_hidden_states_image,
+                return_dict,
+                attention_kwargs,
+            )
+        return self._forward_packed(conditions, hidden_states, timestep, encoder_hidden_states)
+
     def forward_packed(
         self,
         conditions: Sequence[Segment],
@@ -137,6 +169,15 @@ class BerniniTransformer(WanTransformer3DModel):
 
         ``timestep`` has shape ``[B]``; one embedding is shared by every token of a sample.
         """
+        return self(target, timestep, encoder_hidden_states, conditions=list(conditions))
+
+    def _forward_packed(
+        self,
+        conditions: Sequence[Segment],
+        target: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+    ) -> torch.Tensor:
         batch, _, frames, height, width = target.shape
         p_t, p_h, p_w = self.config.patch_size
         segments = [*conditions, Segment(target, 0.0)]

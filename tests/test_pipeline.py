@@ -133,3 +133,22 @@ def test_readme_python_example_runs(tiny_bundle, tmp_path, monkeypatch):
     (tmp_path / "tiny-bundle").symlink_to(tiny_bundle)
     exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "fox.mp4").is_file()
+
+
+@pytest.mark.parametrize("mode", ["model", "blocks"])
+def test_offload_modes_give_the_same_frames(tiny_bundle, tiny_pipe, mode):
+    """On the CPU the offload target is the CPU too, so this checks the plumbing (hooks, input devices)."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    pipe = BerniniPipeline.from_pretrained(tiny_bundle, device="cpu", offload=mode)
+    pipe.progress_bar = False
+    assert pipe.offload == mode
+    assert all(_is_group_offload_enabled(e) for e in pipe.experts) == (mode == "blocks")
+    kwargs = dict(task_type="rv2v", video=np.zeros((9, 32, 48, 3), np.uint8), images=[np.ones((32, 32, 3), np.uint8)],
+                  num_inference_steps=2, seed=4)
+    assert np.allclose(pipe("a hat", **kwargs).frames, tiny_pipe("a hat", **kwargs).frames, atol=1e-6)
+
+
+def test_unknown_offload_mode(tiny_bundle):
+    with pytest.raises(BerniniError, match="offload"):
+        BerniniPipeline.from_pretrained(tiny_bundle, device="cpu", offload="disk")

@@ -69,7 +69,7 @@ class CfgParallelRunner(BranchRunner):
         slots = [[i for i, o in enumerate(owners) if o == r] for r in range(self.world_size)]
         width = max(len(s) for s in slots)
         mine = [run_branch(expert, inputs, branches[i], latents, t) for i in slots[self.rank]]
-        shape, device = tuple(latents.shape), mine[0].device if mine else expert.device
+        shape, device = tuple(latents.shape), mine[0].device if mine else expert.execution_device
         buffer = torch.zeros((width, *shape), dtype=torch.float32, device=device)
         for slot, prediction in enumerate(mine):
             buffer[slot] = prediction
