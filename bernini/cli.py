@@ -72,6 +72,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "block (GPUs smaller than one expert); auto: by the device memory",
     )
     group.add_argument("--attention", default="auto", choices=("auto", "fa3", "fa2", "sdpa"))
+    group.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first step)")
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -235,6 +236,7 @@ def load_pipeline(args: argparse.Namespace):
         low_noise_ckpt=args.low_noise_ckpt,
         offload=args.offload,
         attention=args.attention,
+        compile=args.compile,
     )
 
 

@@ -127,6 +127,7 @@ class BerniniPipeline:
         low_noise_ckpt: str | os.PathLike | None = None,
         offload: bool | str = "auto",
         attention: str = "auto",
+        compile: bool = False,
     ) -> BerniniPipeline:
         """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B)."""
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
@@ -171,7 +172,16 @@ class BerniniPipeline:
             attention=attention,
         )
         pipe.offload = pipe._decide_offload(offload)
-        return pipe.to(target)
+        pipe = pipe.to(target)
+        if compile:
+            pipe.compile()
+        return pipe
+
+    def compile(self) -> None:
+        """Regional ``torch.compile`` of the repeated transformer blocks (shapes vary per combo: not fullgraph,
+        so sequence-parallel collectives may break the graph)."""
+        for expert in self.experts:
+            expert.compile_repeated_blocks(fullgraph=False)
 
     def _decide_offload(self, offload: bool | str) -> str:
         """``none`` (all on the device), ``model`` (idle models on the CPU) or ``blocks`` (experts streamed
