@@ -41,8 +41,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    config = dict(num_attention_heads=args.heads, attention_head_dim=128, ffn_dim=args.heads * 128 * 3,
-                  num_layers=args.layers, text_dim=4096)
+    config = dict(
+        num_attention_heads=args.heads,
+        attention_head_dim=128,
+        ffn_dim=args.heads * 128 * 3,
+        num_layers=args.layers,
+        text_dim=4096,
+    )
     reference = WanTransformer3DModel(**config).to(args.device, dtype).eval()
     ours = BerniniTransformer(**config).to(args.device, dtype).eval()
     ours.load_state_dict(reference.state_dict())
@@ -59,8 +64,10 @@ def main() -> None:
         v2v = timed(lambda: ours.forward_packed([source], x, step, text), args.repeats)
         rv2v = timed(lambda: ours.forward_packed([source, ref], x, step, text), args.repeats)
     tokens = t * (h // 2) * (w // 2)
-    print(f"{tokens} target tokens, {args.layers} layers x {args.heads} heads, {args.device} {args.dtype}, "
-          f"attention {ours.runtime.attention.name}")
+    print(
+        f"{tokens} target tokens, {args.layers} layers x {args.heads} heads, {args.device} {args.dtype}, "
+        f"attention {ours.runtime.attention.name}"
+    )
     print(f"diffusers WanTransformer3DModel  {base * 1e3:8.1f} ms  1.00x")
     print(f"bernini target-only              {target_only * 1e3:8.1f} ms  {target_only / base:.2f}x")
     print(f"bernini v2v (source + target)     {v2v * 1e3:8.1f} ms  {v2v / base:.2f}x")

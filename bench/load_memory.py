@@ -51,8 +51,9 @@ def write_expert(folder: Path, dim: int, layers: int) -> int:
     from diffusers import WanTransformer3DModel
 
     heads = dim // 128
-    model = WanTransformer3DModel(num_attention_heads=heads, attention_head_dim=128, ffn_dim=dim * 4 - dim // 2,
-                                  num_layers=layers, text_dim=4096)
+    model = WanTransformer3DModel(
+        num_attention_heads=heads, attention_head_dim=128, ffn_dim=dim * 4 - dim // 2, num_layers=layers, text_dim=4096
+    )
     model.save_pretrained(folder, max_shard_size="200MB")
     return sum(p.numel() for p in model.parameters()) * torch.finfo(torch.bfloat16).bits // 8
 
@@ -75,8 +76,10 @@ def main() -> None:
         for mode in ("bernini", "diffusers"):
             r = measure(mode, folder)
             extra = r["peak"] - r["baseline"]
-            print(f"{mode:9s} peak RSS above baseline {extra / 1e9:.2f} GB = {extra / r['loaded_bytes']:.2f}x "
-                  f"the bf16 bytes loaded ({r['seconds']:.1f} s)")
+            print(
+                f"{mode:9s} peak RSS above baseline {extra / 1e9:.2f} GB = {extra / r['loaded_bytes']:.2f}x "
+                f"the bf16 bytes loaded ({r['seconds']:.1f} s)"
+            )
 
 
 if __name__ == "__main__":

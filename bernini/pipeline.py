@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from .loading import ModelSource, checkpoint_files, expert_names, load_expert, r
 from .request import GenerationRequest, validate
 from .sampler import BranchRunner, Experts, SamplingInputs, SamplingStats, sample
 from .text import encode_text, t5_text
+from .transformer import BerniniTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class BerniniPipeline:
         module.to(self.device if active else torch.device("cpu"))
 
     @property
-    def experts(self) -> list[BerniniTransformer]:  # noqa: F821 - documented type
+    def experts(self) -> list[BerniniTransformer]:
         return [e for e in (self.transformer, self.transformer_2) if e is not None]
 
     # ------------------------------------------------------------------- calls
@@ -507,7 +507,3 @@ def tasks_table() -> dict[str, dict[str, Any]]:
         }
         for name, s in TASKS.items()
     }
-
-
-def output_path_for(path: str | Path) -> Path:
-    return Path(path)

@@ -19,8 +19,9 @@ def media(tmp_path_factory):
     root = tmp_path_factory.mktemp("api-media")
     rng = np.random.default_rng(4)
     yy, xx = np.mgrid[0:64, 0:96]
-    frames = np.stack([np.stack([(xx * 2 + 9 * t) % 256, (yy * 3) % 256, (xx + yy + 20 * t) % 256], -1)
-                       for t in range(9)]).astype(np.uint8)
+    frames = np.stack(
+        [np.stack([(xx * 2 + 9 * t) % 256, (yy * 3) % 256, (xx + yy + 20 * t) % 256], -1) for t in range(9)]
+    ).astype(np.uint8)
     video = write_video(root / "src.mp4", frames, fps=16)
     image = write_image(root / "src.png", rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
     refs = [write_image(root / f"ref{i}.png", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for i in range(2)]
@@ -29,8 +30,24 @@ def media(tmp_path_factory):
 
 def cli_frames(tmp_path: Path, bundle: Path, args: list[str]) -> np.ndarray:
     frames_dir = tmp_path / "frames"
-    code = cli_main(["generate", "--config", str(bundle), "--device", "cpu", "--output", str(tmp_path / "out.mp4"),
-                     "--save_frames", str(frames_dir), "--num_inference_steps", "2", "--seed", "11", *args])
+    code = cli_main(
+        [
+            "generate",
+            "--config",
+            str(bundle),
+            "--device",
+            "cpu",
+            "--output",
+            str(tmp_path / "out.mp4"),
+            "--save_frames",
+            str(frames_dir),
+            "--num_inference_steps",
+            "2",
+            "--seed",
+            "11",
+            *args,
+        ]
+    )
     assert code == 0
     return np.stack([np.asarray(Image.open(p)) for p in sorted(frames_dir.glob("*.png"))])
 
@@ -41,34 +58,55 @@ def api_frames(pipe, **kwargs) -> np.ndarray:
 
 
 def test_t2v_same_as_cli(tiny_pipe, tiny_bundle, tmp_path):
-    expected = cli_frames(tmp_path, tiny_bundle, ["--prompt", "a kite", "--task_type", "t2v", "--num_frames", "5",
-                                                  "--height", "32", "--width", "48"])
+    expected = cli_frames(
+        tmp_path,
+        tiny_bundle,
+        ["--prompt", "a kite", "--task_type", "t2v", "--num_frames", "5", "--height", "32", "--width", "48"],
+    )
     got = api_frames(tiny_pipe, prompt="a kite", task_type="t2v", num_frames=5, height=32, width=48)
     assert got.shape == (5, 32, 48, 3) and np.array_equal(got, expected)
 
 
 def test_v2v_from_numpy_same_as_cli(tiny_pipe, tiny_bundle, tmp_path, media):
-    expected = cli_frames(tmp_path, tiny_bundle, ["--prompt", "add rain", "--task_type", "v2v",
-                                                  "--video", str(media["video"])])
+    expected = cli_frames(
+        tmp_path, tiny_bundle, ["--prompt", "add rain", "--task_type", "v2v", "--video", str(media["video"])]
+    )
     decoded, fps = read_video_frames(media["video"])
     got = api_frames(tiny_pipe, prompt="add rain", task_type="v2v", video=decoded, video_fps=fps)
     assert got.shape == (9, 64, 96, 3) and np.array_equal(got, expected)
 
 
 def test_i2i_from_pil_same_as_cli(tiny_pipe, tiny_bundle, tmp_path, media):
-    expected = cli_frames(tmp_path, tiny_bundle, ["--prompt", "make it red", "--task_type", "i2i",
-                                                  "--image", str(media["image"])])
+    expected = cli_frames(
+        tmp_path, tiny_bundle, ["--prompt", "make it red", "--task_type", "i2i", "--image", str(media["image"])]
+    )
     got = api_frames(tiny_pipe, prompt="make it red", task_type="i2i", image=Image.open(media["image"]))
     assert got.shape == (1, 64, 96, 3) and np.array_equal(got, expected)
 
 
 def test_r2v_same_as_cli(tiny_pipe, tiny_bundle, tmp_path, media):
     refs = [str(p) for p in media["refs"]]
-    expected = cli_frames(tmp_path, tiny_bundle, ["--prompt", "image0 meets image1", "--task_type", "r2v",
-                                                  "--images", *refs, "--num_frames", "5", "--height", "32",
-                                                  "--width", "48"])
-    got = api_frames(tiny_pipe, prompt="image0 meets image1", task_type="r2v", images=refs, num_frames=5, height=32,
-                     width=48)
+    expected = cli_frames(
+        tmp_path,
+        tiny_bundle,
+        [
+            "--prompt",
+            "image0 meets image1",
+            "--task_type",
+            "r2v",
+            "--images",
+            *refs,
+            "--num_frames",
+            "5",
+            "--height",
+            "32",
+            "--width",
+            "48",
+        ],
+    )
+    got = api_frames(
+        tiny_pipe, prompt="image0 meets image1", task_type="r2v", images=refs, num_frames=5, height=32, width=48
+    )
     assert np.array_equal(got, expected)
 
 
@@ -85,6 +123,12 @@ def test_helpers(tmp_path):
 
 def test_callback_sees_every_step(tiny_pipe):
     seen = []
-    tiny_pipe("a kite", task_type="t2i", height=32, width=48, num_inference_steps=3,
-              callback_on_step_end=lambda pipe, i, t, state: seen.append((i, t, tuple(state["latents"].shape))))
+    tiny_pipe(
+        "a kite",
+        task_type="t2i",
+        height=32,
+        width=48,
+        num_inference_steps=3,
+        callback_on_step_end=lambda pipe, i, t, state: seen.append((i, t, tuple(state["latents"].shape))),
+    )
     assert [i for i, _, _ in seen] == [0, 1, 2] and seen[0][2] == (1, 16, 1, 4, 6)

@@ -60,10 +60,12 @@ def test_separate_checkpoints_prefer_ema(bundles):
     root = config.parent.parent
     high, low = root / "Bernini-R" / "bernini_renderer_high", root / "Bernini-R" / "bernini_renderer_low"
     pipe = BerniniPipeline.from_pretrained(config, device="cpu", high_noise_ckpt=high, low_noise_ckpt=low)
-    for model, folder, prefix in ((pipe.transformer, high, "ema.diff_dec.transformer."),
-                                  (pipe.transformer_2, low, "ema.diff_dec.transformer_2.")):
+    for model, folder, prefix in (
+        (pipe.transformer, high, "ema.diff_dec.transformer."),
+        (pipe.transformer_2, low, "ema.diff_dec.transformer_2."),
+    ):
         tensors = written_tensors(folder)
-        ema = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        ema = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         assert_loaded_equals(model, ema)
         base = written_tensors(root / "base" / ("transformer" if "_2" not in prefix else "transformer_2"))
         assert not torch.equal(model.proj_out.weight, base["proj_out.weight"])
@@ -78,21 +80,40 @@ def test_checkpoint_spec_forms(bundles, tmp_path):
     # one file with bare keys, and one with non-EMA prefixed keys only
     source = resolve_model(bundles["separate"])
     tensors = written_tensors(high)
-    bare = {k[len("ema.diff_dec.transformer."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    bare = {k[len("ema.diff_dec.transformer.") :]: v for k, v in tensors.items() if k.startswith("ema.")}
     save_file(bare, str(tmp_path / "bare.safetensors"))
-    model = load_expert(source.components / "transformer", checkpoint_files(tmp_path / "bare.safetensors"),
-                        expert="transformer", dtype=torch.float32, separate=True)
+    model = load_expert(
+        source.components / "transformer",
+        checkpoint_files(tmp_path / "bare.safetensors"),
+        expert="transformer",
+        dtype=torch.float32,
+        separate=True,
+    )
     assert_loaded_equals(model, bare)
     plain = {k: v for k, v in tensors.items() if not k.startswith("ema.")}
     save_file(plain, str(tmp_path / "plain.safetensors"))
-    model = load_expert(source.components / "transformer", [tmp_path / "plain.safetensors"],
-                        expert="transformer", dtype=torch.float32, separate=True)
-    assert_loaded_equals(model, {k[len("diff_dec.transformer."):]: v for k, v in plain.items()})
+    model = load_expert(
+        source.components / "transformer",
+        [tmp_path / "plain.safetensors"],
+        expert="transformer",
+        dtype=torch.float32,
+        separate=True,
+    )
+    assert_loaded_equals(model, {k[len("diff_dec.transformer.") :]: v for k, v in plain.items()})
 
 
 def test_key_mapping_priorities():
-    entries = {k: k for k in ("transformer.a", "ema.transformer.a", "diff_dec.transformer.b", "b",
-                              "diff_dec.transformer_2.a", "junk.c")}
+    entries = {
+        k: k
+        for k in (
+            "transformer.a",
+            "ema.transformer.a",
+            "diff_dec.transformer.b",
+            "b",
+            "diff_dec.transformer_2.a",
+            "junk.c",
+        )
+    }
     mapping, unexpected = map_checkpoint_keys(entries, {"a", "b"}, "transformer")
     assert mapping == {"a": "ema.transformer.a", "b": "diff_dec.transformer.b"}
     assert unexpected == ["junk.c"]
@@ -100,8 +121,12 @@ def test_key_mapping_priorities():
 
 def test_bf16_load_casts_and_keeps_fp32_modules(bundles):
     source = resolve_model(bundles["diffusers"])
-    model = load_expert(source.components / "transformer", source.transformer_files["transformer"],
-                        expert="transformer", dtype=torch.bfloat16)
+    model = load_expert(
+        source.components / "transformer",
+        source.transformer_files["transformer"],
+        expert="transformer",
+        dtype=torch.bfloat16,
+    )
     assert model.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
     assert model.blocks[0].norm2.weight.dtype == torch.float32
     assert model.scale_shift_table.dtype == torch.float32
@@ -148,8 +173,13 @@ def _wrong_shape(path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("mutate", "expected"),
-    [(_truncate, "truncated"), (_garbage, "safetensors"), (_drop_tensor, "missing"),
-     (_extra_tensor, "unexpected tensors: blocks.99"), (_wrong_shape, "has shape")],
+    [
+        (_truncate, "truncated"),
+        (_garbage, "safetensors"),
+        (_drop_tensor, "missing"),
+        (_extra_tensor, "unexpected tensors: blocks.99"),
+        (_wrong_shape, "has shape"),
+    ],
 )
 def test_bad_weights_give_one_line_errors(bundles, tmp_path, mutate, expected):
     copy = _corrupt_copy(bundles["diffusers"], tmp_path, mutate)
@@ -165,8 +195,22 @@ def test_cli_reports_corrupt_weights_without_traceback(bundles, tmp_path):
     copy = _corrupt_copy(bundles["diffusers"], tmp_path, _truncate)
     output = tmp_path / "out.mp4"
     proc = subprocess.run(
-        [sys.executable, "-m", "bernini.cli", "generate", "--config", str(copy), "--prompt", "x",
-         "--output", str(output)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "bernini.cli",
+            "generate",
+            "--config",
+            str(copy),
+            "--prompt",
+            "x",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "truncated" in lines[0]

@@ -22,14 +22,20 @@ def test_t2v_mode_reproduces_diffusers_wan_pipeline(tiny_bundle, tiny_pipe):
     # Both pipelines get the same schedule (the reference's flow sigmas, see bernini.sampler.set_timesteps).
     original = scheduler.set_timesteps
     scheduler.set_timesteps = lambda n, device=None, **kw: set_timesteps(
-        type("S", (), {"config": scheduler.config, "set_timesteps": original})(), n, device)
+        type("S", (), {"config": scheduler.config, "set_timesteps": original})(), n, device
+    )
     reference.scheduler = scheduler
     expected = reference(
         prompt=t5_prefix("t2v") + prompt,
         negative_prompt=ours.parameters["resolved"]["negative_text"],
-        height=64, width=96, num_frames=9, num_inference_steps=4,
-        guidance_scale=4.0, guidance_scale_2=4.0 * 0.8,
-        generator=torch.Generator("cpu").manual_seed(3), output_type="np",
+        height=64,
+        width=96,
+        num_frames=9,
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        guidance_scale_2=4.0 * 0.8,
+        generator=torch.Generator("cpu").manual_seed(3),
+        output_type="np",
     ).frames[0]
     assert ours.frames.shape == expected.shape == (9, 64, 96, 3)
     assert np.abs(ours.frames - expected).max() < 1e-4
@@ -59,8 +65,13 @@ def test_api_tasks_and_media_types(tiny_pipe):
     out = tiny_pipe("make it blue", task_type="i2i", image=image, num_inference_steps=2, output_type="pil")
     assert len(out.frames) == 1 and out.frames[0].size == (96, 64)
     refs = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(3)]
-    out = tiny_pipe("image0 and image1 dance", task_type="r2v", images=refs, num_inference_steps=2, **{
-        k: v for k, v in SMALL.items() if k != "num_inference_steps"})
+    out = tiny_pipe(
+        "image0 and image1 dance",
+        task_type="r2v",
+        images=refs,
+        num_inference_steps=2,
+        **{k: v for k, v in SMALL.items() if k != "num_inference_steps"},
+    )
     assert out.parameters["resolved"]["source_ids"]["I"] == [1.0, 2.0, 3.0]
     assert out.parameters["resolved"]["forwards"] == 6
     pt = tiny_pipe("x", task_type="t2i", height=64, width=96, num_inference_steps=2, output_type="pt")
@@ -75,8 +86,14 @@ def test_latent_output_decodes_to_the_same_frames(tiny_pipe):
 
 
 def test_generator_is_honoured(tiny_pipe):
-    a = tiny_pipe("a kite", task_type="t2i", generator=torch.Generator().manual_seed(9), height=64, width=96,
-                  num_inference_steps=2)
+    a = tiny_pipe(
+        "a kite",
+        task_type="t2i",
+        generator=torch.Generator().manual_seed(9),
+        height=64,
+        width=96,
+        num_inference_steps=2,
+    )
     b = tiny_pipe("a kite", task_type="t2i", seed=9, height=64, width=96, num_inference_steps=2)
     assert np.array_equal(a.frames, b.frames)
 
@@ -144,8 +161,13 @@ def test_offload_modes_give_the_same_frames(tiny_bundle, tiny_pipe, mode):
     pipe.progress_bar = False
     assert pipe.offload == mode
     assert all(_is_group_offload_enabled(e) for e in pipe.experts) == (mode == "blocks")
-    kwargs = dict(task_type="rv2v", video=np.zeros((9, 32, 48, 3), np.uint8), images=[np.ones((32, 32, 3), np.uint8)],
-                  num_inference_steps=2, seed=4)
+    kwargs = dict(
+        task_type="rv2v",
+        video=np.zeros((9, 32, 48, 3), np.uint8),
+        images=[np.ones((32, 32, 3), np.uint8)],
+        num_inference_steps=2,
+        seed=4,
+    )
     assert np.allclose(pipe("a hat", **kwargs).frames, tiny_pipe("a hat", **kwargs).frames, atol=1e-6)
 
 

@@ -27,8 +27,12 @@ def test_angles_match_independent_formula(head_dim, source_id):
     assert angles.shape == (60, head_dim // 2)
     for token, (f, y, x) in enumerate((f, y, x) for f in range(3) for y in range(4) for x in range(5)):
         for k in range(head_dim // 2):
-            assert math.isclose(angles[token, k].item(), independent_angle(f, y, x, source_id, k, head_dim),
-                                rel_tol=1e-12, abs_tol=1e-12)
+            assert math.isclose(
+                angles[token, k].item(),
+                independent_angle(f, y, x, source_id, k, head_dim),
+                rel_tol=1e-12,
+                abs_tol=1e-12,
+            )
 
 
 def test_axis_split_of_the_14b_head():
@@ -55,10 +59,12 @@ def test_segments_restart_positions_at_zero():
 def test_relative_phase_between_segments_is_source_id_difference():
     """q·k between segments depends on the id difference only (RoPE is relative in s as well)."""
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
     def score(sq, sk):
         rq = apply_rope(q, *packed_rope([(1, 1, 1)], [sq], 16))
         rk = apply_rope(k, *packed_rope([(1, 1, 1)], [sk], 16))
         return (rq * rk).sum().item()
+
     assert math.isclose(score(1.0, 3.0), score(2.0, 4.0), rel_tol=1e-5)
     assert not math.isclose(score(1.0, 3.0), score(1.0, 2.0), rel_tol=1e-3)
 

@@ -24,13 +24,26 @@ def make_inputs(mode, weights=None):
     weights = weights or Weights(1.25, 4.5, 4.0)
     conditions = Conditions(videos=[torch.zeros(1, 16, 1, 2, 2)], images=[torch.zeros(1, 16, 1, 2, 2)])
     combos = {name: conditions.combo(name) for name in ("0", "V", "I", "VI")}
-    return SamplingInputs(latents=torch.randn(1, 16, 1, 2, 2), combos=combos, text={}, mode=mode,
-                          weights=weights, omega_scale=0.8, apg=APGState())
+    return SamplingInputs(
+        latents=torch.randn(1, 16, 1, 2, 2),
+        combos=combos,
+        text={},
+        mode=mode,
+        weights=weights,
+        omega_scale=0.8,
+        apg=APGState(),
+    )
 
 
 def scheduler(shift):
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
-                                   solver_order=2, solver_type="bh2", final_sigmas_type="zero")
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=shift,
+        solver_order=2,
+        solver_type="bh2",
+        final_sigmas_type="zero",
+    )
 
 
 @pytest.mark.parametrize("mode", list(BRANCHES))
@@ -80,8 +93,9 @@ def test_single_expert_never_switches_or_scales():
 
 
 def test_combos_and_ids():
-    conditions = Conditions(videos=[torch.zeros(1), torch.ones(1)], image=torch.full((1,), 2.0),
-                            images=[torch.full((1,), 3.0)])
+    conditions = Conditions(
+        videos=[torch.zeros(1), torch.ones(1)], image=torch.full((1,), 2.0), images=[torch.full((1,), 3.0)]
+    )
     assert conditions.combo("0") == []
     assert [s.source_id for s in conditions.combo("V")] == [1.0]
     assert [s.latent.item() for s in conditions.combo("VI")] == [0.0, 1.0, 2.0, 3.0]

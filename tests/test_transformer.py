@@ -14,8 +14,11 @@ def models():
 
 
 def run(model, conditions, target, t=600, text=None, seed=0):
-    text = text if text is not None else torch.randn(1, 12, TINY_TRANSFORMER["text_dim"],
-                                                     generator=torch.Generator().manual_seed(seed))
+    text = (
+        text
+        if text is not None
+        else torch.randn(1, 12, TINY_TRANSFORMER["text_dim"], generator=torch.Generator().manual_seed(seed))
+    )
     with torch.no_grad():
         return model.forward_packed(conditions, target, torch.tensor([t]), text)
 
@@ -39,8 +42,9 @@ def test_standard_forward_is_unchanged_after_runtime_install(models):
     _ = ours.runtime
     x, text = torch.randn(1, 16, 2, 4, 6), torch.randn(1, 8, TINY_TRANSFORMER["text_dim"])
     with torch.no_grad():
-        assert torch.allclose(ours(x, torch.tensor([10]), text).sample, reference(x, torch.tensor([10]), text).sample,
-                              atol=1e-5)
+        assert torch.allclose(
+            ours(x, torch.tensor([10]), text).sample, reference(x, torch.tensor([10]), text).sample, atol=1e-5
+        )
 
 
 def test_every_input_changes_the_output(models):
@@ -85,8 +89,9 @@ def test_segments_of_different_sizes_and_batches(models):
     text = torch.randn(2, 12, TINY_TRANSFORMER["text_dim"])
     with torch.no_grad():
         both = ours.forward_packed(conds, target, torch.tensor([500, 500]), text)
-        first = ours.forward_packed([Segment(s.latent[:1], s.source_id) for s in conds], target[:1],
-                                    torch.tensor([500]), text[:1])
+        first = ours.forward_packed(
+            [Segment(s.latent[:1], s.source_id) for s in conds], target[:1], torch.tensor([500]), text[:1]
+        )
     assert both.shape == target.shape
     assert torch.allclose(both[:1], first, atol=1e-5)
 
