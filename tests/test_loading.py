@@ -253,3 +253,28 @@ def test_header_reader_matches_safetensors(bundles):
     assert set(entries) == set(tensors)
     for key, entry in entries.items():
         assert entry.shape == tuple(tensors[key].shape) and entry.dtype == tensors[key].dtype
+
+
+def _fake_hub_cache(hf_home: Path, repo_id: str, content: Path) -> None:
+    """The on-disk layout huggingface_hub uses for a downloaded snapshot (no network involved)."""
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(content, repo / "snapshots" / commit)
+
+
+def test_repo_id_resolves_through_the_hugging_face_cache(bundles, tmp_path):
+    hf_home = tmp_path / "hf"
+    _fake_hub_cache(hf_home, "ByteDance/Bernini-R-Diffusers", bundles["diffusers"])
+    root = bundles["separate"].parent.parent
+    _fake_hub_cache(hf_home, "someone/bernini-high", root / "Bernini-R" / "bernini_renderer_high")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
+    code = (
+        "from bernini.loading import checkpoint_files, resolve_model\n"
+        "s = resolve_model('ByteDance/Bernini-R-Diffusers')\n"
+        "print(s.components.name, s.renderer.two_experts, len(checkpoint_files('someone/bernini-high')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0123456789abcdef0123456789abcdef01234567", "True", "2"]
