@@ -155,8 +155,13 @@ def test_readme_python_example_runs(tiny_bundle, tmp_path, monkeypatch):
 @pytest.mark.parametrize("mode", ["model", "blocks"])
 def test_offload_modes_give_the_same_frames(tiny_bundle, tiny_pipe, mode):
     """On the CPU the offload target is the CPU too, so this checks the plumbing (hooks, input devices)."""
+    import diffusers
     from diffusers.hooks.group_offloading import _is_group_offload_enabled
+    from packaging.version import Version
 
+    no_accelerator = getattr(torch, "accelerator", None) is None or torch.accelerator.current_accelerator() is None
+    if mode == "blocks" and no_accelerator and Version(diffusers.__version__) < Version("0.36"):
+        pytest.skip("diffusers < 0.36 group offloading needs an accelerator to exist")
     pipe = BerniniPipeline.from_pretrained(tiny_bundle, device="cpu", offload=mode)
     pipe.progress_bar = False
     assert pipe.offload == mode
