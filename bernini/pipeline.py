@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from .attention import select_backend
-from .conditions import Conditions, LatentCodec, latent_shape
+from .conditions import COMBOS, Conditions, LatentCodec, latent_shape
 from .errors import BerniniError
 from .guidance import BRANCHES, APGState, Weights
 from .loading import ModelSource, checkpoint_files, expert_names, load_expert, resolve_model
@@ -72,10 +72,6 @@ class BerniniOutput:
     frames: Any
     latents: torch.Tensor
     parameters: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.parameters.get("resolved", {}).get("frames", 0))
 
 
 class BerniniPipeline:
@@ -390,7 +386,7 @@ class BerniniPipeline:
         noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
         cfg = self.renderer_config
         combo_args = (request.use_src_tgt_id, request.interpolate_src_id, request.max_trained_src_id)
-        combos = {name: conditions.combo(name, *combo_args) for name in ("0", "V", "I", "VI")}
+        combos = {name: conditions.combo(name, *combo_args) for name in COMBOS}
         inputs = SamplingInputs(
             latents=noise,
             combos=combos,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BerniniError
-from .tasks import GUIDANCE_MODES, TASKS
+from .tasks import GUIDANCE_MODES, MEDIA_NEEDS, TASKS
 
 WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
@@ -133,15 +133,8 @@ def _check_media(request: GenerationRequest, task: str, mode: str) -> None:
         "v2v_apg": has_visual,
     }
     if not needs.get(mode, True):
-        what = {
-            "rv2v": "a video and a reference image",
-            "v2v_chain": "a video",
-            "r2v_apg": "reference images",
-            "v2v": "a video or an image",
-            "v2v_apg": "a video or an image",
-        }[mode]
         raise BerniniError(
-            f"guidance_mode {mode} needs {what}, which task {task} does not have here; "
+            f"guidance_mode {mode} needs {MEDIA_NEEDS[mode]}, which task {task} does not have here; "
             f"use the task's default ({TASKS[task].guidance_mode}) or add the media"
         )
 

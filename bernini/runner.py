@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +109,7 @@ def run_job(
     return JobResult(written, sidecar, prompt, record, frames)
 
 
-def with_output(request: GenerationRequest, output: str | Path) -> GenerationRequest:
-    return replace(request, output=str(output))
-
-
-def existing_output(output: str | Path, frames_hint: int | None = None) -> Path | None:
+def existing_output(output: str | Path) -> Path | None:
     """The finished output for ``--skip_existing``: the file and its sidecar must both exist."""
     path = Path(output)
     candidates = [path, path.with_suffix(".png"), path.with_suffix(".mp4")]

@@ -74,21 +74,13 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 MEDIA_NEEDS: dict[str, str] = {
-    "rv2v": "a video and at least one reference image",
+    "rv2v": "a video and a reference image",
     "v2v_chain": "a video",
-    "v2v_apg": "a video or an image",
+    "r2v_apg": "reference images",
     "v2v": "a video or an image",
-    "r2v_apg": "at least one image",
+    "v2v_apg": "a video or an image",
 }
-
-
-def task_spec(task_type: str) -> TaskSpec:
-    from .errors import BerniniError
-
-    try:
-        return TASKS[task_type]
-    except KeyError:
-        raise BerniniError(f"unknown task_type {task_type!r}; choose one of: {', '.join(TASKS)}") from None
+"""What the guidance modes that read visual inputs need, as named in the error when it is missing."""
 
 
 def t5_prefix(task_type: str) -> str:
