@@ -190,11 +190,15 @@ class BerniniPipeline:
             return offload
         if self.device.type != "cuda":
             return "none"
-        sizes = [sum(p.numel() * p.element_size() for p in m.parameters()) for m in self._modules()]
-        expert = max(sum(p.numel() * p.element_size() for p in e.parameters()) for e in self.experts)
+
+        def nbytes(module: torch.nn.Module) -> int:
+            return sum(p.numel() * p.element_size() for p in module.parameters())
+
+        everything = sum(nbytes(m) for m in self._modules())
+        expert = max(nbytes(e) for e in self.experts)
         total = torch.cuda.get_device_properties(self.device).total_memory
         headroom = 8 * 1024**3  # activations of a ~67k-token packed sequence, the VAE decode workspace
-        if sum(sizes) * 1.1 + headroom < total:
+        if everything * 1.1 + headroom < total:
             return "none"
         if expert * 1.1 + headroom < total:
             return "model"
