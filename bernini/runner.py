@@ -84,18 +84,22 @@ def run_job(
     extra_record: dict[str, Any] | None = None,
     callback: Callable[..., Any] | None = None,
 ) -> JobResult:
-    """Generate ``request`` and (when ``write``) write the output, its sidecar and optionally every frame."""
+    """Generate ``request`` and write the output, its sidecar and optionally every frame.
+
+    With ``write=False`` (the non-writing ranks of a parallel group) the job stops at the latents: no
+    VAE decode, no files, ``frames`` is None.
+    """
     request = validate(request)
     if not request.output:
         raise BerniniError("no output path given; pass --output PATH")
     enhance = make_enhancer(pe_model or request.pe_model, log, share) if (use_pe or request.use_pe) else None
-    result = pipe.generate(request, enhance=enhance, callback=callback)
-    frames = to_uint8_frames(result.frames)
+    result = pipe.generate(request, enhance=enhance, callback=callback, output_type="np" if write else "latent")
     prompt = result.parameters["request"]["prompt"]
     if enhance is not None and log is not None:
         log(f"prompt used: {prompt}")
     if not write:
-        return JobResult(None, None, prompt, result.parameters, frames)
+        return JobResult(None, None, prompt, result.parameters, None)
+    frames = to_uint8_frames(result.frames)
     written = write_output(request.output, frames, request.fps)
     record = dict(result.parameters)
     record["output"] = str(written)

@@ -171,7 +171,7 @@ seen = {"steps": [], "prompts": []}
 class FakePipe:
     progress_bar = False
 
-    def generate(self, request, enhance=None, callback=None):
+    def generate(self, request, enhance=None, callback=None, output_type="np"):
         seen["prompts"].append(request.prompt)
         for index in range(request.num_inference_steps):
             callback(self, index, 1000 - index, {})

@@ -116,7 +116,7 @@ def run_tasks(
 
 def generation_job(pipe, args: argparse.Namespace, groups: Groups, total: int) -> Job:
     """The leader runs the normal job (decode, write, sidecar); the others compute latents only."""
-    from ..runner import make_enhancer, run_job
+    from ..runner import run_job
 
     layout = groups.layout
 
@@ -124,23 +124,18 @@ def generation_job(pipe, args: argparse.Namespace, groups: Groups, total: int) -
         return pg.share(fn, groups.task, layout.leader, layout.is_leader)
 
     def job(index: int, request: GenerationRequest) -> None:
+        result = run_job(
+            pipe,
+            request,
+            save_frames=args.save_frames if total == 1 else None,
+            use_pe=args.use_pe,
+            pe_model=args.pe_model,
+            write=layout.is_leader,
+            log=stderr if layout.is_leader else None,
+            share=share,
+        )
         if layout.is_leader:
-            result = run_job(
-                pipe,
-                request,
-                save_frames=args.save_frames if total == 1 else None,
-                use_pe=args.use_pe,
-                pe_model=args.pe_model,
-                write=True,
-                log=stderr,
-                share=share,
-            )
             stderr(f"task {index + 1}/{total}: wrote {result.output}")
-            return
-        request = validate(request)
-        use_pe = args.use_pe or request.use_pe
-        enhance = make_enhancer(args.pe_model or request.pe_model, None, share) if use_pe else None
-        pipe.generate(request, enhance=enhance, output_type="latent")
 
     return job
 
