@@ -45,6 +45,25 @@ class Runtime:
     sequence_parallel: SequenceParallel | None = None
     sequence_length: int = 0
     execution_device: torch.device | None = None
+    rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    rope_cache_size: int = 8
+
+    def rope_tables(
+        self, grids: list[tuple[int, int, int]], source_ids: list[float], head_dim: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos / sin of a packed layout on ``device``, kept for reuse.
+
+        Every step of a generation asks for the same few layouts (one per combo); without the cache each
+        forward rebuilds a float64 table for every token on the CPU and copies it to the device."""
+        key = (tuple(grids), tuple(source_ids), head_dim, device)
+        tables = self.rope_cache.get(key)
+        if tables is None:
+            cos, sin = packed_rope(grids, source_ids, head_dim)
+            tables = (cos.to(device), sin.to(device))
+            while len(self.rope_cache) >= self.rope_cache_size:
+                self.rope_cache.pop(next(iter(self.rope_cache)))
+            self.rope_cache[key] = tables
+        return tables
 
 
 class PackedAttnProcessor:
@@ -182,8 +201,8 @@ class BerniniTransformer(WanTransformer3DModel):
         p_t, p_h, p_w = self.config.patch_size
         segments = [*conditions, Segment(target, 0.0)]
         hidden_states, grids = self.embed_segments(segments)
-        cos, sin = packed_rope(grids, [s.source_id for s in segments], self.head_dim)
-        cos, sin = cos.to(hidden_states.device), sin.to(hidden_states.device)
+        ids = [s.source_id for s in segments]
+        cos, sin = self.runtime.rope_tables(grids, ids, self.head_dim, hidden_states.device)
         length = hidden_states.shape[1]
         target_tokens = (frames // p_t) * (height // p_h) * (width // p_w)
 

@@ -117,3 +117,20 @@ def test_compiled_blocks_match_eager():
     eager = run(model, conditions, target)
     model.compile_repeated_blocks(fullgraph=False)
     assert torch.allclose(run(model, conditions, target), eager, atol=1e-5)
+
+
+def test_rope_tables_are_built_once_per_layout(models):
+    _, ours = models
+    ours.runtime.rope_cache.clear()
+    target = torch.randn(1, 16, 2, 4, 6)
+    cond = Segment(torch.randn(1, 16, 1, 4, 4), 1.0)
+    first = run(ours, [cond], target)
+    tables = list(ours.runtime.rope_cache.values())
+    assert len(tables) == 1
+    assert torch.equal(run(ours, [cond], target), first)
+    assert list(ours.runtime.rope_cache.values())[0][0] is tables[0][0]
+    run(ours, [Segment(cond.latent, 2.0)], target)  # another source id is another layout
+    assert len(ours.runtime.rope_cache) == 2
+    for i in range(ours.runtime.rope_cache_size + 3):
+        run(ours, [], torch.randn(1, 16, 1, 2, 2 * (i + 1)))
+    assert len(ours.runtime.rope_cache) == ours.runtime.rope_cache_size
