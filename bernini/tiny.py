@@ -148,9 +148,14 @@ def _write_expert_checkpoint(folder: Path, expert: str, state: dict[str, torch.T
 
 def write_tiny_bundle(directory: str | Path, layout: str = "diffusers", seed: int = 0) -> Path:
     """Write a tiny bundle and return the path to pass as ``--config``."""
+    from .errors import BerniniError
+
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+        raise BerniniError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
     root = Path(directory)
+    blocker = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise BerniniError(f"cannot write a bundle into {root}: {blocker} is a file; choose a directory")
     root.mkdir(parents=True, exist_ok=True)
     if layout in ("diffusers", "single"):
         single = layout == "single"

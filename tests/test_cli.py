@@ -439,3 +439,19 @@ def test_bad_media_in_process(bad: str, tiny_bundle: Path, tmp_path: Path, capsy
     assert len(lines) == 1 and lines[0].startswith("error:"), lines
     assert Path(media[-1]).name in lines[0]
     assert files_under(tmp_path) == before
+
+
+def test_tiny_bundle_into_a_file_is_a_one_line_error(tmp_path):
+    target = tmp_path / "taken.png"
+    target.write_bytes(b"x")
+    result = subprocess.run(
+        [sys.executable, "-m", "bernini.cli", "tiny-bundle", str(target / "bundle")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot write a bundle into {target / 'bundle'}: {target} is a file; choose a directory"
+    ]
+    assert target.read_bytes() == b"x"
