@@ -1,4 +1,4 @@
-"""Upstream-compatible entry point: ``python gradio_demo.py --config BUNDLE --port 7860`` (see bernini/demo.py)."""
+"""Upstream-compatible entry point: ``python gradio_demo.py --config BUNDLE --port 7860`` (see bernini/demo/)."""
 
 import sys
 

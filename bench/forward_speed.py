@@ -14,7 +14,8 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from bernini.attention import select_backend
-from bernini.transformer import BerniniTransformer, Segment
+from bernini.conditions import Segment
+from bernini.transformer import BerniniTransformer
 
 
 def timed(fn, repeats: int) -> float:
@@ -51,7 +52,7 @@ def main() -> None:
     reference = WanTransformer3DModel(**config).to(args.device, dtype).eval()
     ours = BerniniTransformer(**config).to(args.device, dtype).eval()
     ours.load_state_dict(reference.state_dict())
-    ours.configure(attention=select_backend(args.device))
+    ours.configure(attention=select_backend(args.device, dtype=dtype))
     t, h, w = args.latent
     x = torch.randn(1, 16, t, h, w, device=args.device, dtype=dtype)
     source = Segment(torch.randn_like(x), 1.0)

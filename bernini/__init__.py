@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
+from .errors import BerniniError
+from .guidance import GUIDANCE_MODES
+from .tasks import TASKS
 
-from .errors import BerniniError  # noqa: E402
-from .tasks import FORWARDS_PER_STEP, GUIDANCE_MODES, TASKS  # noqa: E402
+_LAZY = {
+    "BerniniPipeline": "pipeline",
+    "BerniniOutput": "pipeline",
+    "tasks_table": "pipeline",
+    "export_to_video": "output",
+    "load_case": "request",
+    "GenerationRequest": "request",
+    "GenerationPlan": "plan",
+    "make_plan": "plan",
+}
 
 
 def __getattr__(name: str):
-    if name in ("BerniniPipeline", "BerniniOutput", "tasks_table"):
-        from . import pipeline
+    """Heavy parts (torch, diffusers) load on first use, so ``import bernini`` stays fast."""
+    if name == "FORWARDS_PER_STEP":
+        from .guidance import forwards_per_step
 
-        return getattr(pipeline, name)
-    if name == "export_to_video":
-        from .output import export_to_video
+        return dict(forwards_per_step())
+    if name in _LAZY:
+        import importlib
 
-        return export_to_video
-    if name == "load_case":
-        from .request import load_case
-
-        return load_case
-    if name == "GenerationRequest":
-        from .request import GenerationRequest
-
-        return GenerationRequest
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(name)
 
 
@@ -34,9 +38,12 @@ __all__ = [
     "BerniniPipeline",
     "FORWARDS_PER_STEP",
     "GUIDANCE_MODES",
+    "GenerationPlan",
     "GenerationRequest",
     "TASKS",
+    "__version__",
     "export_to_video",
     "load_case",
+    "make_plan",
     "tasks_table",
 ]

@@ -1,8 +1,9 @@
-"""Attention backends, probed once at start.
+"""Attention kernels through diffusers' attention dispatcher, chosen once per pipeline.
 
-FlashAttention-3 (``flash_attn_interface``) on Hopper, else FlashAttention-2 (``flash_attn``), else
-PyTorch's scaled_dot_product_attention. None of the fast ones is required; each is imported only if
-it is installed and usable on the current device. All backends take and return ``[B, N, heads, D]``.
+``auto`` picks FlashAttention-3 on Hopper, else FlashAttention-2, else PyTorch SDPA; ``sage`` is used
+only when asked for. The fast kernels need a CUDA device and half-precision activations: an fp32
+run gets SDPA under ``auto`` (and the choice says so) and a one-line error when one is forced. None of
+the fast packages is required; each is detected at run time. Tensors are ``[B, N, heads, D]``.
 """
 
 from __future__ import annotations
@@ -13,71 +14,75 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+from .errors import BerniniError
 
 logger = logging.getLogger(__name__)
 
+# our name → (diffusers AttentionBackendName value, availability probe in diffusers.utils)
+KERNELS: dict[str, tuple[str, str | None]] = {
+    "fa3": ("_flash_3", "is_flash_attn_3_available"),
+    "fa2": ("flash", "is_flash_attn_available"),
+    "sage": ("sage", "is_sageattention_available"),
+    "sdpa": ("native", None),
+}
+BACKENDS = ("auto", *KERNELS)
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-BACKENDS = ("auto", "fa3", "fa2", "sdpa")
-
-
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
-
-
-def _flash(module_name: str) -> AttentionFn | None:
-    try:
-        module = importlib.import_module(module_name)
-    except Exception:  # noqa: BLE001 - a broken optional install must not stop the run
-        return None
-    fn = getattr(module, "flash_attn_func", None)
-    if fn is None:
-        return None
-
-    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if q.dtype not in (torch.float16, torch.bfloat16):
-            return sdpa_attention(q, k, v)
-        out = fn(q, k, v)
-        return out[0] if isinstance(out, tuple) else out
-
-    return attention
+HALF_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
 class AttentionBackend:
-    name: str
-    fn: AttentionFn
+    """One kernel: ``name`` is what the sidecar records, ``dispatch_name`` what diffusers dispatches."""
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.fn(q, k, v)
+    name: str = "sdpa"
+    dispatch_name: str = "native"
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return dispatch_attention_fn(query, key, value, backend=self.dispatch_name)
+
+
+SDPA = AttentionBackend()
+
+
+def kernel_available(name: str) -> bool:
+    probe = KERNELS[name][1]
+    if probe is None:
+        return True
+    try:
+        utils = importlib.import_module("diffusers.utils")
+        return bool(getattr(utils, probe)())
+    except Exception:  # noqa: BLE001 - a broken optional install must not stop the run
+        return False
 
 
 def _is_hopper(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
 
 
-def select_backend(device: torch.device | str, preference: str = "auto") -> AttentionBackend:
-    """Pick the fastest usable backend for ``device`` (or the one asked for) and log the choice."""
-    from .errors import BerniniError
-
+def select_backend(
+    device: torch.device | str, preference: str = "auto", dtype: torch.dtype = torch.bfloat16
+) -> AttentionBackend:
+    """The kernel that will actually run for ``device`` and ``dtype`` (or the one asked for)."""
     device = torch.device(device)
     if preference not in BACKENDS:
         raise BerniniError(f"unknown attention backend {preference!r}; choose one of: {', '.join(BACKENDS)}")
-    candidates: list[tuple[str, str]] = []
-    if device.type == "cuda":
-        if preference in ("auto", "fa3") and (preference == "fa3" or _is_hopper(device)):
-            candidates.append(("fa3", "flash_attn_interface"))
-        if preference in ("auto", "fa2"):
-            candidates.append(("fa2", "flash_attn"))
-    for name, module in candidates:
-        fn = _flash(module)
-        if fn is not None:
-            logger.info("attention backend: %s", name)
-            return AttentionBackend(name, fn)
-        if preference == name:
-            raise BerniniError(f"attention backend {name!r} requested but {module!r} is not importable here")
-    if preference in ("fa3", "fa2"):
-        raise BerniniError(f"attention backend {preference!r} needs a CUDA device")
-    logger.info("attention backend: sdpa")
-    return AttentionBackend("sdpa", sdpa_attention)
+    if preference not in ("auto", "sdpa"):
+        if device.type != "cuda":
+            raise BerniniError(f"attention backend {preference!r} needs a CUDA device; use --attention sdpa")
+        if dtype not in HALF_PRECISION:
+            raise BerniniError(
+                f"attention backend {preference!r} needs bf16 or fp16 weights, not {str(dtype).replace('torch.', '')}; "
+                "pass --dtype bf16 or --attention sdpa"
+            )
+        if not kernel_available(preference):
+            raise BerniniError(f"attention backend {preference!r} requested but its package is not installed here")
+        chosen = preference
+    elif preference == "auto" and device.type == "cuda" and dtype in HALF_PRECISION:
+        order = ("fa3", "fa2") if _is_hopper(device) else ("fa2",)
+        chosen = next((name for name in order if kernel_available(name)), "sdpa")
+    else:
+        chosen = "sdpa"
+    logger.info("attention backend: %s", chosen)
+    return AttentionBackend(chosen, KERNELS[chosen][0])

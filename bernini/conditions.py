@@ -1,4 +1,8 @@
-"""Conditions: media become normalised VAE latents, then the segment combos with their source ids."""
+"""Conditions: media become normalised VAE latents, then the segment combos with their source ids.
+
+Nothing here knows the renderer or diffusers: the VAE comes in as a module, and every scale factor and
+channel count is read from its config.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +10,65 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .rope import assign_source_ids
-from .transformer import Segment
+from .guidance import Combo
+from .plan import SourceIdPolicy
 
-COMBOS = ("0", "V", "I", "VI")
+
+@dataclass(frozen=True)
+class Segment:
+    """One latent segment of a packed sequence: a clean condition or the noisy target."""
+
+    latent: torch.Tensor  # [B, C, T, H, W]
+    source_id: float = 0.0
 
 
 @dataclass
 class Conditions:
-    """Encoded visual inputs, each its own ``[1, 16, T, H, W]`` latent at its own size."""
+    """Encoded visual inputs, each its own ``[1, C, T, H, W]`` latent at its own size."""
 
     videos: list[torch.Tensor] = field(default_factory=list)
     image: torch.Tensor | None = None
     images: list[torch.Tensor] = field(default_factory=list)
 
-    def combo(self, name: str, use_source_ids: bool = True, interpolate: bool = True, max_trained: int = 5):
+    def combo(self, combo: Combo | str, policy: SourceIdPolicy | None = None) -> list[Segment]:
         """Segments of a combo: ``0`` none; ``V`` the first video; ``I`` the images; ``VI`` everything."""
+        combo = Combo(combo)
         images = ([self.image] if self.image is not None else []) + list(self.images)
-        if name == "0":
-            latents: list[torch.Tensor] = []
-        elif name == "V":
-            latents = self.videos[:1]
-        elif name == "I":
-            latents = images
-        elif name == "VI":
-            latents = list(self.videos) + images
-        else:
-            raise ValueError(f"unknown combo {name!r}")
-        ids = assign_source_ids(len(latents), interpolate, max_trained)
-        if not use_source_ids:
-            ids = [0.0] * len(latents)
+        latents = {
+            Combo.EMPTY: [],
+            Combo.VIDEO: self.videos[:1],
+            Combo.IMAGES: images,
+            Combo.ALL: list(self.videos) + images,
+        }[combo]
+        ids = (policy or SourceIdPolicy()).ids(len(latents))
         return [Segment(latent, source_id) for latent, source_id in zip(latents, ids, strict=True)]
+
+    def combos(self, policy: SourceIdPolicy) -> dict[Combo, list[Segment]]:
+        return {combo: self.combo(combo, policy) for combo in Combo}
+
+
+@dataclass(frozen=True)
+class LatentGrid:
+    """How pixels map to latents and latents to tokens, from the VAE and expert configs."""
+
+    channels: int
+    temporal: int  # frames per latent frame after the first
+    spatial: int  # pixels per latent cell
+    patch: tuple[int, int, int]  # the expert's (t, h, w) patch
+
+    @property
+    def size_multiple(self) -> int:
+        """Output sides snap to this: one token covers ``spatial × patch`` pixels."""
+        return self.spatial * self.patch[1]
+
+    def snap_frames(self, frames: int) -> int:
+        return frames // self.temporal * self.temporal + 1 if frames > 1 else 1
+
+    def snap_side(self, pixels: int) -> int:
+        return max(self.size_multiple, pixels // self.size_multiple * self.size_multiple)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        return (1, self.channels, (frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
 
 
 class LatentCodec:
@@ -48,6 +80,17 @@ class LatentCodec:
         self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
 
+    @staticmethod
+    def grid(vae_config, patch_size) -> LatentGrid:
+        """Scale factors of the VAE config (``scale_factor_*`` where present, else its downsampling layout)."""
+        temporal = getattr(vae_config, "scale_factor_temporal", None)
+        spatial = getattr(vae_config, "scale_factor_spatial", None)
+        if temporal is None or spatial is None:
+            downsample = list(vae_config.temperal_downsample)
+            temporal = 2 ** sum(bool(x) for x in downsample)
+            spatial = 2 ** len(downsample)
+        return LatentGrid(int(vae_config.z_dim), int(temporal), int(spatial), tuple(int(p) for p in patch_size))
+
     @property
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
@@ -58,7 +101,7 @@ class LatentCodec:
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[3, T, H, W]`` in [-1, 1] → normalised latent ``[1, 16, T', H/8, W/8]`` (distribution mode)."""
+        """``[3, T, H, W]`` in [-1, 1] → normalised latent ``[1, C, T', H', W']`` (distribution mode)."""
         pixels = pixels.unsqueeze(0).to(self.device, self.dtype)
         latent = self.vae.encode(pixels).latent_dist.mode().float()
         return (latent - self.mean.to(latent.device)) / self.std.to(latent.device)
@@ -68,7 +111,3 @@ class LatentCodec:
         """Normalised latents → pixels ``[B, 3, T, H, W]`` in [-1, 1]."""
         z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
         return self.vae.decode(z.to(self.device, self.dtype), return_dict=False)[0].float()
-
-
-def latent_shape(frames: int, height: int, width: int, channels: int = 16) -> tuple[int, int, int, int, int]:
-    return (1, channels, (frames - 1) // 4 + 1, height // 8, width // 8)

@@ -16,14 +16,18 @@ MODEL_TYPE = "bernini_renderer"
 
 @dataclass(frozen=True)
 class RendererConfig:
-    """Keys of ``BerniniRendererConfig`` with the 14B values as defaults."""
+    """The keys of ``BerniniRendererConfig`` that inference reads, with the 14B values as defaults.
+
+    ``use_unipc``, ``use_src_id_rotary_emb``, ``interpolate_src_id`` and ``max_trained_src_id`` are the
+    defaults of the matching generation flags. ``shift`` is not read: upstream's CLI passes
+    ``--flow_shift`` (5.0) over it, and so do we (docs/architecture.md lists the keys).
+    """
 
     wan22_base: str = WAN22_BASE_REPO_ID
     skip_transformer_1: bool = False
     skip_transformer_2: bool = False
     switch_dit_boundary: float = 0.875
     max_sequence_length: int = 512
-    shift: float = 3.0
     use_unipc: bool = True
     use_src_id_rotary_emb: bool = True
     interpolate_src_id: bool = True

@@ -1,33 +1,62 @@
 """Guidance modes: which branches a step evaluates and how their predictions combine.
 
-A branch is ``(combo, text)`` with combo one of ``"0"`` (target only), ``"V"`` (first video),
-``"I"`` (images on their own id axis) and ``"VI"`` (every visual input), and text ``"c"`` (prompt)
-or ``"u"`` (negative prompt). Chained CFG combines velocities; APG works in x0 space with norms and
-projections per latent frame (over C, H, W) and momentum buffers that live for a whole generation.
+A branch is a :class:`Branch` ``(combo, text)``: the conditions packed beside the target (:class:`Combo`)
+and the text context (:class:`Text`). A mode is declared, not coded: its branches, the media it needs,
+the space it combines in (velocity, or x0 for APG) and a chain of :class:`Delta` pieces
+
+    guided = p[base] + Σ weight · project(p[end] − p[start])
+
+where ``project`` is the identity (CFG) or :class:`FrameAPG` (per-latent-frame APG with momentum and a
+norm cap). New modes (the full Bernini's) are added with :func:`register`.
+
+This module imports no torch at import time: the task table, the request checks and ``bernini tasks``
+read the registry before anything heavy loads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-Branch = tuple[str, str]
-
-BRANCHES: dict[str, tuple[Branch, ...]] = {
-    "rv2v": (("0", "u"), ("V", "u"), ("VI", "u"), ("VI", "c")),
-    "v2v": (("VI", "u"), ("VI", "c")),
-    "v2v_chain": (("0", "u"), ("V", "u"), ("VI", "c")),
-    "t2v": (("0", "u"), ("0", "c")),
-    "t2v_apg": (("0", "u"), ("0", "c")),
-    "v2v_apg": (("VI", "u"), ("VI", "c")),
-    "r2v_apg": (("0", "u"), ("I", "u"), ("I", "c")),
-}
 FRAME_DIMS = (1, 3, 4)  # C, H, W of [B, C, T, H, W]
 
 
-@dataclass
+class Combo(str, Enum):
+    """Which encoded inputs are packed beside the target (the value is the name the sidecar records)."""
+
+    EMPTY = "0"  # target only
+    VIDEO = "V"  # the first source video
+    IMAGES = "I"  # the source image and the references, on their own id axis
+    ALL = "VI"  # every visual input
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Text(str, Enum):
+    """Which text context a branch reads."""
+
+    PROMPT = "c"
+    NEGATIVE = "u"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Branch(NamedTuple):
+    combo: Combo
+    text: Text
+
+
+@dataclass(frozen=True)
 class Weights:
+    """Guidance weights ω; a :class:`Delta` names the one it uses."""
+
     vid: float
     img: float
     txt: float
@@ -36,62 +65,183 @@ class Weights:
         return Weights(self.vid * factor, self.img * factor, self.txt * factor)
 
 
-@dataclass
-class APGState:
-    """APG settings and the momentum buffers, one per chained condition."""
-
+@dataclass(frozen=True)
+class APGSettings:
     eta: float = 0.5
     norm_threshold: tuple[float, ...] = (50.0, 50.0)
     momentum: float = 0.0
+
+
+@dataclass
+class GuidanceState:
+    """What lives for a whole generation: the APG settings and one momentum buffer per APG delta."""
+
+    apg: APGSettings = field(default_factory=APGSettings)
     buffers: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def project(self, diff: torch.Tensor, reference: torch.Tensor, index: int) -> torch.Tensor:
-        """P(d; r): momentum, norm cap, then keep the orthogonal part and eta times the parallel part."""
-        if self.momentum:
-            running = self.buffers.get(index)
-            diff = diff if running is None else diff + self.momentum * running
-            self.buffers[index] = diff
-        threshold = self.norm_threshold[index] if index < len(self.norm_threshold) else self.norm_threshold[-1]
+
+class Projection(Protocol):
+    def __call__(self, diff: torch.Tensor, reference: torch.Tensor, state: GuidanceState) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class FrameAPG:
+    """P(d; r): momentum, per-frame norm cap, then the orthogonal part plus η times the parallel part.
+
+    ``slot`` selects the momentum buffer and the ``norm_threshold`` entry (the last one repeats).
+    """
+
+    slot: int = 0
+
+    def __call__(self, diff: torch.Tensor, reference: torch.Tensor, state: GuidanceState) -> torch.Tensor:
+        settings = state.apg
+        if settings.momentum:
+            running = state.buffers.get(self.slot)
+            diff = diff if running is None else diff + settings.momentum * running
+            state.buffers[self.slot] = diff
+        thresholds = settings.norm_threshold
+        threshold = thresholds[self.slot] if self.slot < len(thresholds) else thresholds[-1]
         if threshold > 0:
             norm = diff.norm(p=2, dim=FRAME_DIMS, keepdim=True)
-            diff = diff * torch.clamp(threshold / norm, max=1.0)
+            diff = diff * (threshold / norm).clamp(max=1.0)
         dtype = diff.dtype
         d, r = diff.double(), reference.double()
-        unit = torch.nn.functional.normalize(r, dim=FRAME_DIMS)
+        unit = r / r.norm(p=2, dim=FRAME_DIMS, keepdim=True).clamp_min(1e-12)
         parallel = (d * unit).sum(dim=FRAME_DIMS, keepdim=True) * unit
-        orthogonal = d - parallel
-        return (orthogonal + self.eta * parallel).to(dtype)
+        return (d - parallel + settings.eta * parallel).to(dtype)
 
 
-def combine(
-    mode: str,
-    predictions: list[torch.Tensor],
-    latents: torch.Tensor,
-    sigma: float,
-    weights: Weights,
-    apg: APGState,
-) -> torch.Tensor:
-    """The guided velocity for ``mode`` from its branch predictions (in the order of ``BRANCHES[mode]``)."""
-    if mode == "rv2v":
-        empty, video, visual, text = predictions
-        return empty + weights.vid * (video - empty) + weights.img * (visual - video) + weights.txt * (text - visual)
-    if mode == "v2v_chain":
-        empty, video, text = predictions
-        return empty + weights.vid * (video - empty) + weights.txt * (text - video)
-    if mode in ("v2v", "t2v"):
-        uncond, cond = predictions
-        return uncond + weights.txt * (cond - uncond)
-    x0 = [latents - sigma * v for v in predictions]
-    if mode in ("t2v_apg", "v2v_apg"):
-        uncond, cond = x0
-        guided = uncond + weights.txt * apg.project(cond - uncond, cond, 0)
-    elif mode == "r2v_apg":
-        empty, image, text = x0
-        guided = (
-            empty
-            + weights.img * apg.project(image - empty, image, 0)
-            + weights.txt * apg.project(text - image, text, 1)
-        )
-    else:
-        raise ValueError(f"unknown guidance mode {mode!r}")
-    return (latents - guided) / sigma
+@dataclass(frozen=True)
+class Delta:
+    """One guidance term: ``weight · project(p[end] − p[start])``, referenced to ``p[end]``."""
+
+    start: int
+    end: int
+    weight: str  # a field of Weights
+    project: Projection | None = None
+
+
+class MediaNeed(Enum):
+    """What a mode's branches read beyond the target; ``describe`` is how an error names it."""
+
+    NOTHING = "nothing"
+    ANY_VISUAL = "a video or an image"
+    VIDEO = "a video"
+    REFERENCES = "reference images"
+    VIDEO_AND_REFERENCES = "a video and a reference image"
+
+    def met_by(self, videos: int, references: int) -> bool:
+        return {
+            MediaNeed.NOTHING: True,
+            MediaNeed.ANY_VISUAL: videos + references > 0,
+            MediaNeed.VIDEO: videos > 0,
+            MediaNeed.REFERENCES: references > 0,
+            MediaNeed.VIDEO_AND_REFERENCES: videos > 0 and references > 0,
+        }[self]
+
+
+@dataclass(frozen=True)
+class GuidanceMode:
+    name: str
+    branches: tuple[Branch, ...]
+    deltas: tuple[Delta, ...]
+    base: int = 0
+    x0_space: bool = False  # APG works on x0 = x − σ·v
+    needs: MediaNeed = MediaNeed.NOTHING
+    description: str = ""
+
+    @property
+    def forwards_per_step(self) -> int:
+        return len(self.branches)
+
+    def combine(
+        self,
+        predictions: Sequence[torch.Tensor],
+        latents: torch.Tensor,
+        sigma: float,
+        weights: Weights,
+        state: GuidanceState,
+    ) -> torch.Tensor:
+        """The guided velocity from the branch predictions (in the order of :attr:`branches`)."""
+        if len(predictions) != len(self.branches):
+            raise ValueError(f"{self.name} takes {len(self.branches)} predictions, got {len(predictions)}")
+        values = [latents - sigma * v for v in predictions] if self.x0_space else list(predictions)
+        guided = values[self.base]
+        for delta in self.deltas:
+            diff = values[delta.end] - values[delta.start]
+            if delta.project is not None:
+                diff = delta.project(diff, values[delta.end], state)
+            guided = guided + getattr(weights, delta.weight) * diff
+        return (latents - guided) / sigma if self.x0_space else guided
+
+
+def _branches(*pairs: str) -> tuple[Branch, ...]:
+    """``"VI/u"`` → ``Branch(Combo.ALL, Text.NEGATIVE)``."""
+    out = []
+    for pair in pairs:
+        combo, text = pair.split("/")
+        out.append(Branch(Combo(combo), Text(text)))
+    return tuple(out)
+
+
+GUIDANCE_MODES: dict[str, GuidanceMode] = {}
+
+
+def register(mode: GuidanceMode) -> GuidanceMode:
+    if mode.name in GUIDANCE_MODES:
+        raise ValueError(f"guidance mode {mode.name!r} is already registered")
+    for delta in mode.deltas:
+        if delta.weight not in Weights.__dataclass_fields__:
+            raise ValueError(f"{mode.name}: unknown weight {delta.weight!r}")
+    GUIDANCE_MODES[mode.name] = mode
+    return mode
+
+
+def text_cfg(name: str, combo: str, needs: MediaNeed, description: str) -> GuidanceMode:
+    """Plain text CFG with ω_txt over a fixed set of conditions."""
+    branches = _branches(f"{combo}/u", f"{combo}/c")
+    return GuidanceMode(name, branches, (Delta(0, 1, "txt"),), needs=needs, description=description)
+
+
+def text_apg(name: str, combo: str, needs: MediaNeed, description: str) -> GuidanceMode:
+    """Text guidance through one APG projection (x0 space)."""
+    mode = text_cfg(name, combo, needs, description)
+    return replace(mode, deltas=(Delta(0, 1, "txt", FrameAPG(0)),), x0_space=True)
+
+
+register(
+    GuidanceMode(
+        "rv2v",
+        _branches("0/u", "V/u", "VI/u", "VI/c"),
+        (Delta(0, 1, "vid"), Delta(1, 2, "img"), Delta(2, 3, "txt")),
+        needs=MediaNeed.VIDEO_AND_REFERENCES,
+        description="chained CFG: video, then images, then text",
+    )
+)
+register(text_cfg("v2v", "VI", MediaNeed.ANY_VISUAL, "text CFG with every visual input in both branches"))
+register(
+    GuidanceMode(
+        "v2v_chain",
+        _branches("0/u", "V/u", "VI/c"),
+        (Delta(0, 1, "vid"), Delta(1, 2, "txt")),
+        needs=MediaNeed.VIDEO,
+        description="chained CFG: video, then text with the images",
+    )
+)
+register(text_cfg("t2v", "0", MediaNeed.NOTHING, "text CFG, target only"))
+register(text_apg("t2v_apg", "0", MediaNeed.NOTHING, "text APG, target only"))
+register(text_apg("v2v_apg", "VI", MediaNeed.ANY_VISUAL, "text APG with every visual input in both branches"))
+register(
+    GuidanceMode(
+        "r2v_apg",
+        _branches("0/u", "I/u", "I/c"),
+        (Delta(0, 1, "img", FrameAPG(0)), Delta(1, 2, "txt", FrameAPG(1))),
+        x0_space=True,
+        needs=MediaNeed.REFERENCES,
+        description="chained APG: reference images, then text",
+    )
+)
+
+
+def forwards_per_step() -> Mapping[str, int]:
+    return {name: mode.forwards_per_step for name, mode in GUIDANCE_MODES.items()}

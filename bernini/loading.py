@@ -277,3 +277,37 @@ def load_expert(
         del tensor
     model.to(device)
     return model.eval().requires_grad_(False)
+
+
+def load_components(
+    source: ModelSource,
+    dtype: torch.dtype,
+    high_noise_ckpt: str | os.PathLike | None = None,
+    low_noise_ckpt: str | os.PathLike | None = None,
+) -> dict[str, object]:
+    """Every module of the pipeline on the CPU: experts (streamed, or from separate checkpoints), UMT5, VAE."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    if (high_noise_ckpt is None) != (low_noise_ckpt is None):
+        raise WeightsError("pass --high_noise_ckpt and --low_noise_ckpt together (or neither)")
+    components = source.components
+    loaded: dict[str, object] = {"transformer": None, "transformer_2": None}
+    separate = {"transformer": high_noise_ckpt, "transformer_2": low_noise_ckpt}
+    for name in expert_names(source.renderer):
+        config_dir = components / name
+        if separate[name] is not None:
+            files = checkpoint_files(separate[name])
+            source.transformer_files[name] = files
+            source.separate_checkpoints[name] = str(separate[name])
+            loaded[name] = load_expert(config_dir, files, expert=name, dtype=dtype, separate=True)
+        else:
+            loaded[name] = load_expert(config_dir, source.transformer_files[name], expert=name, dtype=dtype)
+    try:
+        loaded["tokenizer"] = AutoTokenizer.from_pretrained(components / "tokenizer")
+        loaded["text_encoder"] = UMT5EncoderModel.from_pretrained(components / "text_encoder", dtype=dtype).eval()
+        loaded["vae"] = AutoencoderKLWan.from_pretrained(components / "vae", torch_dtype=torch.float32).eval()
+        loaded["scheduler"] = UniPCMultistepScheduler.from_pretrained(components / "scheduler")
+    except (OSError, ValueError, KeyError) as exc:
+        raise WeightsError(f"cannot load the bundle's components from {components}: {exc}") from None
+    return loaded

@@ -1,19 +1,19 @@
-"""Requests: the one place user input becomes a validated :class:`GenerationRequest`.
+"""Requests: user input as given, from case files, task lists, command-line flags and keyword arguments.
 
-Case files, task lists, command-line flags and Python keyword arguments all end here, and every
-message a user sees about their input comes from here (as a one-line :class:`BerniniError`).
+A :class:`GenerationRequest` is loose on purpose (paths or arrays, strings or numbers); it becomes
+an immutable, checked :class:`~bernini.plan.GenerationPlan` in :func:`bernini.plan.make_plan`. Parse
+errors of the files read here are one-line :class:`BerniniError` messages too.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import BerniniError
-from .tasks import GUIDANCE_MODES, MEDIA_NEEDS, TASKS
+from .guidance import GUIDANCE_MODES
 
 WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
@@ -21,12 +21,15 @@ WAN_NEGATIVE_PROMPT = (
     "三条腿，背景人很多，倒着走"
 )
 CASE_KEYS = ("task_type", "guidance_mode", "prompt", "video", "image", "images", "output")
-MAX_LATENT_POSITIONS = 1024
 
 
 @dataclass
 class GenerationRequest:
-    """Everything one generation needs; defaults are upstream's command-line defaults."""
+    """Everything one generation needs; defaults are upstream's command-line defaults.
+
+    ``use_unipc``, ``use_src_tgt_id``, ``interpolate_src_id`` and ``max_trained_src_id`` default to None:
+    the loaded model's ``config.json`` decides (upstream's values: on, on, on, 5).
+    """
 
     prompt: str = ""
     task_type: str | None = None
@@ -53,10 +56,10 @@ class GenerationRequest:
     width: int = 848
     neg_prompt: str = WAN_NEGATIVE_PROMPT
     system_prompt: str = ""
-    use_unipc: bool = True
-    use_src_tgt_id: bool = True
-    interpolate_src_id: bool = True
-    max_trained_src_id: int = 5
+    use_unipc: bool | None = None
+    use_src_tgt_id: bool | None = None
+    interpolate_src_id: bool | None = None
+    max_trained_src_id: int | None = None
     use_pe: bool = False
     pe_model: str | None = None
 
@@ -66,9 +69,9 @@ class GenerationRequest:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["video"] = [_describe_media(v) for v in self.video]
-        data["image"] = _describe_media(self.image) if self.image is not None else None
-        data["images"] = [_describe_media(v) for v in self.images]
+        data["video"] = [describe_media(v) for v in self.video]
+        data["image"] = describe_media(self.image) if self.image is not None else None
+        data["images"] = [describe_media(v) for v in self.images]
         return data
 
 
@@ -78,7 +81,7 @@ GENERATION_PARAMETERS = tuple(
 TASK_LIST_KEYS = CASE_KEYS + GENERATION_PARAMETERS + ("use_pe", "pe_model")
 
 
-def _describe_media(item: Any) -> Any:
+def describe_media(item: Any) -> Any:
     if isinstance(item, (str, Path)):
         return str(item)
     shape = getattr(item, "shape", None)
@@ -90,165 +93,6 @@ def _describe_media(item: Any) -> Any:
     if isinstance(item, list):
         return f"<{len(item)} frames>"
     return f"<{type(item).__name__}>"
-
-
-def infer_task_type(request: GenerationRequest) -> str:
-    """Pick the task from the media given, for requests that name none."""
-    refs = (request.image is not None) + len(request.images)
-    if len(request.video) >= 2:
-        return "ads2v"
-    if request.video:
-        return "rv2v" if refs else "v2v"
-    if request.images:
-        return "r2v"
-    if request.image is not None:
-        return "i2i"
-    return "t2v"
-
-
-def _check_media(request: GenerationRequest, task: str, mode: str) -> None:
-    spec = TASKS[task]
-    refs = (request.image is not None) + len(request.images)
-    if spec.video == "none" and request.video:
-        hint = {"t2v": "v2v", "t2i": "i2i", "r2v": "rv2v", "i2i": "v2v"}.get(task, "v2v")
-        raise BerniniError(f"task {task} takes no video; drop --video or use task_type {hint}")
-    if spec.video != "none" and not request.video:
-        raise BerniniError(f"task {task} needs a source video; pass --video PATH")
-    if not spec.image and request.image is not None:
-        raise BerniniError(f"task {task} takes no --image; pass reference images with --images")
-    if spec.images == "none" and request.images:
-        raise BerniniError(f"task {task} takes no --images")
-    if task == "i2i" and request.image is None:
-        raise BerniniError("task i2i needs a source image; pass --image PATH")
-    if task == "rv2v" and not refs:
-        raise BerniniError("task rv2v needs at least one reference image; pass --images PATH [PATH ...]")
-    if task == "r2v" and not refs:
-        raise BerniniError("task r2v needs at least one reference image; pass --images PATH [PATH ...]")
-    has_visual = bool(request.video) or refs > 0
-    needs = {
-        "rv2v": bool(request.video) and refs > 0,
-        "v2v_chain": bool(request.video),
-        "r2v_apg": refs > 0,
-        "v2v": has_visual,
-        "v2v_apg": has_visual,
-    }
-    if not needs.get(mode, True):
-        raise BerniniError(
-            f"guidance_mode {mode} needs {MEDIA_NEEDS[mode]}, which task {task} does not have here; "
-            f"use the task's default ({TASKS[task].guidance_mode}) or add the media"
-        )
-
-
-def _check_media_files(request: GenerationRequest) -> None:
-    """Fail fast, before any model loads, on media paths that are missing, folders or empty."""
-    named = [("video", v) for v in request.video] + [("image", request.image)] + [("images", v) for v in request.images]
-    for slot, item in named:
-        if not isinstance(item, (str, Path)):
-            continue
-        path = Path(item).expanduser()
-        if not path.exists():
-            raise BerniniError(f"{slot} file {path} not found")
-        if not path.is_file():
-            raise BerniniError(f"{slot} {path} is not a file")
-        if path.stat().st_size == 0:
-            raise BerniniError(f"{slot} file {path} is empty")
-
-
-def _as_float(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BerniniError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise BerniniError(f"{name} must be finite, got {value!r}")
-    return number
-
-
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise BerniniError(f"{name} must be an integer, got {value!r}")
-    number = _as_float(name, value)
-    if number != int(number):
-        raise BerniniError(f"{name} must be an integer, got {value!r}")
-    return int(number)
-
-
-def validate(request: GenerationRequest) -> GenerationRequest:
-    """Check and normalise a request; fill the task type and guidance mode from the task table."""
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
-        raise BerniniError("prompt is required and must be a non-empty string (--prompt or the case's 'prompt')")
-    video = request.video
-    if video is None:
-        video = []
-    elif isinstance(video, (str, Path)) or not isinstance(video, (list, tuple)):
-        video = [video]
-    images = request.images
-    if images is None:
-        images = []
-    elif isinstance(images, (str, Path)) or not isinstance(images, (list, tuple)):
-        images = [images]
-    request = replace(request, video=list(video), images=list(images))
-    task = request.task_type or infer_task_type(request)
-    if task not in TASKS:
-        raise BerniniError(f"unknown task_type {task!r}; choose one of: {', '.join(TASKS)}")
-    mode = request.guidance_mode or TASKS[task].guidance_mode
-    if mode not in GUIDANCE_MODES:
-        raise BerniniError(f"unknown guidance_mode {mode!r}; choose one of: {', '.join(GUIDANCE_MODES)}")
-    _check_media(request, task, mode)
-    _check_media_files(request)
-    ints = {
-        n: _as_int(n, getattr(request, n))
-        for n in (
-            "seed",
-            "num_frames",
-            "num_inference_steps",
-            "max_image_size",
-            "height",
-            "width",
-            "max_trained_src_id",
-        )
-    }
-    floats = {
-        n: _as_float(n, getattr(request, n))
-        for n in ("flow_shift", "omega_vid", "omega_img", "omega_txt", "omega_scale", "eta", "momentum", "fps")
-    }
-    thresholds = request.norm_threshold
-    if isinstance(thresholds, (int, float)):
-        thresholds = [thresholds]
-    thresholds = [_as_float("norm_threshold", t) for t in thresholds]
-    if not thresholds:
-        raise BerniniError("norm_threshold needs at least one value")
-    while len(thresholds) < 2:
-        thresholds.append(thresholds[-1])
-    if ints["num_frames"] < 1:
-        raise BerniniError(f"num_frames must be at least 1, got {ints['num_frames']}")
-    if ints["num_inference_steps"] < 1:
-        raise BerniniError(f"num_inference_steps must be at least 1, got {ints['num_inference_steps']}")
-    if not 0 <= ints["seed"] < 2**63:
-        raise BerniniError(f"seed must be between 0 and 2**63-1, got {ints['seed']}")
-    if floats["fps"] <= 0:
-        raise BerniniError(f"fps must be positive, got {floats['fps']}")
-    if floats["flow_shift"] <= 0:
-        raise BerniniError(f"flow_shift must be positive, got {floats['flow_shift']}")
-    if ints["max_image_size"] < 16:
-        raise BerniniError(f"max_image_size must be at least 16, got {ints['max_image_size']}")
-    limit = MAX_LATENT_POSITIONS * 16
-    for name in ("height", "width"):
-        if not 16 <= ints[name] <= limit:
-            raise BerniniError(f"{name} must be between 16 and {limit} pixels, got {ints[name]}")
-    if ints["max_image_size"] > limit:
-        raise BerniniError(f"max_image_size must be at most {limit}, got {ints['max_image_size']}")
-    if (ints["num_frames"] - 1) // 4 + 1 > MAX_LATENT_POSITIONS:
-        raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1}")
-    if request.video_fps is not None and _as_float("video_fps", request.video_fps) <= 0:
-        raise BerniniError("video_fps must be positive")
-    if TASKS[task].single_frame:
-        ints["num_frames"] = 1
-    ints["num_frames"] = ints["num_frames"] // 4 * 4 + 1 if ints["num_frames"] > 1 else 1
-    for text_field in ("neg_prompt", "system_prompt"):
-        if not isinstance(getattr(request, text_field), str):
-            raise BerniniError(f"{text_field} must be a string")
-    return replace(request, task_type=task, guidance_mode=mode, norm_threshold=thresholds, **ints, **floats)
 
 
 def _resolve_path(value: Any, base: Path | None) -> Any:

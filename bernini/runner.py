@@ -1,13 +1,15 @@
-"""Jobs: run one request through the pipeline and write its outputs (file, sidecar, frames).
+"""Jobs and task lists: one plan → output file + sidecar, and a list of them with failures isolated.
 
-Shared by the command line, the upstream-compatible scripts, the demo and the data-parallel driver.
+Every front end (the ``bernini`` command, the torchrun worker, the demo, the service) runs its work
+through :func:`run_job`, and lists through :class:`TaskListRunner`, which reports each task, goes on past
+a bad one and ends with one summary. A parallel group plugs in its agreement step, so all its ranks take
+the same branch for every task.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,12 @@ import numpy as np
 
 from .errors import BerniniError
 from .output import sidecar_path, to_uint8_frames, write_frames, write_output, write_sidecar
-from .request import GenerationRequest, validate
+from .plan import GenerationPlan, ModelDefaults, make_plan
+from .request import GenerationRequest
 
-logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
+Task = GenerationPlan | BerniniError  # a task that could not be planned keeps its error in its slot
+Share = Callable[[Callable[[], Any]], Any]
 
 
 @dataclass
@@ -30,26 +34,49 @@ class JobResult:
     frames: np.ndarray | None = None
 
 
-def make_enhancer(
-    pe_model: str | None, log: Log | None = None, share: Callable[[tuple[str, dict]], tuple[str, dict]] | None = None
-):
-    """An ``enhance`` hook for :meth:`BerniniPipeline.generate` using the OpenAI-compatible endpoint.
+def plan_tasks(requests: Iterable[GenerationRequest | BerniniError], defaults: ModelDefaults | None) -> list[Task]:
+    """Plan every request and probe its media files (first frame only), before any model loads.
 
-    ``share`` lets a sequence-parallel group call the endpoint once and broadcast the result.
+    A bad task keeps its one-line error in its slot, so the others still run.
     """
-    from .enhancer import EnhancerConfig, enhance_prompt
+    from .media import probe_media
 
-    config = EnhancerConfig.from_env(pe_model)
+    tasks: list[Task] = []
+    for request in requests:
+        if isinstance(request, BerniniError):
+            tasks.append(request)
+            continue
+        try:
+            plan = make_plan(request, defaults)
+            media = plan.media
+            for kind, items in (("video", media.video), ("image", [media.image, *media.images])):
+                for item in items:
+                    if item is not None:
+                        probe_media(item, kind)
+        except BerniniError as exc:
+            tasks.append(exc)
+            continue
+        tasks.append(plan)
+    return tasks
 
-    def enhance(request: GenerationRequest, previews: list[np.ndarray]) -> tuple[str, dict[str, Any]]:
+
+def make_enhancer(config, log: Log | None = None, share: Share | None = None):
+    """An ``enhance`` hook for :meth:`BerniniPipeline.generate` calling the OpenAI-compatible endpoint.
+
+    ``config`` is an :class:`~bernini.enhancer.EnhancerConfig` built by the front end (from its flags and
+    environment); ``share`` lets a parallel group call the endpoint once and hand the result to all ranks.
+    """
+    from .enhancer import enhance_prompt
+
+    def enhance(plan: GenerationPlan, previews: list[np.ndarray]) -> tuple[str, dict[str, Any]]:
         def call() -> tuple[str, dict[str, Any]]:
             result = enhance_prompt(
-                request.prompt,
-                request.task_type,
+                plan.prompt,
+                plan.task.name,
                 config,
                 videos=previews,
-                image=request.image,
-                images=request.images,
+                image=plan.media.image,
+                images=list(plan.media.images),
                 log=log,
             )
             if result.warning and log is not None:
@@ -73,37 +100,42 @@ def make_enhancer(
 
 def run_job(
     pipe,
-    request: GenerationRequest,
+    plan: GenerationPlan,
     *,
     save_frames: str | Path | None = None,
-    use_pe: bool = False,
-    pe_model: str | None = None,
+    enhancer=None,
     write: bool = True,
     log: Log | None = None,
-    share: Callable | None = None,
+    share: Share | None = None,
     extra_record: dict[str, Any] | None = None,
     callback: Callable[..., Any] | None = None,
 ) -> JobResult:
-    """Generate ``request`` and write the output, its sidecar and optionally every frame.
+    """Generate ``plan`` and write the output, its sidecar and optionally every frame.
 
-    With ``write=False`` (the non-writing ranks of a parallel group) the job stops at the latents: no
-    VAE decode, no files, ``frames`` is None.
+    ``enhancer`` is the front end's :class:`~bernini.enhancer.EnhancerConfig`; it is used when the plan
+    asks for the prompt enhancer. With ``write=False`` (the non-writing ranks of a parallel group) the job
+    stops at the latents: no VAE decode, no files, ``frames`` is None.
     """
-    request = validate(request)
-    if not request.output:
+    if not plan.output:
         raise BerniniError("no output path given; pass --output PATH")
-    enhance = make_enhancer(pe_model or request.pe_model, log, share) if (use_pe or request.use_pe) else None
-    result = pipe.generate(request, enhance=enhance, callback=callback, output_type="np" if write else "latent")
+    enhance = None
+    if plan.use_pe:
+        if enhancer is None:
+            raise BerniniError("this task asks for the prompt enhancer (use_pe) but none is configured here")
+        if plan.pe_model and plan.pe_model != enhancer.model:
+            enhancer = replace(enhancer, model=plan.pe_model)
+        enhance = make_enhancer(enhancer, log, share)
+    result = pipe.generate(plan, enhance=enhance, callback=callback, output_type="np" if write else "latent")
     prompt = result.parameters["request"]["prompt"]
     if enhance is not None and log is not None:
         log(f"prompt used: {prompt}")
     if not write:
         return JobResult(None, None, prompt, result.parameters, None)
     frames = to_uint8_frames(result.frames)
-    written = write_output(request.output, frames, request.fps)
+    written = write_output(plan.output, frames, plan.media.fps)
     record = dict(result.parameters)
     record["output"] = str(written)
-    record["fps"] = request.fps
+    record["fps"] = plan.media.fps
     if extra_record:
         record.update(extra_record)
     if save_frames:
@@ -121,3 +153,82 @@ def existing_output(output: str | Path) -> Path | None:
         if candidate.is_file() and sidecar_path(candidate).is_file():
             return candidate
     return None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a task does not run: ``error`` (it failed) or ``skip`` (its output exists)."""
+
+    kind: str
+    message: str
+
+
+Job = Callable[[int, GenerationPlan], "JobResult | None"]
+
+
+def _no_agreement(hold: Hold | None) -> Hold | None:
+    return hold
+
+
+@dataclass
+class TaskListRunner:
+    """Runs tasks in order; a bad task is reported and the rest go on.
+
+    ``agree`` turns this process's verdict on a task into the verdict of its whole group (identity for one
+    process); ``reports`` says whether this process prints (a group's leader); ``checks_existing`` whether
+    it looks for finished outputs (only the process that writes them).
+    """
+
+    job: Job
+    log: Log
+    skip_existing: bool = False
+    agree: Callable[[Hold | None], Hold | None] = _no_agreement
+    reports: bool = True
+    checks_existing: bool = True
+
+    def precheck(self, task: Task) -> Hold | None:
+        if isinstance(task, BerniniError):
+            return Hold("error", str(task))
+        if not task.output:
+            return Hold("error", "no output path given; pass --output PATH")
+        if self.skip_existing and self.checks_existing and existing_output(task.output):
+            return Hold("skip", f"{task.output} exists, skipped")
+        return None
+
+    def run(self, tasks: Sequence[Task], indices: Iterable[int] | None = None) -> dict[int, str]:
+        """Run ``tasks`` (or those at ``indices``); returns the failure lines by task index."""
+        total = len(tasks)
+        failures: dict[int, str] = {}
+        for index in range(total) if indices is None else indices:
+            label = f"task {index + 1}/{total}"
+            task = tasks[index]
+            hold = self.agree(self.precheck(task))
+            result = None
+            if hold is None:
+                try:
+                    result = self.job(index, task)
+                except BerniniError as exc:
+                    hold = Hold("error", str(exc))
+                hold = self.agree(hold)
+            if not self.reports:
+                continue
+            if hold is None:
+                if result is not None and result.output is not None:
+                    self.log(f"{label}: wrote {result.output}")
+            elif hold.kind == "skip":
+                self.log(f"{label}: {hold.message}")
+            else:
+                failures[index] = f"{label}: {hold.message}"
+                self.log(f"error: {label}: {hold.message}")
+        return failures
+
+
+def summarize(failures: dict[int, str], total: int, log: Log) -> int:
+    """One summary for a list (or for any failure); the exit status of the whole run."""
+    lines = [failures[index] for index in sorted(failures)]
+    if total > 1:
+        done = total - len(lines)
+        log(f"summary: {done} of {total} task(s) succeeded" + (f", {len(lines)} failed:" if lines else ""))
+        for line in lines:
+            log(f"  {line}")
+    return 1 if lines else 0

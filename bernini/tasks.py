@@ -1,8 +1,9 @@
 """The task table: what each Bernini-R task type changes.
 
 A task type selects the T5 prefix glued in front of the prompt, the prompt-enhancer template, its
-media slots and the guidance mode used when nothing else sets one. Which segments are packed depends
-only on the media given; which branches are combined depends only on the guidance mode.
+media slots and rules and the guidance mode used when nothing else sets one. Which segments are packed
+depends only on the media given; which branches are combined depends only on the guidance mode
+(:mod:`bernini.guidance`).
 """
 
 from __future__ import annotations
@@ -29,58 +30,75 @@ T5_PREFIXES: dict[str, str] = {
     ),
 }
 
-GUIDANCE_MODES: tuple[str, ...] = ("rv2v", "v2v", "v2v_chain", "t2v", "t2v_apg", "v2v_apg", "r2v_apg")
-
-FORWARDS_PER_STEP: dict[str, int] = {
-    "rv2v": 4,
-    "v2v": 2,
-    "v2v_chain": 3,
-    "t2v": 2,
-    "t2v_apg": 2,
-    "v2v_apg": 2,
-    "r2v_apg": 3,
-}
-
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task type: its media slots and defaults."""
+    """One task type: its media slots, what it requires, and its defaults."""
 
     name: str
     guidance_mode: str
-    video: str  # "none" | "one" | "one_or_more"
+    video: str  # "none" | "one_or_more"
     image: bool  # accepts a single source `image`
-    images: str  # "none" | "optional" | "required"
+    images: str  # "none" | "optional"
     single_frame: bool
     description: str
+    needs_image: bool = False  # the source image itself is required (i2i)
+    needs_references: bool = False  # at least one of `image` / `images` (rv2v, r2v)
+    with_video: str = "v2v"  # the task to suggest when a video is given to a task that takes none
 
     @property
     def t5_prefix(self) -> str:
         return T5_PREFIXES.get(self.name, T5_PREFIXES["default"])
 
+    def media_problem(self, videos: int, has_image: bool, images: int) -> str | None:
+        """Why the given media do not fit this task (one actionable line), or None."""
+        if self.video == "none" and videos:
+            return f"task {self.name} takes no video; drop --video or use task_type {self.with_video}"
+        if self.video != "none" and not videos:
+            return f"task {self.name} needs a source video; pass --video PATH"
+        if not self.image and has_image:
+            return f"task {self.name} takes no --image; pass reference images with --images"
+        if self.images == "none" and images:
+            return f"task {self.name} takes no --images"
+        if self.needs_image and not has_image:
+            return f"task {self.name} needs a source image; pass --image PATH"
+        if self.needs_references and not (has_image or images):
+            return f"task {self.name} needs at least one reference image; pass --images PATH [PATH ...]"
+        return None
+
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("t2i", "t2v_apg", "none", False, "none", True, "text to image"),
-        TaskSpec("i2i", "v2v", "none", True, "optional", True, "image editing from a source image"),
+        TaskSpec("t2i", "t2v_apg", "none", False, "none", True, "text to image", with_video="i2i"),
+        TaskSpec("i2i", "v2v", "none", True, "optional", True, "image editing from a source image", needs_image=True),
         TaskSpec("t2v", "t2v_apg", "none", False, "none", False, "text to video"),
         TaskSpec("v2v", "v2v_apg", "one_or_more", False, "optional", False, "video editing (appearance)"),
         TaskSpec("mv2v", "v2v_apg", "one_or_more", False, "optional", False, "video editing (motion)"),
-        TaskSpec("rv2v", "rv2v", "one_or_more", True, "optional", False, "video editing with reference images"),
-        TaskSpec("r2v", "r2v_apg", "none", True, "optional", False, "subject-to-video from reference images"),
+        TaskSpec(
+            "rv2v",
+            "rv2v",
+            "one_or_more",
+            True,
+            "optional",
+            False,
+            "video editing with reference images",
+            needs_references=True,
+        ),
+        TaskSpec(
+            "r2v",
+            "r2v_apg",
+            "none",
+            True,
+            "optional",
+            False,
+            "subject-to-video from reference images",
+            needs_references=True,
+            with_video="rv2v",
+        ),
         TaskSpec("ads2v", "v2v_apg", "one_or_more", True, "optional", False, "insert a second video into the first"),
     )
 }
-
-MEDIA_NEEDS: dict[str, str] = {
-    "rv2v": "a video and a reference image",
-    "v2v_chain": "a video",
-    "r2v_apg": "reference images",
-    "v2v": "a video or an image",
-    "v2v_apg": "a video or an image",
-}
-"""What the guidance modes that read visual inputs need, as named in the error when it is missing."""
 
 
 def t5_prefix(task_type: str) -> str:

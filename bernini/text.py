@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import html
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from .tasks import t5_prefix
+
+if TYPE_CHECKING:
+    import torch
 
 
 def clean_prompt(text: str) -> str:
@@ -24,11 +26,12 @@ def t5_text(prompt: str, task_type: str, system_prompt: str = "") -> str:
     return (system_prompt or t5_prefix(task_type)) + clean_prompt(prompt)
 
 
-@torch.no_grad()
 def encode_text(
     texts: list[str], tokenizer, text_encoder, max_length: int = 512, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """UMT5 embeddings ``[B, max_length, dim]`` with the rows past each text's length zeroed."""
+    import torch
+
     device = device or next(text_encoder.parameters()).device
     tokens = tokenizer(
         texts,
@@ -40,7 +43,8 @@ def encode_text(
         return_tensors="pt",
     )
     ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
-    hidden = text_encoder(ids, mask).last_hidden_state.float()
+    with torch.no_grad():
+        hidden = text_encoder(ids, mask).last_hidden_state.float()
     lengths = mask.gt(0).sum(dim=1)
     keep = torch.arange(max_length, device=device)[None, :] < lengths[:, None]
     return hidden * keep[..., None]

@@ -120,7 +120,7 @@ def _renderer_config(wan22_base: str, single: bool) -> dict:
         skip_transformer_2=single,
         switch_dit_boundary=0.0 if single else 0.875,
     )
-    return config.to_dict()
+    return {**config.to_dict(), "shift": 3.0}  # upstream's file carries it; inference does not read it
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from diffusers import WanTransformer3DModel
 
-from .attention import AttentionBackend, AttentionFn, sdpa_attention
+from .attention import SDPA, AttentionBackend, AttentionFn
+from .conditions import Segment
 from .rope import apply_rope, packed_rope
+
+_UNCHANGED: Any = object()
 
 
 class SequenceParallel(Protocol):
@@ -37,13 +40,24 @@ class SequenceParallel(Protocol):
         """Self-attention over the full sequence from this rank's token shard ``[B, n, heads, D]``."""
 
 
+class PackedRope(NamedTuple):
+    """The rotary tables of one packed forward, handed to every block's self-attention.
+
+    ``length`` is the unpadded packed length, which sequence-parallel attention needs to drop the
+    padding its sharding added; it travels with the tables instead of through shared state.
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    length: int
+
+
 @dataclass
 class Runtime:
     """Run-time services of an expert, set explicitly with :meth:`BerniniTransformer.configure`."""
 
-    attention: AttentionBackend = field(default_factory=lambda: AttentionBackend("sdpa", sdpa_attention))
+    attention: AttentionBackend = SDPA
     sequence_parallel: SequenceParallel | None = None
-    sequence_length: int = 0
     execution_device: torch.device | None = None
     rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     rope_cache_size: int = 8
@@ -78,36 +92,23 @@ class PackedAttnProcessor:
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary_emb: PackedRope | tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         is_self = encoder_hidden_states is None
         context = hidden_states if is_self else encoder_hidden_states
         query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
         key = attn.norm_k(attn.to_k(context)).unflatten(2, (attn.heads, -1))
         value = attn.to_v(context).unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = apply_rope(query, *rotary_emb)
-            key = apply_rope(key, *rotary_emb)
-        sp = self.runtime.sequence_parallel
-        if is_self and sp is not None and sp.world_size > 1:
-            out = sp.attention(query, key, value, self.runtime.attention, self.runtime.sequence_length)
+        if rotary_emb is not None:  # a PackedRope, or diffusers' own (cos, sin) in its standard forward
+            query = apply_rope(query, rotary_emb[0], rotary_emb[1])
+            key = apply_rope(key, rotary_emb[0], rotary_emb[1])
+        parallel = self.runtime.sequence_parallel
+        if is_self and parallel is not None and parallel.world_size > 1 and isinstance(rotary_emb, PackedRope):
+            out = parallel.attention(query, key, value, self.runtime.attention, rotary_emb.length)
         else:
             out = self.runtime.attention(query, key, value)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One latent segment of a packed sequence: a clean condition or the noisy target."""
-
-    latent: torch.Tensor  # [B, C, T, H, W]
-    source_id: float = 0.0
-
-    @property
-    def grid(self) -> tuple[int, int, int]:
-        _, _, t, h, w = self.latent.shape
-        return t, h // 2, w // 2
 
 
 class BerniniTransformer(WanTransformer3DModel):
@@ -126,12 +127,20 @@ class BerniniTransformer(WanTransformer3DModel):
         return self._runtime
 
     def configure(
-        self, attention: AttentionBackend | None = None, sequence_parallel: SequenceParallel | None = None
+        self,
+        *,
+        attention: AttentionBackend = _UNCHANGED,
+        sequence_parallel: SequenceParallel | None = _UNCHANGED,
+        execution_device: torch.device | None = _UNCHANGED,
     ) -> None:
-        """Set the attention backend and the sequence-parallel group used by every block."""
-        if attention is not None:
+        """Set the attention backend, the sequence-parallel group (None: off) and the execution device used
+        by every block; what is not passed stays as it is."""
+        if attention is not _UNCHANGED:
             self.runtime.attention = attention
-        self.runtime.sequence_parallel = sequence_parallel
+        if sequence_parallel is not _UNCHANGED:
+            self.runtime.sequence_parallel = sequence_parallel
+        if execution_device is not _UNCHANGED:
+            self.runtime.execution_device = execution_device
 
     @property
     def head_dim(self) -> int:
@@ -141,9 +150,9 @@ class BerniniTransformer(WanTransformer3DModel):
         dtype = self.patch_embedding.weight.dtype
         tokens, grids = [], []
         for segment in segments:
-            embedded = self.patch_embedding(segment.latent.to(dtype))
+            embedded = self.patch_embedding(segment.latent.to(dtype))  # [B, dim, t, h, w]: the token grid
             tokens.append(embedded.flatten(2).transpose(1, 2))
-            grids.append(segment.grid)
+            grids.append(tuple(embedded.shape[2:]))
         return torch.cat(tokens, dim=1).contiguous(), grids
 
     @property
@@ -211,16 +220,16 @@ class BerniniTransformer(WanTransformer3DModel):
         )
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
 
-        sp = self.runtime.sequence_parallel
-        sharded = sp is not None and sp.world_size > 1
-        self.runtime.sequence_length = length
+        parallel = self.runtime.sequence_parallel
+        sharded = parallel is not None and parallel.world_size > 1
         if sharded:
-            hidden_states = sp.shard(hidden_states, 1)
-            cos, sin = sp.shard(cos, 1), sp.shard(sin, 1)
+            hidden_states = parallel.shard(hidden_states, 1)
+            cos, sin = parallel.shard(cos, 1), parallel.shard(sin, 1)
+        rope = PackedRope(cos, sin, length)
         for block in self.blocks:
-            hidden_states = block(hidden_states, context, timestep_proj, (cos, sin))
+            hidden_states = block(hidden_states, context, timestep_proj, rope)
         if sharded:
-            hidden_states = sp.gather(hidden_states, 1, length)
+            hidden_states = parallel.gather(hidden_states, 1, length)
 
         hidden_states = hidden_states[:, length - target_tokens :]
         shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)

@@ -37,5 +37,5 @@ def tiny_pipe(tiny_bundle):
     from bernini import BerniniPipeline
 
     pipe = BerniniPipeline.from_pretrained(tiny_bundle, device="cpu")
-    pipe.progress_bar = False
+    pipe.set_progress_bar_config(disable=True)
     return pipe

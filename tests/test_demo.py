@@ -50,9 +50,10 @@ BAD_MESSAGE = "cannot read video bad.mp4: not a video ffmpeg can decode"
 def test_flags_have_upstream_names_and_safe_defaults():
     args = build_parser().parse_args([])
     assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 7860, False, None)
+    # use_unipc None: the bundle's config decides (upstream's bundles say true)
     assert (args.flow_shift, args.use_unipc, args.use_pe, args.queue_size, args.max_frames) == (
         5.0,
-        True,
+        None,
         False,
         20,
         360,
@@ -106,17 +107,17 @@ class _FakeCollective:
 
 def test_worker_ranks_run_every_broadcast_request_until_shutdown(tmp_path, monkeypatch):
     calls: list[dict] = []
-    messages = [{"kind": "generate", "request": {"prompt": "a"}}, {"kind": "generate", "request": {"prompt": "b"}}]
+    messages = [{"kind": "generate", "plan": "a"}, {"kind": "generate", "plan": "b"}]
     backend = DemoBackend(None, DemoSettings(save_dir=tmp_path), _FakeCollective([*messages, {"kind": "shutdown"}]))
 
     def execute(payload, progress=None, cancel=None):
         calls.append(payload)
-        if payload["request"]["prompt"] == "a":
+        if payload["plan"] == "a":
             raise BerniniError("a bad request must not stop the loop")
 
     monkeypatch.setattr(backend, "execute", execute)
     assert worker_loop(backend) == 0
-    assert [c["request"]["prompt"] for c in calls] == ["a", "b"]
+    assert [c["plan"] for c in calls] == ["a", "b"]
 
 
 def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe, tmp_path, monkeypatch):
@@ -128,8 +129,8 @@ def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe,
     backend = DemoBackend(tiny_pipe, settings)
     values = {"num_frames": 5, "num_inference_steps": 3, "height": 32, "width": 48}
     target = output_path(tmp_path, "t2v", 5)
-    request = build_request(settings, "a dog", "t2v", "", {"video": [], "image": None, "images": []}, values, target)
-    payload = {"request": vars(request), "extra_record": {"demo": {"ui": {"seed": 42}}}}
+    plan = build_request(settings, "a dog", "t2v", "", {"video": [], "image": None, "images": []}, values, target)
+    payload = {"plan": plan, "extra_record": {"demo": {"ui": {"seed": 42}}}}
     steps: list[tuple[int, int]] = []
     result = backend.submit(payload, progress=lambda done, total: steps.append((done, total)))
     assert steps == [(1, 3), (2, 3), (3, 3)]
@@ -140,7 +141,7 @@ def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe,
 
     cancel = threading.Event()
     cancel.set()
-    payload["request"]["output"] = str(tmp_path / "cancelled.mp4")
+    payload["plan"] = plan.with_output(str(tmp_path / "cancelled.mp4"))
     with pytest.raises(GenerationCancelled):
         backend.submit(payload, cancel=cancel)
     assert not (tmp_path / "cancelled.mp4").exists()
@@ -150,8 +151,9 @@ def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe,
         return enhancer.EnhanceResult(f"{prompt}, in {task_type} style", prompt, True, "fake", None, 1, 0.0)
 
     monkeypatch.setattr(enhancer, "enhance_prompt", fake_enhance)
-    payload["request"]["output"] = str(tmp_path / "enhanced.mp4")
-    result = DemoBackend(tiny_pipe, DemoSettings(save_dir=tmp_path, use_pe=True)).submit({**payload, "use_pe": True})
+    payload["plan"] = plan.with_output(str(tmp_path / "enhanced.mp4"))
+    settings = DemoSettings(save_dir=tmp_path, use_pe=True, enhancer=enhancer.EnhancerConfig())
+    result = DemoBackend(tiny_pipe, settings).submit({**payload, "use_pe": True})
     assert result.prompt == "a dog, in t2v style" and result.parameters["prompt_enhancer"]["original_prompt"] == "a dog"
     with pytest.raises(BerniniError, match="over this server's limit of 360"):
         build_request(settings, "x", "t2v", None, {"video": [], "image": None, "images": []}, {"num_frames": 361}, "o")
@@ -163,13 +165,16 @@ from types import SimpleNamespace
 import numpy as np
 import torch.distributed as dist
 from bernini.demo import Collective, DemoBackend, DemoSettings, GenerationCancelled, worker_loop
+from bernini.plan import make_plan
+from bernini.request import GenerationRequest
 
 rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
 seen = {"steps": [], "prompts": []}
 
 class FakePipe:
-    progress_bar = False
+    def set_progress_bar_config(self, **kwargs):
+        pass
 
     def generate(self, request, enhance=None, callback=None, output_type="np"):
         seen["prompts"].append(request.prompt)
@@ -184,11 +189,12 @@ assert backend.collective.enabled and backend.collective.rank == rank
 shared = backend.collective.share(lambda: f"enhanced on rank {rank}")
 if rank == 0:
     request = {"prompt": "first", "task_type": "t2v", "num_inference_steps": 3, "output": f"{out}/a.mp4"}
-    backend.submit({"request": request})
+    backend.submit({"plan": make_plan(GenerationRequest(**request))})
     cancel = threading.Event()
     cancel.set()
     try:
-        backend.submit({"request": {**request, "prompt": "second", "output": f"{out}/b.mp4"}}, cancel=cancel)
+        second = make_plan(GenerationRequest(**{**request, "prompt": "second", "output": f"{out}/b.mp4"}))
+        backend.submit({"plan": second}, cancel=cancel)
     except GenerationCancelled:
         seen["cancelled"] = True
     stop = backend.keep_alive(0.05)

@@ -6,6 +6,7 @@ replies as each test scripts it. Nothing in the SDK is mocked.
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import json
@@ -17,6 +18,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -599,15 +601,15 @@ def test_from_env_precedence() -> None:
         "OPENAI_API_KEY": "openai-key",
         "BERNINI_PE_MODEL": "env-model",
     }
-    cfg = EnhancerConfig.from_env(env=env)
+    cfg = EnhancerConfig.from_env(None, env)
     assert (cfg.base_url, cfg.api_key, cfg.model) == ("http://pe.local/v1", "pe-key", "env-model")
-    assert EnhancerConfig.from_env("cli-model", env=env).model == "cli-model"
+    assert EnhancerConfig.from_env("cli-model", env).model == "cli-model"
 
     fallback = {"OPENAI_BASE_URL": "http://openai.local/v1", "OPENAI_API_KEY": "openai-key", "BERNINI_PE_API_KEY": ""}
-    cfg = EnhancerConfig.from_env(env=fallback)
+    cfg = EnhancerConfig.from_env(None, fallback)
     assert (cfg.base_url, cfg.api_key, cfg.model) == ("http://openai.local/v1", "openai-key", DEFAULT_PE_MODEL)
 
-    empty = EnhancerConfig.from_env(env={})
+    empty = EnhancerConfig.from_env(None, {})
     assert (empty.base_url, empty.api_key, empty.model) == (None, None, "gpt-5.4-2026-03-05")
     assert not enhancer_available(empty)
     assert enhancer_available(cfg)
@@ -616,12 +618,33 @@ def test_from_env_precedence() -> None:
     assert cfg.backoff_s == 1.0 and cfg.max_completion_tokens == 8192
 
 
-def test_from_env_defaults_to_os_environ(monkeypatch: Any) -> None:
+def test_from_env_reads_only_the_mapping_it_is_given(monkeypatch: Any) -> None:
     monkeypatch.setenv("BERNINI_PE_MODEL", "from-os-environ")
-    monkeypatch.delenv("BERNINI_PE_BASE_URL", raising=False)
-    monkeypatch.setenv("OPENAI_BASE_URL", "http://x/v1")
-    cfg = EnhancerConfig.from_env()
-    assert cfg.model == "from-os-environ" and cfg.base_url == "http://x/v1"
+    monkeypatch.setenv("BERNINI_PE_BASE_URL", "http://from-os-environ/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-os-environ")
+    cfg = EnhancerConfig.from_env(None, {})
+    assert (cfg.base_url, cfg.api_key, cfg.model) == (None, None, DEFAULT_PE_MODEL)
+    given = EnhancerConfig.from_env(None, {"OPENAI_BASE_URL": "http://x/v1"})
+    assert given.model == DEFAULT_PE_MODEL and given.base_url == "http://x/v1" and given.api_key is None
+    with pytest.raises(TypeError):
+        EnhancerConfig.from_env("m")  # type: ignore[call-arg]  # the mapping is required
+
+
+def test_enhancer_package_never_reads_the_process_environment() -> None:
+    """Only callers read the environment; the package's code never touches ``os.environ`` or ``getenv``."""
+    import bernini.enhancer
+
+    env_names = {"environ", "environb", "getenv", "getenvb"}
+    sources = sorted(Path(bernini.enhancer.__file__).parent.glob("*.py"))
+    assert len(sources) >= 5
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in env_names, f"{source.name}:{node.lineno} reads the environment"
+            elif isinstance(node, ast.Name):
+                assert node.id not in env_names, f"{source.name}:{node.lineno} reads the environment"
+            elif isinstance(node, ast.alias):
+                assert node.name not in env_names, f"{source.name} imports {node.name}"
 
 
 def test_config_validation() -> None:

@@ -3,8 +3,33 @@
 import pytest
 import torch
 
-from bernini.guidance import BRANCHES, APGState, Weights, combine
-from bernini.tasks import FORWARDS_PER_STEP
+from bernini.guidance import (
+    GUIDANCE_MODES,
+    APGSettings,
+    Branch,
+    Combo,
+    Delta,
+    FrameAPG,
+    GuidanceMode,
+    GuidanceState,
+    MediaNeed,
+    Text,
+    Weights,
+    register,
+)
+
+
+def APGState(eta=0.5, norm_threshold=(50.0, 50.0), momentum=0.0):  # noqa: N802 - reads like the settings it builds
+    return GuidanceState(APGSettings(eta, tuple(norm_threshold), momentum))
+
+
+def combine(mode, predictions, latents, sigma, weights, state):
+    return GUIDANCE_MODES[mode].combine(predictions, latents, sigma, weights, state)
+
+
+def project(state, diff, reference, slot):
+    return FrameAPG(slot)(diff, reference, state)
+
 
 W = Weights(vid=1.25, img=4.5, txt=4.0)
 SHAPE = (1, 16, 3, 4, 6)
@@ -15,8 +40,46 @@ def preds(n, seed=0):
     return [torch.randn(SHAPE, generator=g, dtype=torch.float64) for _ in range(n)]
 
 
-def test_branch_tables_match_forward_counts():
-    assert {m: len(b) for m, b in BRANCHES.items()} == FORWARDS_PER_STEP
+def test_registry_declares_the_reference_modes_branches_and_needs():
+    expected = {
+        "rv2v": (["0/u", "V/u", "VI/u", "VI/c"], MediaNeed.VIDEO_AND_REFERENCES),
+        "v2v": (["VI/u", "VI/c"], MediaNeed.ANY_VISUAL),
+        "v2v_chain": (["0/u", "V/u", "VI/c"], MediaNeed.VIDEO),
+        "t2v": (["0/u", "0/c"], MediaNeed.NOTHING),
+        "t2v_apg": (["0/u", "0/c"], MediaNeed.NOTHING),
+        "v2v_apg": (["VI/u", "VI/c"], MediaNeed.ANY_VISUAL),
+        "r2v_apg": (["0/u", "I/u", "I/c"], MediaNeed.REFERENCES),
+    }
+    assert list(GUIDANCE_MODES) == list(expected)
+    for name, (branches, needs) in expected.items():
+        mode = GUIDANCE_MODES[name]
+        assert [f"{b.combo.value}/{b.text.value}" for b in mode.branches] == branches
+        assert mode.forwards_per_step == len(branches)
+        assert mode.needs is needs
+
+
+def test_a_new_mode_is_declared_not_coded():
+    """A mode made only of declared pieces combines as its formula says, without touching the module."""
+    mode = GuidanceMode(
+        "test_video_then_apg_text",
+        (Branch(Combo.EMPTY, Text.NEGATIVE), Branch(Combo.VIDEO, Text.NEGATIVE), Branch(Combo.VIDEO, Text.PROMPT)),
+        (Delta(0, 1, "vid"), Delta(1, 2, "txt", FrameAPG(0))),
+        x0_space=True,
+        needs=MediaNeed.VIDEO,
+    )
+    register(mode)
+    try:
+        e, v, c = preds(3, seed=21)
+        x = torch.randn(SHAPE, dtype=torch.float64)
+        sigma = 0.4
+        xe, xv, xc = (x - sigma * p for p in (e, v, c))
+        guided = xe + 1.25 * (xv - xe) + 4.0 * independent_project(xc - xv, xc, 0.5, 7.0)
+        got = combine("test_video_then_apg_text", [e, v, c], x, sigma, W, APGState(norm_threshold=(7.0,)))
+        assert torch.allclose(got, (x - guided) / sigma, atol=1e-9)
+        with pytest.raises(ValueError, match="already registered"):
+            register(mode)
+    finally:
+        del GUIDANCE_MODES["test_video_then_apg_text"]
 
 
 def test_rv2v():
@@ -91,7 +154,7 @@ def test_norms_are_per_frame_not_over_time():
     d[:, :, 0] = 10.0
     d[:, :, 1] = 0.01
     r = torch.ones(SHAPE, dtype=torch.float64)
-    out = APGState(eta=1.0, norm_threshold=(1.0,)).project(d, r, 0)
+    out = project(APGState(eta=1.0, norm_threshold=(1.0,)), d, r, 0)
     assert out[:, :, 0].pow(2).sum().sqrt().item() == pytest.approx(1.0)
     assert torch.allclose(out[:, :, 1], d[:, :, 1])
 
@@ -100,9 +163,9 @@ def test_momentum_buffers_persist_across_calls():
     apg = APGState(eta=1.0, norm_threshold=(0.0, 0.0), momentum=-0.5)
     d1, d2 = preds(2, seed=11)
     r = torch.ones(SHAPE, dtype=torch.float64)
-    first = apg.project(d1, r, 0)
-    second = apg.project(d2, r, 0)
+    first = project(apg, d1, r, 0)
+    second = project(apg, d2, r, 0)
     assert torch.allclose(first, d1)
     assert torch.allclose(second, d2 - 0.5 * d1)
-    other = apg.project(d2, r, 1)  # second chained condition has its own buffer
+    other = project(apg, d2, r, 1)  # second chained condition has its own buffer
     assert torch.allclose(other, d2)

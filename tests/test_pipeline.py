@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from bernini import BerniniError, BerniniPipeline
-from bernini.sampler import set_timesteps
+from bernini.schedulers import set_timesteps
 from bernini.tasks import t5_prefix
 
 SMALL = dict(num_frames=9, height=64, width=96, num_inference_steps=4)
@@ -19,7 +19,7 @@ def test_t2v_mode_reproduces_diffusers_wan_pipeline(tiny_bundle, tiny_pipe):
     ours = tiny_pipe(prompt, task_type="t2v", guidance_mode="t2v", seed=3, flow_shift=5.0, **SMALL)
     reference = WanPipeline.from_pretrained(tiny_bundle, torch_dtype=torch.float32)
     scheduler = UniPCMultistepScheduler.from_config(reference.scheduler.config, flow_shift=5.0)
-    # Both pipelines get the same schedule (the reference's flow sigmas, see bernini.sampler.set_timesteps).
+    # Both pipelines get the same schedule (the reference's flow sigmas, see bernini.schedulers.set_timesteps).
     original = scheduler.set_timesteps
     scheduler.set_timesteps = lambda n, device=None, **kw: set_timesteps(
         type("S", (), {"config": scheduler.config, "set_timesteps": original})(), n, device
@@ -120,24 +120,135 @@ def test_invalid_arguments_raise_value_error_naming_them(tiny_pipe, kwargs, need
 
 
 def test_components_are_exposed_and_swappable(tiny_bundle):
-    from diffusers import FlowMatchEulerDiscreteScheduler
 
     pipe = BerniniPipeline.from_pretrained(tiny_bundle, dtype=torch.float32, device="cpu")
     for name in ("transformer", "transformer_2", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert getattr(pipe, name) is not None
     assert pipe.to("cpu") is pipe
-    pipe.progress_bar = False
+    pipe.set_progress_bar_config(disable=True)
     unipc = pipe("a cat", task_type="t2i", height=64, width=96, num_inference_steps=3).frames
     euler = pipe("a cat", task_type="t2i", height=64, width=96, num_inference_steps=3, use_unipc=False).frames
     assert not np.allclose(unipc, euler, atol=1e-4)
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
-    assert pipe.make_scheduler(pipe_request(pipe)).__class__ is FlowMatchEulerDiscreteScheduler
 
 
-def pipe_request(pipe):
-    from bernini.request import GenerationRequest
+def euler_timesteps(shift: float, steps: int) -> list[int]:
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    return GenerationRequest(prompt="x", flow_shift=2.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    scheduler.set_timesteps(steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
+def test_a_swapped_in_scheduler_runs_with_the_requested_shift(tiny_bundle):
+    """diffusers users swap ``pipe.scheduler``; it must run as that class with ``flow_shift`` and say so."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = BerniniPipeline.from_pretrained(tiny_bundle, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    small = dict(task_type="t2i", height=32, width=48, num_inference_steps=4, output_type="latent")
+    resolved = pipe("a cat", flow_shift=2.0, **small).parameters["resolved"]
+    assert resolved["scheduler"] == "flow_match_euler"
+    assert resolved["timesteps"] == euler_timesteps(2.0, 4) != euler_timesteps(5.0, 4)
+    assert pipe("a cat", flow_shift=7.0, **small).parameters["resolved"]["timesteps"] == euler_timesteps(7.0, 4)
+    explicit = pipe("a cat", flow_shift=2.0, use_unipc=True, **small).parameters["resolved"]
+    assert explicit["scheduler"] == "unipc" and explicit["timesteps"] != euler_timesteps(2.0, 4)
+
+
+def test_bundle_config_keys_are_the_defaults(tiny_bundle, tmp_path):
+    """``use_unipc`` and the source-id keys of the bundle's config.json decide unless a flag says otherwise."""
+    import json
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for item in tiny_bundle.iterdir():
+        if item.name != "config.json":
+            (bundle / item.name).symlink_to(item)
+    config = json.loads((tiny_bundle / "config.json").read_text())
+    config |= {"use_unipc": False, "use_src_id_rotary_emb": False, "max_trained_src_id": 2}
+    (bundle / "config.json").write_text(json.dumps(config))
+    pipe = BerniniPipeline.from_pretrained(bundle, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    refs = [np.full((32, 48, 3), 60 * i, np.uint8) for i in range(3)]
+    small = dict(task_type="r2v", images=refs, num_frames=5, height=32, width=48, num_inference_steps=3)
+    record = pipe("a cat", output_type="latent", **small).parameters
+    assert record["resolved"]["scheduler"] == "flow_match_euler"
+    assert record["resolved"]["source_ids"]["I"] == [0.0, 0.0, 0.0]
+    assert (record["request"]["use_unipc"], record["request"]["max_trained_src_id"]) == (False, 2)
+    record = pipe("a cat", output_type="latent", use_unipc=True, use_src_tgt_id=True, **small).parameters
+    assert record["resolved"]["scheduler"] == "unipc"
+    assert record["resolved"]["source_ids"]["I"] == [1.0, 1.5, 2.0]  # interpolated up to the bundle's 2
+
+
+def test_callback_may_replace_latents_and_interrupt(tiny_pipe):
+    """diffusers semantics: ``callback_on_step_end`` returns replaced tensors; ``pipe._interrupt`` stops early."""
+    small = dict(task_type="t2v", num_frames=5, height=32, width=48, num_inference_steps=4, output_type="latent")
+    plain = tiny_pipe("a cat", **small).latents
+
+    def zero_after_last(pipe, step, timestep, tensors):
+        return {"latents": torch.zeros_like(tensors["latents"])} if step == 3 else tensors
+
+    assert torch.count_nonzero(tiny_pipe("a cat", callback_on_step_end=zero_after_last, **small).latents) == 0
+    seen = []
+
+    def stop_after_two(pipe, step, timestep, tensors):
+        seen.append(step)
+        if step == 1:
+            pipe._interrupt = True
+        return tensors
+
+    out = tiny_pipe("a cat", callback_on_step_end=stop_after_two, **small)
+    assert seen == [0, 1] and out.parameters["resolved"]["interrupted"] is True
+    assert len(out.parameters["resolved"]["timesteps"]) == 2
+    assert not torch.equal(out.latents, plain)
+    assert torch.equal(tiny_pipe("a cat", **small).latents, plain), "the next call starts uninterrupted"
+
+
+def test_texts_and_conditions_are_placed_once_per_generation(tiny_bundle):
+    """Every forward of a bf16 run receives the same (already cast) text and condition tensors."""
+    pipe = BerniniPipeline.from_pretrained(tiny_bundle, device="cpu", dtype="bf16")
+    pipe.set_progress_bar_config(disable=True)
+    received: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+
+    def hook(module, args, kwargs):
+        received.append((args[2], [s.latent for s in kwargs["conditions"]]))
+
+    handles = [expert.register_forward_pre_hook(hook, with_kwargs=True) for expert in pipe.experts]
+    try:
+        pipe("a cat", task_type="v2v", video=np.zeros((5, 32, 48, 3), np.uint8), num_frames=5, num_inference_steps=3,
+             output_type="latent")  # fmt: skip
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(received) == 3 * 2
+    texts = {id(text) for text, _ in received}
+    conditions = {id(latent) for _, latents in received for latent in latents}
+    assert len(texts) == 2 and len(conditions) == 1
+    assert all(text.dtype == torch.bfloat16 for text, _ in received)
+
+
+def test_device_map_takes_one_device_and_refuses_strategies(tiny_bundle):
+    pipe = BerniniPipeline.from_pretrained(tiny_bundle, device_map="cpu")
+    assert pipe.device == torch.device("cpu")
+    for strategy in ("balanced", "auto", {"": "cpu"}):
+        with pytest.raises(BerniniError, match="device_map") as info:
+            BerniniPipeline.from_pretrained(tiny_bundle, device_map=strategy)
+        assert "\n" not in str(info.value)
+    with pytest.raises(BerniniError, match="either device or device_map"):
+        BerniniPipeline.from_pretrained(tiny_bundle, device="cpu", device_map="cpu")
+
+
+def test_progress_bar_is_the_diffusers_method(tiny_pipe, capsys):
+    """``progress_bar`` stays a method and ``set_progress_bar_config`` configures it, as in diffusers."""
+    small = dict(task_type="t2i", height=32, width=48, num_inference_steps=2, output_type="latent")
+    tiny_pipe("a cat", **small)
+    assert "denoising" not in capsys.readouterr().err  # the fixture disabled it
+    try:
+        tiny_pipe.set_progress_bar_config(desc="rendering", disable=False)
+        tiny_pipe("a cat", **small)
+        assert "rendering" in capsys.readouterr().err
+    finally:
+        tiny_pipe.set_progress_bar_config(disable=True)
 
 
 def test_readme_python_example_runs(tiny_bundle, tmp_path, monkeypatch):
@@ -163,7 +274,7 @@ def test_offload_modes_give_the_same_frames(tiny_bundle, tiny_pipe, mode):
     if mode == "blocks" and no_accelerator and Version(diffusers.__version__) < Version("0.36"):
         pytest.skip("diffusers < 0.36 group offloading needs an accelerator to exist")
     pipe = BerniniPipeline.from_pretrained(tiny_bundle, device="cpu", offload=mode)
-    pipe.progress_bar = False
+    pipe.set_progress_bar_config(disable=True)
     assert pipe.offload == mode
     assert all(_is_group_offload_enabled(e) for e in pipe.experts) == (mode == "blocks")
     kwargs = dict(

@@ -5,7 +5,8 @@ import torch
 from diffusers import UniPCMultistepScheduler
 
 from bernini.conditions import Conditions
-from bernini.guidance import BRANCHES, APGState, Weights
+from bernini.guidance import GUIDANCE_MODES, Combo, GuidanceMode, GuidanceState, Weights
+from bernini.plan import SourceIdPolicy
 from bernini.sampler import BranchRunner, Experts, SamplingInputs, sample
 
 
@@ -23,15 +24,14 @@ class RecordingRunner(BranchRunner):
 def make_inputs(mode, weights=None):
     weights = weights or Weights(1.25, 4.5, 4.0)
     conditions = Conditions(videos=[torch.zeros(1, 16, 1, 2, 2)], images=[torch.zeros(1, 16, 1, 2, 2)])
-    combos = {name: conditions.combo(name) for name in ("0", "V", "I", "VI")}
     return SamplingInputs(
         latents=torch.randn(1, 16, 1, 2, 2),
-        combos=combos,
+        combos=conditions.combos(SourceIdPolicy()),
         text={},
-        mode=mode,
+        mode=GUIDANCE_MODES[mode],
         weights=weights,
         omega_scale=0.8,
-        apg=APGState(),
+        state=GuidanceState(),
     )
 
 
@@ -46,13 +46,13 @@ def scheduler(shift):
     )
 
 
-@pytest.mark.parametrize("mode", list(BRANCHES))
+@pytest.mark.parametrize("mode", list(GUIDANCE_MODES))
 def test_forwards_per_step_and_expert_switch(mode):
     runner = RecordingRunner()
     experts = Experts(high="high", low="low", boundary=875.0)
     sample(experts, scheduler(5.0), make_inputs(mode), 40, runner=runner)
     assert len(runner.calls) == 40
-    assert all(branches == list(BRANCHES[mode]) for _, _, branches in runner.calls)
+    assert all(branches == list(GUIDANCE_MODES[mode].branches) for _, _, branches in runner.calls)
     highs = [t for expert, t, _ in runner.calls if expert == "high"]
     lows = [t for expert, t, _ in runner.calls if expert == "low"]
     assert len(highs) == 17 and len(lows) == 23  # spec §3.1 table for shift 5
@@ -68,16 +68,14 @@ def test_shift_three_gives_spec_step_split():
 
 
 def test_omega_scale_applied_once_at_switch(monkeypatch):
-    import bernini.sampler as sampler_module
-
     seen = []
-    original = sampler_module.combine
+    original = GuidanceMode.combine
 
-    def spy(mode, predictions, latents, sigma, weights, apg):
+    def spy(self, predictions, latents, sigma, weights, state):
         seen.append(weights.txt)
-        return original(mode, predictions, latents, sigma, weights, apg)
+        return original(self, predictions, latents, sigma, weights, state)
 
-    monkeypatch.setattr(sampler_module, "combine", spy)
+    monkeypatch.setattr(GuidanceMode, "combine", spy)
     switches = []
     experts = Experts(high="high", low="low", on_switch=lambda old, new: switches.append((old, new)))
     sample(experts, scheduler(5.0), make_inputs("t2v"), 40, runner=RecordingRunner())
@@ -96,11 +94,17 @@ def test_combos_and_ids():
     conditions = Conditions(
         videos=[torch.zeros(1), torch.ones(1)], image=torch.full((1,), 2.0), images=[torch.full((1,), 3.0)]
     )
-    assert conditions.combo("0") == []
-    assert [s.source_id for s in conditions.combo("V")] == [1.0]
-    assert [s.latent.item() for s in conditions.combo("VI")] == [0.0, 1.0, 2.0, 3.0]
-    assert [s.source_id for s in conditions.combo("VI")] == [1.0, 2.0, 3.0, 4.0]
-    assert [s.source_id for s in conditions.combo("I")] == [1.0, 2.0]
-    assert [s.source_id for s in conditions.combo("VI", use_source_ids=False)] == [0.0] * 4
+    assert conditions.combo(Combo.EMPTY) == []
+    assert [s.source_id for s in conditions.combo(Combo.VIDEO)] == [1.0]
+    assert [s.latent.item() for s in conditions.combo(Combo.ALL)] == [0.0, 1.0, 2.0, 3.0]
+    assert [s.source_id for s in conditions.combo(Combo.ALL)] == [1.0, 2.0, 3.0, 4.0]
+    assert [s.source_id for s in conditions.combo(Combo.IMAGES)] == [1.0, 2.0]
+    assert [s.source_id for s in conditions.combo(Combo.ALL, SourceIdPolicy(enabled=False))] == [0.0] * 4
     many = Conditions(images=[torch.zeros(1)] * 8)
-    assert [s.source_id for s in many.combo("I")] == pytest.approx([1 + 4 * i / 7 for i in range(8)])
+    assert [s.source_id for s in many.combo(Combo.IMAGES)] == pytest.approx([1 + 4 * i / 7 for i in range(8)])
+    assert [s.source_id for s in many.combo(Combo.IMAGES, SourceIdPolicy(interpolate=False))] == list(
+        map(float, range(1, 9))
+    )
+    assert [s.source_id for s in many.combo(Combo.IMAGES, SourceIdPolicy(max_trained=8))] == list(
+        map(float, range(1, 9))
+    )

@@ -7,8 +7,9 @@ The world is split as ``world = dp × cfg × ulysses`` (see :mod:`bernini.parall
 * a **CFG group** (``--cfg_parallel [C]``) spreads a step's guidance branches over C Ulysses groups
   and all-gathers the predictions (:mod:`bernini.parallel.cfg`);
 * a **task group** (the ``cfg × ulysses`` ranks that serve one task together) takes every ``dp``-th
-  task of the list; its first rank decodes and writes (:mod:`bernini.parallel.driver`).
+  task of the list; its first rank decodes and writes.
 
-Nothing here is imported by the single-process path; ``bernini.cli`` imports the driver only when a
-parallel run is asked for.
+These are services: the front ends bring them up through :mod:`bernini.frontends.launch`, and the
+single-process path never imports them. ``python -m bernini.parallel.check`` (a front end) compares
+parallel layouts with the single-process result.
 """

@@ -19,17 +19,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ..errors import BerniniError
-from ..request import GenerationRequest, validate
+from ..frontends.launch import ParallelContext, ParallelSession, SetupError, launch_env
+from ..frontends.options import (
+    OneLineErrorParser,
+    add_generation_args,
+    add_model_args,
+    model_defaults,
+    quiet_libraries,
+    requests_from_args,
+)
+from ..plan import GenerationPlan
+from ..runner import TaskListRunner, plan_tasks
 from ..sampler import BranchRunner
-from . import groups as pg
 from .cfg import branch_tokens
-from .driver import model_heads, timeout_s
-from .groups import Groups
-from .layout import LaunchEnv, Layout, check_degrees
-from .worker import install, load, run_tasks, stderr
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class RecordingRunner(BranchRunner):
@@ -47,17 +55,18 @@ class RecordingRunner(BranchRunner):
 @contextmanager
 def single_process(pipe) -> Iterator[RecordingRunner]:
     """Temporarily take the pipeline off every collective (no Ulysses, branches one by one)."""
-    saved = [(e, e.runtime.sequence_parallel) for e in pipe.experts], pipe.branch_runner
+    saved_groups = [(expert, expert.runtime.sequence_parallel) for expert in pipe.experts]
+    saved_runner = pipe.branch_runner
     runner = RecordingRunner()
-    for expert, _ in saved[0]:
+    for expert, _ in saved_groups:
         expert.configure(sequence_parallel=None)
     pipe.branch_runner = runner
     try:
         yield runner
     finally:
-        for expert, sp in saved[0]:
-            expert.configure(sequence_parallel=sp)
-        pipe.branch_runner = saved[1]
+        for expert, group in saved_groups:
+            expert.configure(sequence_parallel=group)
+        pipe.branch_runner = saved_runner
 
 
 def parse_layouts(text: str) -> list[tuple[int, int]]:
@@ -72,14 +81,15 @@ def parse_layouts(text: str) -> list[tuple[int, int]]:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
-    from ..cli import build_parser
-
     own = argparse.ArgumentParser(prog="python -m bernini.parallel.check", add_help=False)
     own.add_argument("--layouts", default=None, help="ULYSSES:CFG pairs (default: --ulysses and --cfg_parallel)")
     own.add_argument("--report", default=None, help="write the results as JSON here (rank 0)")
     own.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |latent difference|")
     check, rest = own.parse_known_args(argv)
-    args = build_parser().parse_args(["generate", *rest])
+    generate = OneLineErrorParser(prog="python -m bernini.parallel.check")
+    add_model_args(generate)
+    add_generation_args(generate)
+    args = generate.parse_args(rest)
     args.explicit = set()
     if args.use_pe:
         raise BerniniError("the self-check compares two runs of each task; it cannot use --use_pe")
@@ -89,91 +99,77 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namesp
 class Checker:
     """Runs one layout's tasks and keeps the leader's comparison records."""
 
-    def __init__(self, pipe, groups: Groups, label: str, references: dict[int, tuple[torch.Tensor, list[int]]]):
-        self.pipe, self.groups, self.label = pipe, groups, label
+    def __init__(self, pipe, context: ParallelContext, label: str, references: dict):
+        self.pipe, self.context, self.label = pipe, context, label
         self.records: list[dict[str, Any]] = []
         self.references = references  # shared by the layouts: a task's reference is computed once per rank
 
-    def reference(self, index: int, request: GenerationRequest) -> tuple[torch.Tensor, list[int]]:
+    def reference(self, index: int, plan: GenerationPlan) -> tuple[torch.Tensor, list[int]]:
         if index not in self.references:
             with single_process(self.pipe) as runner:
-                latents = self.pipe.generate(request, output_type="latent").latents.float().cpu()
+                latents = self.pipe.generate(plan, output_type="latent").latents.float().cpu()
             self.references[index] = latents, sorted(runner.lengths)
         return self.references[index]
 
-    def job(self, index: int, request: GenerationRequest) -> None:
-        request = validate(request)
-        latents = self.pipe.generate(request, output_type="latent").latents.float().cpu()
-        if not self.groups.layout.is_leader:
-            return
-        reference, lengths = self.reference(index, request)
+    def job(self, index: int, plan: GenerationPlan) -> None:
+        latents = self.pipe.generate(plan, output_type="latent").latents.float().cpu()
+        if not self.context.is_leader:
+            return None
+        reference, lengths = self.reference(index, plan)
         self.records.append(
             {
                 "task": index + 1,
                 "layout": self.label,
-                "task_type": request.task_type,
-                "guidance_mode": request.guidance_mode,
+                "task_type": plan.task.name,
+                "guidance_mode": plan.guidance.mode.name,
                 "sequence_lengths": lengths,
                 "max_abs_diff": float((latents - reference).abs().max()),
                 "reference_max_abs": float(reference.abs().max()),
             }
         )
+        return None
 
 
-def run_layout(pipe, requests, groups: Groups, label: str, references: dict) -> tuple[list[dict], list[str]]:
-    checker = Checker(pipe, groups, label, references)
-    install(pipe, groups)
-    failures = run_tasks(requests, groups, checker.job)
+def run_layout(pipe, tasks, context: ParallelContext, label: str, references: dict) -> tuple[list[dict], list[str]]:
+    checker = Checker(pipe, context, label, references)
+    context.install(pipe)
+    runner = TaskListRunner(checker.job, stderr, agree=context.agree, reports=context.is_leader)
+    failures = runner.run(tasks, context.layout.task_indices(len(tasks)))
     return checker.records, [f"layout {label} {line}" for _, line in sorted(failures.items())]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import _quiet_libraries, requests_from_args
-
-    env = LaunchEnv()
+    env = launch_env()
     try:
-        env = LaunchEnv.from_environ()
         check, args = parse_args(sys.argv[1:] if argv is None else argv)
         layouts = parse_layouts(check.layouts or f"{args.ulysses}:{args.cfg_parallel or 1}")
-        heads = model_heads(args.config)
-        for ulysses, cfg in layouts:
-            check_degrees(env.world, ulysses, cfg, heads)
-        device = pg.rank_device(args.device, env.local_rank)
-        timeout = timeout_s(args)
-        requests = requests_from_args(args)
+        tasks = plan_tasks(requests_from_args(args), model_defaults(args))
+        session = ParallelSession(args, env, layouts)
     except BerniniError as exc:
-        if env.rank == 0:
+        if env.rank == 0 or not getattr(exc, "every_rank", True):
             stderr(f"error: {exc}")
         return 2
-    _quiet_libraries()
-    distributed = env.world > 1
-    if distributed:
-        pg.init(env, device, timeout)
+    quiet_libraries()
+    records: list[dict] = []
+    failures: list[str] = []
     try:
-        control = None
-        records: list[dict] = []
-        failures: list[str] = []
-        pipe = None
-        references: dict = {}
-        for ulysses, cfg in layouts:
-            layout = Layout(env.world, env.rank, ulysses, cfg)
-            groups = pg.build(layout, timeout, control) if distributed else Groups(layout, None, None, None, None)
-            control = groups.control
-            if pipe is None:
-                pipe = load(args, device, control, env.rank)
-                pipe.progress_bar = False
-            found, failed = run_layout(pipe, requests, groups, f"{ulysses}:{cfg}", references)
-            records += found
-            failures += failed
-        records = [r for part in pg.gather_all(records, control) for r in part]
-        failures = [f for part in pg.gather_all(failures, control) for f in part]
-    except BerniniError as exc:
-        if env.rank == 0:
+        with session:
+            pipe, context = None, None
+            references: dict = {}
+            for ulysses, cfg in layouts:
+                context = session.context(ulysses, cfg)
+                if pipe is None:
+                    pipe = session.load(context)
+                    pipe.set_progress_bar_config(disable=True)
+                found, failed = run_layout(pipe, tasks, context, f"{ulysses}:{cfg}", references)
+                records += found
+                failures += failed
+            records = [r for part in context.gather(records) for r in part]
+            failures = [f for part in context.gather(failures) for f in part]
+    except SetupError as exc:
+        if env.rank == 0 or not exc.every_rank:
             stderr(f"error: {exc}")
         return 2
-    finally:
-        if distributed:
-            dist.destroy_process_group()
     return report(records, failures, check, env.rank)
 
 

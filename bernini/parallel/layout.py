@@ -10,7 +10,7 @@ This module is pure Python (no torch), so bad degrees are refused before anythin
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import BerniniError
@@ -117,14 +117,15 @@ class LaunchEnv:
     local_world: int = 1
 
     @classmethod
-    def from_environ(cls) -> LaunchEnv:
+    def from_environ(cls, environ: Mapping[str, str]) -> LaunchEnv:
+        """From torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``)."""
         try:
-            world = int(os.environ.get("WORLD_SIZE", "1"))
+            world = int(environ.get("WORLD_SIZE", "1"))
             return cls(
-                int(os.environ.get("RANK", "0")),
+                int(environ.get("RANK", "0")),
                 world,
-                int(os.environ.get("LOCAL_RANK", "0")),
-                int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+                int(environ.get("LOCAL_RANK", "0")),
+                int(environ.get("LOCAL_WORLD_SIZE", str(world))),
             )
         except ValueError:
             raise BerniniError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None

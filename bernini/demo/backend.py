@@ -1,0 +1,179 @@
+"""Running demo requests on every rank: the rank-0 → all broadcast, the worker loop, Stop and keep-alive.
+
+Rank 0 (the UI) calls :meth:`DemoBackend.submit`, which broadcasts the request (a plain dict) and runs
+it; every other rank sits in :func:`worker_loop` and runs the same :meth:`DemoBackend.execute` call.
+On one process the broadcast is a no-op.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BerniniError
+
+if TYPE_CHECKING:
+    from ..runner import JobResult
+    from .settings import DemoSettings
+
+logger = logging.getLogger("bernini.demo")
+
+KEEPALIVE_S = 600.0
+
+
+class GenerationCancelled(Exception):
+    """Raised from the step callback when the user pressed Stop."""
+
+
+def output_path(save_dir: Path, task: str, frames: int) -> Path:
+    """``{task}_{timestamp}.png|mp4`` in ``save_dir``, never an existing name.
+
+    It lives here rather than with the UI handlers because :meth:`DemoBackend.submit` picks a new
+    name when another request took this one while it waited.
+    """
+    suffix = ".png" if frames == 1 else ".mp4"
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    candidate = save_dir / f"{task}_{stamp}{suffix}"
+    counter = 1
+    while any(candidate.with_suffix(taken).exists() for taken in (".png", ".mp4")):
+        candidate = save_dir / f"{task}_{stamp}_{counter}{suffix}"
+        counter += 1
+    return candidate
+
+
+class Collective:
+    """Rank 0 → all ranks object broadcast over a gloo group (a no-op on one process)."""
+
+    def __init__(self, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        self.enabled = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.enabled else 0
+        self.group = group
+
+    def broadcast(self, obj: Any = None) -> Any:
+        """Rank 0's ``obj`` on every rank (the other ranks' argument is ignored)."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def share(self, call: Callable[[], Any]) -> Any:
+        """Run ``call`` on rank 0 only (the prompt enhancer) and hand its result to every rank."""
+        if not self.enabled:
+            return call()
+        result = None
+        if self.rank == 0:
+            try:
+                result = ("ok", call())
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                result = ("error", exc)
+        kind, value = self.broadcast(result)
+        if kind == "error":
+            raise value
+        return value
+
+
+class DemoBackend:
+    """Runs demo requests through :func:`run_job`; shared by the UI (rank 0) and the worker ranks."""
+
+    def __init__(self, pipe: Any, settings: "DemoSettings", collective: Collective | None = None) -> None:
+        self.pipe = pipe
+        self.settings = settings
+        self.collective = collective or Collective()
+        self.lock = threading.Lock()  # a cancelled job keeps its thread until its next step; never overlap
+        self.cancel_flags: dict[str, threading.Event] = {}
+
+    def submit(
+        self,
+        payload: dict[str, Any],
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> "JobResult":
+        """Rank 0: broadcast the request to the other ranks, then run it here too."""
+        with self.lock:
+            plan = payload["plan"]
+            target = Path(plan.output)
+            if any(target.with_suffix(taken).exists() for taken in (".png", ".mp4")):  # taken while this one waited
+                frames = 1 if target.suffix == ".png" else 2
+                payload = {**payload, "plan": plan.with_output(str(output_path(target.parent, plan.task.name, frames)))}
+            self.collective.broadcast({"kind": "generate", **payload})
+            return self.execute(payload, progress=progress, cancel=cancel)
+
+    def execute(
+        self,
+        payload: dict[str, Any],
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> "JobResult":
+        """Every rank: run the broadcast plan through :func:`run_job` (rank 0 writes)."""
+        from dataclasses import replace
+
+        from ..runner import run_job
+
+        plan = payload["plan"]
+        if payload.get("use_pe"):
+            plan = replace(plan, use_pe=True, pe_model=self.settings.pe_model or plan.pe_model)
+        total = plan.num_inference_steps
+        collective = self.collective
+
+        def on_step(_pipe: Any, index: int, _t: Any, _state: dict) -> None:
+            stop = bool(cancel is not None and cancel.is_set())
+            if collective.enabled:
+                stop = bool(collective.broadcast(stop))
+            if stop:
+                raise GenerationCancelled("stopped by the user")
+            if progress is not None:
+                progress(index + 1, total)
+
+        return run_job(
+            self.pipe,
+            plan,
+            enhancer=self.settings.enhancer,
+            write=collective.rank == 0,
+            log=lambda line: logger.info("%s", line),
+            share=collective.share if collective.enabled else None,
+            extra_record=payload.get("extra_record"),
+            callback=on_step,
+        )
+
+    def keep_alive(self, interval_s: float = KEEPALIVE_S) -> threading.Event:
+        """Ping the waiting ranks now and then, so an idle demo never hits the control group's timeout."""
+        stopped = threading.Event()
+
+        def ping() -> None:
+            while not stopped.wait(interval_s):
+                with self.lock:
+                    if not stopped.is_set():
+                        self.collective.broadcast({"kind": "ping"})
+
+        if self.collective.enabled:
+            threading.Thread(target=ping, name="bernini-demo-keepalive", daemon=True).start()
+        return stopped
+
+    def shutdown(self) -> None:
+        """Rank 0: tell the other ranks to leave :func:`worker_loop` (after any running request)."""
+        with self.lock:
+            self.collective.broadcast({"kind": "shutdown"})
+
+
+def worker_loop(backend: DemoBackend) -> int:
+    """Ranks other than 0: run every broadcast request until the "shutdown" message."""
+    while True:
+        message = backend.collective.broadcast(None)
+        kind = message.get("kind") if isinstance(message, dict) else None
+        if kind == "ping":
+            continue
+        if kind != "generate":
+            return 0
+        try:
+            backend.execute(message)
+        except (BerniniError, GenerationCancelled) as exc:
+            logger.info("rank %d: request ended: %s", backend.collective.rank, exc)
+        except Exception:
+            logger.exception("rank %d: request failed", backend.collective.rank)

@@ -1,0 +1,170 @@
+"""The demo's Gradio Blocks: its components, what a task change updates, and which handler each event calls."""
+
+from typing import TYPE_CHECKING, Any
+
+from ..guidance import GUIDANCE_MODES
+from ..tasks import TASKS
+from .backend import DemoBackend
+from .handlers import TASK_CHOICES, TASK_INPUTS, make_generate_handler, make_stop_handler
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+DEFAULT_TASK = "t2v"
+DEFAULT_FRAMES = 81
+# Guidance defaults a task change puts back (the frame count depends on the task too).
+GUIDANCE_DEFAULTS: dict[str, float] = {
+    "omega_vid": 1.25,
+    "omega_img": 4.5,
+    "omega_txt": 4.0,
+    "omega_scale": 0.8,
+    "eta": 0.5,
+    "momentum": 0.0,
+}
+
+
+def task_hint(task: str) -> str:
+    """The input hint shown under the task dropdown."""
+    return f"**{task}**: {TASKS[task].description}. Inputs: {TASK_INPUTS[task].hint}."
+
+
+def task_updates(task: str) -> tuple[Any, ...]:
+    """Outputs of a task change: guidance mode, hint, frames, height/width visibility, guidance defaults."""
+    import gradio as gr
+
+    if task not in TASKS:
+        task = DEFAULT_TASK
+    spec = TASKS[task]
+    single = spec.single_frame
+    text_only = not TASK_INPUTS[task].video and TASK_INPUTS[task].image == "none"
+    return (
+        gr.update(value=spec.guidance_mode),
+        gr.update(value=task_hint(task)),
+        gr.update(value=1 if single else DEFAULT_FRAMES, interactive=not single),
+        gr.update(visible=text_only),
+        gr.update(visible=text_only),
+        *(gr.update(value=default) for default in GUIDANCE_DEFAULTS.values()),
+    )
+
+
+def build_ui(backend: DemoBackend) -> "gr.Blocks":
+    """The Blocks app; the generation endpoint is named ``generate`` for API clients."""
+    import gradio as gr
+
+    settings = backend.settings
+    max_frames = min(360, settings.max_frames)
+    default_frames = min(DEFAULT_FRAMES, max_frames)
+    generate = make_generate_handler(backend)
+    stop = make_stop_handler(backend)
+
+    spec = TASKS[DEFAULT_TASK]
+    with gr.Blocks(title="Bernini-R", analytics_enabled=False) as app:
+        gr.Markdown("# Bernini-R video generation and editing")
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
+                with gr.Row():
+                    task = gr.Dropdown(
+                        list(TASK_CHOICES), value=DEFAULT_TASK, label="Task", elem_id="task", interactive=True
+                    )
+                    guidance = gr.Dropdown(
+                        list(GUIDANCE_MODES),
+                        value=spec.guidance_mode,
+                        label="Guidance mode",
+                        elem_id="guidance_mode",
+                        interactive=True,
+                    )
+                hint = gr.Markdown(task_hint(DEFAULT_TASK), elem_id="task_hint")
+                with gr.Tabs():
+                    with gr.Tab("Video"):
+                        videos = gr.File(
+                            label="Video(s): ads2v takes the main clip first",
+                            file_count="multiple",
+                            file_types=["video"],
+                            elem_id="videos",
+                        )
+                    with gr.Tab("Single image"):
+                        image = gr.Image(label="Image", type="filepath", sources=["upload"], elem_id="image")
+                    with gr.Tab("Multiple images"):
+                        gallery = gr.Gallery(
+                            label="Reference images", type="filepath", interactive=True, elem_id="gallery"
+                        )
+                enhance = gr.Checkbox(
+                    label="Enable GPT prompt enhancer",
+                    value=False,
+                    interactive=settings.use_pe,
+                    info=None if settings.use_pe else "start the demo with --use_pe to enable",
+                    elem_id="enhance",
+                )
+                max_image_size = gr.Slider(256, 1280, value=848, step=16, label="Max image size", elem_id="max_size")
+                num_frames = gr.Slider(
+                    1, max_frames, value=default_frames, step=4, label="Frames", elem_id="num_frames"
+                )
+                steps = gr.Slider(
+                    1, 50, value=40, step=1, label="Steps", info="10–50 is the usual range", elem_id="steps"
+                )
+                flow_shift = gr.Slider(0, 12, value=settings.flow_shift, step=0.1, label="Flow shift", elem_id="shift")
+                with gr.Row():
+                    seed = gr.Number(value=42, label="Seed", precision=0, minimum=0, elem_id="seed")
+                    fps = gr.Slider(1, 30, value=16, step=1, label="FPS", elem_id="fps")
+                with gr.Row():
+                    height = gr.Slider(16, 1280, value=480, step=16, label="Height", elem_id="height")
+                    width = gr.Slider(16, 1280, value=848, step=16, label="Width", elem_id="width")
+                with gr.Accordion("Advanced", open=False):
+                    omega_vid = gr.Slider(0, 10, value=1.25, step=0.05, label="ω vid (ω_V)", elem_id="omega_vid")
+                    omega_img = gr.Slider(0, 10, value=4.5, step=0.05, label="ω img (ω_I)", elem_id="omega_img")
+                    omega_txt = gr.Slider(0, 10, value=4.0, step=0.05, label="ω txt (ω_TI)", elem_id="omega_txt")
+                    omega_scale = gr.Slider(0, 2, value=0.8, step=0.05, label="omega_scale", elem_id="omega_scale")
+                    eta = gr.Slider(0, 2, value=0.5, step=0.05, label="eta", elem_id="eta")
+                    momentum = gr.Slider(-2, 2, value=0.0, step=0.05, label="momentum", elem_id="momentum")
+                    if settings.use_unipc:
+                        gr.Markdown("Note: under UniPC (the default) the flow-shift slider has no effect.")
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="generate_btn")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop_btn")
+            with gr.Column(scale=1):
+                result_video = gr.Video(label="Result", interactive=False, elem_id="result_video")
+                result_image = gr.Image(
+                    label="Result (image)", interactive=False, visible=False, elem_id="result_image"
+                )
+                files = gr.File(label="Download (output and sidecar)", file_count="multiple", elem_id="files")
+                prompt_used = gr.Textbox(label="Prompt actually used", interactive=False, elem_id="prompt_used")
+                status = gr.Markdown(label="Status", elem_id="status")
+                sidecar = gr.JSON(label="Sidecar", elem_id="sidecar")
+
+        guidance_controls = [omega_vid, omega_img, omega_txt, omega_scale, eta, momentum]
+        task.change(
+            task_updates,
+            inputs=task,
+            outputs=[guidance, hint, num_frames, height, width, *guidance_controls],
+            queue=False,
+            api_name=False,
+        )
+        inputs = [
+            prompt,
+            task,
+            guidance,
+            videos,
+            image,
+            gallery,
+            enhance,
+            max_image_size,
+            num_frames,
+            steps,
+            flow_shift,
+            seed,
+            fps,
+            height,
+            width,
+            *guidance_controls,
+        ]
+        outputs = [result_video, result_image, files, sidecar, prompt_used, status]
+        event = run.click(
+            generate,
+            inputs=inputs,
+            outputs=outputs,
+            api_name="generate",
+            show_progress_on=[result_video, result_image],
+        )
+        stop_btn.click(stop, inputs=None, outputs=status, cancels=[event], queue=False, api_name=False)
+    return app

@@ -1,0 +1,257 @@
+"""What every front end shares: argument groups, turning arguments into requests, loading the model.
+
+The ``bernini`` command, the upstream-compatible scripts, the torchrun driver, the demo and the
+parallel self-check all build their parsers from these groups and load through :func:`load_pipeline`,
+so a flag means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ..config import renderer_config_for
+from ..errors import BerniniError
+from ..guidance import GUIDANCE_MODES
+from ..plan import ModelDefaults
+from ..request import CASE_KEYS, WAN_NEGATIVE_PROMPT, GenerationRequest, load_case, load_task_list, numbered_output
+from ..tasks import TASKS
+
+DEFAULT_OUTPUT = "outputs/output.mp4"
+DEFAULT_CONFIG = "configs/bernini_renderer_wan22"
+FULL_BERNINI_ONLY = ("omega_tgt", "planning_step", "vit_txt_cfg", "vit_img_cfg", "vit_denoising_step")
+EXPLICIT_OVER_CASE = ("task_type", "guidance_mode", "prompt", "video", "image", "images", "output")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one ``error: ...`` line (argparse would print the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--config",
+        "--model",
+        dest="config",
+        default=None,
+        help="bundle directory, config directory or Hugging Face repo id (default: "
+        f"{DEFAULT_CONFIG} when it exists, else ByteDance/Bernini-R-Diffusers)",
+    )
+    group.add_argument("--high_noise_ckpt", default=None, help="separate high-noise expert (dir, index, file, repo id)")
+    group.add_argument("--low_noise_ckpt", default=None, help="separate low-noise expert (dir, index, file, repo id)")
+    group.add_argument(
+        "--use_unipc",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="UniPC or flow-match Euler with --no-use_unipc (default: the bundle's use_unipc, upstream on)",
+    )
+    group.add_argument(
+        "--use_src_tgt_id",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="segment-aware source-id RoPE phase (default: the bundle's use_src_id_rotary_emb, upstream on)",
+    )
+    group.add_argument(
+        "--interpolate_src_id",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fractional ids linspace(1, max) for more than --max_trained_src_id conditions (default: the bundle's)",
+    )
+    group.add_argument(
+        "--max_trained_src_id", type=int, default=None, help="(default: the bundle's max_trained_src_id, upstream 5)"
+    )
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
+    group.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32")
+    group.add_argument(
+        "--offload",
+        default="auto",
+        choices=("auto", "none", "model", "blocks"),
+        help="none: all on the device; model: idle models wait on the CPU; blocks: experts stream block by "
+        "block (GPUs smaller than one expert); auto: by the device memory",
+    )
+    group.add_argument(
+        "--attention",
+        default="auto",
+        choices=("auto", "fa3", "fa2", "sage", "sdpa"),
+        help="attention kernel through diffusers' dispatcher (auto: FA3 on Hopper, else FA2, else SDPA)",
+    )
+    group.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first step)")
+
+
+def add_generation_args(parser: argparse.ArgumentParser) -> None:
+    defaults = GenerationRequest()
+    group = parser.add_argument_group("inputs")
+    group.add_argument("--prompt", default=None)
+    group.add_argument(
+        "--task_type", default=None, choices=sorted(TASKS), help="default: the case's, else inferred from the media"
+    )
+    group.add_argument(
+        "--guidance_mode",
+        default=None,
+        choices=list(GUIDANCE_MODES),
+        help="default: the case's, else the task's default",
+    )
+    group.add_argument("--video", nargs="+", default=None)
+    group.add_argument("--image", default=None)
+    group.add_argument("--images", nargs="+", default=None)
+    group.add_argument("--output", default=None, help=f"output file (default {DEFAULT_OUTPUT}; .png for one frame)")
+    group.add_argument("--case", default=None, help="a case file (JSON object)")
+    group.add_argument("--inputs", default=None, help="a task list (.jsonl or .json array)")
+    group.add_argument("--save_frames", default=None, metavar="DIR", help="also write every frame as PNG into DIR")
+    group.add_argument("--skip_existing", action="store_true", help="skip tasks whose output and sidecar exist")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--seed", type=int, default=defaults.seed)
+    gen.add_argument("--num_frames", type=int, default=defaults.num_frames)
+    gen.add_argument("--num_inference_steps", type=int, default=defaults.num_inference_steps)
+    gen.add_argument("--flow_shift", type=float, default=defaults.flow_shift)
+    gen.add_argument("--omega_vid", "--omega_V", dest="omega_vid", type=float, default=defaults.omega_vid)
+    gen.add_argument("--omega_img", "--omega_I", dest="omega_img", type=float, default=defaults.omega_img)
+    gen.add_argument("--omega_txt", "--omega_TI", dest="omega_txt", type=float, default=defaults.omega_txt)
+    gen.add_argument("--omega_scale", type=float, default=defaults.omega_scale)
+    gen.add_argument("--eta", type=float, default=defaults.eta)
+    gen.add_argument("--norm_threshold", type=float, nargs="+", default=list(defaults.norm_threshold))
+    gen.add_argument("--momentum", type=float, default=defaults.momentum)
+    gen.add_argument("--fps", type=float, default=defaults.fps)
+    gen.add_argument("--max_image_size", type=int, default=defaults.max_image_size)
+    gen.add_argument("--height", type=int, default=defaults.height)
+    gen.add_argument("--width", type=int, default=defaults.width)
+    gen.add_argument("--neg_prompt", default=WAN_NEGATIVE_PROMPT)
+    gen.add_argument("--system_prompt", default="", help="T5 prefix (default: the task's)")
+    for name in FULL_BERNINI_ONLY:
+        gen.add_argument(f"--{name}", type=float, default=None, help=argparse.SUPPRESS)
+    pe = add_pe_args(parser, "rewrite prompts with an OpenAI-compatible model")
+    pe.add_argument("--pe_only", action="store_true", help="print the enhanced prompt (or case) and stop")
+    add_parallel_args(parser)
+
+
+def add_pe_args(parser: argparse.ArgumentParser, use_help: str) -> argparse._ArgumentGroup:
+    pe = parser.add_argument_group("prompt enhancer")
+    pe.add_argument("--use_pe", action="store_true", help=use_help)
+    pe.add_argument("--pe_model", default=None, help="model name (default: $BERNINI_PE_MODEL or the built-in one)")
+    return pe
+
+
+def add_parallel_args(parser: argparse.ArgumentParser) -> None:
+    par = parser.add_argument_group("parallel (torchrun)")
+    par.add_argument("--ulysses", type=int, default=1, help="Ulysses sequence-parallel degree")
+    par.add_argument(
+        "--cfg_parallel",
+        type=int,
+        nargs="?",
+        const=2,
+        default=None,
+        metavar="C",
+        help="run the guidance branches on C ranks (default 2 when given)",
+    )
+    par.add_argument("--dist_timeout", type=float, default=600.0, help="seconds a collective may wait for a peer")
+
+
+def flag_given(argv: Sequence[str], *names: str) -> bool:
+    """Whether any of ``names`` appears in ``argv`` (alone or as ``--name=value``)."""
+    return any(arg == name or arg.startswith(name + "=") for arg in argv for name in names)
+
+
+def explicit_flags(argv: Sequence[str]) -> set[str]:
+    """The case-file keys set on the command line; they win over the case file."""
+    return {name for name in EXPLICIT_OVER_CASE if flag_given(argv, f"--{name}")}
+
+
+def requests_from_args(args: argparse.Namespace) -> list[GenerationRequest | BerniniError]:
+    """Tasks from ``--inputs``, ``--case`` or the flags, with per-task outputs that never collide."""
+    if args.case and args.inputs:
+        raise BerniniError("--case cannot be combined with --inputs")
+    base: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(GenerationRequest) if hasattr(args, f.name)}
+    for key in ("video", "images"):
+        base[key] = base.get(key) or []
+    explicit = getattr(args, "explicit", set())
+    if args.inputs:
+        tasks = load_task_list(args.inputs)
+        output = args.output or DEFAULT_OUTPUT
+        out: list[GenerationRequest | BerniniError] = []
+        for index, task in enumerate(tasks):
+            if isinstance(task, BerniniError):
+                out.append(task)
+                continue
+            merged = {**base, **{k: v for k, v in task.items() if v is not None}}
+            merged["output"] = task.get("output") or numbered_output(output, index, len(tasks))
+            out.append(GenerationRequest(**merged))
+        return out
+    if args.case:
+        case = load_case(args.case)
+        for key in CASE_KEYS:
+            flag_value = getattr(args, key, None)
+            if key in case and not (flag_value not in (None, []) and key in explicit):
+                base[key] = case[key]
+    if not base.get("prompt"):
+        raise BerniniError("a prompt is required: pass --prompt TEXT, --case FILE or --inputs FILE")
+    base["output"] = base.get("output") or DEFAULT_OUTPUT
+    return [GenerationRequest(**base)]
+
+
+def full_bernini_flags(args: argparse.Namespace) -> list[str]:
+    """Flags of the full Bernini model given to the renderer-only command (ignored, with a note)."""
+    return [f"--{name}" for name in FULL_BERNINI_ONLY if getattr(args, name, None) is not None]
+
+
+def quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def default_config() -> str | None:
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_dir() else None
+
+
+def model_defaults(args: argparse.Namespace) -> ModelDefaults | None:
+    """The bundle's defaults when its config is on disk (read without torch); else the pipeline fills them."""
+    spec = args.config or default_config()
+    if spec is None:
+        return None
+    root = Path(spec).expanduser()
+    root = root.parent if root.is_file() else root
+    try:
+        config = renderer_config_for(root) if root.is_dir() else None
+    except BerniniError:
+        return None  # the loader reports a broken config in its own words
+    return ModelDefaults.from_renderer_config(config) if config is not None else None
+
+
+def load_pipeline(args: argparse.Namespace, device: str | None = None):
+    from ..pipeline import BerniniPipeline
+
+    return BerniniPipeline.from_pretrained(
+        args.config or default_config(),
+        dtype=args.dtype,
+        device=device or args.device,
+        high_noise_ckpt=args.high_noise_ckpt,
+        low_noise_ckpt=args.low_noise_ckpt,
+        offload=args.offload,
+        attention=args.attention,
+        compile=args.compile,
+    )
+
+
+def enhancer_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ):
+    """The prompt enhancer's settings from ``--pe_model`` and the ``BERNINI_PE_*`` / OpenAI variables."""
+    from ..enhancer import EnhancerConfig
+
+    return EnhancerConfig.from_env(getattr(args, "pe_model", None), environ)
+
+
+def describe_loaded(pipe, seconds: float) -> str:
+    return (
+        f"loaded {pipe.source.spec} in {seconds:.1f} s: device {pipe.device}, "
+        f"{str(pipe.dtype).replace('torch.', '')}, attention {pipe.attention_backend.name}, offload {pipe.offload}"
+    )

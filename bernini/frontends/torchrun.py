@@ -1,0 +1,54 @@
+"""``bernini generate`` / ``infer_multi_gpu.py`` under torchrun.
+
+Every rank plans the same task list (the same arguments), joins the job through the shared bring-up
+(:mod:`bernini.frontends.launch`), and each task group runs its share of the list through the shared
+task runner, agreeing on every task's outcome; only a group's leader decodes, writes and reports.
+Global rank 0 prints the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from ..runner import Task, TaskListRunner, run_job, summarize
+from .launch import SetupError, parallel_run
+from .options import enhancer_config
+
+
+def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable[[str], None]) -> int:
+    """Run the task list over the job's ranks; returns this rank's exit status."""
+    try:
+        with parallel_run(args, env, log) as (pipe, context):
+            layout = context.layout
+            total = len(tasks)
+            enhancer = enhancer_config(args) if args.use_pe or any(getattr(t, "use_pe", False) for t in tasks) else None
+
+            def job(index: int, plan):
+                return run_job(
+                    pipe,
+                    plan,
+                    save_frames=args.save_frames if total == 1 else None,
+                    enhancer=enhancer,
+                    write=layout.is_leader,
+                    log=log if layout.is_leader else None,
+                    share=context.share,
+                )
+
+            runner = TaskListRunner(
+                job,
+                log,
+                skip_existing=args.skip_existing,
+                agree=context.agree,
+                reports=layout.is_leader,
+                checks_existing=layout.is_leader,
+            )
+            failures = runner.run(tasks, layout.task_indices(total))
+            merged = {index: line for part in context.gather(failures) for index, line in part.items()}
+            if layout.rank == 0:
+                return summarize(merged, total, log)
+            return 1 if merged else 0
+    except SetupError as exc:
+        if env.rank == 0 or not exc.every_rank:
+            log(f"error: {exc}")
+        return 2

@@ -1,0 +1,371 @@
+"""The plan: a request validated once into immutable, explicit values.
+
+:func:`make_plan` is the one place a :class:`~bernini.request.GenerationRequest` is checked: the task
+and its media rules, the guidance mode and what it needs, numbers and their ranges, frame snapping.
+Everything after it (conditions, text, sampler, output) reads a :class:`GenerationPlan` and never
+re-validates. What the loaded model decides (the scheduler, the source-id policy) may be left open in
+the plan and is filled in by :meth:`GenerationPlan.with_model_defaults` from the model's config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import BerniniError
+from .guidance import GUIDANCE_MODES, APGSettings, GuidanceMode, Weights
+from .request import GenerationRequest, describe_media
+from .tasks import TASKS, TaskSpec
+from .text import t5_text
+
+MAX_LATENT_POSITIONS = 1024
+SCHEDULERS = ("unipc", "flow_match_euler")
+
+
+@dataclass(frozen=True)
+class SourceIdPolicy:
+    """How conditions get their RoPE source ids (spec §1.4)."""
+
+    enabled: bool = True
+    interpolate: bool = True
+    max_trained: int = 5
+
+    def ids(self, count: int) -> list[float]:
+        from .rope import assign_source_ids
+
+        if not self.enabled:
+            return [0.0] * count
+        return assign_source_ids(count, self.interpolate, self.max_trained)
+
+
+@dataclass(frozen=True)
+class SourceIdChoice:
+    """The source-id flags as the request gave them (None: the model's default)."""
+
+    enabled: bool | None = None
+    interpolate: bool | None = None
+    max_trained: int | None = None
+
+    def resolve(self, default: SourceIdPolicy) -> SourceIdPolicy:
+        return SourceIdPolicy(
+            enabled=default.enabled if self.enabled is None else self.enabled,
+            interpolate=default.interpolate if self.interpolate is None else self.interpolate,
+            max_trained=default.max_trained if self.max_trained is None else self.max_trained,
+        )
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a bundle's ``config.json`` sets when the request leaves it open."""
+
+    scheduler: str = "unipc"
+    source_ids: SourceIdPolicy = field(default_factory=SourceIdPolicy)
+
+    @classmethod
+    def from_renderer_config(cls, config) -> ModelDefaults:
+        """From a :class:`~bernini.config.RendererConfig` (``use_unipc`` and the source-id keys)."""
+        policy = SourceIdPolicy(config.use_src_id_rotary_emb, config.interpolate_src_id, config.max_trained_src_id)
+        return cls("unipc" if config.use_unipc else "flow_match_euler", policy)
+
+
+@dataclass(frozen=True)
+class MediaInputs:
+    video: tuple[Any, ...] = ()
+    image: Any = None
+    images: tuple[Any, ...] = ()
+    fps: float = 16.0
+    video_fps: float | None = None
+    max_image_size: int = 848
+
+    @property
+    def references(self) -> int:
+        return (self.image is not None) + len(self.images)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The target asked for; a source video or image sets it instead (see the conditions stage)."""
+
+    frames: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class GuidancePlan:
+    mode: GuidanceMode
+    weights: Weights
+    omega_scale: float
+    apg: APGSettings
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    """``name`` is ``unipc``, ``flow_match_euler`` or None (the model's default)."""
+
+    name: str | None
+    flow_shift: float
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    task: TaskSpec
+    prompt: str
+    negative_prompt: str
+    system_prompt: str
+    media: MediaInputs
+    geometry: Geometry
+    guidance: GuidancePlan
+    scheduler: SchedulerChoice
+    source_id_choice: SourceIdChoice
+    seed: int
+    num_inference_steps: int
+    output: str | None = None
+    use_pe: bool = False
+    pe_model: str | None = None
+    source_ids: SourceIdPolicy | None = None  # set by with_model_defaults
+
+    @property
+    def t5_text(self) -> str:
+        """The exact positive text UMT5 sees: the task's prefix (or the system prompt) glued to the prompt."""
+        return t5_text(self.prompt, self.task.name, self.system_prompt)
+
+    def with_prompt(self, prompt: str) -> GenerationPlan:
+        return replace(self, prompt=prompt)
+
+    def with_output(self, output: str | None) -> GenerationPlan:
+        return replace(self, output=output)
+
+    @property
+    def resolved(self) -> bool:
+        return self.scheduler.name is not None and self.source_ids is not None
+
+    def with_model_defaults(self, defaults: ModelDefaults) -> GenerationPlan:
+        """Fill what the request left to the model; explicit request values win."""
+        scheduler = self.scheduler
+        if scheduler.name is None:
+            scheduler = replace(scheduler, name=defaults.scheduler)
+        policy = self.source_ids or self.source_id_choice.resolve(defaults.source_ids)
+        return replace(self, scheduler=scheduler, source_ids=policy)
+
+    def request_record(self) -> dict[str, Any]:
+        """The request as the sidecar records it: every :class:`GenerationRequest` field, resolved."""
+        policy = self.source_ids or SourceIdPolicy()
+        values = {
+            "prompt": self.prompt,
+            "task_type": self.task.name,
+            "guidance_mode": self.guidance.mode.name,
+            "video": [describe_media(v) for v in self.media.video],
+            "image": describe_media(self.media.image) if self.media.image is not None else None,
+            "images": [describe_media(v) for v in self.media.images],
+            "output": self.output,
+            "seed": self.seed,
+            "num_frames": self.geometry.frames,
+            "num_inference_steps": self.num_inference_steps,
+            "flow_shift": self.scheduler.flow_shift,
+            "omega_vid": self.guidance.weights.vid,
+            "omega_img": self.guidance.weights.img,
+            "omega_txt": self.guidance.weights.txt,
+            "omega_scale": self.guidance.omega_scale,
+            "eta": self.guidance.apg.eta,
+            "norm_threshold": list(self.guidance.apg.norm_threshold),
+            "momentum": self.guidance.apg.momentum,
+            "fps": self.media.fps,
+            "video_fps": self.media.video_fps,
+            "max_image_size": self.media.max_image_size,
+            "height": self.geometry.height,
+            "width": self.geometry.width,
+            "neg_prompt": self.negative_prompt,
+            "system_prompt": self.system_prompt,
+            "use_unipc": self.scheduler.name == "unipc",
+            "use_src_tgt_id": policy.enabled,
+            "interpolate_src_id": policy.interpolate,
+            "max_trained_src_id": policy.max_trained,
+            "use_pe": self.use_pe,
+            "pe_model": self.pe_model,
+        }
+        return {f.name: values[f.name] for f in fields(GenerationRequest)}
+
+
+def infer_task_type(request: GenerationRequest) -> str:
+    """Pick the task from the media given, for requests that name none."""
+    video = _as_list(request.video)
+    images = _as_list(request.images)
+    refs = (request.image is not None) + len(images)
+    if len(video) >= 2:
+        return "ads2v"
+    if video:
+        return "rv2v" if refs else "v2v"
+    if images:
+        return "r2v"
+    if request.image is not None:
+        return "i2i"
+    return "t2v"
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)) or not isinstance(value, (list, tuple)):
+        return [value]
+    return list(value)
+
+
+def _check_media_files(media: MediaInputs) -> None:
+    """Fail fast, before any model loads, on media paths that are missing, folders or empty."""
+    named = [("video", v) for v in media.video] + [("image", media.image)] + [("images", v) for v in media.images]
+    for slot, item in named:
+        if not isinstance(item, (str, Path)):
+            continue
+        path = Path(item).expanduser()
+        if not path.exists():
+            raise BerniniError(f"{slot} file {path} not found")
+        if not path.is_file():
+            raise BerniniError(f"{slot} {path} is not a file")
+        if path.stat().st_size == 0:
+            raise BerniniError(f"{slot} file {path} is empty")
+
+
+def _as_float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BerniniError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise BerniniError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise BerniniError(f"{name} must be an integer, got {value!r}")
+    number = _as_float(name, value)
+    if number != int(number):
+        raise BerniniError(f"{name} must be an integer, got {value!r}")
+    return int(number)
+
+
+def _check_range(name: str, value: float, low: float | None = None, high: float | None = None, what: str = "") -> None:
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise BerniniError(f"{name} must be {what}, got {value:g}")
+
+
+def _norm_thresholds(value: Any) -> tuple[float, ...]:
+    thresholds = [value] if isinstance(value, (int, float)) else list(value)
+    thresholds = [_as_float("norm_threshold", t) for t in thresholds]
+    if not thresholds:
+        raise BerniniError("norm_threshold needs at least one value")
+    while len(thresholds) < 2:
+        thresholds.append(thresholds[-1])
+    return tuple(thresholds)
+
+
+def _scheduler_name(use_unipc: Any) -> str | None:
+    if use_unipc is None:
+        return None
+    return "unipc" if use_unipc else "flow_match_euler"
+
+
+def _source_id_choice(request: GenerationRequest) -> SourceIdChoice:
+    def flag(value: Any) -> bool | None:
+        return None if value is None else bool(value)
+
+    max_trained = request.max_trained_src_id
+    if max_trained is not None:
+        max_trained = _as_int("max_trained_src_id", max_trained)
+        _check_range("max_trained_src_id", max_trained, 1, None, "at least 1")
+    return SourceIdChoice(flag(request.use_src_tgt_id), flag(request.interpolate_src_id), max_trained)
+
+
+def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None) -> GenerationPlan:
+    """Check and normalise a request into a plan; fill the task type and guidance mode from the tables.
+
+    With ``defaults`` the plan is complete; without, the model's choices stay open until the pipeline
+    fills them (:meth:`GenerationPlan.with_model_defaults`).
+    """
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise BerniniError("prompt is required and must be a non-empty string (--prompt or the case's 'prompt')")
+    task_name = request.task_type or infer_task_type(request)
+    if task_name not in TASKS:
+        raise BerniniError(f"unknown task_type {task_name!r}; choose one of: {', '.join(TASKS)}")
+    task = TASKS[task_name]
+    mode_name = request.guidance_mode or task.guidance_mode
+    if mode_name not in GUIDANCE_MODES:
+        raise BerniniError(f"unknown guidance_mode {mode_name!r}; choose one of: {', '.join(GUIDANCE_MODES)}")
+    mode = GUIDANCE_MODES[mode_name]
+    video_fps = request.video_fps
+    if video_fps is not None:
+        _check_range("video_fps", _as_float("video_fps", video_fps), 1e-300, None, "positive")
+    media = MediaInputs(
+        video=tuple(_as_list(request.video)),
+        image=request.image,
+        images=tuple(_as_list(request.images)),
+        fps=_as_float("fps", request.fps),
+        video_fps=video_fps,
+        max_image_size=_as_int("max_image_size", request.max_image_size),
+    )
+    problem = task.media_problem(len(media.video), media.image is not None, len(media.images))
+    if problem:
+        raise BerniniError(problem)
+    if not mode.needs.met_by(len(media.video), media.references):
+        raise BerniniError(
+            f"guidance_mode {mode.name} needs {mode.needs.value}, which task {task.name} does not have here; "
+            f"use the task's default ({task.guidance_mode}) or add the media"
+        )
+    _check_media_files(media)
+
+    seed = _as_int("seed", request.seed)
+    frames = _as_int("num_frames", request.num_frames)
+    steps = _as_int("num_inference_steps", request.num_inference_steps)
+    height, width = _as_int("height", request.height), _as_int("width", request.width)
+    flow_shift = _as_float("flow_shift", request.flow_shift)
+    weights = Weights(*(_as_float(n, getattr(request, n)) for n in ("omega_vid", "omega_img", "omega_txt")))
+    omega_scale = _as_float("omega_scale", request.omega_scale)
+    apg = APGSettings(
+        eta=_as_float("eta", request.eta),
+        norm_threshold=_norm_thresholds(request.norm_threshold),
+        momentum=_as_float("momentum", request.momentum),
+    )
+    _check_range("num_frames", frames, 1, None, "at least 1")
+    _check_range("num_inference_steps", steps, 1, None, "at least 1")
+    if not 0 <= seed < 2**63:
+        raise BerniniError(f"seed must be between 0 and 2**63-1, got {seed}")
+    if media.fps <= 0:
+        raise BerniniError(f"fps must be positive, got {media.fps}")
+    if flow_shift <= 0:
+        raise BerniniError(f"flow_shift must be positive, got {flow_shift}")
+    limit = MAX_LATENT_POSITIONS * 16
+    _check_range("max_image_size", media.max_image_size, 16, None, "at least 16")
+    for name, value in (("height", height), ("width", width)):
+        _check_range(name, value, 16, limit, f"between 16 and {limit} pixels")
+    _check_range("max_image_size", media.max_image_size, None, limit, f"at most {limit}")
+    if (frames - 1) // 4 + 1 > MAX_LATENT_POSITIONS:
+        raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1}")
+    if task.single_frame:
+        frames = 1
+    frames = frames // 4 * 4 + 1 if frames > 1 else 1
+    for text_field in ("neg_prompt", "system_prompt"):
+        if not isinstance(getattr(request, text_field), str):
+            raise BerniniError(f"{text_field} must be a string")
+    if request.output is not None and not isinstance(request.output, (str, Path)):
+        raise BerniniError("output must be a path")
+
+    plan = GenerationPlan(
+        task=task,
+        prompt=request.prompt,
+        negative_prompt=request.neg_prompt,
+        system_prompt=request.system_prompt,
+        media=media,
+        geometry=Geometry(frames, height, width),
+        guidance=GuidancePlan(mode, weights, omega_scale, apg),
+        scheduler=SchedulerChoice(_scheduler_name(request.use_unipc), flow_shift),
+        source_id_choice=_source_id_choice(request),
+        seed=seed,
+        num_inference_steps=steps,
+        output=str(request.output) if request.output is not None else None,
+        use_pe=bool(request.use_pe),
+        pe_model=request.pe_model,
+    )
+    return plan.with_model_defaults(defaults) if defaults is not None else plan

@@ -1,0 +1,152 @@
+"""Layers point one way: front ends → task runner → pipeline → stages → services, with no import cycles.
+
+The import graph is read from the source (every ``import`` statement, including those inside
+functions), so a cycle hidden behind a late import fails here too.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "bernini"
+FRONT_ENDS = ("bernini.cli", "bernini.frontends", "bernini.demo", "bernini.parallel.check")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def resolve(name: str, known: set[str]) -> str | None:
+    """The deepest known module that ``name`` (a module or ``module.attribute``) lives in."""
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                origin = ".".join(base + ([node.module] if node.module else []))
+            else:
+                origin = node.module or ""
+            targets = [f"{origin}.{alias.name}" for alias in node.names] or [origin]
+        for target in targets:
+            if target.startswith("bernini"):
+                module = resolve(target, known)
+                if module and module != name:
+                    found.add(module)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports_of(name, path, set(known)) for name, path in known.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def is_front_end(name: str) -> bool:
+    return any(name == f or name.startswith(f + ".") for f in FRONT_ENDS)
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, " → ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_late_import(tmp_path):
+    """The walker must see imports inside functions: a planted one closes a cycle."""
+    graph = import_graph()
+    assert "bernini.plan" in graph["bernini.conditions"]
+    source = "def late():\n    from .conditions import Conditions\n"
+    module = ast.parse(source)
+    assert isinstance(module.body[0].body[0], ast.ImportFrom)
+    planted = tmp_path / "plan_extra.py"
+    planted.write_text(source)
+    known = set(graph)
+    graph["bernini.plan"] = graph["bernini.plan"] | imports_of("bernini.plan", planted, known)
+    assert find_cycle(graph) is not None
+
+
+def test_nothing_below_the_front_ends_imports_them():
+    offenders = [
+        f"{name} imports {target}"
+        for name, targets in import_graph().items()
+        if not is_front_end(name) and name != "bernini"
+        for target in targets
+        if is_front_end(target)
+    ]
+    assert not offenders, offenders
+
+
+def test_stages_do_not_import_the_renderer():
+    graph = import_graph()
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    for stage in ("bernini.conditions", "bernini.sampler", "bernini.plan", "bernini.guidance"):
+        assert "bernini.transformer" not in reach(stage), stage
+
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("bernini.conditions", "diffusers"),
+        ("bernini.sampler", "diffusers"),
+        ("bernini.plan", "torch"),
+        ("bernini.guidance", "torch"),
+        ("bernini", "torch"),
+    ],
+)
+def test_light_modules_import_without_heavy_libraries(module, absent):
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True, text=True, check=True
+    )
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert module in imported
+    assert absent not in {name.split(".")[0] for name in imported}, f"{module} pulls in {absent}"
