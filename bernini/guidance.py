@@ -105,10 +105,10 @@ class FrameAPG:
             norm = diff.norm(p=2, dim=FRAME_DIMS, keepdim=True)
             diff = diff * (threshold / norm).clamp(max=1.0)
         dtype = diff.dtype
-        d, r = diff.double(), reference.double()
-        unit = r / r.norm(p=2, dim=FRAME_DIMS, keepdim=True).clamp_min(1e-12)
-        parallel = (d * unit).sum(dim=FRAME_DIMS, keepdim=True) * unit
-        return (d - parallel + settings.eta * parallel).to(dtype)
+        diff, reference = diff.double(), reference.double()
+        unit = reference / reference.norm(p=2, dim=FRAME_DIMS, keepdim=True).clamp_min(1e-12)
+        parallel = (diff * unit).sum(dim=FRAME_DIMS, keepdim=True) * unit
+        return (diff - parallel + settings.eta * parallel).to(dtype)
 
 
 @dataclass(frozen=True)

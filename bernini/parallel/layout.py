@@ -88,13 +88,17 @@ class Layout:
         return (dp * self.cfg + cfg) * self.ulysses + ulysses
 
     def ulysses_groups(self) -> list[list[int]]:
-        return [[self._rank(d, c, u) for u in range(self.ulysses)] for d in range(self.dp) for c in range(self.cfg)]
+        return [
+            [self._rank(dp, cfg, u) for u in range(self.ulysses)] for dp in range(self.dp) for cfg in range(self.cfg)
+        ]
 
     def cfg_groups(self) -> list[list[int]]:
-        return [[self._rank(d, c, u) for c in range(self.cfg)] for d in range(self.dp) for u in range(self.ulysses)]
+        return [
+            [self._rank(dp, cfg, u) for cfg in range(self.cfg)] for dp in range(self.dp) for u in range(self.ulysses)
+        ]
 
     def task_groups(self) -> list[list[int]]:
-        return [list(range(d * self.block, (d + 1) * self.block)) for d in range(self.dp)]
+        return [list(range(dp * self.block, (dp + 1) * self.block)) for dp in range(self.dp)]
 
     def task_indices(self, total: int) -> range:
         """This rank's tasks: task group ``g`` takes tasks ``g, g + dp, g + 2 dp, ...``."""
