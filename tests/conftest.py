@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +41,19 @@ def tiny_pipe(tiny_bundle):
     pipe = BerniniPipeline.from_pretrained(tiny_bundle, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture
+def one_line_error() -> Callable[..., str]:
+    """``one_line_error(call, *args, match=...)``: ``call`` must raise a one-line BerniniError containing ``match``."""
+    from bernini.errors import BerniniError
+
+    def check(call: Callable[..., Any], *args: Any, match: str, **kwargs: Any) -> str:
+        with pytest.raises(BerniniError) as info:
+            call(*args, **kwargs)
+        message = str(info.value)
+        assert "\n" not in message and message.strip() == message and message
+        assert match.lower() in message.lower(), message
+        return message
+
+    return check

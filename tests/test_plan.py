@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bernini.errors import BerniniError
 from bernini.guidance import GUIDANCE_MODES
 from bernini.plan import ModelDefaults, SourceIdPolicy, infer_task_type, make_plan
 from bernini.request import GenerationRequest
@@ -26,16 +25,6 @@ def media_files(tmp_path, monkeypatch):
     monkeypatch.chdir(cwd)
     for name in ("a.mp4", "b.mp4", "a.png", "r.png", "r1.png", "r2.png", "img.png", "ref.png", "v.mp4", "s.png"):
         (cwd / name).write_bytes(b"x")
-
-
-def one_line_error(call, *args: Any, match: str, **kwargs: Any) -> str:
-    """Run ``call``; it must raise a :class:`BerniniError` whose message is one line containing ``match``."""
-    with pytest.raises(BerniniError) as info:
-        call(*args, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message and message.strip() == message and message
-    assert match.lower() in message.lower(), message
-    return message
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -77,7 +66,7 @@ def one_line_error(call, *args: Any, match: str, **kwargs: Any) -> str:
         ({"neg_prompt": None}, "neg_prompt must be a string"),
     ],
 )
-def test_bad_requests(fields: dict[str, Any], match: str) -> None:
+def test_bad_requests(fields: dict[str, Any], match: str, one_line_error) -> None:
     one_line_error(make_plan, GenerationRequest(**{"prompt": PROMPT, **fields}), match=match)
 
 
@@ -167,7 +156,7 @@ def test_request_record_has_every_request_field_resolved() -> None:
     )
 
 
-def test_model_defaults_fill_only_what_the_request_leaves_open() -> None:
+def test_model_defaults_fill_only_what_the_request_leaves_open(one_line_error) -> None:
     bundle = ModelDefaults("flow_match_euler", SourceIdPolicy(enabled=False, interpolate=False, max_trained=3))
     open_plan = make_plan(GenerationRequest(prompt=PROMPT))
     assert not open_plan.resolved and open_plan.source_ids is None

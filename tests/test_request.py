@@ -21,26 +21,6 @@ from bernini.request import (
 PROMPT = "Add a snowman. The meadow, the person and the camera stay unchanged."
 
 
-@pytest.fixture(autouse=True)
-def media_files(tmp_path, monkeypatch):
-    """Requests name media by path; validation checks they exist, so give the names real (tiny) files."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    for name in ("a.mp4", "b.mp4", "a.png", "r.png", "r1.png", "r2.png", "img.png", "ref.png", "v.mp4", "s.png"):
-        (cwd / name).write_bytes(b"x")
-
-
-def one_line_error(call, *args: Any, match: str, **kwargs: Any) -> str:
-    """Run ``call``; it must raise a :class:`BerniniError` whose message is one line containing ``match``."""
-    with pytest.raises(BerniniError) as info:
-        call(*args, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message and message.strip() == message and message
-    assert match.lower() in message.lower(), message
-    return message
-
-
 def write_json(path: Path, data: Any) -> Path:
     path.write_text(json.dumps(data) if not isinstance(data, str) else data, encoding="utf-8")
     return path
@@ -70,11 +50,11 @@ def test_case_keys_are_upstreams() -> None:
         ({"prompt": PROMPT, "image": ["a.png"]}, "'image' must be a path"),
     ],
 )
-def test_bad_case_files(tmp_path: Path, data: Any, match: str) -> None:
+def test_bad_case_files(tmp_path: Path, data: Any, match: str, one_line_error) -> None:
     one_line_error(load_case, write_json(tmp_path / "case.json", data), match=match)
 
 
-def test_missing_case_file(tmp_path: Path) -> None:
+def test_missing_case_file(tmp_path: Path, one_line_error) -> None:
     one_line_error(load_case, tmp_path / "nope.json", match="does not exist")
 
 
@@ -189,7 +169,7 @@ def test_task_list_json_array_and_object(tmp_path: Path) -> None:
         ("bad.json", "[{", "not valid JSON"),
     ],
 )
-def test_bad_task_lists(tmp_path: Path, name: str, text: str | None, match: str) -> None:
+def test_bad_task_lists(tmp_path: Path, name: str, text: str | None, match: str, one_line_error) -> None:
     if text is not None:
         (tmp_path / name).write_text(text, encoding="utf-8")
     one_line_error(load_task_list, tmp_path / name, match=match)
