@@ -3,9 +3,10 @@
 What is here is the planner's own math, each piece tested against the spec's invariants (§6.2):
 target-slot geometry (:mod:`.geometry`), the hybrid attention mask (:mod:`.mask`), the masked-planning
 schedule and its RNG contract (:mod:`.schedule`), the ViT-embedding flow decoder and its three-way CFG
-sampler (:mod:`.flow`), the connector (:mod:`.connector`) and the renderer contexts (:mod:`.contexts`).
+sampler (:mod:`.flow`), the connector (:mod:`.connector`), the renderer contexts (:mod:`.contexts`), the
+per-branch token streams and mRoPE positions (:mod:`.packing`) and loading the published
+``Bernini-Diffusers`` layout (:mod:`.loading`; ``bernini.tiny_full`` writes a tiny one).
 
-Not here yet: the Qwen2.5-VL token packing and mRoPE positions, loading the published
-``Bernini-Diffusers`` layout, the full model's renderer modes and the front-end wiring. Nothing in the
-pipeline uses this package yet.
+Not here yet: running the planner (vision features, the Qwen passes, the loop end to end), the full
+model's renderer modes and the front-end wiring. Nothing in the pipeline uses this package yet.
 """

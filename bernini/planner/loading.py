@@ -1,0 +1,220 @@
+"""Loading the published full-Bernini layout (spec §1): ``config.json`` with ``model_type: bernini`` and
+one sharded ``bernini/`` checkpoint holding every trained module under its prefix.
+
+Every module is built on the meta device and filled tensor by tensor from the shards, cast on the fly
+(fp32-kept modules stay fp32), so host memory holds the kept bytes, never the fp32 checkpoint. The
+planner's Qwen2.5-VL is stock transformers (keys remapped, spec §1.4) and stops at the layer that is read:
+its last decoder layer, final norm and ``lm_head`` are neither built nor read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import read_json
+from ..errors import WeightsError
+from ..safetensors_stream import TensorEntry, iter_tensors, read_header
+
+MODEL_TYPE = "bernini"
+REQUIRED = ("bernini", "mllm", "t5_text_encoder", "t5_tokenizer", "vae", "scheduler")
+PREFIXES = {
+    "transformer": "diff_dec.transformer.",
+    "transformer_2": "diff_dec_low.transformer_2.",
+    "text_encoder": "t5_text_encoder.",
+    "connector": "connector.",
+    "vit_decoder": "vit_decoder.",
+}
+
+
+def is_full_bundle(root: Path) -> bool:
+    config = root / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == MODEL_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@dataclass
+class FullBundle:
+    """A full bundle's parts, resolved to local paths, and its checkpoint's tensor index."""
+
+    root: Path
+    config: dict[str, Any]
+    entries: dict[str, TensorEntry] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, root: str | Path) -> FullBundle:
+        root = Path(root).expanduser()
+        config = read_json(root / "config.json")
+        if config.get("model_type") != MODEL_TYPE:
+            raise WeightsError(f"{root} is not a full Bernini bundle (config.json model_type is not 'bernini')")
+        missing = [name for name in REQUIRED if not (root / name).is_dir()]
+        configs = ("transformer_config.json", "transformer_2_config.json")
+        missing += [name for name in configs if not (root / name).is_file()]
+        if missing:
+            raise WeightsError(f"full Bernini bundle {root} lacks {', '.join(missing)}")
+        index = root / "bernini" / "model.safetensors.index.json"
+        if index.is_file():
+            files = sorted({root / "bernini" / n for n in read_json(index).get("weight_map", {}).values()})
+        else:
+            files = sorted((root / "bernini").glob("*.safetensors"))
+        if not files:
+            raise WeightsError(f"{root / 'bernini'} holds no .safetensors shards")
+        bundle = cls(root, config)
+        for path in files:
+            if not path.is_file():
+                raise WeightsError(f"{index} names a shard that is missing: {path.name}")
+            bundle.entries.update(read_header(path))
+        return bundle
+
+    def keys_under(self, prefix: str) -> dict[str, TensorEntry]:
+        return {key[len(prefix) :]: entry for key, entry in self.entries.items() if key.startswith(prefix)}
+
+    def decoder_depth(self) -> int:
+        """``depth`` is not in config.json (the code default is 16); count the checkpoint's blocks instead."""
+        blocks = {key.split(".")[3] for key in self.entries if key.startswith("vit_decoder.net.res_blocks.")}
+        return len(blocks)
+
+
+def qwen_key(checkpoint_key: str) -> str:
+    """``mllm.visual.X`` → ``visual.X``; ``mllm.model.X`` → ``language_model.X`` (a ``Qwen2_5_VLModel``'s names)."""
+    rest = checkpoint_key[len("mllm.") :]
+    if rest.startswith("visual."):
+        return rest
+    if rest.startswith("model."):
+        return "language_model." + rest[len("model.") :]
+    return rest
+
+
+def stream_into(
+    module: torch.nn.Module,
+    entries: dict[str, TensorEntry],
+    dtype: torch.dtype,
+    what: str,
+    keep_fp32: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+) -> torch.nn.Module:
+    """Fill a meta-built ``module`` from checkpoint ``entries`` keyed by its own parameter names."""
+    from accelerate.utils import set_module_tensor_to_device
+
+    expected = set(module.state_dict())
+    ignored = tuple(ignore)
+    wanted = {name: entry for name, entry in entries.items() if not name.startswith(ignored)}
+    missing = sorted(expected - wanted.keys())
+    unexpected = sorted(wanted.keys() - expected)
+    if missing or unexpected:
+        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise WeightsError(f"the {what} weights do not match the bundle's config: {problem}")
+    shapes = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    names_of: dict[TensorEntry, list[str]] = {}
+    for name, entry in wanted.items():
+        names_of.setdefault(entry, []).append(name)  # tied weights name one stored tensor twice
+    keep = tuple(keep_fp32)
+    for entry, tensor in iter_tensors(list(names_of)):
+        for name in names_of[entry]:
+            if tuple(tensor.shape) != shapes[name]:
+                raise WeightsError(f"{what} tensor {name} has shape {tuple(tensor.shape)}, expected {shapes[name]}")
+            value = tensor
+            if value.is_floating_point():
+                fp32 = any(part in name.split(".") for part in keep)
+                value = value.to(torch.float32 if fp32 else dtype)
+            set_module_tensor_to_device(module, name, "cpu", value=value, dtype=value.dtype)
+    return module.eval().requires_grad_(False)
+
+
+def _meta(build):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return build()
+
+
+@dataclass
+class PlannerModules:
+    """The planner's trained parts: Qwen2.5-VL (stopping at the layer read), connector, ViT decoder, mask token."""
+
+    qwen: Any
+    connector: torch.nn.Module
+    vit_decoder: torch.nn.Module
+    mask_token: torch.Tensor
+    tokenizer: Any
+    layers_read: int
+
+
+def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+
+    from .connector import MLPConnector
+    from .flow import VitDecoder
+
+    config = AutoConfig.from_pretrained(bundle.root / "mllm")
+    text = getattr(config, "text_config", config)
+    layers = int(text.num_hidden_layers)
+    text.num_hidden_layers = layers - 1  # hidden_states[-2] of the full stack is this stack's last layer output
+    if hasattr(text, "layer_types") and text.layer_types:
+        text.layer_types = list(text.layer_types)[: layers - 1]
+    qwen = _meta(lambda: Qwen2_5_VLModel(config))
+    qwen.language_model.norm = torch.nn.Identity()
+    entries = {qwen_key(k): e for k, e in bundle.entries.items() if k.startswith("mllm.")}
+    skipped = (f"language_model.layers.{layers - 1}.", "language_model.norm.", "lm_head.")
+    stream_into(qwen, entries, dtype, "planner (mllm)", ignore=skipped)
+
+    cfg = bundle.config
+    connector_cfg, decoder_cfg = cfg.get("connector_cfg", {}), cfg.get("clip_diff_cfg", {})
+    hidden = int(text.hidden_size)
+    connector = _meta(
+        lambda: MLPConnector(hidden, int(connector_cfg.get("out_gen", 4096)), int(connector_cfg.get("out_vit", hidden)))
+    )
+    stream_into(connector, bundle.keys_under("connector."), torch.float32, "connector")
+    decoder = _meta(
+        lambda: VitDecoder(
+            int(decoder_cfg.get("target_channels", hidden)),
+            int(decoder_cfg.get("z_channels", hidden)),
+            int(decoder_cfg.get("width", 4096)),
+            bundle.decoder_depth(),
+        )
+    )
+    stream_into(decoder, bundle.keys_under("vit_decoder."), torch.float32, "ViT decoder")
+    mask = bundle.entries.get("mask_tokens")
+    if mask is None:
+        raise WeightsError(f"{bundle.root / 'bernini'} has no mask_tokens")
+    ((_, mask_tokens),) = iter_tensors([mask])
+    tokenizer = AutoTokenizer.from_pretrained(bundle.root / "mllm")
+    return PlannerModules(qwen, connector, decoder, mask_tokens[0, 0].float().clone(), tokenizer, layers - 1)
+
+
+def load_renderer_parts(bundle: FullBundle, dtype: torch.dtype) -> dict[str, Any]:
+    """The two experts and UMT5 from ``bernini/`` (over ``t5_text_encoder/``'s copy), plus tokenizer, VAE, scheduler."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from transformers import AutoConfig, AutoTokenizer, UMT5EncoderModel
+
+    from ..transformer import BerniniTransformer
+
+    parts: dict[str, Any] = {}
+    for name in ("transformer", "transformer_2"):
+        config = read_json(bundle.root / f"{name}_config.json")
+        expert = _meta(lambda config=config: BerniniTransformer.from_config(config))
+        keep = tuple(expert._keep_in_fp32_modules or ())
+        parts[name] = stream_into(expert, bundle.keys_under(PREFIXES[name]), dtype, name, keep_fp32=keep)
+    t5_config = AutoConfig.from_pretrained(bundle.root / "t5_text_encoder")
+    encoder = _meta(lambda: UMT5EncoderModel(t5_config))
+    t5_entries = bundle.keys_under(PREFIXES["text_encoder"])
+    if "shared.weight" in t5_entries and "encoder.embed_tokens.weight" not in t5_entries:
+        t5_entries["encoder.embed_tokens.weight"] = t5_entries["shared.weight"]
+    parts["text_encoder"] = stream_into(encoder, t5_entries, dtype, "UMT5")
+    try:
+        parts["tokenizer"] = AutoTokenizer.from_pretrained(bundle.root / "t5_tokenizer")
+        parts["vae"] = AutoencoderKLWan.from_pretrained(bundle.root / "vae", torch_dtype=torch.float32).eval()
+        parts["scheduler"] = UniPCMultistepScheduler.from_pretrained(bundle.root / "scheduler")
+    except (OSError, ValueError, KeyError) as exc:
+        raise WeightsError(f"cannot load the full bundle's components from {bundle.root}: {exc}") from None
+    return parts

@@ -1,0 +1,224 @@
+"""A tiny full-Bernini bundle in the published ``ByteDance/Bernini-Diffusers`` layout (spec §1.1), for tests.
+
+``config.json`` (``model_type: bernini``), ``transformer_config.json`` / ``transformer_2_config.json``,
+the sharded ``bernini/`` checkpoint holding every trained module under its published prefix (fp32, as
+published), ``mllm/`` (Qwen2.5-VL config, tokenizer, processor config), ``t5_text_encoder/`` (UMT5 with
+*other* weights than ``bernini/``'s, which must win), ``t5_tokenizer/``, ``vae/`` and ``scheduler/``.
+
+Sizes follow spec §6.1: Qwen hidden 64 with the real vocabulary size so the real special-token ids stay
+valid; connector widths that differ from each other and from the Qwen width (out_gen 40 = the DiT's text
+width and UMT5's width, out_vit 48); every parameter re-randomised, so no zero-initialised layer hides.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .tiny import TINY_T5, TINY_TRANSFORMER, TINY_VAE, _perturb
+
+QWEN_HIDDEN = 64
+OUT_GEN = 40
+OUT_VIT = 48
+DECODER_WIDTH = 32
+DECODER_DEPTH = 2
+QWEN_SPECIAL_TOKENS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653,
+    "<|vision_pad|>": 151654,
+    "<|image_pad|>": 151655,
+    "<|video_pad|>": 151656,
+}
+WORDS = (
+    "system user assistant you are a helpful specialized in text to image video generation editing with reference "
+    "subject make it red blue the dog cat fox runs across snowy field add snowman person camera stay unchanged"
+).split()
+SHARD_SIZE = 4 * 1024 * 1024
+
+
+def qwen_config_dict() -> dict:
+    return {
+        "model_type": "qwen2_5_vl",
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "vocab_size": 152064,
+        "hidden_size": QWEN_HIDDEN,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        "image_token_id": 151655,
+        "video_token_id": 151656,
+        "vision_start_token_id": 151652,
+        "vision_end_token_id": 151653,
+        "vision_config": {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": QWEN_HIDDEN,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+            "tokens_per_second": 2,
+            "in_chans": 3,
+        },
+    }
+
+
+def bernini_config_dict() -> dict:
+    """The published ``BerniniConfig`` keys that inference reads (spec §1.5), at the tiny sizes."""
+    return {
+        "model_type": "bernini",
+        "num_mask_token": 16,
+        "feature_type_from_stage_one": "masked_tgt_embed_with_qwen_txt_vit_tokens",
+        "clip_diff_cfg": {
+            "type": "flow_match",
+            "target_channels": QWEN_HIDDEN,
+            "z_channels": OUT_VIT,
+            "width": DECODER_WIDTH,
+            "diffusion_batch_mul": 16,
+            "shift": 2.0,
+        },
+        "connector_cfg": {
+            "out_gen": OUT_GEN,
+            "out_vit": OUT_VIT,
+            "gen_head_type": "zerolinear",
+            "zero_init_proj_gen_last": True,
+        },
+        "mllm_attn_implementation": "sdpa",
+        "switch_dit_boundary": 0.875,
+        "shift": 3.0,
+        "boundary_ratio": 0.417,
+        "max_sequence_length": 512,
+        "t5_max_sequence_length": 512,
+        "t5_combine_type": "concat_with_zero_init",
+        "use_src_id_rotary_emb": True,
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _randomised(module: torch.nn.Module, generator: torch.Generator, scale: float) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return {k: v.detach().float().clone() for k, v in module.state_dict().items()}
+
+
+def _write_qwen_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer with Qwen's special tokens at their real ids (also in the model vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{word: index + 1 for index, word in enumerate(WORDS)}, **QWEN_SPECIAL_TOKENS}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(list(QWEN_SPECIAL_TOKENS))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.save_pretrained(folder)
+
+
+def write_tiny_full_bundle(directory: str | Path, seed: int = 0) -> Path:
+    """Write the tiny full bundle and return its root (pass it as ``--config``)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, UMT5Config, UMT5EncoderModel
+
+    from .planner.connector import MLPConnector
+    from .planner.flow import VitDecoder
+    from .tiny_tokenizer import write_tiny_t5_tokenizer
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    transformer_config = {**TINY_TRANSFORMER, "text_dim": OUT_GEN}
+    t5_config = {**TINY_T5, "d_model": OUT_GEN}
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, name in (("diff_dec.transformer.", "transformer"), ("diff_dec_low.transformer_2.", "transformer_2")):
+        expert = WanTransformer3DModel(**transformer_config)
+        _write_json(root / f"{name}_config.json", dict(expert.config))
+        state = _randomised(expert, generator, 0.05)
+        tensors.update({prefix + k: v for k, v in state.items()})
+    qwen = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**qwen_config_dict()))
+    for key, value in _randomised(qwen, generator, 0.05).items():
+        if key.startswith("model.visual."):
+            tensors["mllm.visual." + key[len("model.visual.") :]] = value
+        elif key.startswith("model.language_model."):
+            tensors["mllm.model." + key[len("model.language_model.") :]] = value
+        else:
+            tensors["mllm." + key] = value
+    t5 = UMT5EncoderModel(UMT5Config(**t5_config))
+    t5_state = _randomised(t5, generator, 0.05)
+    t5_state.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight
+    tensors.update({"t5_text_encoder." + k: v for k, v in t5_state.items()})
+    connector = MLPConnector(QWEN_HIDDEN, OUT_GEN, OUT_VIT)
+    tensors.update({"connector." + k: v for k, v in _randomised(connector, generator, 0.2).items()})
+    decoder = VitDecoder(QWEN_HIDDEN, OUT_VIT, DECODER_WIDTH, DECODER_DEPTH)
+    tensors.update({"vit_decoder." + k: v for k, v in _randomised(decoder, generator, 0.2).items()})
+    tensors["mask_tokens"] = torch.randn(1, 16, QWEN_HIDDEN, generator=generator)
+    _write_shards(root / "bernini", tensors)
+
+    _write_json(root / "config.json", bernini_config_dict())
+    qwen.config.save_pretrained(root / "mllm")
+    _write_qwen_tokenizer(root / "mllm")
+    _write_json(
+        root / "mllm" / "preprocessor_config.json",
+        {
+            "image_processor_type": "Qwen2VLImageProcessor",
+            "min_pixels": 3136,
+            "max_pixels": 50176,
+            "patch_size": 14,
+            "temporal_patch_size": 2,
+            "merge_size": 2,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "processor_class": "Qwen2_5_VLProcessor",
+        },
+    )
+    other_t5 = _perturb(UMT5EncoderModel(UMT5Config(**t5_config)), generator, 0.02)
+    other_t5.save_pretrained(root / "t5_text_encoder", safe_serialization=True)
+    write_tiny_t5_tokenizer(root / "t5_tokenizer", vocab_size=TINY_T5["vocab_size"])
+    _perturb(AutoencoderKLWan(**TINY_VAE), generator, 0.02).save_pretrained(root / "vae", safe_serialization=True)
+    UniPCMultistepScheduler(
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        num_train_timesteps=1000,
+        flow_shift=3.0,
+        solver_order=2,
+        solver_type="bh2",
+        final_sigmas_type="zero",
+    ).save_pretrained(root / "scheduler")
+    return root
+
+
+def _write_shards(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[list[str]] = [[]]
+    size = 0
+    for key in sorted(tensors):
+        nbytes = tensors[key].numel() * tensors[key].element_size()
+        if shards[-1] and size + nbytes > SHARD_SIZE:
+            shards.append([])
+            size = 0
+        shards[-1].append(key)
+        size += nbytes
+    weight_map = {}
+    for index, keys in enumerate(shards, start=1):
+        name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: tensors[k] for k in keys}, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in keys})
+    _write_json(folder / "model.safetensors.index.json", {"metadata": {}, "weight_map": weight_map})

@@ -1,0 +1,116 @@
+"""Loading the published full-Bernini layout (spec §1) from the tiny full bundle the project writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bernini.errors import WeightsError
+from bernini.planner.loading import FullBundle, is_full_bundle, load_planner, load_renderer_parts, qwen_key
+
+
+@pytest.fixture(scope="session")
+def full_bundle(tmp_path_factory):
+    from bernini.tiny_full import write_tiny_full_bundle
+
+    return write_tiny_full_bundle(tmp_path_factory.mktemp("full") / "Bernini-Diffusers")
+
+
+@pytest.fixture(scope="session")
+def written(full_bundle):
+    """Every tensor of the ``bernini/`` shards, read with safetensors (independently of the loader)."""
+    tensors = {}
+    for shard in sorted((full_bundle / "bernini").glob("*.safetensors")):
+        tensors.update(load_file(str(shard)))
+    return tensors
+
+
+def test_layout_is_the_published_one(full_bundle, written):
+    assert is_full_bundle(full_bundle) and not is_full_bundle(full_bundle / "vae")
+    for name in ("config.json", "transformer_config.json", "transformer_2_config.json"):
+        assert (full_bundle / name).is_file()
+    for name in ("bernini", "mllm", "t5_text_encoder", "t5_tokenizer", "vae", "scheduler"):
+        assert (full_bundle / name).is_dir()
+    prefixes = {key.split(".")[0] for key in written}
+    expected = {"diff_dec", "diff_dec_low", "mllm", "t5_text_encoder", "connector", "vit_decoder", "mask_tokens"}
+    assert prefixes == expected
+    assert json.loads((full_bundle / "config.json").read_text())["model_type"] == "bernini"
+    assert "depth" not in json.loads((full_bundle / "config.json").read_text())["clip_diff_cfg"]
+
+
+def test_planner_loads_the_written_tensors_and_stops_at_the_layer_read(full_bundle, written):
+    planner = load_planner(FullBundle.open(full_bundle), torch.float32)
+    state = planner.qwen.state_dict()
+    loaded = 0
+    for key, value in written.items():
+        if not key.startswith("mllm."):
+            continue
+        name = qwen_key(key)
+        if name.startswith(("language_model.layers.2.", "language_model.norm.", "lm_head")):
+            assert name not in state, name
+            continue
+        assert torch.equal(state[name], value), name
+        loaded += 1
+    assert loaded == len(state) and len(planner.qwen.language_model.layers) == 2
+    for prefix, module in (("connector.", planner.connector), ("vit_decoder.", planner.vit_decoder)):
+        for name, value in module.state_dict().items():
+            assert torch.equal(value, written[prefix + name]), prefix + name
+    assert len(planner.vit_decoder.net.res_blocks) == 2  # depth read from the checkpoint, not config.json
+    assert torch.equal(planner.mask_token, written["mask_tokens"][0, 0])
+    assert planner.tokenizer.convert_tokens_to_ids("<|vision_start|>") == 151652
+
+
+def test_truncated_planner_reads_what_the_full_model_gives_as_hidden_states_minus_two(full_bundle, written):
+    """Independent reference: stock Qwen2.5-VL with all three layers, loaded strictly from the same tensors."""
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = AutoConfig.from_pretrained(full_bundle / "mllm")
+    reference = Qwen2_5_VLForConditionalGeneration(config).eval()
+    state = {}
+    for key, value in written.items():
+        if key.startswith("mllm."):
+            name = qwen_key(key)
+            state[name if name == "lm_head.weight" else "model." + name] = value
+    reference.load_state_dict(state, strict=True)
+    planner = load_planner(FullBundle.open(full_bundle), torch.float32)
+    g = torch.Generator().manual_seed(0)
+    embeds = torch.randn(1, 11, 64, generator=g)
+    positions = torch.arange(11).view(1, 1, -1).expand(3, 1, -1)
+    with torch.no_grad():
+        full = reference.model(inputs_embeds=embeds, position_ids=positions, output_hidden_states=True)
+        ours = planner.qwen(inputs_embeds=embeds, position_ids=positions)
+    assert len(full.hidden_states) == 4
+    assert torch.allclose(ours.last_hidden_state, full.hidden_states[-2], atol=1e-6)
+    assert not torch.allclose(full.hidden_states[-1], full.hidden_states[-2], atol=1e-3)
+
+
+def test_renderer_parts_come_from_the_checkpoint_over_the_t5_folder(full_bundle, written):
+    parts = load_renderer_parts(FullBundle.open(full_bundle), torch.float32)
+    for name, prefix in (("transformer", "diff_dec.transformer."), ("transformer_2", "diff_dec_low.transformer_2.")):
+        for key, value in parts[name].state_dict().items():
+            assert torch.equal(value, written[prefix + key]), key
+    encoder = parts["text_encoder"].state_dict()
+    assert torch.equal(encoder["shared.weight"], written["t5_text_encoder.shared.weight"])
+    folder = load_file(str(next((full_bundle / "t5_text_encoder").glob("*.safetensors"))))
+    assert not torch.equal(encoder["shared.weight"], folder["shared.weight"])  # bernini/ wins, as upstream
+    assert parts["transformer"].config.text_dim == encoder["shared.weight"].shape[1] == 40
+
+
+def test_broken_bundles_are_one_line_errors(full_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(full_bundle, broken, ignore=shutil.ignore_patterns("vae"))
+    with pytest.raises(WeightsError, match="lacks vae") as info:
+        FullBundle.open(broken)
+    assert "\n" not in str(info.value)
+    shutil.copytree(full_bundle / "vae", broken / "vae")
+    config = json.loads((broken / "mllm" / "config.json").read_text())
+    config["text_config"] = {**config.get("text_config", {}), "hidden_size": 32}
+    config["hidden_size"] = 32
+    (broken / "mllm" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match="planner") as info:
+        load_planner(FullBundle.open(broken), torch.float32)
+    assert "\n" not in str(info.value)
