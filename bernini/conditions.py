@@ -13,6 +13,8 @@ import torch
 from .guidance import Combo
 from .plan import SourceIdPolicy
 
+RENDERER_COMBOS = (Combo.EMPTY, Combo.VIDEO, Combo.IMAGES, Combo.ALL)
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -39,12 +41,15 @@ class Conditions:
             Combo.VIDEO: self.videos[:1],
             Combo.IMAGES: images,
             Combo.ALL: list(self.videos) + images,
+            Combo.VIDEOS: list(self.videos),
         }[combo]
         ids = (policy or SourceIdPolicy()).ids(len(latents))
         return [Segment(latent, source_id) for latent, source_id in zip(latents, ids, strict=True)]
 
-    def combos(self, policy: SourceIdPolicy) -> dict[Combo, list[Segment]]:
-        return {combo: self.combo(combo, policy) for combo in Combo}
+    def combos(self, policy: SourceIdPolicy, extra: tuple[Combo, ...] = ()) -> dict[Combo, list[Segment]]:
+        """Bernini-R's four combos (always, so the sidecar lists their ids), plus any ``extra`` a mode reads."""
+        names = dict.fromkeys((*RENDERER_COMBOS, *extra))
+        return {combo: self.combo(combo, policy) for combo in names}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ read the registry before anything heavy loads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -33,6 +33,7 @@ class Combo(str, Enum):
     VIDEO = "V"  # the first source video
     IMAGES = "I"  # the source image and the references, on their own id axis
     ALL = "VI"  # every visual input
+    VIDEOS = "Vs"  # every source video (the full model's "wvidvae")
 
     def __str__(self) -> str:
         return self.value
@@ -43,6 +44,10 @@ class Text(str, Enum):
 
     PROMPT = "c"
     NEGATIVE = "u"
+    PLAN_FULL = "C_full"  # the full model's contexts: UMT5 + the planner's tokens (bernini.planner.contexts)
+    PLAN_TEXT = "C_txt"
+    PLAN_TARGET = "C_tgt"
+    PLAN_NULL = "C_null"
 
     def __str__(self) -> str:
         return self.value
@@ -60,9 +65,10 @@ class Weights:
     vid: float
     img: float
     txt: float
+    tgt: float = 0.0  # the full model's ω_tgt
 
     def scaled(self, factor: float) -> Weights:
-        return Weights(self.vid * factor, self.img * factor, self.txt * factor)
+        return Weights(self.vid * factor, self.img * factor, self.txt * factor, self.tgt * factor)
 
 
 @dataclass(frozen=True)
@@ -92,9 +98,10 @@ class FrameAPG:
     """
 
     slot: int = 0
+    settings: APGSettings | None = None  # fixed settings of a mode; None: the generation's
 
     def __call__(self, diff: torch.Tensor, reference: torch.Tensor, state: GuidanceState) -> torch.Tensor:
-        settings = state.apg
+        settings = self.settings or state.apg
         if settings.momentum:
             running = state.buffers.get(self.slot)
             diff = diff if running is None else diff + settings.momentum * running
@@ -109,6 +116,21 @@ class FrameAPG:
         unit = reference / reference.norm(p=2, dim=FRAME_DIMS, keepdim=True).clamp_min(1e-12)
         parallel = (diff * unit).sum(dim=FRAME_DIMS, keepdim=True) * unit
         return (diff - parallel + settings.eta * parallel).to(dtype)
+
+
+@dataclass(frozen=True)
+class FlatAPG:
+    """The full model's A(Δ, r) = ``parallel``·Δ∥ + Δ⊥ over each sample's flattened tensor (no momentum, no cap),
+    with Δ∥ = (⟨Δ, r⟩ / max(⟨r, r⟩, 1e-8))·r."""
+
+    parallel: float = 0.2
+
+    def __call__(self, diff: torch.Tensor, reference: torch.Tensor, state: GuidanceState) -> torch.Tensor:
+        dims = tuple(range(1, diff.dim()))
+        dot = (diff * reference).sum(dim=dims, keepdim=True)
+        norm = (reference * reference).sum(dim=dims, keepdim=True).clamp_min(1e-8)
+        along = dot / norm * reference
+        return diff - along + self.parallel * along
 
 
 @dataclass(frozen=True)
@@ -149,10 +171,29 @@ class GuidanceMode:
     x0_space: bool = False  # APG works on x0 = x − σ·v
     needs: MediaNeed = MediaNeed.NOTHING
     description: str = ""
+    skips_zero_weights: bool = False  # a delta with ω = 0 reuses its start's prediction (the full model's rule)
 
     @property
     def forwards_per_step(self) -> int:
         return len(self.branches)
+
+    def forward_plan(self, weights: Weights, same: Callable[[Branch, Branch], bool]) -> list[int]:
+        """For each branch, the branch whose forward it takes: itself when it must run.
+
+        A branch reuses an earlier one when ``same`` says their inputs are identical (one forward per
+        distinct branch), or, for modes that skip zero weights, when it ends a delta whose weight is 0.
+        """
+        source = list(range(len(self.branches)))
+        ends = {delta.end: delta for delta in self.deltas}
+        for index, branch in enumerate(self.branches):
+            delta = ends.get(index)
+            if self.skips_zero_weights and delta is not None and getattr(weights, delta.weight) == 0:
+                source[index] = source[delta.start]
+                continue
+            earlier = next((j for j in range(index) if source[j] == j and same(self.branches[j], branch)), None)
+            if earlier is not None:
+                source[index] = earlier
+        return source
 
     def combine(
         self,
@@ -185,15 +226,19 @@ def _branches(*pairs: str) -> tuple[Branch, ...]:
 
 
 GUIDANCE_MODES: dict[str, GuidanceMode] = {}
+"""Bernini-R's modes (the renderer alone)."""
+FULL_MODEL_MODES: dict[str, GuidanceMode] = {}
+"""The full model's modes, whose branches read the planner's contexts (spec bernini-full.md §4.5)."""
 
 
-def register(mode: GuidanceMode) -> GuidanceMode:
-    if mode.name in GUIDANCE_MODES:
+def register(mode: GuidanceMode, registry: dict[str, GuidanceMode] | None = None) -> GuidanceMode:
+    registry = GUIDANCE_MODES if registry is None else registry
+    if mode.name in registry:
         raise ValueError(f"guidance mode {mode.name!r} is already registered")
     for delta in mode.deltas:
         if delta.weight not in Weights.__dataclass_fields__:
             raise ValueError(f"{mode.name}: unknown weight {delta.weight!r}")
-    GUIDANCE_MODES[mode.name] = mode
+    registry[mode.name] = mode
     return mode
 
 
@@ -240,6 +285,46 @@ register(
         needs=MediaNeed.REFERENCES,
         description="chained APG: reference images, then text",
     )
+)
+
+
+def _planner_chain(name: str, project: bool, description: str) -> GuidanceMode:
+    """b = ε(∅, C_null), e_I = ε(all, C_null), e_T = ε(all, C_txt), e_C = ε(all, C_full);
+    v = b + ω_img·P(e_I − b) + ω_txt·P(e_T − e_I) + ω_tgt·P(e_C − e_T)."""
+    apg = FlatAPG() if project else None
+    return GuidanceMode(
+        name,
+        _branches("0/C_null", "VI/C_null", "VI/C_txt", "VI/C_full"),
+        (Delta(0, 1, "img", apg), Delta(1, 2, "txt", apg), Delta(2, 3, "tgt", apg)),
+        skips_zero_weights=True,
+        description=description,
+    )
+
+
+register(
+    _planner_chain("vae_txt_vit_wapg", True, "planner chain with A(Δ, r) = 0.2Δ∥ + Δ⊥ (shipped)"), FULL_MODEL_MODES
+)
+register(_planner_chain("vae_txt_vit", False, "planner chain, plain CFG deltas"), FULL_MODEL_MODES)
+register(
+    GuidanceMode(
+        "rv2v_wapg",
+        _branches("0/C_null", "Vs/C_null", "VI/C_null", "VI/C_txt", "VI/C_full"),
+        (Delta(0, 1, "vid"), Delta(1, 2, "img"), Delta(2, 3, "txt"), Delta(3, 4, "tgt")),
+        skips_zero_weights=True,
+        needs=MediaNeed.VIDEO,
+        description="videos, then images, text and plan; no projection despite the name (as the reference)",
+    ),
+    FULL_MODEL_MODES,
+)
+register(
+    GuidanceMode(
+        "v2v_apg",
+        _branches("0/C_null", "VI/C_full"),
+        (Delta(0, 1, "txt", FrameAPG(0, APGSettings(eta=1.0, norm_threshold=(50.0, 50.0), momentum=0.0))),),
+        x0_space=True,
+        description="x0-space APG between the full planner context and the null one (η 1, cap 50)",
+    ),
+    FULL_MODEL_MODES,
 )
 
 

@@ -350,7 +350,7 @@ class BerniniPipeline:
         guidance = plan.guidance
         inputs = SamplingInputs(
             latents=noise,
-            combos=encoded.conditions.combos(plan.source_ids),
+            combos=encoded.conditions.combos(plan.source_ids, tuple(b.combo for b in guidance.mode.branches)),
             text=text,
             mode=guidance.mode,
             weights=guidance.weights,

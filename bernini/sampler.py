@@ -63,11 +63,29 @@ class SamplingInputs:
     omega_scale: float
     state: GuidanceState = field(default_factory=GuidanceState)
 
+    def same_inputs(self, first: Branch, second: Branch) -> bool:
+        """Whether two branches feed the expert identical tensors (then one forward serves both)."""
+        if first.text != second.text:
+            one_text, two_text = self.text.get(first.text), self.text.get(second.text)
+            if one_text is None or one_text is not two_text:
+                return False
+        one, two = self.combos[first.combo], self.combos[second.combo]
+        return len(one) == len(two) and all(
+            a.latent is b.latent and a.source_id == b.source_id for a, b in zip(one, two, strict=True)
+        )
+
     def placed(self, device: torch.device, dtype: torch.dtype) -> SamplingInputs:
-        """Condition latents and text embeddings moved and cast once for the whole generation."""
+        """Condition latents and text embeddings moved and cast once for the whole generation (a latent in
+        several combos is cast once and shared)."""
+        placed: dict[int, torch.Tensor] = {}
+
+        def place(latent: torch.Tensor) -> torch.Tensor:
+            if id(latent) not in placed:
+                placed[id(latent)] = latent.to(device, dtype)
+            return placed[id(latent)]
+
         combos = {
-            combo: [Segment(s.latent.to(device, dtype), s.source_id) for s in segments]
-            for combo, segments in self.combos.items()
+            combo: [Segment(place(s.latent), s.source_id) for s in segments] for combo, segments in self.combos.items()
         }
         text = {name: embeds.to(device, dtype) for name, embeds in self.text.items()}
         return replace(self, combos=combos, text=text)
@@ -136,9 +154,12 @@ def sample(
         stats.high_steps += int(is_high)
         stats.low_steps += int(not is_high)
         stats.timesteps.append(int(t))
-        predictions = runner(expert, inputs, branches, latents, t)
-        stats.forwards += len(branches)
-        predictions = [p.to(latents.device) for p in predictions]
+        sources = inputs.mode.forward_plan(weights, inputs.same_inputs)
+        unique = [index for index, source in enumerate(sources) if source == index]
+        computed = runner(expert, inputs, [branches[i] for i in unique], latents, t)
+        stats.forwards += len(unique)
+        by_branch = {index: p.to(latents.device) for index, p in zip(unique, computed, strict=True)}
+        predictions = [by_branch[source] for source in sources]
         sigma = float(_current_sigma(scheduler, index))
         velocity = inputs.mode.combine(predictions, latents, sigma, weights, inputs.state)
         latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
