@@ -166,6 +166,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
                     raise request
                 queued.append((index, client.submit(request), request.output or DEFAULT_OUTPUT))
             except BerniniError as exc:
+                if len(requests) == 1:
+                    raise
                 queued.append((index, exc, ""))
         failures = 0
         for index, job, output in queued:

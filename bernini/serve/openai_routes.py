@@ -74,8 +74,8 @@ def video_view(row: JobRow, model_id: str) -> VideoView:
 
 
 async def read_fields(request: Request, max_files: int) -> dict[str, Any]:
-    """The SDK's body: multipart (files and ``key[sub]`` fields, folded into dicts) or JSON."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    """The SDK's body: a form (files and ``key[sub]`` fields, folded into dicts) or JSON."""
+    if request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         form = await read_form(request, max_files)
         fields: dict[str, Any] = {}
         for key, value in form.multi_items():

@@ -350,9 +350,9 @@ class Store:
             ).all()
         kept, total, drop = 0, 0, []
         for job_id, size in rows:
-            if (keep_jobs is not None and kept + 1 > keep_jobs) or (
-                keep_bytes is not None and total + size > keep_bytes
-            ):
+            over_count = keep_jobs is not None and kept + 1 > keep_jobs
+            over_bytes = keep_bytes is not None and total + size > keep_bytes
+            if drop or over_count or over_bytes:  # everything older than the first one dropped goes too
                 drop.append(job_id)
                 continue
             kept, total = kept + 1, total + size

@@ -52,7 +52,7 @@ async def read_limited(upload: Any, limit: int) -> bytes:
     while chunk := await upload.read(CHUNK):
         size += len(chunk)
         if size > limit:
-            raise UploadRejected(413, f"upload {display_name(upload)} is larger than the {limit} byte limit")
+            raise UploadRejected(413, f"upload {display_name(upload)} is too large: more than {limit} bytes")
         chunks.append(chunk)
     if not size:
         raise UploadRejected(400, f"upload {display_name(upload)} is empty")
