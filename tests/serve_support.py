@@ -56,6 +56,9 @@ class ServerProcess:
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def start(self, timeout_s: float = 90.0) -> ServerProcess:
+        return self.launch().ready(timeout_s)
+
+    def launch(self) -> ServerProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         env.pop("BERNINI_SERVE_TOKEN", None)
         if self.token:
@@ -65,6 +68,10 @@ class ServerProcess:
                    "-v", *(["--db", self.db] if self.db else []), *self.extra]  # fmt: skip
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        return self
+
+    def ready(self, timeout_s: float = 90.0) -> ServerProcess:
+        assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

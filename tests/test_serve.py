@@ -74,13 +74,13 @@ def events(http, job_id: str) -> list[tuple[str, dict]]:
 
 # ------------------------------------------------------------------------------ submit, progress, fetch
 def test_a_job_runs_with_progress_events_and_its_output_is_what_the_pipeline_makes(http, server, tiny_pipe, tmp_path):
-    job = submit(http, seed=7, num_inference_steps=40)
-    assert job["state"] == "queued" and job["progress"] == {"step": 0, "total": 40, "phase": "queued"}
+    job = submit(http, seed=7, num_inference_steps=20)
+    assert job["state"] == "queued" and job["progress"] == {"step": 0, "total": 20, "phase": "queued"}
     stream = events(http, job["id"])
     names = [name for name, _ in stream]
     assert names[-1] == "end" and set(names[:-1]) == {"progress"}
     steps = [j["progress"]["step"] for _, j in stream]
-    assert steps == sorted(steps) and steps[-1] == 40 and len(set(steps)) >= 3  # real intermediate progress
+    assert steps == sorted(steps) and steps[-1] == 20 and len(set(steps)) >= 3  # real intermediate progress
     assert any(j["state"] == "running" and j["progress"]["phase"] in ("encode", "denoise") for _, j in stream)
     final = stream[-1][1]
     assert final["state"] == "succeeded" and final["progress"]["phase"] == "done"
@@ -88,12 +88,12 @@ def test_a_job_runs_with_progress_events_and_its_output_is_what_the_pipeline_mak
 
     served = decode(http.get(final["output_url"]).content, tmp_path)
     sidecar = http.get(final["sidecar_url"]).json()
-    assert sidecar["request"]["seed"] == 7 and sidecar["request"]["num_inference_steps"] == 40
+    assert sidecar["request"]["seed"] == 7 and sidecar["request"]["num_inference_steps"] == 20
     assert sidecar["output"] == "output.mp4"
     # the same request through the library: the server runs the shared pipeline, not something else
     from bernini.output import write_output
 
-    local = tiny_pipe(**{**TINY, "prompt": job["prompt"], "seed": 7, "num_inference_steps": 40}, output_type="np")
+    local = tiny_pipe(**{**TINY, "prompt": job["prompt"], "seed": 7, "num_inference_steps": 20}, output_type="np")
     expected = decode(write_output(tmp_path / "local.mp4", local.frames, 16.0).read_bytes(), tmp_path)
     assert served.shape == expected.shape == (5, 32, 48, 3)
     assert np.array_equal(served, expected)
@@ -360,3 +360,23 @@ def test_submit_command_uploads_follows_and_downloads(server, media, tmp_path):
     denied = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert denied.returncode == 2
     assert denied.stderr.strip().splitlines()[-1].startswith("error: ") and "401" in denied.stderr
+
+
+# ------------------------------------------------------------------------------ restart (last: it kills the server)
+def test_kill_9_mid_job_then_restart_keeps_the_queue_and_reports_the_interrupted_job(server):
+    with server.client() as http:
+        long = submit(http, num_inference_steps=3000)
+        wait_for(http, long["id"], states=("running",), step=2)
+        queued = [submit(http, seed=2000 + i)["id"] for i in range(3)]
+        server.kill9()
+    server.start()
+    with server.client() as http:
+        interrupted = wait_for(http, long["id"], timeout_s=10)
+        assert interrupted["state"] == "failed"
+        assert interrupted["error"].startswith("interrupted: the server restarted while this job ran")
+        assert http.get(f"/v1/jobs/{long['id']}/output").status_code == 409
+        for seed, job_id in enumerate(queued):
+            job = wait_for(http, job_id)
+            assert job["state"] == "succeeded", job
+            assert http.get(job["sidecar_url"]).json()["request"]["seed"] == 2000 + seed
+    assert "marked failed" in server.log_text()

@@ -124,7 +124,7 @@ class Worker:
     # ------------------------------------------------------------------ rank 0
     def serve_forever(self) -> None:
         """Claim and run jobs until :meth:`stop`; idle ranks of a group get a keep-alive now and then."""
-        last_ping = time.monotonic()
+        last_ping = last_sweep = time.monotonic()
         while not self.stopping.is_set():
             try:
                 job = self.store.claim(self.settings.worker_id)
@@ -132,6 +132,9 @@ class Worker:
                 logger.exception("cannot claim a job; retrying")
                 job = None
             if job is None:
+                if time.monotonic() - last_sweep > self.settings.stale_after_s / 4:
+                    last_sweep = time.monotonic()
+                    self._sweep()
                 if self.link.enabled and time.monotonic() - last_ping > self.settings.keepalive_s:
                     self.link.broadcast({"kind": "ping"})
                     last_ping = time.monotonic()
@@ -141,6 +144,14 @@ class Worker:
             last_ping = time.monotonic()
         if self.link.enabled:
             self.link.broadcast({"kind": "shutdown"})
+
+    def _sweep(self) -> None:
+        """Fail the jobs of servers that stopped sending heartbeats (this one runs nothing while idle)."""
+        try:
+            for job_id in self.store.recover(self.settings.worker_id, self.settings.stale_after_s):
+                logger.warning("job %s: its server stopped; marked failed", job_id)
+        except Exception:  # noqa: BLE001
+            logger.exception("cannot sweep for interrupted jobs")
 
     def stop(self) -> None:
         self.stopping.set()
