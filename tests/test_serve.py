@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
+import httpx
 import numpy as np
 import pytest
-from serve_support import ROOT, TINY, ServerProcess, submit, wait_for
+from serve_support import ROOT, TINY, ServerProcess, free_port, submit, wait_for
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -360,6 +361,49 @@ def test_submit_command_uploads_follows_and_downloads(server, media, tmp_path):
     denied = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert denied.returncode == 2
     assert denied.stderr.strip().splitlines()[-1].startswith("error: ") and "401" in denied.stderr
+
+
+# ------------------------------------------------------------------------------ torchrun: rank 0 serves, the group runs
+def test_under_torchrun_rank_0_serves_and_the_group_runs_each_job(server, tiny_bundle, tmp_path):
+    """Two gloo ranks with CFG parallel: the same output as the one-process server, and cancel reaches both."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("BERNINI_SERVE_TOKEN", None)
+    log = (tmp_path / "torchrun.log").open("wb")
+    group = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "bernini.cli",
+         "serve", "--config", str(tiny_bundle), "--device", "cpu", "--cfg_parallel", "2", "--port", str(port),
+         "--output_dir", str(tmp_path / "out")],  # fmt: skip
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as parallel:
+            deadline = time.monotonic() + 120
+            while True:
+                assert group.poll() is None and time.monotonic() < deadline, (tmp_path / "torchrun.log").read_text()
+                try:
+                    if parallel.get("/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+            done = wait_for(parallel, submit(parallel, seed=11, num_inference_steps=3)["id"])
+            assert done["state"] == "succeeded", done
+            split = decode(parallel.get(done["output_url"]).content, tmp_path)
+            long = submit(parallel, num_inference_steps=3000)
+            wait_for(parallel, long["id"], states=("running",), step=2)
+            parallel.delete(f"/v1/jobs/{long['id']}")
+            assert wait_for(parallel, long["id"], timeout_s=30)["state"] == "cancelled"
+            after = wait_for(parallel, submit(parallel, seed=12)["id"])  # the group is still in step
+            assert after["state"] == "succeeded"
+    finally:
+        group.terminate()
+        group.wait(timeout=30)
+        log.close()
+    with server.client() as http:
+        single = wait_for(http, submit(http, seed=11, num_inference_steps=3)["id"])
+        whole = decode(http.get(single["output_url"]).content, tmp_path)
+    assert split.shape == whole.shape
+    assert np.abs(split.astype(int) - whole.astype(int)).max() <= 2
 
 
 # ------------------------------------------------------------------------------ restart (last: it kills the server)

@@ -188,6 +188,7 @@ def serve_group(args: argparse.Namespace, token: str | None, env: Any) -> int:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     with ExitStack() as stack:
         pipe, context = stack.enter_context(parallel_run(args, env, log))
+        pipe.set_progress_bar_config(disable=True)
         link = GroupLink(context.groups.control, env.rank, enabled=env.world > 1)
         if env.rank == 0:
             return serve(args, token, pipe, link)
