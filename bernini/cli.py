@@ -1,4 +1,5 @@
-"""The ``bernini`` command: ``generate`` (upstream's flags), ``tiny-bundle``, ``tasks`` and ``demo``.
+"""The ``bernini`` command: ``generate`` (upstream's flags), ``tiny-bundle``, ``tasks``, ``demo``, ``serve``
+and ``submit``.
 
 A front end: it parses flags with the shared groups (:mod:`bernini.frontends.options`), plans every
 task before the model loads, and runs the list through the shared task runner, or hands it to the
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", help="list the tasks and guidance modes with their defaults")
     demo = sub.add_parser("demo", help="start the Gradio demo")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    for name, what in (("serve", "serve jobs over HTTP (docs/serving.md)"), ("submit", "send jobs to a server")):
+        sub.add_parser(name, help=what, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -143,6 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        from .serve.server import main as serve_main
+
+        return serve_main(argv[1:])
+    if argv[:1] == ["submit"]:
+        from .serve.client import main as submit_main
+
+        return submit_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(argv)

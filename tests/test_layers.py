@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bernini"
-FRONT_ENDS = ("bernini.cli", "bernini.frontends", "bernini.demo", "bernini.parallel.check")
+FRONT_ENDS = ("bernini.cli", "bernini.frontends", "bernini.demo", "bernini.parallel.check", "bernini.serve")
 
 
 def module_name(path: Path) -> str:

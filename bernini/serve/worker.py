@@ -1,0 +1,272 @@
+"""Running queued jobs: claim one, plan it, run it through :func:`bernini.runner.run_job`, store the result.
+
+One worker thread per server. Progress comes from the pipeline's step callback, which also stops a job
+whose cancel was requested (it raises before the next step, so a cancelled job never writes output).
+Under torchrun the server (rank 0) broadcasts each plan to the whole group (:class:`GroupLink`), every
+rank runs it and rank 0's stop decision reaches all ranks at each step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BerniniError
+from ..plan import GenerationPlan, ModelDefaults, make_plan
+from ..request import GenerationRequest
+from .store import JobRow, Store
+
+logger = logging.getLogger("bernini.serve")
+
+
+class JobStopped(Exception):
+    """Raised from the step callback: the job was cancelled, or the server is stopping."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    output_dir: Path
+    worker_id: str
+    keep_jobs: int | None = None
+    keep_bytes: int | None = None
+    poll_s: float = 0.2
+    heartbeat_s: float = 5.0
+    stale_after_s: float = 120.0
+    keepalive_s: float = 60.0
+
+
+class GroupLink:
+    """Rank 0 → every rank object broadcast over a gloo group; ``None`` group: one process, a no-op."""
+
+    def __init__(self, group: Any = None, rank: int = 0, enabled: bool = False) -> None:
+        self.group, self.rank, self.enabled = group, rank, enabled
+
+    def broadcast(self, obj: Any = None) -> Any:
+        if not self.enabled:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def share(self, call: Callable[[], Any]) -> Any:
+        """``call`` on rank 0 only (the prompt enhancer); its result or user error on every rank."""
+        result = None
+        if self.rank == 0:
+            try:
+                result = ("ok", call())
+            except BerniniError as exc:
+                result = ("error", str(exc))
+        kind, value = self.broadcast(result)
+        if kind == "error":
+            raise BerniniError(value)
+        return value
+
+
+def local_inputs(store: Store, media: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The job's uploaded files as local paths (written from the database when this server lacks them)."""
+
+    def path_of(file_id: str) -> str:
+        row = store.get_file(file_id, with_data=True)
+        if row is None:
+            raise BerniniError(f"uploaded file {file_id} no longer exists")
+        path = folder / f"{row.id}{row.suffix}"
+        if not path.is_file() or path.stat().st_size != row.size:
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".part")
+            partial.write_bytes(row.data)
+            partial.replace(path)
+        return str(path)
+
+    return {
+        "video": [path_of(i) for i in media.get("video", [])],
+        "image": path_of(media["image"]) if media.get("image") else None,
+        "images": [path_of(i) for i in media.get("images", [])],
+    }
+
+
+def request_for(params: dict[str, Any], inputs: dict[str, Any], output: str | None) -> GenerationRequest:
+    known = set(GenerationRequest.field_names())
+    values = {k: v for k, v in params.items() if k in known}
+    return GenerationRequest(**values, **inputs, output=output)
+
+
+def job_folder(output_dir: Path, job_id: str) -> Path:
+    return output_dir / "jobs" / job_id
+
+
+class Worker:
+    """Claims and runs jobs from ``store`` with ``pipe`` (loaded once by the front end)."""
+
+    def __init__(
+        self,
+        store: Store,
+        pipe: Any,
+        settings: WorkerSettings,
+        defaults: ModelDefaults | None = None,
+        enhancer: Any = None,
+        link: GroupLink | None = None,
+    ) -> None:
+        self.store, self.pipe, self.settings = store, pipe, settings
+        self.defaults = defaults
+        self.enhancer = enhancer
+        self.link = link or GroupLink()
+        self.stopping = threading.Event()
+
+    # ------------------------------------------------------------------ rank 0
+    def serve_forever(self) -> None:
+        """Claim and run jobs until :meth:`stop`; idle ranks of a group get a keep-alive now and then."""
+        last_ping = last_sweep = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                job = self.store.claim(self.settings.worker_id)
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
+                logger.exception("cannot claim a job; retrying")
+                job = None
+            if job is None:
+                if time.monotonic() - last_sweep > self.settings.stale_after_s / 4:
+                    last_sweep = time.monotonic()
+                    self._sweep()
+                if self.link.enabled and time.monotonic() - last_ping > self.settings.keepalive_s:
+                    self.link.broadcast({"kind": "ping"})
+                    last_ping = time.monotonic()
+                self.stopping.wait(self.settings.poll_s)
+                continue
+            self.run(job)
+            last_ping = time.monotonic()
+        if self.link.enabled:
+            self.link.broadcast({"kind": "shutdown"})
+
+    def _sweep(self) -> None:
+        """Fail the jobs of servers that stopped sending heartbeats (this one runs nothing while idle)."""
+        try:
+            for job_id in self.store.recover(self.settings.worker_id, self.settings.stale_after_s):
+                logger.warning("job %s: its server stopped; marked failed", job_id)
+        except Exception:  # noqa: BLE001
+            logger.exception("cannot sweep for interrupted jobs")
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self, job: JobRow) -> None:
+        """Run one claimed job to its final state (never raises for the job's own problems)."""
+        folder = job_folder(self.settings.output_dir, job.id)
+        ticker = threading.Event()
+        threading.Thread(target=self._heartbeat, args=(job.id, ticker), daemon=True).start()
+        try:
+            plan = self.plan(job, folder)
+            if self.link.enabled:
+                self.link.broadcast({"kind": "job", "plan": plan, "inputs": _input_bytes(plan)})
+            result = self.execute(plan, job.id)
+            if self.store.progress(job.id, plan.num_inference_steps, plan.num_inference_steps, "done"):
+                raise JobStopped("cancelled while the output was being written")
+            output = Path(result.output)
+            sidecar = json.loads(Path(result.sidecar).read_text(encoding="utf-8"))
+            sidecar["output"] = output.name
+            self.store.finish(
+                job.id,
+                "succeeded",
+                output=output.read_bytes(),
+                output_name=output.name,
+                sidecar=json.dumps(sidecar, indent=2, ensure_ascii=False),
+            )
+            logger.info("job %s succeeded", job.id)
+        except JobStopped as exc:
+            shutil.rmtree(folder / "output", ignore_errors=True)
+            state = "failed" if self.stopping.is_set() else "cancelled"
+            reason = "interrupted: the server stopped while this job ran" if state == "failed" else str(exc)
+            self.store.finish(job.id, state, error=reason)
+            logger.info("job %s %s", job.id, state)
+        except BerniniError as exc:
+            shutil.rmtree(folder / "output", ignore_errors=True)
+            self.store.finish(job.id, "failed", error=_one_line(str(exc)))
+            logger.info("job %s failed: %s", job.id, exc)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error fails this job, not the server
+            logger.exception("job %s crashed", job.id)
+            shutil.rmtree(folder / "output", ignore_errors=True)
+            self.store.finish(job.id, "failed", error=_one_line(f"internal error: {type(exc).__name__}: {exc}"))
+        finally:
+            ticker.set()
+        for dropped in self.store.prune(self.settings.keep_jobs, self.settings.keep_bytes):
+            shutil.rmtree(job_folder(self.settings.output_dir, dropped), ignore_errors=True)
+
+    def plan(self, job: JobRow, folder: Path) -> GenerationPlan:
+        inputs = local_inputs(self.store, job.loads("media"), self.settings.output_dir / "uploads")
+        single = job.task_type in ("t2i", "i2i")
+        output = folder / "output" / ("output.png" if single else "output.mp4")
+        return make_plan(request_for(job.loads("params"), inputs, str(output)), self.defaults)
+
+    def _heartbeat(self, job_id: str, done: threading.Event) -> None:
+        while not done.wait(self.settings.heartbeat_s):
+            try:
+                self.store.heartbeat(job_id)
+            except Exception:  # noqa: BLE001
+                logger.warning("heartbeat of %s failed", job_id)
+
+    # ------------------------------------------------------------------ every rank
+    def execute(self, plan: GenerationPlan, job_id: str | None) -> Any:
+        """Run ``plan`` (rank 0 passes its job id and writes; the other ranks pass None)."""
+        from ..runner import run_job
+
+        total = plan.num_inference_steps
+        link = self.link
+
+        def on_step(_pipe: Any, index: int, _t: Any, _state: dict) -> None:
+            stop = False
+            if job_id is not None:
+                phase = "decode" if index + 1 == total else "denoise"
+                stop = self.store.progress(job_id, index + 1, total, phase) or self.stopping.is_set()
+            if link.enabled:
+                stop = bool(link.broadcast(stop))
+            if stop:
+                raise JobStopped("cancelled while running")
+
+        return run_job(
+            self.pipe,
+            plan,
+            enhancer=self.enhancer,
+            write=link.rank == 0,
+            log=lambda line: logger.info("%s", line),
+            share=link.share if link.enabled else None,
+            callback=on_step,
+        )
+
+    def follow(self) -> int:
+        """Ranks other than 0: run every broadcast job until the shutdown message."""
+        while True:
+            message = self.link.broadcast(None)
+            kind = message.get("kind") if isinstance(message, dict) else None
+            if kind == "ping":
+                continue
+            if kind != "job":
+                return 0
+            for path, data in message.get("inputs", {}).items():
+                target = Path(path)
+                if not target.is_file():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+            try:
+                self.execute(message["plan"], None)
+            except (BerniniError, JobStopped) as exc:
+                logger.info("rank %d: job ended: %s", self.link.rank, exc)
+            except Exception:  # noqa: BLE001
+                logger.exception("rank %d: job crashed", self.link.rank)
+
+
+def _input_bytes(plan: GenerationPlan) -> dict[str, bytes]:
+    """The plan's input files, for ranks on other machines."""
+    media = plan.media
+    paths = [*media.video, *([media.image] if media.image is not None else []), *media.images]
+    return {str(p): Path(p).read_bytes() for p in paths if isinstance(p, (str, Path))}
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())[:2000]
