@@ -57,7 +57,7 @@ def media_files(tmp_path, monkeypatch):
         ({"num_inference_steps": 0}, "num_inference_steps must be at least 1"),
         ({"fps": 0}, "fps must be positive"),
         ({"flow_shift": -1}, "flow_shift must be positive"),
-        ({"seed": -1}, "seed must be between"),
+        ({"seed": -2}, "seed must be between"),  # -1 draws a random seed
         ({"seed": "x"}, "seed must be a number"),
         ({"num_frames": 8.5}, "num_frames must be an integer"),
         ({"num_frames": True}, "num_frames must be an integer"),
