@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
+from .jsontext import loads_json
 
 DEFAULT_REPO_ID = "ByteDance/Bernini-R-Diffusers"
 WAN22_BASE_REPO_ID = "Wan-AI/Wan2.2-T2V-A14B-Diffusers"
 BERNINI_REPO_IDS = frozenset({DEFAULT_REPO_ID, "ByteDance/Bernini-R-1.3B-Diffusers"})
 MODEL_TYPE = "bernini_renderer"
-MAX_JSON_DEPTH = 64
-"""Deeper nesting than any real config, case file or task list: refused before it reaches a recursive parser."""
 
 
 @dataclass(frozen=True)
@@ -77,40 +76,6 @@ def _config_value_problem(key: str, value: Any) -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool)
         return None if ok and 1 <= value <= 1024 else "must be an integer from 1 to 1024"
     return None
-
-
-def json_depth_problem(text: str, limit: int = MAX_JSON_DEPTH) -> str | None:
-    """Why ``text`` nests too deeply for a config (arrays/objects more than ``limit`` deep), else None.
-
-    Counted on the raw text, outside strings, so a hostile file never reaches the recursive parser.
-    """
-    depth = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return f"nests arrays/objects more than {limit} levels deep"
-        elif char in "]}":
-            depth -= 1
-    return None
-
-
-def loads_json(text: str) -> Any:
-    """``json.loads`` that refuses absurd nesting with a ``ValueError`` (never a RecursionError)."""
-    problem = json_depth_problem(text)
-    if problem:
-        raise ValueError(problem)
-    return json.loads(text)
 
 
 def read_json(path: Path) -> dict[str, Any]:
