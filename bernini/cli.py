@@ -39,7 +39,7 @@ logger = logging.getLogger("bernini")
 
 
 def _add_verbose(parser: argparse.ArgumentParser, default: Any = False) -> None:
-    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log more (loading, stages)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log more; default: off")
 
 
 def build_parser(generate_prog: str | None = None) -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def build_parser(generate_prog: str | None = None) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog=generate_prog or "bernini", description="Bernini-R video generation and editing")
     parser.add_argument("--version", action="version", version=f"bernini {__version__}")
     _add_verbose(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
     generate = sub.add_parser(
         "generate", prog=generate_prog, help="generate from flags, a case file or a task list (see docs/cli.md)"
     )
