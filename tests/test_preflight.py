@@ -213,7 +213,7 @@ def test_check_outputs_lists_what_overwrite_replaces(tmp_path):
     assert isinstance(refused.tasks[0], BerniniError) and "frame_00000.png exists" in str(refused.tasks[0])
 
 
-def test_write_clip_helper_makes_a_real_video(tmp_path):
+def test_too_short_video_fails_the_probe(tmp_path):
     """The media check counts real decoded frames: a 12-frame clip passes, a 3-frame one does not."""
     from bernini.media import probe_media
 
