@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from ._version import __version__
 from .errors import BerniniError
 from .frontends.options import (
     OneLineErrorParser,
@@ -36,23 +39,56 @@ from .runner import Task, TaskListRunner, plan_tasks, run_job, summarize
 logger = logging.getLogger("bernini")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="bernini", description="Bernini-R video generation and editing")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    generate = sub.add_parser("generate", help="generate from flags, a case file or a task list")
+def _add_verbose(parser: argparse.ArgumentParser, default: Any = False) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log more; default: off")
+
+
+def build_parser(generate_prog: str | None = None) -> argparse.ArgumentParser:
+    """``bernini``'s parser; ``generate_prog`` names the generate command in its help and errors
+    (``infer_single_gpu.py`` for the upstream scripts)."""
+    parser = OneLineErrorParser(prog=generate_prog or "bernini", description="Bernini-R video generation and editing")
+    parser.add_argument("--version", action="version", version=f"bernini {__version__}")
+    _add_verbose(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
+    generate = sub.add_parser(
+        "generate", prog=generate_prog, help="generate from flags, a case file or a task list (see docs/cli.md)"
+    )
     add_model_args(generate)
     add_generation_args(generate)
     tiny = sub.add_parser("tiny-bundle", help="write a tiny random bundle in an upstream layout")
-    tiny.add_argument("directory")
-    tiny.add_argument("--layout", default="diffusers", choices=("diffusers", "separate", "single", "wan22"))
-    tiny.add_argument("--seed", type=int, default=0)
-    sub.add_parser("tasks", help="list the tasks and guidance modes with their defaults")
-    demo = sub.add_parser("demo", help="start the Gradio demo")
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    tiny.add_argument("directory", help="folder to write (created if missing)")
+    tiny.add_argument(
+        "--layout",
+        default="diffusers",
+        choices=("diffusers", "separate", "single", "wan22"),
+        help="diffusers: Bernini-R-Diffusers; separate: config dir + Wan2.2 base + high/low checkpoints; "
+        "single: the 1.3B single-expert layout; wan22: a plain Wan2.2 bundle (base weights)",
+    )
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    tasks = sub.add_parser("tasks", help="list the tasks, their inputs and guidance modes with their defaults")
+    demo = sub.add_parser("demo", help="start the Gradio demo (bernini demo --help for its flags)")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="the demo's own flags")
     for name, what in (("serve", "serve jobs over HTTP (docs/serving.md)"), ("submit", "send jobs to a server")):
         sub.add_parser(name, help=what, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+    for child in (generate, tiny, tasks):  # -v also after the command; SUPPRESS keeps one given before it
+        _add_verbose(child, argparse.SUPPRESS)
     return parser
+
+
+def next_step(path: Path, layout: str) -> str:
+    """What to run with a freshly written tiny bundle."""
+    extra = ""
+    if layout == "separate":
+        ckpts = path.parent.parent / "Bernini-R"
+        extra = (
+            f" --high_noise_ckpt {ckpts / 'bernini_renderer_high'} --low_noise_ckpt {ckpts / 'bernini_renderer_low'}"
+        )
+    elif layout == "wan22":
+        extra = " --allow_base_weights"
+    return (
+        f"next: bernini generate --config {path}{extra} --prompt 'a red fox runs across a snowy field' "
+        "--num_frames 9 --height 64 --width 96 --num_inference_steps 4 --output outputs/tiny.mp4"
+    )
 
 
 def _stderr(message: str) -> None:
@@ -101,6 +137,10 @@ def run_generate(args: argparse.Namespace) -> int:
     quiet_libraries()
     if args.pe_only:
         return run_pe_only(args, tasks)
+    tasks, runnable = preflight_outputs(args, tasks)
+    if not runnable:  # nothing to run: never load the model
+        failures = TaskListRunner(lambda i, p: None, _stderr, skip_existing=args.skip_existing).run(tasks)
+        return 2 if summarize(failures, len(tasks), _stderr) else 0
     from .frontends.launch import launch_env, parallel_requested
 
     env = launch_env()
@@ -108,8 +148,6 @@ def run_generate(args: argparse.Namespace) -> int:
         from .frontends.torchrun import run_parallel
 
         return run_parallel(args, tasks, env, _stderr)
-    if all(isinstance(t, BerniniError) for t in tasks):
-        return summarize(TaskListRunner(lambda i, p: None, _stderr).run(tasks), len(tasks), _stderr)
     start = time.perf_counter()
     pipe = load_pipeline(args)
     _stderr(describe_loaded(pipe, time.perf_counter() - start))
@@ -128,11 +166,57 @@ def run_generate(args: argparse.Namespace) -> int:
     return summarize(failures, len(tasks), _stderr)
 
 
+def preflight_outputs(args: argparse.Namespace, tasks: list[Task]) -> tuple[list[Task], list[int]]:
+    """Check every output before loading (see :mod:`bernini.preflight`); the upstream scripts overwrite."""
+    from .preflight import check_outputs
+
+    script = getattr(args, "upstream_script", None)
+    checked = check_outputs(
+        tasks,
+        overwrite=args.overwrite or script is not None,
+        skip_existing=args.skip_existing,
+        save_frames=args.save_frames if len(tasks) == 1 else None,
+    )
+    if len(tasks) == 1 and isinstance(checked.tasks[0], BerniniError):
+        raise checked.tasks[0]
+    if checked.replaced and not args.overwrite:
+        count, first = len(checked.replaced), checked.replaced[0]
+        if script is not None:
+            _stderr(
+                f"note: {script} replaces existing outputs as upstream's does ({count} file(s), e.g. {first}); "
+                "`bernini generate` keeps them unless --overwrite"
+            )
+        else:
+            _stderr(f"note: --skip_existing redoes {count} unfinished output(s) without a sidecar, e.g. {first}")
+    return checked.tasks, checked.runnable
+
+
+def task_inputs(spec: dict[str, Any]) -> str:
+    """A task's inputs in flag form, e.g. ``--video (1+), --image, --images (optional)``."""
+    parts = ["--prompt"]
+    if spec["video"] != "none":
+        parts.append("--video (1+)")
+    if spec["image"]:
+        parts.append("--image")
+    if spec["images"] != "none":
+        parts.append("--images")
+    return " ".join(parts)
+
+
 def print_tasks() -> int:
     from .pipeline import tasks_table
+    from .tasks import TASKS
 
     for name, spec in tasks_table().items():
-        print(f"{name:6s} guidance {spec['guidance_mode']:9s} {spec['description']}")
+        needs = TASKS[name]
+        required = "needs a source image" if needs.needs_image else ""
+        required = required or ("needs --image or --images" if needs.needs_references else "")
+        output = "one frame (PNG)" if spec["single_frame"] else "video (MP4)"
+        print(
+            f"{name:6s} guidance {spec['guidance_mode']:9s} {spec['description']}; inputs: {task_inputs(spec)}"
+            + (f" ({required})" if required else "")
+            + f"; output: {output}"
+        )
     print(
         "guidance modes: "
         + ", ".join(f"{name} ({mode.forwards_per_step} forwards/step)" for name, mode in GUIDANCE_MODES.items())
@@ -140,7 +224,15 @@ def print_tasks() -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so it unwinds like Ctrl-C: temporary files go, nothing partial stays."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def main(argv: Sequence[str] | None = None, upstream_script: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:  # argparse's REMAINDER rejects a leading --flag; the demo parses its own flags
         from .demo import main as demo_main
@@ -154,10 +246,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .serve.client import main as submit_main
 
         return submit_main(argv[1:])
-    parser = build_parser()
+    parser = build_parser(upstream_script)
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(argv)
+    args.upstream_script = upstream_script
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+        return run_command(args)
+    try:
+        return run_command(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; user errors exit 2, Ctrl-C 130, SIGTERM 143, each with one line."""
     try:
         if args.command == "tiny-bundle":
             from .tiny import write_tiny_bundle
@@ -165,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quiet_libraries()
             path = write_tiny_bundle(args.directory, args.layout, args.seed)
             print(path)
+            _stderr(next_step(path, args.layout))
             return 0
         if args.command == "tasks":
             return print_tasks()
@@ -177,14 +283,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stderr(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        _stderr("interrupted")
+        _stderr("interrupted; no partial output was kept")
         return 130
+    except Terminated:
+        _stderr("terminated (SIGTERM); no partial output was kept")
+        return 143
 
 
-def upstream_script_main(argv: Sequence[str] | None = None) -> int:
-    """``infer_single_gpu.py`` / ``infer_multi_gpu.py``: the same flags as ``bernini generate``."""
+def upstream_script_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``infer_single_gpu.py`` / ``infer_multi_gpu.py``: the same flags as ``bernini generate``.
+
+    As upstream's scripts, they replace existing outputs (with one ``note:`` line saying so).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    return main(["generate", *argv])
+    return main(["generate", *argv], upstream_script=prog or Path(sys.argv[0]).name or "infer_single_gpu.py")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
+from .jsontext import loads_json
 
 DEFAULT_REPO_ID = "ByteDance/Bernini-R-Diffusers"
 WAN22_BASE_REPO_ID = "Wan-AI/Wan2.2-T2V-A14B-Diffusers"
+BERNINI_REPO_IDS = frozenset({DEFAULT_REPO_ID, "ByteDance/Bernini-R-1.3B-Diffusers"})
 MODEL_TYPE = "bernini_renderer"
 
 
@@ -42,24 +45,55 @@ class RendererConfig:
         return not self.skip_transformer_2 and self.switch_dit_boundary > 0
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RendererConfig:
+    def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> RendererConfig:
+        """The known keys, each checked for its type and range (one line naming the key on a bad value)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        for key, value in values.items():
+            problem = _config_value_problem(key, value)
+            if problem:
+                raise WeightsError(f"{where}: {key} {problem}, got {json.dumps(value)[:60]}")
+        if "switch_dit_boundary" in values:
+            values["switch_dit_boundary"] = float(values["switch_dit_boundary"])
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": MODEL_TYPE, **asdict(self)}
 
 
+def _config_value_problem(key: str, value: Any) -> str | None:
+    if key == "wan22_base":
+        return None if isinstance(value, str) and value.strip() else "must be a path or a Hugging Face repo id"
+    if key in ("skip_transformer_1", "skip_transformer_2", "use_unipc", "use_src_id_rotary_emb", "interpolate_src_id"):
+        return None if isinstance(value, bool) else "must be true or false"
+    if key == "switch_dit_boundary":
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok and 0.0 <= value <= 1.0 else "must be a number from 0 to 1"
+    if key == "max_sequence_length":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok and 1 <= value <= 4096 else "must be an integer from 1 to 4096"
+    if key == "max_trained_src_id":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok and 1 <= value <= 1024 else "must be an integer from 1 to 1024"
+    return None
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise WeightsError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise WeightsError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise WeightsError(f"{path} must hold a JSON object")
     return data
+
+
+def is_bernini_bundle(root: Path) -> bool:
+    """Whether ``root`` holds a Bernini renderer ``config.json`` (its experts are Bernini-R weights)."""
+    config_file = root / "config.json"
+    return config_file.is_file() and read_json(config_file).get("model_type") == MODEL_TYPE
 
 
 def renderer_config_for(root: Path) -> RendererConfig | None:
@@ -68,7 +102,7 @@ def renderer_config_for(root: Path) -> RendererConfig | None:
     if config_file.is_file():
         data = read_json(config_file)
         if data.get("model_type") == MODEL_TYPE:
-            return RendererConfig.from_dict(data)
+            return RendererConfig.from_dict(data, str(config_file))
     index_file = root / "model_index.json"
     if index_file.is_file():
         index = read_json(index_file)

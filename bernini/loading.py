@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_REPO_ID, RendererConfig, read_json, renderer_config_for
+from .config import (
+    BERNINI_REPO_IDS,
+    DEFAULT_REPO_ID,
+    WAN22_BASE_REPO_ID,
+    RendererConfig,
+    is_bernini_bundle,
+    read_json,
+    renderer_config_for,
+)
 from .errors import WeightsError
 from .safetensors_stream import TensorEntry, iter_tensors, read_header
 from .transformer import BerniniTransformer
@@ -35,6 +44,7 @@ EXPERT_PREFIXES = {
     "transformer_2": ("diff_dec.transformer_2.", "transformer_2.", ""),
 }
 IGNORED_KEYS = ("norm_added_q",)
+CHECKPOINT_FLAGS = {"transformer": "--high_noise_ckpt", "transformer_2": "--low_noise_ckpt"}
 
 
 @dataclass
@@ -46,6 +56,7 @@ class ModelSource:
     components: Path  # holds tokenizer/, text_encoder/, vae/, scheduler/ and the transformer configs
     transformer_files: dict[str, list[Path]] = field(default_factory=dict)
     separate_checkpoints: dict[str, str] = field(default_factory=dict)
+    base_weights: list[str] = field(default_factory=list)  # experts running base Wan2.2 weights (opted in)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -54,6 +65,7 @@ class ModelSource:
             "renderer_config": self.renderer.to_dict(),
             "transformer_files": {k: [str(p) for p in v] for k, v in self.transformer_files.items()},
             "separate_checkpoints": dict(self.separate_checkpoints),
+            "base_weights": list(self.base_weights),
         }
 
 
@@ -94,8 +106,42 @@ def _has_components(path: Path) -> bool:
     return all((path / name).is_dir() for name in COMPONENT_DIRS)
 
 
-def resolve_model(spec: str | os.PathLike | None = None) -> ModelSource:
-    """Resolve ``--config`` / ``--model`` to local directories without loading anything."""
+def _base_is_bernini(base: str) -> bool | None:
+    """Whether a ``wan22_base`` holds Bernini-R experts: known repo ids and local folders are decided
+    without fetching; None for another repo id (decided once it is fetched)."""
+    path = Path(base).expanduser()
+    if path.exists():
+        return is_bernini_bundle(path)
+    if base in BERNINI_REPO_IDS:
+        return True
+    return None if _looks_like_repo_id(base) and base != WAN22_BASE_REPO_ID else False
+
+
+def _refuse_base_weights(spec: str, experts: list[str], origin: str) -> None:
+    flags = " ".join(f"{CHECKPOINT_FLAGS[name]} DIR" for name in experts)
+    raise WeightsError(
+        f"{spec} has no Bernini-R weights for {', '.join(experts)} (they would be base Wan2.2 weights from "
+        f"{origin}); pass {flags} (Bernini-R's bernini_renderer_high / _low checkpoints) or --config "
+        f"{DEFAULT_REPO_ID}, or --allow_base_weights (allow_base_weights=True in Python) to run base Wan2.2 "
+        "on purpose"
+    )
+
+
+def resolve_model(
+    spec: str | os.PathLike | None = None,
+    *,
+    separate: Collection[str] = (),
+    allow_base_weights: bool = False,
+    note: Callable[[str], None] | None = None,
+) -> ModelSource:
+    """Resolve ``--config`` / ``--model`` to local directories without loading anything.
+
+    ``separate`` names the experts that come from separate checkpoints. Any other expert that would
+    run base Wan2.2 weights (a plain Wan2.2 bundle, or a config directory whose ``wan22_base`` is one)
+    is refused unless ``allow_base_weights``, before anything is fetched where that can be decided.
+    Fetching a missing component from the Hub is announced through ``note`` first.
+    """
+    note = note or logger.warning
     spec = str(spec) if spec is not None else DEFAULT_REPO_ID
     root = _local_or_fetch(spec)
     if root.is_file():
@@ -108,20 +154,40 @@ def resolve_model(spec: str | os.PathLike | None = None) -> ModelSource:
             f"{root} is not a Bernini-R or Wan2.2 diffusers bundle: it has neither a config.json with "
             "model_type 'bernini_renderer' nor a model_index.json"
         )
+    experts = [name for name in expert_names(renderer) if name not in separate]
+    own = {name for name in experts if (root / name / "config.json").is_file()}
+    from_base = [name for name in experts if name not in own]
+    bundle_is_bernini = is_bernini_bundle(root)
+    base_weights = [name for name in experts if name in own and not bundle_is_bernini]
+    base = renderer.wan22_base
+    base_is_bernini = _base_is_bernini(base) if from_base and base else None
+    if base_is_bernini is False:
+        base_weights += from_base
+    if base_weights and not allow_base_weights:
+        _refuse_base_weights(spec, base_weights, spec if not from_base else base)
     components = root
     if not _has_components(root):
-        base = renderer.wan22_base
         if not base or Path(base).expanduser().resolve() == root.resolve():
             missing = [n for n in COMPONENT_DIRS if not (root / n).is_dir()]
             raise WeightsError(f"{root} lacks {', '.join(missing)} and names no other wan22_base to take them from")
+        if not Path(base).expanduser().exists() and _looks_like_repo_id(base):
+            missing = [n for n in (*COMPONENT_DIRS, *from_base) if not (root / n).is_dir()]
+            note(
+                f"note: {root} has no {', '.join(missing)}; fetching them from wan22_base {base} on the Hugging "
+                "Face Hub (or its local cache); pass a complete bundle with --config to avoid this"
+            )
         components = _local_or_fetch(base)
         if not _has_components(components):
             missing = [n for n in COMPONENT_DIRS if not (components / n).is_dir()]
             raise WeightsError(f"wan22_base {base} lacks {', '.join(missing)}")
-    source = ModelSource(spec=spec, renderer=renderer, components=components)
-    for name in expert_names(renderer):
-        own = root / name if (root / name / "config.json").is_file() else components / name
-        source.transformer_files[name] = bundle_weight_files(own)
+    if from_base and base_is_bernini is None and not is_bernini_bundle(components):
+        base_weights += from_base
+        if not allow_base_weights:
+            _refuse_base_weights(spec, base_weights, base)
+    source = ModelSource(spec=spec, renderer=renderer, components=components, base_weights=base_weights)
+    for name in experts:
+        own_dir = root / name if name in own else components / name
+        source.transformer_files[name] = bundle_weight_files(own_dir)
     return source
 
 
@@ -228,6 +294,65 @@ def _few(names: list[str], count: int = 3) -> str:
     return shown + (f" and {len(names) - count} more" if len(names) > count else "")
 
 
+EXPERT_INT_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "ffn_dim", "text_dim")
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+
+
+def _expert_keys(entries: dict[str, TensorEntry], expert: str, separate: bool) -> dict[str, TensorEntry]:
+    """The checkpoint's keys for ``expert`` with EMA and expert prefixes stripped (shape checks only)."""
+    if not separate:
+        return entries
+    other = "transformer_2" if expert == "transformer" else "transformer"
+    other_prefixes = tuple(p for p in EXPERT_PREFIXES[other] if p)
+    bare: dict[str, TensorEntry] = {}
+    for key, entry in entries.items():
+        rest = key[4:] if key.startswith("ema.") else key
+        if rest.startswith(other_prefixes):
+            continue
+        prefix = next((p for p in EXPERT_PREFIXES[expert] if p and rest.startswith(p)), "")
+        bare.setdefault(rest[len(prefix) :], entry)
+    return bare
+
+
+def check_expert_config(
+    config: dict, entries: dict[str, TensorEntry], *, expert: str, where: Path, separate: bool = False
+) -> None:
+    """Check the expert's config against the weights' headers before any module is built.
+
+    A config whose layer count or widths disagree with the tensors on disk (or are not positive
+    integers) fails in one line here, instead of building a model of that size first.
+    """
+    for key in EXPERT_INT_KEYS:
+        value = config.get(key)
+        if key in config and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise WeightsError(f"{expert} config in {where}: {key} must be a positive integer, got {value!r}")
+    keys = _expert_keys(entries, expert, separate)
+    blocks = {int(m.group(1)) for key in keys if (m := _BLOCK.match(key))}
+    layers = config.get("num_layers")
+    held = max(blocks, default=-1) + 1
+    if layers is not None and layers > held:
+        raise WeightsError(
+            f"{expert} config in {where} says num_layers {layers} but the weights hold {held} blocks; "
+            "the config does not belong to these weights"
+        )
+    heads, head_dim = config.get("num_attention_heads"), config.get("attention_head_dim")
+    expected = {
+        "patch_embedding.weight": {0: heads * head_dim if heads and head_dim else None, 1: config.get("in_channels")},
+        "blocks.0.ffn.net.0.proj.weight": {0: config.get("ffn_dim")},
+        "condition_embedder.text_embedder.linear_1.weight": {1: config.get("text_dim")},
+    }
+    for name, dims in expected.items():
+        entry = keys.get(name)
+        for axis, size in dims.items():
+            if entry is None or size is None or len(entry.shape) <= axis:
+                continue
+            if entry.shape[axis] != size:
+                raise WeightsError(
+                    f"{expert} config in {where} does not fit the weights: {name} has shape {tuple(entry.shape)}, "
+                    f"the config implies size {size} on axis {axis}"
+                )
+
+
 def load_expert(
     config_dir: Path,
     files: list[Path],
@@ -242,13 +367,14 @@ def load_expert(
     from accelerate.utils import set_module_tensor_to_device
 
     config = read_json(config_dir / "config.json")
-    with init_empty_weights():
-        model = BerniniTransformer.from_config(config)
-    model_keys = set(model.state_dict().keys())
     entries: dict[str, TensorEntry] = {}
     for path in files:
         for key, entry in read_header(path).items():
             entries.setdefault(key, entry)
+    check_expert_config(config, entries, expert=expert, where=config_dir / "config.json", separate=separate)
+    with init_empty_weights():
+        model = BerniniTransformer.from_config(config)
+    model_keys = set(model.state_dict().keys())
     if separate:
         mapping, unexpected = map_checkpoint_keys(entries, model_keys, expert)
     else:

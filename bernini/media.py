@@ -449,7 +449,7 @@ def to_preview_frames(pixels: torch.Tensor) -> np.ndarray:
 
 
 def probe_media(source: Any, kind: str) -> None:
-    """Cheaply check that a media path opens and decodes (first frame only); in-memory media pass.
+    """Cheaply check that a media path opens and decodes (a video's first frames only); in-memory media pass.
 
     Front ends call this before loading the model so a bad file fails in a second, not after minutes.
     """
@@ -458,7 +458,13 @@ def probe_media(source: Any, kind: str) -> None:
     path = Path(source)
     if kind == "video":
         with _open_video(path) as (container, stream):
-            if next(_decoded_frames(container, stream, path), None) is None:
-                raise MediaError(f"video {path} contains no frames; re-export it")
+            decoded = sum(1 for _, _ in zip(range(MIN_FRAMES), _decoded_frames(container, stream, path), strict=False))
+        if decoded == 0:
+            raise MediaError(f"video {path} contains no frames; re-export it")
+        if decoded < MIN_FRAMES:
+            raise MediaError(
+                f"video {path} has {decoded} frame(s), at least {MIN_FRAMES} are needed; "
+                "for a still image use --image (or --images) and an image task"
+            )
     else:
         read_image(path)

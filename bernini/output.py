@@ -124,6 +124,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         yield temporary
         os.chmod(temporary, _file_mode())
         os.replace(temporary, target)
+    except OSError as exc:  # disk full, quota, a folder that vanished: one line, nothing left behind
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, MediaError):
+            raise
+        reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+        raise MediaError(f"cannot write {target}: {reason}; free some space or choose another location") from exc
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -204,11 +210,30 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, crf: int = 8) 
     return target
 
 
+def frame_path(directory: str | os.PathLike, index: int) -> Path:
+    return Path(directory) / f"frame_{index:05d}.png"
+
+
 def write_frames(directory: str | os.PathLike, frames: Any) -> list[Path]:
-    """Write every frame as a lossless ``frame_00000.png``, ``frame_00001.png``, ... in ``directory``."""
+    """Write every frame as a lossless ``frame_00000.png``, ``frame_00001.png``, ... in ``directory``.
+
+    All or nothing: when one frame cannot be written, the frames already written are removed.
+    """
     pixels = to_uint8_frames(frames)
-    folder = Path(directory)
-    return [write_image(folder / f"frame_{index:05d}.png", frame) for index, frame in enumerate(pixels)]
+    written: list[Path] = []
+    try:
+        for index, frame in enumerate(pixels):
+            written.append(write_image(frame_path(directory, index), frame))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def output_path_for(path: str | os.PathLike, frame_count: int) -> Path:
+    """The path :func:`write_output` writes for ``frame_count`` frames asked to go to ``path``."""
+    return _output_path(Path(path), frame_count)
 
 
 def _output_path(path: Path, frame_count: int) -> Path:

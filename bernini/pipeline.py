@@ -107,16 +107,22 @@ class BerniniPipeline:
         offload: bool | str = "auto",
         attention: str = "auto",
         compile: bool = False,
+        allow_base_weights: bool = False,
     ) -> BerniniPipeline:
         """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
 
         ``device_map`` takes one device as diffusers does (``"cuda"``); ``dtype`` / ``torch_dtype`` alike.
+        A config or bundle without Bernini-R weights (a plain Wan2.2 bundle, a config directory without
+        ``high_noise_ckpt`` / ``low_noise_ckpt``) is refused unless ``allow_base_weights=True``.
         """
         if device is not None and device_map is not None:
             raise BerniniError("pass either device or device_map, not both")
         target = parse_device(device if device_map is None else device_from_map(device_map))
         weight_dtype = parse_dtype(dtype if dtype is not None else torch_dtype, target)
-        source = resolve_model(pretrained_model_name_or_path)
+        separate = {
+            name for name, ckpt in (("transformer", high_noise_ckpt), ("transformer_2", low_noise_ckpt)) if ckpt
+        }
+        source = resolve_model(pretrained_model_name_or_path, separate=separate, allow_base_weights=allow_base_weights)
         modules = load_components(source, weight_dtype, high_noise_ckpt, low_noise_ckpt)
         pipe = cls(**modules, source=source, device=target, dtype=weight_dtype, attention=attention)
         mode = decide_offload(offload, target, pipe._modules(), pipe.experts)

@@ -10,6 +10,8 @@ the plan and is filled in by :meth:`GenerationPlan.with_model_defaults` from the
 from __future__ import annotations
 
 import math
+import numbers
+import secrets
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -239,12 +241,24 @@ def _as_float(name: str, value: Any) -> float:
 
 
 def _as_int(name: str, value: Any) -> int:
+    """Integers stay exact (never through a float: 2**53 + 1 must stay itself); integral floats are accepted."""
     if isinstance(value, bool):
         raise BerniniError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
     number = _as_float(name, value)
     if number != int(number):
         raise BerniniError(f"{name} must be an integer, got {value!r}")
     return int(number)
+
+
+RANDOM_SEED = -1
+"""``--seed -1``: draw a seed; the plan (and so the sidecar) holds the one drawn."""
 
 
 def _check_range(name: str, value: float, low: float | None = None, high: float | None = None, what: str = "") -> None:
@@ -317,6 +331,8 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     _check_media_files(media)
 
     seed = _as_int("seed", request.seed)
+    if seed == RANDOM_SEED:
+        seed = secrets.randbelow(2**63)
     frames = _as_int("num_frames", request.num_frames)
     steps = _as_int("num_inference_steps", request.num_inference_steps)
     height, width = _as_int("height", request.height), _as_int("width", request.width)
@@ -331,7 +347,7 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     _check_range("num_frames", frames, 1, None, "at least 1")
     _check_range("num_inference_steps", steps, 1, None, "at least 1")
     if not 0 <= seed < 2**63:
-        raise BerniniError(f"seed must be between 0 and 2**63-1, got {seed}")
+        raise BerniniError(f"seed must be between 0 and 2**63-1 (or -1 for a random one), got {seed}")
     if media.fps <= 0:
         raise BerniniError(f"fps must be positive, got {media.fps}")
     if flow_shift <= 0:

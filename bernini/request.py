@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import BerniniError
 from .guidance import GUIDANCE_MODES
+from .jsontext import loads_json
 
 WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
@@ -136,9 +137,11 @@ def _load_json(path: Path, what: str) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise BerniniError(f"cannot read {what} {path}: {exc}") from None
     try:
-        return json.loads(text)
+        return loads_json(text)
     except json.JSONDecodeError as exc:
         raise BerniniError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except ValueError as exc:
+        raise BerniniError(f"{what} {path} is not usable JSON: it {exc}") from None
 
 
 def load_case(path: str | Path) -> dict[str, Any]:
@@ -178,14 +181,18 @@ def load_task_list(path: str | Path) -> list[dict[str, Any] | BerniniError]:
             lines = path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             raise BerniniError(f"task list {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BerniniError(f"cannot read task list {path}: {exc}") from None
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             where = f"{path.name} line {number}"
             try:
-                entries.append((where, json.loads(line)))
+                entries.append((where, loads_json(line)))
             except json.JSONDecodeError as exc:
                 entries.append((where, BerniniError(f"{where}: invalid JSON ({exc.msg})")))
+            except ValueError as exc:
+                entries.append((where, BerniniError(f"{where}: unusable JSON (it {exc})")))
     else:
         data = _load_json(path, "task list")
         if isinstance(data, dict):

@@ -132,16 +132,24 @@ def run_job(
     if not write:
         return JobResult(None, None, prompt, result.parameters, None)
     frames = to_uint8_frames(result.frames)
-    written = write_output(plan.output, frames, plan.media.fps)
     record = dict(result.parameters)
-    record["output"] = str(written)
+    record["output"] = None
     record["fps"] = plan.media.fps
     if extra_record:
         record.update(extra_record)
-    if save_frames:
-        record["frames_dir"] = str(save_frames)
-        write_frames(save_frames, frames)
-    sidecar = write_sidecar(written, record)
+    created: list[Path] = []
+    try:  # all or nothing: a failed frame folder or sidecar takes this job's output with it
+        written = write_output(plan.output, frames, plan.media.fps)
+        created.append(written)
+        record["output"] = str(written)
+        if save_frames:
+            record["frames_dir"] = str(save_frames)
+            created += write_frames(save_frames, frames)
+        sidecar = write_sidecar(written, record)
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
     return JobResult(written, sidecar, prompt, record, frames)
 
 

@@ -317,7 +317,8 @@ def test_case_paths_resolve_relative_to_the_case_file(tiny_bundle: Path, tmp_pat
     # A file that exists relative to the CWD wins over the case folder.
     (elsewhere / "media").mkdir()
     write_clip(elsewhere / "media" / "clip.mp4", frames=20)
-    rc = main(["generate", "--case", "../cases/rv2v.json", "--config", str(tiny_bundle), *TINY, "--num_frames", "81"])
+    rerun = ["--num_frames", "81", "--overwrite"]  # the first run's output exists: replacing it is asked for
+    rc = main(["generate", "--case", "../cases/rv2v.json", "--config", str(tiny_bundle), *TINY, *rerun])
     assert rc == 0, capsys.readouterr().err
     assert sidecar(output)["request"]["video"] == ["media/clip.mp4"]
     assert sidecar(output)["resolved"]["frames"] == 17

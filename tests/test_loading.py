@@ -33,8 +33,10 @@ def test_bundle_layouts_load_exact_tensors(bundles, layout):
     from bernini import BerniniPipeline
 
     path = bundles[layout]
-    pipe = BerniniPipeline.from_pretrained(path, device="cpu")
-    source = resolve_model(path)
+    base = layout == "wan22"  # a plain Wan2.2 bundle runs only when asked for on purpose
+    pipe = BerniniPipeline.from_pretrained(path, device="cpu", allow_base_weights=base)
+    source = resolve_model(path, allow_base_weights=base)
+    assert source.base_weights == (["transformer", "transformer_2"] if base else [])
     assert_loaded_equals(pipe.transformer, written_tensors(source.components / "transformer"))
     if layout == "single":
         assert pipe.transformer_2 is None
@@ -78,7 +80,7 @@ def test_checkpoint_spec_forms(bundles, tmp_path):
     assert checkpoint_files(high) == checkpoint_files(index)
     assert len(checkpoint_files(high)) == 2
     # one file with bare keys, and one with non-EMA prefixed keys only
-    source = resolve_model(bundles["separate"])
+    source = resolve_model(bundles["separate"], separate={"transformer", "transformer_2"})
     tensors = written_tensors(high)
     bare = {k[len("ema.diff_dec.transformer.") :]: v for k, v in tensors.items() if k.startswith("ema.")}
     save_file(bare, str(tmp_path / "bare.safetensors"))
@@ -232,7 +234,7 @@ def test_config_dir_takes_components_from_wan22_base(bundles, tmp_path):
     config_dir = tmp_path / "configs" / "bernini_renderer_wan22"
     config_dir.mkdir(parents=True)
     (config_dir / "config.json").write_text(json.dumps({"model_type": "bernini_renderer", "wan22_base": str(base)}))
-    source = resolve_model(config_dir)
+    source = resolve_model(config_dir, allow_base_weights=True)
     assert source.components == base and set(source.transformer_files) == {"transformer", "transformer_2"}
 
 
@@ -278,3 +280,150 @@ def test_repo_id_resolves_through_the_hugging_face_cache(bundles, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0123456789abcdef0123456789abcdef01234567", "True", "2"]
+
+
+# ------------------------------------------------------------- never the wrong model (issue 14, item 1)
+
+
+def test_plain_wan22_bundle_is_refused_without_opt_in(bundles, one_line_error):
+    from bernini import BerniniPipeline
+
+    message = one_line_error(BerniniPipeline.from_pretrained, bundles["wan22"], device="cpu", match="no Bernini-R")
+    for needed in ("transformer, transformer_2", "--high_noise_ckpt", "--low_noise_ckpt", "--allow_base_weights"):
+        assert needed in message
+
+
+def test_config_dir_without_checkpoints_is_refused(bundles, one_line_error):
+    message = one_line_error(resolve_model, bundles["separate"], match="no Bernini-R weights")
+    assert "base" in message and "--high_noise_ckpt DIR --low_noise_ckpt DIR" in message
+    # with one checkpoint, only the other expert is named
+    message = one_line_error(resolve_model, bundles["separate"], separate={"transformer"}, match="transformer_2")
+    assert "--low_noise_ckpt" in message and "--high_noise_ckpt" not in message
+    assert resolve_model(bundles["separate"], separate={"transformer", "transformer_2"}).base_weights == []
+
+
+def test_default_config_is_refused_before_fetching_the_base(tmp_path):
+    """From the repository root, ``bernini generate`` would take configs/bernini_renderer_wan22 + the Hub base."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = tmp_path / "o.mp4"
+    command = [sys.executable, "-m", "bernini.cli", "generate", "--prompt", "a cat", "--output", str(out)]
+    proc = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "configs/bernini_renderer_wan22 has no Bernini-R weights" in lines[0]
+    assert "Wan-AI/Wan2.2-T2V-A14B-Diffusers" in lines[0] and "--high_noise_ckpt" in lines[0]
+    assert "cannot fetch" not in lines[0] and not out.exists()
+
+
+def test_opted_in_base_weights_run_and_are_recorded(bundles, tmp_path):
+    from bernini.cli import main
+
+    out = tmp_path / "o.mp4"
+    small = ["--num_inference_steps", "1", "--num_frames", "5", "--height", "16", "--width", "16"]
+    args = ["generate", "--config", str(bundles["wan22"]), "--prompt", "a cat", *small, "--output", str(out)]
+    assert main(args) == 2 and not out.exists()
+    assert main([*args, "--allow_base_weights"]) == 0
+    record = json.loads(out.with_name("o.mp4.json").read_text())
+    assert record["model"]["base_weights"] == ["transformer", "transformer_2"]
+
+
+def test_missing_component_is_fetched_only_after_a_note(bundles, tmp_path):
+    """A Bernini bundle without tokenizer/text_encoder/vae takes them from its wan22_base repo (a faked cache)."""
+    hf_home = tmp_path / "hf"
+    _fake_hub_cache(hf_home, "someone/wan-base", bundles["diffusers"])
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in ("transformer", "transformer_2", "scheduler"):
+        (bundle / name).symlink_to(bundles["diffusers"] / name)
+    config = json.loads((bundles["diffusers"] / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, "wan22_base": "someone/wan-base"}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
+    code = (
+        "from bernini.loading import resolve_model\n"
+        f"s = resolve_model({str(bundle)!r}, note=lambda line: print('NOTE', line))\n"
+        "print('RESOLVED', s.components.name == '0123456789abcdef0123456789abcdef01234567', s.base_weights)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("NOTE note:") and "someone/wan-base" in lines[0] and "tokenizer" in lines[0]
+    assert lines[1] == "RESOLVED True []"
+    # a local wan22_base needs no note
+    notes: list[str] = []
+    local = json.loads((bundle / "config.json").read_text()) | {"wan22_base": str(bundles["diffusers"])}
+    (bundle / "config.json").write_text(json.dumps(local))
+    assert resolve_model(bundle, note=notes.append).components == bundles["diffusers"] and notes == []
+
+
+# ------------------------------------------------ config values and layer counts (issue 14, item 11)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("switch_dit_boundary", "0.875", "number from 0 to 1"),
+        ("switch_dit_boundary", 7, "number from 0 to 1"),
+        ("skip_transformer_2", "false", "true or false"),
+        ("max_sequence_length", 10**9, "integer from 1 to 4096"),
+        ("max_trained_src_id", 2.5, "integer from 1 to 1024"),
+        ("wan22_base", 3, "path or a Hugging Face repo id"),
+        ("use_unipc", None, "true or false"),
+    ],
+)
+def test_bundle_config_values_are_checked(tmp_path, key, value, match, one_line_error):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bernini_renderer", key: value}))
+    message = one_line_error(resolve_model, tmp_path, match=match)
+    assert key in message and "config.json" in message
+
+
+def test_deeply_nested_config_is_one_line(tmp_path, one_line_error):
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    one_line_error(resolve_model, tmp_path, match="levels deep")
+
+
+def _bundle_with_expert_config(bundle: Path, tmp_path: Path, **changes) -> Path:
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for item in bundle.iterdir():
+        if item.name != "transformer":
+            (copy / item.name).symlink_to(item)
+    (copy / "transformer").mkdir()
+    for item in (bundle / "transformer").iterdir():
+        (copy / "transformer" / item.name).symlink_to(item)
+    config = json.loads((bundle / "transformer" / "config.json").read_text()) | changes
+    (copy / "transformer" / "config.json").unlink()
+    (copy / "transformer" / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_huge_layer_count_fails_before_building(bundles, tmp_path, one_line_error):
+    import tracemalloc
+
+    from bernini import BerniniPipeline
+
+    copy = _bundle_with_expert_config(bundles["diffusers"], tmp_path, num_layers=10**8)
+    tracemalloc.start()
+    try:
+        message = one_line_error(BerniniPipeline.from_pretrained, copy, device="cpu", match="num_layers 100000000")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "hold 2 blocks" in message and peak < 64 * 2**20, peak  # nothing of that size was built
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"attention_head_dim": 32}, "patch_embedding.weight"),
+        ({"ffn_dim": 96}, "blocks.0.ffn.net.0.proj.weight"),
+        ({"text_dim": 48}, "text_embedder"),
+        ({"num_attention_heads": "4"}, "positive integer"),
+        ({"num_layers": 0}, "positive integer"),
+    ],
+)
+def test_expert_config_must_fit_the_weights(bundles, tmp_path, changes, match, one_line_error):
+    from bernini import BerniniPipeline
+
+    copy = _bundle_with_expert_config(bundles["diffusers"], tmp_path, **changes)
+    one_line_error(BerniniPipeline.from_pretrained, copy, device="cpu", match=match)

@@ -57,7 +57,7 @@ def media_files(tmp_path, monkeypatch):
         ({"num_inference_steps": 0}, "num_inference_steps must be at least 1"),
         ({"fps": 0}, "fps must be positive"),
         ({"flow_shift": -1}, "flow_shift must be positive"),
-        ({"seed": -1}, "seed must be between"),
+        ({"seed": -2}, "seed must be between"),  # -1 draws a random seed
         ({"seed": "x"}, "seed must be a number"),
         ({"num_frames": 8.5}, "num_frames must be an integer"),
         ({"num_frames": True}, "num_frames must be an integer"),
@@ -176,3 +176,23 @@ def test_t5_text_follows_the_prompt() -> None:
     assert plan.t5_text == TASKS["t2v"].t5_prefix + "a red fox"
     assert plan.with_prompt("a blue fox").t5_text == TASKS["t2v"].t5_prefix + "a blue fox"
     assert make_plan(GenerationRequest(prompt="x", system_prompt="Custom.")).t5_text == "Custom.x"
+
+
+# ------------------------------------------------------------------ seeds (issue 14, item 9)
+
+
+@pytest.mark.parametrize("seed", [2**53 + 1, 2**63 - 1, 0, str(2**53 + 1), np.int64(2**62 + 3)])
+def test_seeds_stay_exact_integers(seed) -> None:
+    assert make_plan(GenerationRequest(prompt=PROMPT, seed=seed)).seed == int(seed)
+
+
+def test_random_seed_is_drawn_in_range_and_kept() -> None:
+    seeds = {make_plan(GenerationRequest(prompt=PROMPT, seed=-1)).seed for _ in range(8)}
+    assert len(seeds) > 1 and all(0 <= s < 2**63 for s in seeds)
+    plan = make_plan(GenerationRequest(prompt=PROMPT, seed=-1))
+    assert plan.request_record()["seed"] == plan.seed != -1
+
+
+@pytest.mark.parametrize(("seed", "match"), [(2**63, "between 0 and 2**63-1"), (1.5, "integer"), ("1e400", "finite")])
+def test_seeds_out_of_range(seed, match, one_line_error) -> None:
+    one_line_error(make_plan, GenerationRequest(prompt=PROMPT, seed=seed), match=match)

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BerniniError
+from ..frontends.help import document
 from ..frontends.launch import ParallelSession, cfg_degree, launch_env, parallel_requested
 from ..frontends.options import (
+    OneLineErrorParser,
     add_model_args,
     add_parallel_args,
     add_pe_args,
@@ -27,7 +29,7 @@ logger = logging.getLogger("bernini.demo")
 
 def build_parser(prog: str = "bernini demo") -> argparse.ArgumentParser:
     """Upstream ``gradio_demo.py``'s flags: the model flags of ``bernini generate``, then server and demo ones."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog,
         description="Bernini-R Gradio demo (listens on 127.0.0.1 unless --host is given; upstream binds 0.0.0.0)",
     )
@@ -56,7 +58,7 @@ def build_parser(prog: str = "bernini demo") -> argparse.ArgumentParser:
     add_pe_args(parser, "allow the GPT prompt enhancer checkbox")
     add_parallel_args(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
-    return parser
+    return document(parser)
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:

@@ -78,7 +78,7 @@ def model_heads(config: str | None) -> int:
     if files is None:  # a hub id or an unusual layout: let the loader resolve it (and report problems)
         from ..loading import expert_names, resolve_model
 
-        source = resolve_model(spec)
+        source = resolve_model(spec, allow_base_weights=True)  # heads only; the load itself checks the weights
         files = [source.components / name / "config.json" for name in expert_names(source.renderer)]
     try:
         counts = {int(read_json(f)["num_attention_heads"]) for f in files}

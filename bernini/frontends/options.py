@@ -20,6 +20,7 @@ from ..guidance import GUIDANCE_MODES
 from ..plan import ModelDefaults
 from ..request import CASE_KEYS, WAN_NEGATIVE_PROMPT, GenerationRequest, load_case, load_task_list, numbered_output
 from ..tasks import TASKS
+from .help import DefaultsHelpFormatter, document
 
 DEFAULT_OUTPUT = "outputs/output.mp4"
 DEFAULT_CONFIG = "configs/bernini_renderer_wan22"
@@ -28,7 +29,16 @@ EXPLICIT_OVER_CASE = ("task_type", "guidance_mode", "prompt", "video", "image", 
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors as one ``error: ...`` line (argparse would print the whole usage block first)."""
+    """Usage errors as one ``error: ...`` line (argparse would print the whole usage block first).
+
+    Abbreviated flags are rejected (``--out`` must not silently mean ``--output``), and help shows
+    every flag's default.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
@@ -46,6 +56,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--high_noise_ckpt", default=None, help="separate high-noise expert (dir, index, file, repo id)")
     group.add_argument("--low_noise_ckpt", default=None, help="separate low-noise expert (dir, index, file, repo id)")
+    group.add_argument(
+        "--allow_base_weights",
+        action="store_true",
+        help="run base Wan2.2 weights on purpose: a plain Wan2.2 bundle, or a config directory without "
+        "--high_noise_ckpt/--low_noise_ckpt (refused otherwise)",
+    )
     group.add_argument(
         "--use_unipc",
         action=argparse.BooleanOptionalAction,
@@ -106,6 +122,7 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--inputs", default=None, help="a task list (.jsonl or .json array)")
     group.add_argument("--save_frames", default=None, metavar="DIR", help="also write every frame as PNG into DIR")
     group.add_argument("--skip_existing", action="store_true", help="skip tasks whose output and sidecar exist")
+    group.add_argument("--overwrite", action="store_true", help="replace existing outputs (refused otherwise)")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--seed", type=int, default=defaults.seed)
     gen.add_argument("--num_frames", type=int, default=defaults.num_frames)
@@ -129,6 +146,7 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     pe = add_pe_args(parser, "rewrite prompts with an OpenAI-compatible model")
     pe.add_argument("--pe_only", action="store_true", help="print the enhanced prompt (or case) and stop")
     add_parallel_args(parser)
+    document(parser)
 
 
 def add_pe_args(parser: argparse.ArgumentParser, use_help: str) -> argparse._ArgumentGroup:
@@ -174,6 +192,12 @@ def requests_from_args(args: argparse.Namespace) -> list[GenerationRequest | Ber
     if args.inputs:
         tasks = load_task_list(args.inputs)
         output = args.output or DEFAULT_OUTPUT
+        own = [str(i + 1) for i, t in enumerate(tasks) if not isinstance(t, BerniniError) and t.get("output")]
+        if args.output and own:
+            raise BerniniError(
+                f"--output {args.output} names the outputs of the task list (numbered from it), but task(s) "
+                f"{', '.join(own[:5])} set their own 'output'; drop --output or those outputs"
+            )
         out: list[GenerationRequest | BerniniError] = []
         for index, task in enumerate(tasks):
             if isinstance(task, BerniniError):
@@ -240,6 +264,7 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None):
         offload=args.offload,
         attention=args.attention,
         compile=args.compile,
+        allow_base_weights=getattr(args, "allow_base_weights", False),
     )
 
 

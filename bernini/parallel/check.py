@@ -81,7 +81,7 @@ def parse_layouts(text: str) -> list[tuple[int, int]]:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
-    own = argparse.ArgumentParser(prog="python -m bernini.parallel.check", add_help=False)
+    own = argparse.ArgumentParser(prog="python -m bernini.parallel.check", add_help=False, allow_abbrev=False)
     own.add_argument("--layouts", default=None, help="ULYSSES:CFG pairs (default: --ulysses and --cfg_parallel)")
     own.add_argument("--report", default=None, help="write the results as JSON here (rank 0)")
     own.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |latent difference|")
