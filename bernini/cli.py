@@ -69,7 +69,10 @@ def build_parser(generate_prog: str | None = None) -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start the Gradio demo (bernini demo --help for its flags)")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="the demo's own flags")
     for name, what in (("serve", "serve jobs over HTTP (docs/serving.md)"), ("submit", "send jobs to a server")):
-        sub.add_parser(name, help=what, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+        stub = sub.add_parser(name, help=what, add_help=False)
+        stub.add_argument(
+            "rest", nargs=argparse.REMAINDER, help=f"the {name} command's own flags (bernini {name} --help)"
+        )
     for child in (generate, tiny, tasks):  # -v also after the command; SUPPRESS keeps one given before it
         _add_verbose(child, argparse.SUPPRESS)
     return parser

@@ -56,7 +56,10 @@ def test_flag_abbreviations_are_rejected(abbreviation, capsys):
 
 
 def test_every_parser_rejects_abbreviations():
-    parsers = [build_parser(), *subparsers(build_parser()).values(), demo_parser()]
+    from bernini.serve.client import build_parser as submit_parser
+    from bernini.serve.server import build_parser as serve_parser
+
+    parsers = [build_parser(), *subparsers(build_parser()).values(), demo_parser(), serve_parser(), submit_parser()]
     assert all(not p.allow_abbrev for p in parsers)
     with pytest.raises(SystemExit):
         demo_parser().parse_args(["--po", "8000"])
@@ -70,7 +73,16 @@ def test_every_parser_rejects_abbreviations():
 
 
 def test_every_flag_has_help_with_its_default():
-    parsers = {"bernini": build_parser(), **subparsers(build_parser()), "demo": demo_parser()}
+    from bernini.serve.client import build_parser as submit_parser
+    from bernini.serve.server import build_parser as serve_parser
+
+    parsers = {
+        "bernini": build_parser(),
+        **subparsers(build_parser()),
+        "demo": demo_parser(),
+        "serve": serve_parser(),
+        "submit": submit_parser(),
+    }
     for name, parser in parsers.items():
         assert undocumented(parser) == [], name
         for action in parser._actions:

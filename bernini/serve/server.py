@@ -41,7 +41,7 @@ def build_parser(prog: str = "bernini serve") -> argparse.ArgumentParser:
     add_model_args(parser)
     net = parser.add_argument_group("service")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
-    net.add_argument("--port", type=int, default=8000)
+    net.add_argument("--port", type=int, default=8000, help="port to listen on")
     net.add_argument(
         "--db", default=None, help="queue database: sqlite:///FILE or postgresql://… (default OUTPUT_DIR/queue.db)"
     )
@@ -56,7 +56,7 @@ def build_parser(prog: str = "bernini serve") -> argparse.ArgumentParser:
         "--stale_after", type=float, default=120.0, help="seconds without a heartbeat before another server's job fails"
     )
     net.add_argument("--pe_model", default=None, help="prompt-enhancer model for jobs with use_pe")
-    net.add_argument("-v", "--verbose", action="store_true")
+    net.add_argument("-v", "--verbose", action="store_true", help="log each request and job")
     add_parallel_args(parser)
     return parser
 
