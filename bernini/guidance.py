@@ -228,14 +228,6 @@ register(
         description="chained CFG: video, then text with the images",
     )
 )
-register(
-    GuidanceMode(
-        "none",
-        _branches("VI/c"),
-        (),
-        description="no guidance: one forward with every condition and the prompt (distilled models, --preset)",
-    )
-)
 register(text_cfg("t2v", "0", MediaNeed.NOTHING, "text CFG, target only"))
 register(text_apg("t2v_apg", "0", MediaNeed.NOTHING, "text APG, target only"))
 register(text_apg("v2v_apg", "VI", MediaNeed.ANY_VISUAL, "text APG with every visual input in both branches"))
@@ -247,6 +239,15 @@ register(
         x0_space=True,
         needs=MediaNeed.REFERENCES,
         description="chained APG: reference images, then text",
+    )
+)
+
+register(
+    GuidanceMode(
+        "none",
+        _branches("VI/c"),
+        (),
+        description="no guidance: one forward with every condition and the prompt (distilled models, --preset)",
     )
 )
 
