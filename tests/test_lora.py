@@ -159,3 +159,23 @@ def test_spec_parsing_and_bad_files(tmp_path, tiny_bundle, one_line_error):
     save_file({"diffusion_model.head.head.diff": torch.zeros(3, 3)}, str(wrong))
     one_line_error(pipe.load_lora_weights, wrong, match="another model")
     one_line_error(pipe.load_lora_weights, wrong, expert="middle", match="expert must be one of")
+
+
+def test_command_line_flags_reach_the_pipeline_and_the_sidecar(tiny_bundle, plain, tmp_path):
+    import json
+
+    from bernini.cli import main
+
+    tensors, _ = make_lora(plain.transformer, "kohya", seed=4)
+    path = tmp_path / "k.safetensors"
+    save_file(tensors, str(path))
+    out = tmp_path / "o.mp4"
+    argv = ["generate", "--config", str(tiny_bundle), "--prompt", "a fox", "--output", str(out), "--num_frames", "5"]
+    argv += ["--height", "16", "--width", "16", "--num_inference_steps", "1"]
+    assert main([*argv, "--lora_high", f"{path}:0.5", "--lora", str(path)]) == 0
+    loras = json.loads(out.with_name(out.name + ".json").read_text())["model"]["loras"]
+    assert loras == [
+        {"path": str(path), "expert": "both", "scale": 1.0},
+        {"path": str(path), "expert": "high", "scale": 0.5},
+    ]
+    assert main([*argv, "--lora", str(tmp_path / "missing.safetensors")]) != 0
