@@ -1,6 +1,6 @@
 """Step caching on a random model large enough to mean something: skipped forwards and PSNR to the uncached run.
 
-A Wan-architecture expert of ≈ 130 M parameters (random weights, 8 heads × 128, 6 blocks) denoises one
+A Wan-architecture expert of ≈ 110 M parameters (random weights, 8 heads × 128, 6 blocks) denoises one
 t2v latent with text APG (two branches per step) through bernini's own sampler, once without a cache
 and once per threshold of ``--cache firstblock``. PSNR is on the final latents, with the uncached run's
 value range as the peak. Run: ``python bench/cache_quality.py`` (CPU, a few minutes).
