@@ -287,6 +287,15 @@ register(
     )
 )
 
+register(
+    GuidanceMode(
+        "none",
+        _branches("VI/c"),
+        (),
+        description="no guidance: one forward with every condition and the prompt (distilled models, --preset)",
+    )
+)
+
 
 def _planner_chain(name: str, project: bool, description: str) -> GuidanceMode:
     """b = ε(∅, C_null), e_I = ε(all, C_null), e_T = ε(all, C_txt), e_C = ε(all, C_full);

@@ -8,8 +8,9 @@ conditions → (prompt enhancer) → text → sampler ⇄ renderer → decode, t
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,16 +18,18 @@ import numpy as np
 import torch
 
 from .attention import select_backend
+from .cache import step_cache
 from .conditions import Conditions, LatentCodec, LatentGrid
 from .devices import device_from_map, parse_device, parse_dtype
 from .errors import BerniniError
 from .guidance import GuidanceState, Text
 from .loading import ModelSource, load_components, resolve_model
+from .lora import LoraSpec, merge_lora, read_lora
 from .placement import Placement, decide_offload
 from .plan import GenerationPlan, ModelDefaults, make_plan
 from .record import RunFacts, Timings, run_record
 from .request import GenerationRequest
-from .sampler import BranchRunner, Experts, SamplingInputs, SamplingStats, sample
+from .sampler import BatchedBranchRunner, BranchRunner, Experts, SamplingInputs, SamplingStats, sample
 from .schedulers import build_scheduler, scheduler_name
 from .text import encode_text
 from .transformer import BerniniTransformer
@@ -87,6 +90,7 @@ class BerniniPipeline:
         self.dtype = dtype
         self.attention_preference = attention
         self.branch_runner: BranchRunner = BranchRunner()
+        self.loras: list[LoraSpec] = []
         self._progress_bar_config: dict[str, Any] = {}
         self._interrupt = False
         self.placement = Placement(offload, device, self.experts)
@@ -108,12 +112,14 @@ class BerniniPipeline:
         attention: str = "auto",
         compile: bool = False,
         allow_base_weights: bool = False,
+        loras: Sequence[LoraSpec] = (),
     ) -> BerniniPipeline:
         """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
 
         ``device_map`` takes one device as diffusers does (``"cuda"``); ``dtype`` / ``torch_dtype`` alike.
         A config or bundle without Bernini-R weights (a plain Wan2.2 bundle, a config directory without
         ``high_noise_ckpt`` / ``low_noise_ckpt``) is refused unless ``allow_base_weights=True``.
+        ``loras`` are merged into the experts' weights before they move to the device.
         """
         if device is not None and device_map is not None:
             raise BerniniError("pass either device or device_map, not both")
@@ -125,12 +131,39 @@ class BerniniPipeline:
         source = resolve_model(pretrained_model_name_or_path, separate=separate, allow_base_weights=allow_base_weights)
         modules = load_components(source, weight_dtype, high_noise_ckpt, low_noise_ckpt)
         pipe = cls(**modules, source=source, device=target, dtype=weight_dtype, attention=attention)
+        for spec in loras:
+            pipe.load_lora_weights(spec.path, expert=spec.expert, scale=spec.scale)
         mode = decide_offload(offload, target, pipe._modules(), pipe.experts)
         pipe.placement = Placement(mode, target, pipe.experts)
         pipe = pipe.to(target)
         if compile:
             pipe.compile()
         return pipe
+
+    def _lora_targets(self, expert: str) -> list[BerniniTransformer]:
+        experts = self.make_experts()
+        if expert == "low" and experts.low is None:
+            raise BerniniError("this model has one expert: load its LoRA with expert='high' or 'both'")
+        return {"high": [experts.high], "low": [experts.low], "both": [e for e in (experts.high, experts.low) if e]}[
+            expert
+        ]
+
+    def load_lora_weights(self, path: str | os.PathLike, expert: str = "both", scale: float = 1.0) -> None:
+        """Merge a LoRA file into the ``high``- or ``low``-noise expert or ``both``, every delta × ``scale``
+        (see :mod:`bernini.lora`); :meth:`unload_lora_weights` takes all of them out again."""
+        spec = LoraSpec(str(path), expert, float(scale)).checked()
+        state_dict = read_lora(spec.path)
+        for target in self._lora_targets(spec.expert):
+            merge_lora(target, state_dict, spec.scale)
+        self.loras.append(spec)
+
+    def unload_lora_weights(self) -> None:
+        """Unmerge every loaded LoRA, last first (subtracting the same deltas: exact up to the weights' rounding)."""
+        while self.loras:
+            spec = self.loras.pop()
+            state_dict = read_lora(spec.path)
+            for target in self._lora_targets(spec.expert):
+                merge_lora(target, state_dict, -spec.scale)
 
     def compile(self) -> None:
         """Regional ``torch.compile`` of the repeated transformer blocks (shapes vary per combo: not fullgraph,
@@ -285,11 +318,13 @@ class BerniniPipeline:
             scheduler=plan.scheduler.name,
             interrupted=stats.interrupted,
             enhancement=enhancement,
+            skipped_forwards=stats.skipped_forwards,
+            batched_forwards=stats.batched_forwards,
         )
         record = run_record(
             plan,
             facts,
-            model=self.source.describe(),
+            model={**self.source.describe(), "loras": [spec.describe() for spec in self.loras]},
             device=str(self.device),
             dtype=str(self.dtype).replace("torch.", ""),
             attention=self.attention_backend.name,
@@ -391,22 +426,45 @@ class BerniniPipeline:
                 return returned.get("latents") if isinstance(returned, dict) else None
 
         experts = self.make_experts()
+        runner = self.branch_runner
+        if plan.batch_branches and type(runner) is BranchRunner:
+            runner = BatchedBranchRunner(self.batch_fits)
         self.placement.activate(experts.high, True)
         try:
-            return sample(
-                experts,
-                self.make_scheduler(plan),
-                inputs,
-                plan.num_inference_steps,
-                runner=self.branch_runner,
-                callback=step_callback,
-                progress=lambda total: self.progress_bar(total=total),
-                stats=stats,
-                interrupted=lambda: self._interrupt,
-            )
+            with step_cache(self.experts, plan.cache) as computed:
+                latents = sample(
+                    experts,
+                    self.make_scheduler(plan),
+                    inputs,
+                    plan.num_inference_steps,
+                    runner=runner,
+                    callback=step_callback,
+                    progress=lambda total: self.progress_bar(total=total),
+                    stats=stats,
+                    interrupted=lambda: self._interrupt,
+                    sigmas=plan.scheduler.sigmas,
+                )
+                if computed is not None:
+                    stats.skipped_forwards = computed.skipped(stats.forwards)
+            stats.batched_forwards = getattr(runner, "batched_calls", 0)
+            return latents
         finally:
             for expert in self.experts:
                 self.placement.activate(expert, False)
+
+    def batch_fits(self, batch: int, latent_elements: int) -> bool:
+        """Whether ``batch`` stacked branches of ``latent_elements`` latent values fit next to the weights.
+
+        On the CPU (no device limit) always; on a GPU, a rough activation estimate (two FFN-wide activations
+        per token, the widest a block holds) against the free device memory."""
+        if self.device.type != "cuda":
+            return True
+        config = self.experts[0].config
+        tokens = latent_elements // (config.in_channels * math.prod(config.patch_size))
+        element = torch.finfo(self.dtype).bits // 8
+        need = batch * tokens * (2 * config.ffn_dim + 4 * config.num_attention_heads * config.attention_head_dim)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return need * element < free
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, output_type: str = "np") -> Any:

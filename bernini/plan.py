@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import BerniniError
 from .guidance import GUIDANCE_MODES, APGSettings, GuidanceMode, Weights
+from .presets import CACHES, PRESETS, Preset
 from .request import GenerationRequest, describe_media
 from .tasks import TASKS, TaskSpec
 from .text import t5_text
@@ -105,10 +106,20 @@ class GuidancePlan:
 
 @dataclass(frozen=True)
 class SchedulerChoice:
-    """``name`` is ``unipc``, ``flow_match_euler`` or None (the model's default)."""
+    """``name`` is ``unipc``, ``flow_match_euler`` or None (the model's default); ``sigmas`` (before the
+    shift) replace the scheduler's own spacing when a preset pins them."""
 
     name: str | None
     flow_shift: float
+    sigmas: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """A step cache (``bernini.presets.CACHES``) and its skip threshold."""
+
+    kind: str
+    threshold: float
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,9 @@ class GenerationPlan:
     use_pe: bool = False
     pe_model: str | None = None
     source_ids: SourceIdPolicy | None = None  # set by with_model_defaults
+    preset: str | None = None
+    cache: CachePlan | None = None
+    batch_branches: bool = False
 
     @property
     def t5_text(self) -> str:
@@ -187,6 +201,10 @@ class GenerationPlan:
             "max_trained_src_id": policy.max_trained,
             "use_pe": self.use_pe,
             "pe_model": self.pe_model,
+            "preset": self.preset,
+            "cache": self.cache.kind if self.cache else None,
+            "cache_threshold": self.cache.threshold if self.cache else None,
+            "batch_branches": self.batch_branches,
         }
         return {f.name: values[f.name] for f in fields(GenerationRequest)}
 
@@ -293,6 +311,37 @@ def _source_id_choice(request: GenerationRequest) -> SourceIdChoice:
     return SourceIdChoice(flag(request.use_src_tgt_id), flag(request.interpolate_src_id), max_trained)
 
 
+def _preset(request: GenerationRequest) -> Preset | None:
+    if request.preset is None:
+        return None
+    preset = PRESETS.get(request.preset)
+    if preset is None:
+        raise BerniniError(f"unknown preset {request.preset!r}; choose one of: {', '.join(PRESETS)}")
+    if request.guidance_mode not in (None, preset.guidance_mode):
+        raise BerniniError(
+            f"preset {preset.name} samples with guidance_mode {preset.guidance_mode}; drop --guidance_mode "
+            f"{request.guidance_mode} or the preset"
+        )
+    if request.use_unipc and preset.scheduler != "unipc":
+        raise BerniniError(f"preset {preset.name} uses the {preset.scheduler} scheduler; drop --use_unipc")
+    return preset
+
+
+def _cache(request: GenerationRequest) -> CachePlan | None:
+    if request.cache is None:
+        if request.cache_threshold is not None:
+            raise BerniniError("cache_threshold needs a cache: pass --cache with one of " + ", ".join(CACHES))
+        return None
+    kind = CACHES.get(request.cache)
+    if kind is None:
+        raise BerniniError(f"unknown cache {request.cache!r}; choose one of: {', '.join(CACHES)}")
+    threshold = (
+        kind.threshold if request.cache_threshold is None else _as_float("cache_threshold", request.cache_threshold)
+    )
+    _check_range("cache_threshold", threshold, 1e-300, None, "positive")
+    return CachePlan(kind.name, threshold)
+
+
 def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None) -> GenerationPlan:
     """Check and normalise a request into a plan; fill the task type and guidance mode from the tables.
 
@@ -305,7 +354,8 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     if task_name not in TASKS:
         raise BerniniError(f"unknown task_type {task_name!r}; choose one of: {', '.join(TASKS)}")
     task = TASKS[task_name]
-    mode_name = request.guidance_mode or task.guidance_mode
+    preset = _preset(request)
+    mode_name = preset.guidance_mode if preset else request.guidance_mode or task.guidance_mode
     if mode_name not in GUIDANCE_MODES:
         raise BerniniError(f"unknown guidance_mode {mode_name!r}; choose one of: {', '.join(GUIDANCE_MODES)}")
     mode = GUIDANCE_MODES[mode_name]
@@ -357,6 +407,11 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     for name, value in (("height", height), ("width", width)):
         _check_range(name, value, 16, limit, f"between 16 and {limit} pixels")
     _check_range("max_image_size", media.max_image_size, None, limit, f"at most {limit}")
+    cache = _cache(request)
+    scheduler = SchedulerChoice(_scheduler_name(request.use_unipc), flow_shift)
+    if preset is not None:
+        steps = preset.num_inference_steps
+        scheduler = SchedulerChoice(preset.scheduler, preset.flow_shift, preset.sigmas)
     if (frames - 1) // 4 + 1 > MAX_LATENT_POSITIONS:
         raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1}")
     if task.single_frame:
@@ -376,12 +431,15 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         media=media,
         geometry=Geometry(frames, height, width),
         guidance=GuidancePlan(mode, weights, omega_scale, apg),
-        scheduler=SchedulerChoice(_scheduler_name(request.use_unipc), flow_shift),
+        scheduler=scheduler,
         source_id_choice=_source_id_choice(request),
         seed=seed,
         num_inference_steps=steps,
         output=str(request.output) if request.output is not None else None,
         use_pe=bool(request.use_pe),
         pe_model=request.pe_model,
+        preset=preset.name if preset else None,
+        cache=cache,
+        batch_branches=bool(request.batch_branches),
     )
     return plan.with_model_defaults(defaults) if defaults is not None else plan

@@ -50,6 +50,8 @@ class RunFacts:
     scheduler: str
     interrupted: bool = False
     enhancement: dict[str, Any] = field(default_factory=dict)
+    skipped_forwards: int = 0
+    batched_forwards: int = 0
 
 
 def run_record(
@@ -75,6 +77,10 @@ def run_record(
         "source_ids": {combo.value: ids for combo, ids in facts.source_ids.items()},
         "branches": [[branch.combo.value, branch.text.value] for branch in plan.guidance.mode.branches],
         "forwards": facts.forwards,
+        "skipped_forwards": facts.skipped_forwards,
+        "batched_forwards": facts.batched_forwards,
+        "preset": plan.preset,
+        "cache": {"kind": plan.cache.kind, "threshold": plan.cache.threshold} if plan.cache else None,
         "high_noise_steps": facts.high_noise_steps,
         "low_noise_steps": facts.low_noise_steps,
         "timesteps": facts.timesteps,

@@ -63,6 +63,10 @@ class GenerationRequest:
     max_trained_src_id: int | None = None
     use_pe: bool = False
     pe_model: str | None = None
+    preset: str | None = None
+    cache: str | None = None
+    cache_threshold: float | None = None
+    batch_branches: bool = False
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ CFG-parallel over ranks, sequence-parallel inside an expert) is injected as a ``
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -91,12 +92,44 @@ class SamplingInputs:
         return replace(self, combos=combos, text=text)
 
 
+def cache_scope(expert: Any, branches: Sequence[Branch]):
+    """The step-cache history a forward reads and writes: one per branch (or per batched group of branches),
+    as diffusers' pipelines keep one per ``cond`` / ``uncond`` call. A no-op while no cache is enabled."""
+    if not getattr(expert, "is_cache_enabled", False):
+        return contextlib.nullcontext()
+    return expert.cache_context("+".join(f"{b.combo.value}/{b.text.value}" for b in branches))
+
+
 def run_branch(expert: Expert, inputs: SamplingInputs, branch: Branch, latents, t) -> torch.Tensor:
     """One forward: the combo's clean conditions packed before the noisy target, target velocity out."""
     context = inputs.text[branch.text]
     timestep = torch.full((latents.shape[0],), int(t), device=context.device, dtype=torch.long)
     target = latents.to(context.device, context.dtype)
-    return expert.forward_packed(inputs.combos[branch.combo], target, timestep, context).float()
+    with cache_scope(expert, [branch]):
+        return expert.forward_packed(inputs.combos[branch.combo], target, timestep, context).float()
+
+
+def layout_key(inputs: SamplingInputs, branch: Branch) -> tuple:
+    """Branches with the same key pack to the same token layout (segment shapes and RoPE source ids)."""
+    return tuple((tuple(s.latent.shape), s.source_id) for s in inputs.combos[branch.combo])
+
+
+def run_batched(expert: Expert, inputs: SamplingInputs, group: Sequence[Branch], latents, t) -> list[torch.Tensor]:
+    """The branches of ``group`` (one token layout) as one forward with the branches stacked on the batch."""
+    contexts = [inputs.text[b.text] for b in group]
+    context = torch.cat(contexts)
+    segments = [
+        Segment(
+            torch.cat([inputs.combos[b.combo][i].latent for b in group]), inputs.combos[group[0].combo][i].source_id
+        )
+        for i in range(len(inputs.combos[group[0].combo]))
+    ]
+    target = latents.to(context.device, context.dtype)
+    target = target.expand(len(group), *target.shape[1:])
+    timestep = torch.full((target.shape[0],), int(t), device=context.device, dtype=torch.long)
+    with cache_scope(expert, group):
+        out = expert.forward_packed(segments, target, timestep, context).float()
+    return list(out.split(latents.shape[0]))
 
 
 class BranchRunner:
@@ -108,6 +141,35 @@ class BranchRunner:
         return [run_branch(expert, inputs, branch, latents, t) for branch in branches]
 
 
+class BatchedBranchRunner(BranchRunner):
+    """Branches with the same packed layout run as one batched forward (text CFG's two branches, for one).
+
+    ``fits(batch, tokens)`` says whether a forward of ``batch`` samples of ``tokens`` tokens fits in memory;
+    groups that do not fit, and branches alone in their layout, run one by one."""
+
+    def __init__(self, fits: Callable[[int, int], bool] | None = None) -> None:
+        self.fits = fits or (lambda batch, tokens: True)
+        self.batched_calls = 0
+
+    def __call__(
+        self, expert: Expert, inputs: SamplingInputs, branches: Sequence[Branch], latents, t
+    ) -> list[torch.Tensor]:
+        groups: dict[tuple, list[int]] = {}
+        for index, branch in enumerate(branches):
+            groups.setdefault(layout_key(inputs, branch), []).append(index)
+        out: list[torch.Tensor | None] = [None] * len(branches)
+        for indices in groups.values():
+            tokens = sum(s.latent[0].numel() for s in inputs.combos[branches[indices[0]].combo]) + latents[0].numel()
+            if len(indices) > 1 and self.fits(len(indices), tokens):
+                self.batched_calls += 1
+                predictions = run_batched(expert, inputs, [branches[i] for i in indices], latents, t)
+            else:
+                predictions = [run_branch(expert, inputs, branches[i], latents, t) for i in indices]
+            for i, prediction in zip(indices, predictions, strict=True):
+                out[i] = prediction
+        return out  # type: ignore[return-value]
+
+
 @dataclass
 class SamplingStats:
     forwards: int = 0
@@ -115,6 +177,8 @@ class SamplingStats:
     low_steps: int = 0
     timesteps: list[int] = field(default_factory=list)
     interrupted: bool = False
+    skipped_forwards: int = 0
+    batched_forwards: int = 0
 
 
 @torch.no_grad()
@@ -128,16 +192,18 @@ def sample(
     progress: Callable[[int], object] | None = None,
     stats: SamplingStats | None = None,
     interrupted: Callable[[], bool] | None = None,
+    sigmas: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Denoise ``inputs.latents`` and return the final latents (fp32, on the latents' device).
 
     ``interrupted`` is asked before every step; once it says yes the loop stops (diffusers' ``interrupt``).
+    ``sigmas`` (a preset's, before the shift) replace the scheduler's spacing.
     """
     runner = runner or BranchRunner()
     stats = stats if stats is not None else SamplingStats()
     branches = inputs.mode.branches
     latents = inputs.latents
-    set_timesteps(scheduler, num_inference_steps, latents.device)
+    set_timesteps(scheduler, num_inference_steps, latents.device, sigmas)
     weights = inputs.weights
     switched = False
     bar = progress(len(scheduler.timesteps)) if progress else None

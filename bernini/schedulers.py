@@ -58,11 +58,17 @@ def reference_flow_sigmas(num_inference_steps: int, num_train_timesteps: int = 1
     return np.flip(1.0 - alphas)[:-1].copy()
 
 
-def set_timesteps(scheduler, num_inference_steps: int, device=None) -> None:
-    """``scheduler.set_timesteps`` with the reference's flow sigmas where the scheduler takes custom sigmas."""
+def set_timesteps(scheduler, num_inference_steps: int, device=None, sigmas=None) -> None:
+    """``scheduler.set_timesteps`` with the reference's flow sigmas where the scheduler takes custom sigmas.
+
+    ``sigmas`` (a preset's, before the shift) replace them; the scheduler applies its shift."""
     config = scheduler.config
     takes_sigmas = "sigmas" in inspect.signature(scheduler.set_timesteps).parameters
-    if (
+    if sigmas is not None:
+        if not takes_sigmas:
+            raise BerniniError(f"scheduler {type(scheduler).__name__} cannot take a preset's sigmas")
+        scheduler.set_timesteps(device=device, sigmas=list(sigmas))
+    elif (
         getattr(config, "use_flow_sigmas", False)
         and takes_sigmas
         and not getattr(config, "use_dynamic_shifting", False)

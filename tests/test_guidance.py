@@ -49,6 +49,7 @@ def test_registry_declares_the_reference_modes_branches_and_needs():
         "t2v_apg": (["0/u", "0/c"], MediaNeed.NOTHING),
         "v2v_apg": (["VI/u", "VI/c"], MediaNeed.ANY_VISUAL),
         "r2v_apg": (["0/u", "I/u", "I/c"], MediaNeed.REFERENCES),
+        "none": (["VI/c"], MediaNeed.NOTHING),  # distilled sampling (--preset lightning4)
     }
     assert list(GUIDANCE_MODES) == list(expected)
     for name, (branches, needs) in expected.items():

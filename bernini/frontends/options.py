@@ -18,6 +18,7 @@ from ..config import renderer_config_for
 from ..errors import BerniniError
 from ..guidance import GUIDANCE_MODES
 from ..plan import ModelDefaults
+from ..presets import CACHES, PRESETS
 from ..request import CASE_KEYS, WAN_NEGATIVE_PROMPT, GenerationRequest, load_case, load_task_list, numbered_output
 from ..tasks import TASKS
 from .help import DefaultsHelpFormatter, document
@@ -99,6 +100,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="attention kernel through diffusers' dispatcher (auto: FA3 on Hopper, else FA2, else SDPA)",
     )
     group.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first step)")
+    lora_help = "a LoRA file (diffusers/PEFT, kohya/ComfyUI or lightx2v keys) merged into {}; repeat for several"
+    group.add_argument(
+        "--lora", action="append", default=[], metavar="PATH[:SCALE]", help=lora_help.format("both experts")
+    )
+    group.add_argument(
+        "--lora_high",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help=lora_help.format("the high-noise expert"),
+    )
+    group.add_argument(
+        "--lora_low", action="append", default=[], metavar="PATH[:SCALE]", help=lora_help.format("the low-noise expert")
+    )
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +158,31 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--system_prompt", default="", help="T5 prefix (default: the task's)")
     for name in FULL_BERNINI_ONLY:
         gen.add_argument(f"--{name}", type=float, default=None, help=argparse.SUPPRESS)
+    fast = parser.add_argument_group("fast paths")
+    fast.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()) + " (sets steps, timesteps, guidance)",
+    )
+    fast.add_argument(
+        "--cache",
+        default=None,
+        choices=sorted(CACHES),
+        help="skip forwards whose result barely changes (off by default): "
+        + "; ".join(f"{c.name}: {c.description}" for c in CACHES.values()),
+    )
+    fast.add_argument(
+        "--cache_threshold",
+        type=float,
+        default=None,
+        help="larger skips more (default: " + ", ".join(f"{c.name} {c.threshold:g}" for c in CACHES.values()) + ")",
+    )
+    fast.add_argument(
+        "--batch_branches",
+        action="store_true",
+        help="run guidance branches of equal packed layout as one batched forward when memory allows",
+    )
     pe = add_pe_args(parser, "rewrite prompts with an OpenAI-compatible model")
     pe.add_argument("--pe_only", action="store_true", help="print the enhanced prompt (or case) and stop")
     add_parallel_args(parser)
@@ -265,7 +305,18 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None):
         attention=args.attention,
         compile=args.compile,
         allow_base_weights=getattr(args, "allow_base_weights", False),
+        loras=lora_specs(args),
     )
+
+
+def lora_specs(args: argparse.Namespace) -> list:
+    """``--lora`` / ``--lora_high`` / ``--lora_low PATH[:SCALE]`` as :class:`~bernini.lora.LoraSpec` values."""
+    from ..lora import LoraSpec
+
+    specs = []
+    for flag, expert in (("lora", "both"), ("lora_high", "high"), ("lora_low", "low")):
+        specs += [LoraSpec.parse(value, expert) for value in getattr(args, flag, None) or []]
+    return specs
 
 
 def enhancer_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ):

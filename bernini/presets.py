@@ -1,0 +1,52 @@
+"""Sampling presets and step-cache choices: plain tables, no torch, read by the plan and the front ends.
+
+A preset pins what a distilled model was trained for: the step count, the (unshifted) sigmas the
+scheduler shifts into its timesteps, the scheduler and its shift, and the guidance mode. Wan2.2-Lightning
+and the lightx2v 4-step distillation LoRAs denoise at t = 1000, 750, 500, 250 before the shift of 5, i.e.
+sigmas 1, 0.9375, 0.833, 0.625: two steps on the high-noise expert and two on the low-noise one, with
+guidance distilled away (one forward per step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    num_inference_steps: int
+    sigmas: tuple[float, ...]  # before the flow shift; the scheduler applies it
+    scheduler: str
+    flow_shift: float
+    guidance_mode: str
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    "lightning4": Preset(
+        name="lightning4",
+        num_inference_steps=4,
+        sigmas=(1.0, 0.75, 0.5, 0.25),
+        scheduler="flow_match_euler",
+        flow_shift=5.0,
+        guidance_mode="none",
+        description="4 distilled steps (Wan2.2-Lightning / lightx2v LoRAs), flow-match Euler, shift 5, no guidance",
+    )
+}
+
+
+@dataclass(frozen=True)
+class CacheKind:
+    """A step cache: ``threshold`` is its default skip threshold (larger skips more)."""
+
+    name: str
+    threshold: float
+    description: str
+
+
+CACHES: dict[str, CacheKind] = {
+    "firstblock": CacheKind(
+        "firstblock", 0.05, "diffusers' First Block Cache: skip the other blocks when block 0's residual barely moves"
+    ),
+}
