@@ -221,10 +221,10 @@ def sample(
         stats.low_steps += int(not is_high)
         stats.timesteps.append(int(t))
         sources = inputs.mode.forward_plan(weights, inputs.same_inputs)
-        unique = [index for index, source in enumerate(sources) if source == index]
+        unique = [branch for branch, source in enumerate(sources) if source == branch]
         computed = runner(expert, inputs, [branches[i] for i in unique], latents, t)
         stats.forwards += len(unique)
-        by_branch = {index: p.to(latents.device) for index, p in zip(unique, computed, strict=True)}
+        by_branch = {branch: p.to(latents.device) for branch, p in zip(unique, computed, strict=True)}
         predictions = [by_branch[source] for source in sources]
         sigma = float(_current_sigma(scheduler, index))
         velocity = inputs.mode.combine(predictions, latents, sigma, weights, inputs.state)
