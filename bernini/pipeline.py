@@ -30,7 +30,7 @@ from .plan import GenerationPlan, ModelDefaults, make_plan
 from .record import RunFacts, Timings, run_record
 from .request import GenerationRequest
 from .sampler import BatchedBranchRunner, BranchRunner, Experts, SamplingInputs, SamplingStats, sample
-from .schedulers import build_scheduler, scheduler_name
+from .schedulers import build_scheduler, scheduler_name, set_timesteps
 from .text import encode_text
 from .transformer import BerniniTransformer
 
@@ -431,7 +431,8 @@ class BerniniPipeline:
             runner = BatchedBranchRunner(self.batch_fits)
         self.placement.activate(experts.high, True)
         try:
-            with step_cache(self.experts, plan.cache) as computed:
+            steps = self.steps_per_expert(plan) if plan.cache is not None else None
+            with step_cache(self.experts, plan.cache, steps) as computed:
                 latents = sample(
                     experts,
                     self.make_scheduler(plan),
@@ -451,6 +452,14 @@ class BerniniPipeline:
         finally:
             for expert in self.experts:
                 self.placement.activate(expert, False)
+
+    def steps_per_expert(self, plan: GenerationPlan) -> list[int]:
+        """How many of the plan's sampling steps each of ``self.experts`` runs (sizes MagCache's ratios)."""
+        scheduler = self.make_scheduler(plan)
+        set_timesteps(scheduler, plan.num_inference_steps, torch.device("cpu"), plan.scheduler.sigmas)
+        experts = self.make_experts()
+        chosen = [experts.for_timestep(float(t))[0] for t in scheduler.timesteps]
+        return [sum(c is expert for c in chosen) for expert in self.experts]
 
     def batch_fits(self, batch: int, latent_elements: int) -> bool:
         """Whether ``batch`` stacked branches of ``latent_elements`` latent values fit next to the weights.

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .cachefile import read_calibration
 from .errors import BerniniError
 from .guidance import GUIDANCE_MODES, APGSettings, GuidanceMode, Weights
 from .presets import CACHES, PRESETS, Preset
@@ -116,10 +117,33 @@ class SchedulerChoice:
 
 @dataclass(frozen=True)
 class CachePlan:
-    """A step cache (``bernini.presets.CACHES``) and its skip threshold."""
+    """A step cache (``bernini.presets.CACHES``), its skip threshold and its calibration file.
+
+    MagCache: ``ratios`` holds one tuple per expert (high-noise first); None with a ``calibration`` path means
+    this run calibrates (nothing skipped) and writes the file. TeaCache: ``coefficients`` rescale its
+    indicator (None: unscaled)."""
 
     kind: str
     threshold: float
+    calibration: str | None = None
+    ratios: tuple[tuple[float, ...], ...] | None = None
+    calibration_steps: int | None = None
+    coefficients: tuple[float, ...] | None = None
+
+    @property
+    def calibrating(self) -> bool:
+        return self.kind == "magcache" and self.ratios is None
+
+    def record(self) -> dict[str, Any]:
+        """What the sidecar keeps of it."""
+        record: dict[str, Any] = {"kind": self.kind, "threshold": self.threshold}
+        if self.calibration is not None:
+            record["calibration"] = self.calibration
+        if self.calibrating:
+            record["calibrating"] = True
+        if self.coefficients is not None:
+            record["coefficients"] = list(self.coefficients)
+        return record
 
 
 @dataclass(frozen=True)
@@ -204,6 +228,7 @@ class GenerationPlan:
             "preset": self.preset,
             "cache": self.cache.kind if self.cache else None,
             "cache_threshold": self.cache.threshold if self.cache else None,
+            "cache_calibration": self.cache.calibration if self.cache else None,
             "batch_branches": self.batch_branches,
         }
         return {f.name: values[f.name] for f in fields(GenerationRequest)}
@@ -329,8 +354,9 @@ def _preset(request: GenerationRequest) -> Preset | None:
 
 def _cache(request: GenerationRequest) -> CachePlan | None:
     if request.cache is None:
-        if request.cache_threshold is not None:
-            raise BerniniError("cache_threshold needs a cache: pass --cache with one of " + ", ".join(CACHES))
+        for name in ("cache_threshold", "cache_calibration"):
+            if getattr(request, name) is not None:
+                raise BerniniError(f"{name} needs a cache: pass --cache with one of " + ", ".join(CACHES))
         return None
     kind = CACHES.get(request.cache)
     if kind is None:
@@ -339,7 +365,25 @@ def _cache(request: GenerationRequest) -> CachePlan | None:
         kind.threshold if request.cache_threshold is None else _as_float("cache_threshold", request.cache_threshold)
     )
     _check_range("cache_threshold", threshold, 1e-300, None, "positive")
-    return CachePlan(kind.name, threshold)
+    path = request.cache_calibration
+    if path is None:
+        if kind.name == "magcache":
+            raise BerniniError(
+                "--cache magcache needs --cache_calibration FILE: an existing calibration, or a new file that "
+                "this run writes while it calibrates (nothing is skipped in that run)"
+            )
+        return CachePlan(kind.name, threshold)
+    path = str(path)
+    if kind.name == "firstblock":
+        raise BerniniError("--cache firstblock takes no calibration; drop --cache_calibration")
+    if kind.name == "magcache" and not Path(path).exists():
+        if not Path(path).parent.is_dir():
+            raise BerniniError(f"cannot write the MagCache calibration {path}: its folder does not exist")
+        return CachePlan(kind.name, threshold, calibration=path)
+    data = read_calibration(path, kind.name)
+    if kind.name == "teacache":
+        return CachePlan(kind.name, threshold, calibration=path, coefficients=data["coefficients"])
+    return CachePlan(kind.name, threshold, path, ratios=data["ratios"], calibration_steps=data["steps"])
 
 
 def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None) -> GenerationPlan:

@@ -49,4 +49,16 @@ CACHES: dict[str, CacheKind] = {
     "firstblock": CacheKind(
         "firstblock", 0.05, "diffusers' First Block Cache: skip the other blocks when block 0's residual barely moves"
     ),
+    "magcache": CacheKind(
+        "magcache",
+        0.06,
+        "diffusers' MagCache: skip every block while the calibrated residual magnitude ratios stay near 1 "
+        "(needs --cache_calibration FILE; a missing FILE is written by calibrating that run)",
+    ),
+    "teacache": CacheKind(
+        "teacache",
+        0.1,
+        "TeaCache: skip every block while the accumulated change of the timestep modulation stays small "
+        "(--cache_calibration FILE: optional rescale coefficients)",
+    ),
 }

@@ -80,7 +80,7 @@ def run_record(
         "skipped_forwards": facts.skipped_forwards,
         "batched_forwards": facts.batched_forwards,
         "preset": plan.preset,
-        "cache": {"kind": plan.cache.kind, "threshold": plan.cache.threshold} if plan.cache else None,
+        "cache": plan.cache.record() if plan.cache else None,
         "high_noise_steps": facts.high_noise_steps,
         "low_noise_steps": facts.low_noise_steps,
         "timesteps": facts.timesteps,

@@ -66,6 +66,7 @@ class GenerationRequest:
     preset: str | None = None
     cache: str | None = None
     cache_threshold: float | None = None
+    cache_calibration: str | None = None
     batch_branches: bool = False
 
     @classmethod

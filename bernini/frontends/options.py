@@ -179,6 +179,13 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
         help="larger skips more (default: " + ", ".join(f"{c.name} {c.threshold:g}" for c in CACHES.values()) + ")",
     )
     fast.add_argument(
+        "--cache_calibration",
+        default=None,
+        metavar="FILE",
+        help="magcache: per-step magnitude ratios (JSON; a missing FILE is written by calibrating this run); "
+        "teacache: optional rescale coefficients (JSON); see docs/fast.md",
+    )
+    fast.add_argument(
         "--batch_branches",
         action="store_true",
         help="run guidance branches of equal packed layout as one batched forward when memory allows",
