@@ -2,25 +2,31 @@
 
 A Wan-architecture expert of ≈ 110 M parameters (random weights, 8 heads × 128, 6 blocks) denoises one
 t2v latent with text APG (two branches per step) through bernini's own sampler, once without a cache
-and once per threshold of ``--cache firstblock``. PSNR is on the final latents, with the uncached run's
-value range as the peak. Run: ``python bench/cache_quality.py`` (CPU, a few minutes).
+and once per cache kind and threshold (``firstblock``, ``teacache``, and ``magcache`` after one
+calibration run whose ratios it then uses). PSNR is on the final latents, with the uncached run's value
+range as the peak. Run: ``python bench/cache_quality.py`` (CPU, a few minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from diffusers import UniPCMultistepScheduler
 
-from bernini.cache import step_cache
+from bernini.cache import magcache_available, step_cache
+from bernini.cachefile import read_calibration
 from bernini.conditions import Conditions
 from bernini.guidance import GUIDANCE_MODES, GuidanceState, Text, Weights
 from bernini.plan import CachePlan, SourceIdPolicy
 from bernini.sampler import Experts, SamplingInputs, SamplingStats, sample
 from bernini.transformer import BerniniTransformer
+
+THRESHOLDS = {"firstblock": [0.05, 0.2], "teacache": [0.1, 0.3], "magcache": [0.06, 0.2]}
 
 
 def psnr(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -33,7 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.2])
+    parser.add_argument("--kinds", nargs="+", default=["firstblock", "teacache", "magcache"])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=None, help="default: per kind, see THRESHOLDS")
     parser.add_argument("--latent", type=int, nargs=3, default=(3, 16, 24), metavar=("T", "H", "W"))
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -57,7 +64,7 @@ def main() -> None:
         )
         stats = SamplingStats()
         start = time.perf_counter()
-        with step_cache([expert], cache) as computed:
+        with step_cache([expert], cache, [args.steps]) as computed:
             out = sample(Experts(high=expert), scheduler, inputs, args.steps, stats=stats)
             if computed is not None:
                 stats.skipped_forwards = computed.skipped(stats.forwards)
@@ -69,12 +76,27 @@ def main() -> None:
     print("| cache | threshold | forwards | skipped | time | time ratio | PSNR to uncached (latents) |")
     print("|---|---|---|---|---|---|---|")
     print(f"| off | | {stats.forwards} | 0 | {seconds:.1f} s | 1.00× | ∞ |")
-    for threshold in args.thresholds:
-        out, cached, took = run(CachePlan("firstblock", threshold))
-        print(
-            f"| firstblock | {threshold:g} | {cached.forwards} | {cached.skipped_forwards} | {took:.1f} s | "
-            f"{took / seconds:.2f}× | {psnr(reference, out):.1f} dB |"
-        )
+    calibration = Path(tempfile.mkdtemp()) / "magcache.json"
+    for kind in args.kinds:
+        if kind == "magcache":
+            if not magcache_available():
+                print("| magcache | | | | | | this diffusers has no MagCache hooks |")
+                continue
+            out, cached, took = run(CachePlan("magcache", 1.0, str(calibration)))  # calibrating: skips nothing
+            print(
+                f"| magcache (calibration run) | | {cached.forwards} | {cached.skipped_forwards} | {took:.1f} s | "
+                f"{took / seconds:.2f}× | {psnr(reference, out):.1f} dB |"
+            )
+        for threshold in args.thresholds or THRESHOLDS[kind]:
+            plan = CachePlan(kind, threshold)
+            if kind == "magcache":
+                data = read_calibration(str(calibration), "magcache")
+                plan = CachePlan(kind, threshold, str(calibration), data["ratios"], data["steps"])
+            out, cached, took = run(plan)
+            print(
+                f"| {kind} | {threshold:g} | {cached.forwards} | {cached.skipped_forwards} | {took:.1f} s | "
+                f"{took / seconds:.2f}× | {psnr(reference, out):.1f} dB |"
+            )
 
 
 if __name__ == "__main__":
