@@ -71,7 +71,7 @@ def tiny_transformer(seed: int) -> torch.nn.Module:
 
 
 def _components(seed: int, tokenizer_dir: Path):
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
     from .tiny_tokenizer import write_tiny_t5_tokenizer
@@ -82,7 +82,14 @@ def _components(seed: int, tokenizer_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     text_encoder = _perturb(UMT5EncoderModel(UMT5Config(**TINY_T5)), generator, 0.02)
     vae = _perturb(AutoencoderKLWan(**TINY_VAE), generator, 0.02)
-    scheduler = UniPCMultistepScheduler(
+    return tokenizer, text_encoder, vae, tiny_scheduler()
+
+
+def tiny_scheduler():
+    """UniPC as the published bundles configure it (flow prediction, bh2, final sigma 0)."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
         prediction_type="flow_prediction",
         use_flow_sigmas=True,
         num_train_timesteps=1000,
@@ -91,7 +98,6 @@ def _components(seed: int, tokenizer_dir: Path):
         solver_type="bh2",
         final_sigmas_type="zero",
     )
-    return tokenizer, text_encoder, vae, scheduler
 
 
 def _write_pipeline(root: Path, seed: int, two_experts: bool) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .tiny import TINY_T5, TINY_TRANSFORMER, TINY_VAE, _perturb
+from .tiny import TINY_T5, TINY_TRANSFORMER, TINY_VAE, _perturb, tiny_scheduler
 
 QWEN_HIDDEN = 64
 OUT_GEN = 40
@@ -134,7 +134,7 @@ def _write_qwen_tokenizer(folder: Path) -> None:
 
 def write_tiny_full_bundle(directory: str | Path, seed: int = 0) -> Path:
     """Write the tiny full bundle and return its root (pass it as ``--config``)."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, UMT5Config, UMT5EncoderModel
 
     from .planner.connector import MLPConnector
@@ -193,15 +193,7 @@ def write_tiny_full_bundle(directory: str | Path, seed: int = 0) -> Path:
     other_t5.save_pretrained(root / "t5_text_encoder", safe_serialization=True)
     write_tiny_t5_tokenizer(root / "t5_tokenizer", vocab_size=TINY_T5["vocab_size"])
     _perturb(AutoencoderKLWan(**TINY_VAE), generator, 0.02).save_pretrained(root / "vae", safe_serialization=True)
-    UniPCMultistepScheduler(
-        prediction_type="flow_prediction",
-        use_flow_sigmas=True,
-        num_train_timesteps=1000,
-        flow_shift=3.0,
-        solver_order=2,
-        solver_type="bh2",
-        final_sigmas_type="zero",
-    ).save_pretrained(root / "scheduler")
+    tiny_scheduler().save_pretrained(root / "scheduler")
     return root
 
 

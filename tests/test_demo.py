@@ -92,7 +92,7 @@ def test_task_change_fills_guidance_mode_and_resets_defaults():
         assert [u["value"] for u in guidance_values] == [1.25, 4.5, 4.0, 0.8, 0.5, 0.0]
 
 
-class _FakeCollective:
+class _ScriptedChannel:
     """Stands in for the gloo group on a non-zero rank: hands out queued messages."""
 
     enabled = False
@@ -108,7 +108,7 @@ class _FakeCollective:
 def test_worker_ranks_run_every_broadcast_request_until_shutdown(tmp_path, monkeypatch):
     calls: list[dict] = []
     messages = [{"kind": "generate", "plan": "a"}, {"kind": "generate", "plan": "b"}]
-    backend = DemoBackend(None, DemoSettings(save_dir=tmp_path), _FakeCollective([*messages, {"kind": "shutdown"}]))
+    backend = DemoBackend(None, DemoSettings(save_dir=tmp_path), _ScriptedChannel([*messages, {"kind": "shutdown"}]))
 
     def execute(payload, progress=None, cancel=None):
         calls.append(payload)
@@ -164,7 +164,8 @@ import json, sys, threading, time
 from types import SimpleNamespace
 import numpy as np
 import torch.distributed as dist
-from bernini.demo import Collective, DemoBackend, DemoSettings, GenerationCancelled, worker_loop
+from bernini.demo import DemoBackend, DemoSettings, GenerationCancelled, worker_loop
+from bernini.parallel.groups import RankZeroChannel
 from bernini.plan import make_plan
 from bernini.request import GenerationRequest
 
@@ -184,7 +185,7 @@ class FakePipe:
         parameters = {"request": {"prompt": request.prompt}, "resolved": {"frames": 5}}
         return SimpleNamespace(frames=np.zeros((5, 16, 16, 3), np.uint8), parameters=parameters)
 
-backend = DemoBackend(FakePipe(), DemoSettings(save_dir=out), Collective(dist.new_group(backend="gloo")))
+backend = DemoBackend(FakePipe(), DemoSettings(save_dir=out), RankZeroChannel(dist.new_group(backend="gloo")))
 assert backend.collective.enabled and backend.collective.rank == rank
 shared = backend.collective.share(lambda: f"enhanced on rank {rank}")
 if rank == 0:

@@ -18,14 +18,13 @@ Modules, from the top: :mod:`.app` (flags, settings, this rank's bring-up, ``mai
 """
 
 from .app import build_parser, main, parse_auth, serve
-from .backend import Collective, DemoBackend, GenerationCancelled, output_path, worker_loop
+from .backend import DemoBackend, GenerationCancelled, output_path, worker_loop
 from .handlers import TASK_CHOICES, build_request, route_media
 from .layout import task_updates
 from .settings import DemoSettings
 
 __all__ = [
     "TASK_CHOICES",
-    "Collective",
     "DemoBackend",
     "DemoSettings",
     "GenerationCancelled",

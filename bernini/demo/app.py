@@ -20,7 +20,8 @@ from ..frontends.options import (
     load_pipeline,
     quiet_libraries,
 )
-from .backend import Collective, DemoBackend, worker_loop
+from ..parallel.groups import RankZeroChannel
+from .backend import DemoBackend, worker_loop
 from .layout import build_ui
 from .settings import DemoSettings
 
@@ -83,7 +84,7 @@ def use_gradio_cache(save_dir: Path) -> None:
     os.environ["GRADIO_TEMP_DIR"] = str(cache)
 
 
-def bring_up_this_rank(args: argparse.Namespace, stack: ExitStack) -> tuple[DemoSettings, Any, Collective]:
+def bring_up_this_rank(args: argparse.Namespace, stack: ExitStack) -> tuple[DemoSettings, Any, RankZeroChannel]:
     """This process's settings, pipeline and broadcast channel, through the shared parallel bring-up.
 
     The settings (and their flag checks) come before the slow model load. Under torchrun every rank
@@ -96,7 +97,7 @@ def bring_up_this_rank(args: argparse.Namespace, stack: ExitStack) -> tuple[Demo
         use_gradio_cache(settings.save_dir)
     quiet_libraries()
     if not parallel_requested(args, env):
-        return settings, load_pipeline(args), Collective()
+        return settings, load_pipeline(args), RankZeroChannel()
     ulysses, cfg = int(args.ulysses), cfg_degree(args)
     session = ParallelSession(args, env, [(ulysses, cfg)])
     if ulysses * cfg != env.world:
@@ -108,7 +109,7 @@ def bring_up_this_rank(args: argparse.Namespace, stack: ExitStack) -> tuple[Demo
     context = session.context(ulysses, cfg)
     pipe = session.load(context)
     context.install(pipe)
-    return settings, pipe, Collective(context.groups.control)
+    return settings, pipe, RankZeroChannel(context.groups.control)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "bernini demo") -> int:

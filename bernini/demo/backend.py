@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BerniniError
+from ..parallel.groups import RankZeroChannel
 
 if TYPE_CHECKING:
     from ..runner import JobResult
@@ -43,49 +44,13 @@ def output_path(save_dir: Path, task: str, frames: int) -> Path:
     return candidate
 
 
-class Collective:
-    """Rank 0 → all ranks object broadcast over a gloo group (a no-op on one process)."""
-
-    def __init__(self, group: Any = None) -> None:
-        import torch.distributed as dist
-
-        self.enabled = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.rank = dist.get_rank() if self.enabled else 0
-        self.group = group
-
-    def broadcast(self, obj: Any = None) -> Any:
-        """Rank 0's ``obj`` on every rank (the other ranks' argument is ignored)."""
-        if not self.enabled:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
-
-    def share(self, call: Callable[[], Any]) -> Any:
-        """Run ``call`` on rank 0 only (the prompt enhancer) and hand its result to every rank."""
-        if not self.enabled:
-            return call()
-        result = None
-        if self.rank == 0:
-            try:
-                result = ("ok", call())
-            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-                result = ("error", exc)
-        kind, value = self.broadcast(result)
-        if kind == "error":
-            raise value
-        return value
-
-
 class DemoBackend:
     """Runs demo requests through :func:`run_job`; shared by the UI (rank 0) and the worker ranks."""
 
-    def __init__(self, pipe: Any, settings: "DemoSettings", collective: Collective | None = None) -> None:
+    def __init__(self, pipe: Any, settings: "DemoSettings", collective: RankZeroChannel | None = None) -> None:
         self.pipe = pipe
         self.settings = settings
-        self.collective = collective or Collective()
+        self.collective = collective or RankZeroChannel()
         self.lock = threading.Lock()  # a cancelled job keeps its thread until its next step; never overlap
         self.cancel_flags: dict[str, threading.Event] = {}
 

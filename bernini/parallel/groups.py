@@ -117,3 +117,31 @@ def share(fn: Callable[[], T], group: dist.ProcessGroup | None, leader: int, is_
     if status == "error":
         raise BerniniError(value)
     return value
+
+
+class RankZeroChannel:
+    """Rank 0 hands objects to every rank of one group: the requests a demo or service receives on rank 0.
+
+    A no-op on one process. ``enabled`` / ``rank`` default to the state of ``torch.distributed``.
+    """
+
+    def __init__(self, group: dist.ProcessGroup | None = None, rank: int | None = None, enabled: bool | None = None):
+        if enabled is None:
+            enabled = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.enabled = enabled
+        self.rank = (dist.get_rank() if enabled else 0) if rank is None else rank
+        self.group = group
+
+    def broadcast(self, obj: Any = None) -> Any:
+        """Rank 0's ``obj`` on every rank (the other ranks' argument is ignored)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def share(self, call: Callable[[], T]) -> T:
+        """``call`` on rank 0 only (the prompt enhancer); its result, or its error as one line, on every rank."""
+        if not self.enabled:
+            return call()
+        return share(call, self.group, 0, self.rank == 0)

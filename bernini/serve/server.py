@@ -178,7 +178,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
 
 def serve_group(args: argparse.Namespace, token: str | None, env: Any) -> int:
     """Under torchrun: every rank runs every job, so the Ulysses × CFG degrees must cover the world."""
-    from .worker import GroupLink, Worker, WorkerSettings
+    from ..parallel.groups import RankZeroChannel
+    from .worker import Worker, WorkerSettings
 
     if int(args.ulysses) * cfg_degree(args) != env.world:
         raise BerniniError(
@@ -189,7 +190,7 @@ def serve_group(args: argparse.Namespace, token: str | None, env: Any) -> int:
     with ExitStack() as stack:
         pipe, context = stack.enter_context(parallel_run(args, env, log))
         pipe.set_progress_bar_config(disable=True)
-        link = GroupLink(context.groups.control, env.rank, enabled=env.world > 1)
+        link = RankZeroChannel(context.groups.control, env.rank, enabled=env.world > 1)
         if env.rank == 0:
             return serve(args, token, pipe, link)
         settings = WorkerSettings(output_dir=Path(args.output_dir).expanduser().resolve(), worker_id=f"rank{env.rank}")

@@ -2,7 +2,7 @@
 
 One worker thread per server. Progress comes from the pipeline's step callback, which also stops a job
 whose cancel was requested (it raises before the next step, so a cancelled job never writes output).
-Under torchrun the server (rank 0) broadcasts each plan to the whole group (:class:`GroupLink`), every
+Under torchrun the server (rank 0) broadcasts each plan to the whole group (:class:`RankZeroChannel`), every
 rank runs it and rank 0's stop decision reaches all ranks at each step.
 """
 
@@ -13,12 +13,12 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import BerniniError
+from ..parallel.groups import RankZeroChannel
 from ..plan import GenerationPlan, ModelDefaults, make_plan
 from ..request import GenerationRequest
 from .store import JobRow, Store
@@ -40,35 +40,6 @@ class WorkerSettings:
     heartbeat_s: float = 5.0
     stale_after_s: float = 120.0
     keepalive_s: float = 60.0
-
-
-class GroupLink:
-    """Rank 0 → every rank object broadcast over a gloo group; ``None`` group: one process, a no-op."""
-
-    def __init__(self, group: Any = None, rank: int = 0, enabled: bool = False) -> None:
-        self.group, self.rank, self.enabled = group, rank, enabled
-
-    def broadcast(self, obj: Any = None) -> Any:
-        if not self.enabled:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
-
-    def share(self, call: Callable[[], Any]) -> Any:
-        """``call`` on rank 0 only (the prompt enhancer); its result or user error on every rank."""
-        result = None
-        if self.rank == 0:
-            try:
-                result = ("ok", call())
-            except BerniniError as exc:
-                result = ("error", str(exc))
-        kind, value = self.broadcast(result)
-        if kind == "error":
-            raise BerniniError(value)
-        return value
 
 
 def local_inputs(store: Store, media: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -113,12 +84,12 @@ class Worker:
         settings: WorkerSettings,
         defaults: ModelDefaults | None = None,
         enhancer: Any = None,
-        link: GroupLink | None = None,
+        link: RankZeroChannel | None = None,
     ) -> None:
         self.store, self.pipe, self.settings = store, pipe, settings
         self.defaults = defaults
         self.enhancer = enhancer
-        self.link = link or GroupLink()
+        self.link = link or RankZeroChannel()
         self.stopping = threading.Event()
 
     # ------------------------------------------------------------------ rank 0
