@@ -43,6 +43,7 @@ class ModelSource:
     components: Path  # holds tokenizer/, text_encoder/, vae/, scheduler/ and the transformer configs
     transformer_files: dict[str, list[Path]] = field(default_factory=dict)
     separate_checkpoints: dict[str, str] = field(default_factory=dict)
+    quantize: str = "none"
 
     def describe(self) -> dict[str, object]:
         return {
@@ -51,6 +52,7 @@ class ModelSource:
             "renderer_config": self.renderer.to_dict(),
             "transformer_files": {k: [str(p) for p in v] for k, v in self.transformer_files.items()},
             "separate_checkpoints": dict(self.separate_checkpoints),
+            "quantize": self.quantize,
         }
 
 
@@ -347,6 +349,7 @@ def load_components(
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     quantize = quant.check_mode(quantize)
+    source.quantize = quantize
     components = source.components
     loaded: dict[str, object] = {"transformer": None, "transformer_2": None}
     separate = checkpoint_flags(source.renderer, high_noise_ckpt, low_noise_ckpt)

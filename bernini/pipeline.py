@@ -107,17 +107,19 @@ class BerniniPipeline:
         offload: bool | str = "auto",
         attention: str = "auto",
         compile: bool = False,
+        quantize: str = "none",
     ) -> BerniniPipeline:
         """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
 
         ``device_map`` takes one device as diffusers does (``"cuda"``); ``dtype`` / ``torch_dtype`` alike.
+        ``quantize`` (``fp8`` / ``int8``) keeps the experts' block linears weight-only quantised.
         """
         if device is not None and device_map is not None:
             raise BerniniError("pass either device or device_map, not both")
         target = parse_device(device if device_map is None else device_from_map(device_map))
         weight_dtype = parse_dtype(dtype if dtype is not None else torch_dtype, target)
         source = resolve_model(pretrained_model_name_or_path)
-        modules = load_components(source, weight_dtype, high_noise_ckpt, low_noise_ckpt)
+        modules = load_components(source, weight_dtype, high_noise_ckpt, low_noise_ckpt, quantize)
         pipe = cls(**modules, source=source, device=target, dtype=weight_dtype, attention=attention)
         mode = decide_offload(offload, target, pipe._modules(), pipe.experts)
         pipe.placement = Placement(mode, target, pipe.experts)

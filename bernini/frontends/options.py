@@ -83,6 +83,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="attention kernel through diffusers' dispatcher (auto: FA3 on Hopper, else FA2, else SDPA)",
     )
     group.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first step)")
+    group.add_argument(
+        "--quantize",
+        default="none",
+        choices=("none", "fp8", "int8"),
+        help="weight-only quantise the experts' block linears on load (fp8 e4m3 or int8, per-channel scales); "
+        "fp8/int8 checkpoints stay as stored either way",
+    )
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -240,6 +247,7 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None):
         offload=args.offload,
         attention=args.attention,
         compile=args.compile,
+        quantize=getattr(args, "quantize", "none"),
     )
 
 

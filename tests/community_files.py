@@ -1,0 +1,77 @@
+"""An independent writer of the community's single-file layouts, for the tests (not the library's converter).
+
+It renames diffusers keys to the original Wan names with its own substitution list (written from the
+published key lists of the Comfy-Org / Kijai / GGUF files, not from ``bernini.wan_keys``) and quantises
+with its own per-tensor fp8 scaling, the way Comfy's ``fp8_scaled`` files are made.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+RENAMES = [
+    (r"^condition_embedder\.time_embedder\.linear_(\d)", lambda m: f"time_embedding.{2 * int(m[1]) - 2}"),
+    (r"^condition_embedder\.text_embedder\.linear_(\d)", lambda m: f"text_embedding.{2 * int(m[1]) - 2}"),
+    (r"^condition_embedder\.time_proj", "time_projection.1"),
+    (r"^scale_shift_table$", "head.modulation"),
+    (r"^proj_out", "head.head"),
+    (r"\.scale_shift_table$", ".modulation"),
+    (r"\.attn1\.", ".self_attn."),
+    (r"\.attn2\.", ".cross_attn."),
+    (r"\.to_out\.0\.", ".o."),
+    (r"\.to_([qkv])\.", r".\1."),
+    (r"\.ffn\.net\.0\.proj\.", ".ffn.0."),
+    (r"\.ffn\.net\.2\.", ".ffn.2."),
+    (r"\.norm2\.", ".norm3."),  # diffusers' affine cross-attention norm is Wan's norm3
+]
+FP8_MAX = 448.0
+
+
+def wan_name(key: str) -> str:
+    for pattern, replacement in RENAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def diffusers_expert(folder: Path) -> dict[str, torch.Tensor]:
+    """The float32 tensors of a bundle's ``transformer/`` folder (diffusers names)."""
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return {k: v.float() for k, v in tensors.items()}
+
+
+def is_block_linear(key: str, value: torch.Tensor) -> bool:
+    return key.startswith("blocks.") and key.endswith(".weight") and value.dim() == 2
+
+
+def fp8_per_tensor(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = value.abs().max() / FP8_MAX
+    return (value / scale).to(torch.float8_e4m3fn), scale.reshape(()).float()
+
+
+def write_comfy(state: dict[str, torch.Tensor], path: Path, kind: str, prefix: str = "") -> dict[str, torch.Tensor]:
+    """``fp16``, ``fp8_scaled`` (Comfy-Org: ``scaled_fp8`` marker, fp16 rest, ``scale_input``) or ``kijai``
+    (fp8 ``scale_weight`` scalars, float32 rest). Returns the dense tensors (diffusers names) the file means."""
+    out, meant = {}, {}
+    for key, value in state.items():
+        name = prefix + wan_name(key)
+        if kind != "fp16" and is_block_linear(key, value):
+            stored, scale = fp8_per_tensor(value)
+            out[name] = stored
+            out[name[: -len("weight")] + "scale_weight"] = scale
+            if kind == "fp8_scaled":
+                out[name[: -len("weight")] + "scale_input"] = torch.ones(())
+            meant[key] = stored.float() * scale
+        else:
+            rest = torch.float32 if kind == "kijai" else torch.float16
+            out[name] = value.to(rest)
+            meant[key] = out[name].float()
+    if kind == "fp8_scaled":
+        out[prefix + "scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    return meant
