@@ -1,4 +1,4 @@
-"""The ``bernini`` command: ``generate`` (upstream's flags), ``tiny-bundle``, ``tasks`` and ``demo``.
+"""The ``bernini`` command: ``generate`` (upstream's flags), ``convert``, ``tiny-bundle``, ``tasks``, ``demo``.
 
 A front end: it parses flags with the shared groups (:mod:`bernini.frontends.options`), plans every
 task before the model loads, and runs the list through the shared task runner, or hands it to the
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import BerniniError
+from .frontends.convert import add_convert_parser, run_convert
 from .frontends.options import (
     OneLineErrorParser,
     add_generation_args,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--layout", default="diffusers", choices=("diffusers", "separate", "single", "wan22"))
     tiny.add_argument("--seed", type=int, default=0)
     sub.add_parser("tasks", help="list the tasks and guidance modes with their defaults")
+    add_convert_parser(sub)
     demo = sub.add_parser("demo", help="start the Gradio demo")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     return parser
@@ -157,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tasks":
             return print_tasks()
+        if args.command == "convert":
+            quiet_libraries()
+            return run_convert(args, _stderr)
         if args.command == "demo":
             from .demo import main as demo_main
 
