@@ -30,6 +30,7 @@ from .frontends.options import (
     quiet_libraries,
     requests_from_args,
 )
+from .frontends.plan import add_plan_parser, dry_run, run_plan
 from .guidance import GUIDANCE_MODES
 from .runner import Task, TaskListRunner, plan_tasks, run_job, summarize
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     sub.add_parser("tasks", help="list the tasks and guidance modes with their defaults")
     add_convert_parser(sub)
+    add_plan_parser(sub)
     demo = sub.add_parser("demo", help="start the Gradio demo")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     return parser
@@ -98,6 +100,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if len(tasks) == 1 and isinstance(tasks[0], BerniniError):
         raise tasks[0]
     quiet_libraries()
+    if getattr(args, "dry_run", False):
+        return dry_run(args, tasks)
     if args.pe_only:
         return run_pe_only(args, tasks)
     from .frontends.launch import launch_env, parallel_requested
@@ -159,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tasks":
             return print_tasks()
+        if args.command == "plan":
+            return run_plan(args)
         if args.command == "convert":
             quiet_libraries()
             return run_convert(args, _stderr)

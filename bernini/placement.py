@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 
 from .errors import BerniniError
 
 OFFLOAD_MODES = ("auto", "none", "model", "blocks")
+SAFETY_MARGIN = 0.05  # of the budget, for the allocator's fragmentation and estimates that run short
 ACTIVATION_HEADROOM = 8 * 1024**3  # activations of a ~67k-token packed sequence, the VAE decode workspace
 
 
@@ -43,6 +45,70 @@ def decide_offload(
     if expert * 1.1 + ACTIVATION_HEADROOM < total:
         return "model"
     return "blocks"
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Bytes of each module as held (stored precision), and of one expert's blocks and the rest."""
+
+    experts: list[int] = field(default_factory=list)
+    expert_blocks: int = 0  # the largest block
+    expert_other: int = 0  # an expert's weights outside its blocks
+    text_encoder: int = 0
+    vae: int = 0
+
+
+@dataclass(frozen=True)
+class PlacementDecision:
+    """Where each module works under a device budget: ``mode`` for the experts, the text encoder on the
+    device or the CPU, and whether the VAE decodes in tiles."""
+
+    mode: str
+    text_encoder: str = "device"
+    tiled_decode: bool = False
+    budget: int | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        budget = "no budget" if self.budget is None else f"budget {self.budget / 1024**3:.1f} GiB"
+        experts = {
+            "none": "everything resident",
+            "model": "one expert resident at a time",
+            "blocks": "experts streamed block by block with prefetch",
+        }[self.mode]
+        text = "UMT5 encodes on the device and leaves" if self.text_encoder == "device" else "UMT5 encodes on the CPU"
+        decode = "tiled VAE decode" if self.tiled_decode else "whole-frame VAE decode"
+        return f"placement ({budget}): {experts}; {text}; {decode}" + (f" ({self.reason})" if self.reason else "")
+
+
+def choose_placement(
+    budget: int | None,
+    sizes: ModelSizes,
+    activation: int,
+    decode_workspace: int,
+    tiled_workspace: int,
+    text_activation: int,
+    overhead: int,
+    mode: str = "auto",
+) -> PlacementDecision:
+    """Keep resident what fits in ``budget`` bytes, stream the rest; ``mode`` other than ``auto`` is forced."""
+    if mode not in OFFLOAD_MODES:
+        raise BerniniError(f"unknown offload {mode!r}; choose one of: {', '.join(OFFLOAD_MODES)}")
+    limit = float("inf") if budget is None else budget * (1 - SAFETY_MARGIN) - overhead
+    everything = sum(sizes.experts) + sizes.text_encoder + sizes.vae
+    if mode == "auto":
+        if everything + max(activation, decode_workspace) <= limit:
+            mode, reason = "none", "all weights and activations fit"
+        elif max(sizes.experts) + activation <= limit:
+            mode, reason = "model", "one expert and its activations fit"
+        else:
+            mode, reason = "blocks", "one expert with its activations does not fit"
+    else:
+        reason = "asked for"
+    resident = everything if mode == "none" else 0
+    text = "device" if (resident or sizes.text_encoder) + text_activation <= limit else "cpu"
+    tiled = (resident or sizes.vae) + decode_workspace > limit and tiled_workspace < decode_workspace
+    return PlacementDecision(mode, text, tiled, budget, reason)
 
 
 class Placement:

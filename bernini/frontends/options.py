@@ -90,6 +90,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="weight-only quantise the experts' block linears on load (fp8 e4m3 or int8, per-channel scales); "
         "fp8/int8 checkpoints stay as stored either way",
     )
+    group.add_argument(
+        "--gpu_memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="device memory budget in GiB for --offload auto (default: the free memory)",
+    )
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +142,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
         gen.add_argument(f"--{name}", type=float, default=None, help=argparse.SUPPRESS)
     pe = add_pe_args(parser, "rewrite prompts with an OpenAI-compatible model")
     pe.add_argument("--pe_only", action="store_true", help="print the enhanced prompt (or case) and stop")
+    parser.add_argument(
+        "--dry_run", action="store_true", help="print the placement and expected peak memory per phase; load nothing"
+    )
     add_parallel_args(parser)
 
 
