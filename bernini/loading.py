@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from . import quant
 from .config import DEFAULT_REPO_ID, RendererConfig, read_json, renderer_config_for
 from .errors import WeightsError
+from .expert_weights import empty_expert, few, place_weight
 from .layouts import match_layout
 from .safetensors_stream import TensorEntry, iter_tensors, read_header, read_tensor
 from .transformer import BerniniTransformer
@@ -215,60 +215,6 @@ def checkpoint_files(spec: str | os.PathLike, expert: str | None = None) -> list
     raise WeightsError(f"checkpoint {path} is not a .safetensors or .gguf file, an index json or a directory")
 
 
-def _keep_fp32(name: str, patterns: Iterable[str]) -> bool:
-    parts = name.split(".")
-    return any(p in parts for p in patterns)
-
-
-def _few(names: list[str], count: int = 3) -> str:
-    shown = ", ".join(sorted(names)[:count])
-    return shown + (f" and {len(names) - count} more" if len(names) > count else "")
-
-
-def empty_expert(config_dir: Path) -> BerniniTransformer:
-    """An expert built from ``config_dir/config.json`` on the meta device (no memory for weights)."""
-    from accelerate import init_empty_weights
-
-    config = read_json(config_dir / "config.json")
-    with init_empty_weights():
-        return BerniniTransformer.from_config(config)
-
-
-def place_weight(
-    model: torch.nn.Module,
-    name: str,
-    tensor: torch.Tensor,
-    *,
-    dtype: torch.dtype,
-    quantize: str = "none",
-    scale: torch.Tensor | None = None,
-    device: torch.device | str = "cpu",
-) -> None:
-    """Put one stored tensor into ``model``.
-
-    fp8 / int8 linear weights stay as stored (:class:`~bernini.quant.QuantLinear`, upcast per layer);
-    ``quantize`` quantises the block linears of dense checkpoints; the rest is cast (fp32-kept modules
-    stay fp32)."""
-    from accelerate.utils import set_module_tensor_to_device
-
-    module_name, _, attr = name.rpartition(".")
-    linear_weight = attr == "weight" and isinstance(model.get_submodule(module_name), torch.nn.Linear)
-    stored_quantized = tensor.dtype in quant.QUANT_DTYPES
-    if stored_quantized and linear_weight:
-        quant.install(model, name, tensor, scale, device)
-        return
-    if quantize != "none" and linear_weight and quant.quantizable(name, tuple(tensor.shape)):
-        quant.install(model, name, *quant.quantize_rows(tensor, quantize), device)
-        return
-    if stored_quantized:
-        rows = tensor.shape[0] if tensor.dim() else 1
-        tensor = tensor.float() * quant.row_scale(scale, rows).reshape(-1, *([1] * (tensor.dim() - 1)))
-    target = torch.float32 if _keep_fp32(name, tuple(model._keep_in_fp32_modules or ())) else dtype
-    if tensor.is_floating_point():
-        tensor = tensor.to(target)
-    set_module_tensor_to_device(model, name, device, value=tensor, dtype=tensor.dtype)
-
-
 def load_expert(
     config_dir: Path,
     files: list[Path],
@@ -298,10 +244,10 @@ def load_expert(
     where = files[0].parent if len(files) > 1 else files[0]
     missing = sorted(model_keys - match.mapping.keys())
     if missing:
-        raise WeightsError(f"{expert} weights in {where} are missing {len(missing)} tensors: {_few(missing)}")
+        raise WeightsError(f"{expert} weights in {where} are missing {len(missing)} tensors: {few(missing)}")
     if match.unexpected:
         count = len(match.unexpected)
-        raise WeightsError(f"{expert} weights in {where} have {count} unexpected tensors: {_few(match.unexpected)}")
+        raise WeightsError(f"{expert} weights in {where} have {count} unexpected tensors: {few(match.unexpected)}")
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     scales = {name: read_tensor(s.scale) for name, s in match.mapping.items() if s.scale is not None}
     by_entry = {stored.entry: name for name, stored in match.mapping.items()}
