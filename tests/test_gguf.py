@@ -90,7 +90,7 @@ def test_k_quant_linear_stays_quantised_and_matches_gguf(tmp_path, kind):
     rng = np.random.default_rng(0)
     rows, cols = 8, 512
     raw = rng.integers(0, 256, size=(rows, cols // block * size), dtype=np.uint8)
-    scales = np.array([0.01], dtype=np.float16).view(np.uint8)  # every K-quant and Q8_0 block starts or ends with fp16 scales
+    scales = np.array([0.01], dtype=np.float16).view(np.uint8)  # K-quant and Q8_0 blocks hold fp16 scales
     offsets = {"Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [size - 2], "Q8_0": [0]}[kind]
     blocks = raw.reshape(-1, size)
     for offset in offsets:
