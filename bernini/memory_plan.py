@@ -241,3 +241,36 @@ def plan_memory(
     phases.append(Phase("decode", (resident or sizes.vae) + decode_ws, held + media))
     phases = [Phase(p.name, p.device + DEVICE_OVERHEAD, p.host) for p in phases]
     return MemoryPlan(decision, sizes, tokens, phases)
+
+
+NOMINAL_REQUEST = Request(frames=81, height=480, width=832, source_videos=1)
+"""What a load-time decision provisions activations for (480p, 81-frame v2v), before any request is known."""
+
+
+def runtime_decision(
+    offload: bool | str,
+    device: torch.device,
+    budget: int | None,
+    sizes: ModelSizes,
+    expert_config: dict[str, Any],
+    vae_config: dict[str, Any],
+    dtype: torch.dtype,
+    quantized: bool,
+) -> PlacementDecision:
+    """The placement of loaded modules (``sizes`` as held) under ``budget`` bytes of ``device``.
+
+    Without an accelerator and without a budget everything stays where it is (``none``)."""
+    from .placement import decide_offload
+
+    if isinstance(offload, bool) or (device.type != "cuda" and budget is None):
+        return PlacementDecision(decide_offload(offload, device, [], []), budget=budget, reason="no device budget")
+    tokens = packed_tokens(NOMINAL_REQUEST, tuple(expert_config.get("patch_size", (1, 2, 2))))
+    dim = expert_config["num_attention_heads"] * expert_config["attention_head_dim"]
+    size = torch.finfo(dtype).bits // 8
+    upcast = 2 * dim * expert_config["ffn_dim"] * size if quantized else 0
+    activation = expert_activation(tokens, dim, expert_config["ffn_dim"], dtype) + upcast
+    workspace = {tiled: vae_workspace(NOMINAL_REQUEST, vae_config, tiled) for tiled in (False, True)}
+    t5_act = text_activation(Shapes())
+    return choose_placement(
+        budget, sizes, activation, workspace[False], workspace[True], t5_act, DEVICE_OVERHEAD, offload
+    )

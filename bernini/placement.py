@@ -22,13 +22,30 @@ ACTIVATION_HEADROOM = 8 * 1024**3  # activations of a ~67k-token packed sequence
 
 
 def module_bytes(module: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+    """Bytes a module holds as stored (parameters and buffers; fp8 / int8 / GGUF weights at their size)."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def measured_sizes(
+    experts: Sequence[torch.nn.Module], text_encoder: torch.nn.Module | None, vae: torch.nn.Module | None
+) -> ModelSizes:
+    """:class:`ModelSizes` of loaded modules."""
+    blocks = [module_bytes(block) for expert in experts for block in getattr(expert, "blocks", [])]
+    per_expert = [module_bytes(e) for e in experts]
+    first_blocks = sum(module_bytes(b) for b in getattr(experts[0], "blocks", [])) if experts else 0
+    return ModelSizes(
+        experts=per_expert,
+        expert_blocks=max(blocks, default=0),
+        expert_other=(per_expert[0] - first_blocks) if experts else 0,
+        text_encoder=module_bytes(text_encoder) if text_encoder is not None else 0,
+        vae=module_bytes(vae) if vae is not None else 0,
+    )
 
 
 def decide_offload(
     offload: bool | str, device: torch.device, modules: Sequence[torch.nn.Module], experts: Sequence[torch.nn.Module]
 ) -> str:
-    """The offload mode for ``offload`` (a mode name, ``auto`` or a bool) on ``device``."""
+    """The offload mode for ``offload`` (a mode name, ``auto`` or a bool) on ``device`` (whole-card rule)."""
     if isinstance(offload, bool):
         return "model" if offload else "none"
     if offload not in OFFLOAD_MODES:
@@ -75,7 +92,7 @@ class PlacementDecision:
             "none": "everything resident",
             "model": "one expert resident at a time",
             "blocks": "experts streamed block by block with prefetch",
-        }[self.mode]
+        }.get(self.mode, self.mode)
         text = "UMT5 encodes on the device and leaves" if self.text_encoder == "device" else "UMT5 encodes on the CPU"
         decode = "tiled VAE decode" if self.tiled_decode else "whole-frame VAE decode"
         return f"placement ({budget}): {experts}; {text}; {decode}" + (f" ({self.reason})" if self.reason else "")
@@ -114,10 +131,17 @@ def choose_placement(
 class Placement:
     """Moves modules between the CPU and the execution device according to one offload mode."""
 
-    def __init__(self, mode: str, device: torch.device, experts: Sequence[torch.nn.Module]) -> None:
+    def __init__(
+        self,
+        mode: str,
+        device: torch.device,
+        experts: Sequence[torch.nn.Module],
+        on_cpu: Sequence[torch.nn.Module] = (),
+    ) -> None:
         self.mode = mode
         self.device = device
         self.experts = list(experts)
+        self.on_cpu = list(on_cpu)  # modules that work on the CPU (UMT5 when the budget is short)
         self._streamed: set[int] = set()
 
     @property
@@ -130,6 +154,8 @@ class Placement:
         for module in modules:
             if self.mode == "blocks" and self._is_expert(module):
                 self._stream_blocks(module)
+            elif any(module is m for m in self.on_cpu):
+                module.to("cpu")
             else:
                 module.to(self.home)
 
@@ -154,7 +180,7 @@ class Placement:
 
     def activate(self, module: torch.nn.Module | None, active: bool) -> None:
         """Bring ``module`` to the device (or send it home) when the mode moves whole models."""
-        if module is None or self.mode == "none":
+        if module is None or self.mode == "none" or any(module is m for m in self.on_cpu):
             return
         if self.mode == "blocks" and self._is_expert(module):
             return

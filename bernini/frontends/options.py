@@ -258,6 +258,7 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None):
         attention=args.attention,
         compile=args.compile,
         quantize=getattr(args, "quantize", "none"),
+        gpu_memory=getattr(args, "gpu_memory", None),
     )
 
 
@@ -272,4 +273,5 @@ def describe_loaded(pipe, seconds: float) -> str:
     return (
         f"loaded {pipe.source.spec} in {seconds:.1f} s: device {pipe.device}, "
         f"{str(pipe.dtype).replace('torch.', '')}, attention {pipe.attention_backend.name}, offload {pipe.offload}"
+        f"\n{pipe.placement_decision.describe()}"
     )
