@@ -6,10 +6,13 @@
 * a config-only directory (``configs/bernini_renderer_wan22``) whose ``wan22_base`` supplies the parts;
 * separate high/low-noise checkpoints (a shard directory, an ``*.index.json``, one ``.safetensors``
   file or a repo id) with ``[ema.]diff_dec.transformer[_2].`` prefixes or bare keys, EMA preferred;
-* the single-expert 1.3B variant (``skip_transformer_2``).
+* the single-expert 1.3B variant (``skip_transformer_2``);
+* the community's single files as ``--high_noise_ckpt`` / ``--low_noise_ckpt`` (a file, or a folder holding
+  one file per expert): Comfy-Org / Kijai safetensors in original Wan names, fp16 or fp8 with scales
+  (:mod:`bernini.layouts`), and GGUF (:mod:`bernini.gguf_file`).
 
 Expert weights stream from disk one tensor at a time and are cast on the fly (fp32-kept modules stay
-fp32), so a bf16 load never holds the fp32 model in RAM.
+fp32), so a bf16 load never holds the fp32 model in RAM; fp8 / int8 / GGUF weights stay as stored.
 """
 
 from __future__ import annotations

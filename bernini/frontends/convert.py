@@ -22,7 +22,11 @@ def add_convert_parser(sub) -> argparse.ArgumentParser:
         choices=("none", "fp8", "int8"),
         help="store the block linears quantised (a pre-quantised bundle; comfy: fp8_scaled)",
     )
-    convert.add_argument("--gguf_type", default="Q8_0", help="GGUF quantisation: Q8_0, Q6_K, Q5_K, Q4_K, F16")
+    convert.add_argument(
+        "--gguf_type",
+        default="Q8_0",
+        help="GGUF type of the block linears: Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, F16, BF16 (K-quants are read, not written)",
+    )
     return convert
 
 
