@@ -1,5 +1,5 @@
-"""The ``bernini`` command: ``generate`` (upstream's flags), ``tiny-bundle``, ``tasks``, ``demo``, ``serve``
-and ``submit``.
+"""The ``bernini`` command: ``generate`` (upstream's flags), ``convert``, ``plan``, ``tiny-bundle``, ``tasks``,
+``demo``, ``serve`` and ``submit``.
 
 A front end: it parses flags with the shared groups (:mod:`bernini.frontends.options`), plans every
 task before the model loads, and runs the list through the shared task runner, or hands it to the
@@ -20,6 +20,7 @@ from typing import Any
 
 from ._version import __version__
 from .errors import BerniniError
+from .frontends.convert import add_convert_parser, run_convert
 from .frontends.options import (
     OneLineErrorParser,
     add_generation_args,
@@ -33,6 +34,7 @@ from .frontends.options import (
     quiet_libraries,
     requests_from_args,
 )
+from .frontends.plan import add_plan_parser, dry_run, run_plan
 from .guidance import GUIDANCE_MODES
 from .runner import Task, TaskListRunner, plan_tasks, run_job, summarize
 
@@ -66,6 +68,8 @@ def build_parser(generate_prog: str | None = None) -> argparse.ArgumentParser:
     )
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tasks = sub.add_parser("tasks", help="list the tasks, their inputs and guidance modes with their defaults")
+    add_convert_parser(sub)
+    add_plan_parser(sub)
     demo = sub.add_parser("demo", help="start the Gradio demo (bernini demo --help for its flags)")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="the demo's own flags")
     for name, what in (("serve", "serve jobs over HTTP (docs/serving.md)"), ("submit", "send jobs to a server")):
@@ -138,6 +142,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if len(tasks) == 1 and isinstance(tasks[0], BerniniError):
         raise tasks[0]
     quiet_libraries()
+    if getattr(args, "dry_run", False):
+        return dry_run(args, tasks)
     if args.pe_only:
         return run_pe_only(args, tasks)
     tasks, runnable = preflight_outputs(args, tasks)
@@ -277,6 +283,11 @@ def run_command(args: argparse.Namespace) -> int:
             return 0
         if args.command == "tasks":
             return print_tasks()
+        if args.command == "plan":
+            return run_plan(args)
+        if args.command == "convert":
+            quiet_libraries()
+            return run_convert(args, _stderr)
         if args.command == "demo":
             from .demo import main as demo_main
 

@@ -6,10 +6,13 @@
 * a config-only directory (``configs/bernini_renderer_wan22``) whose ``wan22_base`` supplies the parts;
 * separate high/low-noise checkpoints (a shard directory, an ``*.index.json``, one ``.safetensors``
   file or a repo id) with ``[ema.]diff_dec.transformer[_2].`` prefixes or bare keys, EMA preferred;
-* the single-expert 1.3B variant (``skip_transformer_2``).
+* the single-expert 1.3B variant (``skip_transformer_2``);
+* the community's single files as ``--high_noise_ckpt`` / ``--low_noise_ckpt`` (a file, or a folder holding
+  one file per expert): Comfy-Org / Kijai safetensors in original Wan names, fp16 or fp8 with scales
+  (:mod:`bernini.layouts`), and GGUF (:mod:`bernini.gguf_file`).
 
 Expert weights stream from disk one tensor at a time and are cast on the fly (fp32-kept modules stay
-fp32), so a bf16 load never holds the fp32 model in RAM.
+fp32), so a bf16 load never holds the fp32 model in RAM; fp8 / int8 / GGUF weights stay as stored.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from . import quant
 from .config import (
     BERNINI_REPO_IDS,
     DEFAULT_REPO_ID,
@@ -33,18 +37,16 @@ from .config import (
     renderer_config_for,
 )
 from .errors import WeightsError
-from .safetensors_stream import TensorEntry, iter_tensors, read_header
+from .expert_weights import empty_expert, few, place_weight
+from .layouts import EXPERT_PREFIXES, match_layout
+from .safetensors_stream import TensorEntry, iter_tensors, read_header, read_tensor
 from .transformer import BerniniTransformer
 
 logger = logging.getLogger(__name__)
 
 COMPONENT_DIRS = ("tokenizer", "text_encoder", "vae")
-EXPERT_PREFIXES = {
-    "transformer": ("diff_dec.transformer.", "transformer.", ""),
-    "transformer_2": ("diff_dec.transformer_2.", "transformer_2.", ""),
-}
-IGNORED_KEYS = ("norm_added_q",)
 CHECKPOINT_FLAGS = {"transformer": "--high_noise_ckpt", "transformer_2": "--low_noise_ckpt"}
+ORIGINAL_PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # single files in the original Wan naming
 
 
 @dataclass
@@ -57,6 +59,7 @@ class ModelSource:
     transformer_files: dict[str, list[Path]] = field(default_factory=dict)
     separate_checkpoints: dict[str, str] = field(default_factory=dict)
     base_weights: list[str] = field(default_factory=list)  # experts running base Wan2.2 weights (opted in)
+    quantize: str = "none"
 
     def describe(self) -> dict[str, object]:
         return {
@@ -66,6 +69,7 @@ class ModelSource:
             "transformer_files": {k: [str(p) for p in v] for k, v in self.transformer_files.items()},
             "separate_checkpoints": dict(self.separate_checkpoints),
             "base_weights": list(self.base_weights),
+            "quantize": self.quantize,
         }
 
 
@@ -229,69 +233,57 @@ def index_files(index: Path) -> list[Path]:
     return files
 
 
-def checkpoint_files(spec: str | os.PathLike) -> list[Path]:
-    """Files of a separate expert checkpoint: a shard directory, an index json, one file, or a repo id."""
+CKPT_SUFFIXES = (".safetensors", ".gguf")
+EXPERT_WORDS = {"transformer": "high", "transformer_2": "low"}
+
+
+def _pick_expert_file(folder: Path, files: list[Path], expert: str | None) -> list[Path]:
+    """A folder of shards is one checkpoint; a folder of whole files (``…high_noise….safetensors`` and
+    ``…low_noise…``, or GGUF files) holds one file per expert, chosen by name."""
+    gguf = [f for f in files if f.suffix == ".gguf"]
+    if len(files) == 1 or (not gguf and expert is None):
+        return files
+    word = EXPERT_WORDS.get(expert or "", "")
+    chosen = [f for f in files if word and word in f.name.lower()]
+    if len(chosen) == 1:
+        return chosen
+    if not gguf and not chosen and all(_is_shard(f) for f in files):
+        return files
+    names = ", ".join(f.name for f in files[:4])
+    raise WeightsError(
+        f"checkpoint directory {folder} holds several weight files ({names}); pass the {word or 'expert'} file itself"
+    )
+
+
+def _is_shard(path: Path) -> bool:
+    return "-of-" in path.stem
+
+
+def checkpoint_files(spec: str | os.PathLike, expert: str | None = None) -> list[Path]:
+    """Files of one expert's checkpoint: a shard directory, an index json, one ``.safetensors`` / ``.gguf``
+    file, a folder holding one file per expert, or a repo id."""
     spec = str(spec)
     path = Path(spec).expanduser()
     if not path.exists():
         if _looks_like_repo_id(spec):
-            path = fetch_repo(spec, allow_patterns=["*.safetensors", "*.json"])
+            path = fetch_repo(spec, allow_patterns=["*.safetensors", "*.json", "*.gguf"])
         else:
             raise WeightsError(
-                f"checkpoint {spec} does not exist (expected a directory, .safetensors, index or repo id)"
+                f"checkpoint {spec} does not exist (expected a directory, .safetensors, .gguf, index or repo id)"
             )
     if path.is_dir():
         indexes = sorted(path.glob("*.safetensors.index.json"))
         if indexes:
             return index_files(indexes[0])
-        files = sorted(path.glob("*.safetensors"))
+        files = sorted(f for f in path.iterdir() if f.suffix in CKPT_SUFFIXES and f.is_file())
         if not files:
-            raise WeightsError(f"checkpoint directory {path} holds no .safetensors files")
-        return files
+            raise WeightsError(f"checkpoint directory {path} holds no .safetensors or .gguf files")
+        return _pick_expert_file(path, files, expert)
     if path.name.endswith(".index.json"):
         return index_files(path)
-    if path.suffix == ".safetensors":
+    if path.suffix in CKPT_SUFFIXES:
         return [path]
-    raise WeightsError(f"checkpoint {path} is not a .safetensors file, an index json or a directory")
-
-
-def _keep_fp32(name: str, patterns: Iterable[str]) -> bool:
-    parts = name.split(".")
-    return any(p in parts for p in patterns)
-
-
-def map_checkpoint_keys(
-    entries: dict[str, TensorEntry], model_keys: set[str], expert: str
-) -> tuple[dict[str, TensorEntry], list[str]]:
-    """Map checkpoint keys to model keys for one expert, preferring EMA copies and the earliest prefix.
-
-    Returns the mapping and the checkpoint keys that map to nothing (keys of the other expert excluded).
-    """
-    prefixes = EXPERT_PREFIXES[expert]
-    other = "transformer_2" if expert == "transformer" else "transformer"
-    other_prefixes = tuple(p for p in EXPERT_PREFIXES[other] if p)
-    best: dict[str, tuple[tuple[int, int], TensorEntry]] = {}
-    unexpected = []
-    for key, entry in entries.items():
-        ema = key.startswith("ema.")
-        rest = key[4:] if ema else key
-        matched = False
-        for rank, prefix in enumerate(prefixes):
-            if rest.startswith(prefix) and rest[len(prefix) :] in model_keys:
-                bare = rest[len(prefix) :]
-                priority = (0 if ema else 1, rank)
-                if bare not in best or priority < best[bare][0]:
-                    best[bare] = (priority, entry)
-                matched = True
-                break
-        if not matched and not rest.startswith(other_prefixes) and not any(i in key for i in IGNORED_KEYS):
-            unexpected.append(key)
-    return {k: v[1] for k, v in best.items()}, unexpected
-
-
-def _few(names: list[str], count: int = 3) -> str:
-    shown = ", ".join(sorted(names)[:count])
-    return shown + (f" and {len(names) - count} more" if len(names) > count else "")
+    raise WeightsError(f"checkpoint {path} is not a .safetensors or .gguf file, an index json or a directory")
 
 
 EXPERT_INT_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "ffn_dim", "text_dim")
@@ -310,7 +302,9 @@ def _expert_keys(entries: dict[str, TensorEntry], expert: str, separate: bool) -
         if rest.startswith(other_prefixes):
             continue
         prefix = next((p for p in EXPERT_PREFIXES[expert] if p and rest.startswith(p)), "")
-        bare.setdefault(rest[len(prefix) :], entry)
+        rest = rest[len(prefix) :]
+        rest = next((rest[len(p) :] for p in ORIGINAL_PREFIXES if rest.startswith(p)), rest)
+        bare.setdefault(rest, entry)
     return bare
 
 
@@ -361,48 +355,66 @@ def load_expert(
     dtype: torch.dtype,
     device: torch.device | str = "cpu",
     separate: bool = False,
+    quantize: str = "none",
 ) -> BerniniTransformer:
-    """Build an expert from ``config_dir/config.json`` on the meta device and stream its weights in."""
-    from accelerate import init_empty_weights
-    from accelerate.utils import set_module_tensor_to_device
+    """Build an expert from ``config_dir/config.json`` on the meta device and stream its weights in.
 
+    ``files`` are safetensors shards in any layout of :mod:`bernini.layouts`, or one GGUF file; the config is
+    checked against the shards' headers before the model is built."""
+    quantize = quant.check_mode(quantize)
+    if len(files) == 1 and files[0].suffix == ".gguf":
+        from .gguf_file import load_gguf_expert
+
+        model = empty_expert(config_dir)
+        load_gguf_expert(model, files[0], expert=expert, dtype=dtype)
+        return model.to(device).eval().requires_grad_(False)
     config = read_json(config_dir / "config.json")
     entries: dict[str, TensorEntry] = {}
     for path in files:
         for key, entry in read_header(path).items():
             entries.setdefault(key, entry)
     check_expert_config(config, entries, expert=expert, where=config_dir / "config.json", separate=separate)
-    with init_empty_weights():
-        model = BerniniTransformer.from_config(config)
+    model = empty_expert(config_dir)
     model_keys = set(model.state_dict().keys())
-    if separate:
-        mapping, unexpected = map_checkpoint_keys(entries, model_keys, expert)
-    else:
-        mapping = {k: e for k, e in entries.items() if k in model_keys}
-        unexpected = [k for k in entries if k not in model_keys and not any(i in k for i in IGNORED_KEYS)]
+    match = match_layout(entries, model_keys, expert, separate)
     where = files[0].parent if len(files) > 1 else files[0]
-    missing = sorted(model_keys - mapping.keys())
+    missing = sorted(model_keys - match.mapping.keys())
     if missing:
-        raise WeightsError(f"{expert} weights in {where} are missing {len(missing)} tensors: {_few(missing)}")
-    if unexpected:
-        raise WeightsError(f"{expert} weights in {where} have {len(unexpected)} unexpected tensors: {_few(unexpected)}")
-    keep = tuple(model._keep_in_fp32_modules or ())
-    params = dict(model.named_parameters())
-    by_entry = {entry: name for name, entry in mapping.items()}
-    for entry, tensor in iter_tensors(list(mapping.values())):
+        raise WeightsError(f"{expert} weights in {where} are missing {len(missing)} tensors: {few(missing)}")
+    if match.unexpected:
+        count = len(match.unexpected)
+        raise WeightsError(f"{expert} weights in {where} have {count} unexpected tensors: {few(match.unexpected)}")
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    scales = {name: read_tensor(s.scale) for name, s in match.mapping.items() if s.scale is not None}
+    by_entry = {stored.entry: name for name, stored in match.mapping.items()}
+    for entry, tensor in iter_tensors(list(by_entry)):
         name = by_entry[entry]
-        expected = tuple(params[name].shape) if name in params else None
+        expected = shapes.get(name)
         if expected is not None and tuple(tensor.shape) != expected:
             raise WeightsError(
                 f"{expert} tensor {name} in {entry.path.name} has shape {tuple(tensor.shape)}, expected {expected}"
             )
-        target = torch.float32 if _keep_fp32(name, keep) else dtype
-        if tensor.is_floating_point():
-            tensor = tensor.to(target)
-        set_module_tensor_to_device(model, name, device, value=tensor, dtype=tensor.dtype)
+        place_weight(model, name, tensor, dtype=dtype, quantize=quantize, scale=scales.pop(name, None))
         del tensor
     model.to(device)
     return model.eval().requires_grad_(False)
+
+
+def checkpoint_flags(
+    renderer: RendererConfig, high_noise_ckpt: str | os.PathLike | None, low_noise_ckpt: str | os.PathLike | None
+) -> dict[str, str | os.PathLike]:
+    """The separate checkpoint of each expert; they win over the experts of ``--config``."""
+    given = {k: v for k, v in (("transformer", high_noise_ckpt), ("transformer_2", low_noise_ckpt)) if v is not None}
+    if not given:
+        return {}
+    names = expert_names(renderer)
+    if len(names) == 2 and len(given) == 1:
+        raise WeightsError("pass --high_noise_ckpt and --low_noise_ckpt together (or neither)")
+    if len(names) == 1:
+        if len(given) == 2:
+            raise WeightsError("this model has a single expert: pass one checkpoint (--high_noise_ckpt)")
+        return {names[0]: next(iter(given.values()))}
+    return given
 
 
 def load_components(
@@ -410,25 +422,30 @@ def load_components(
     dtype: torch.dtype,
     high_noise_ckpt: str | os.PathLike | None = None,
     low_noise_ckpt: str | os.PathLike | None = None,
+    quantize: str = "none",
 ) -> dict[str, object]:
-    """Every module of the pipeline on the CPU: experts (streamed, or from separate checkpoints), UMT5, VAE."""
+    """Every module of the pipeline on the CPU: experts (streamed, or from separate checkpoints), UMT5, VAE.
+
+    ``quantize`` (``none``, ``fp8``, ``int8``) quantises dense expert weights as they load."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    if (high_noise_ckpt is None) != (low_noise_ckpt is None):
-        raise WeightsError("pass --high_noise_ckpt and --low_noise_ckpt together (or neither)")
+    quantize = quant.check_mode(quantize)
+    source.quantize = quantize
     components = source.components
     loaded: dict[str, object] = {"transformer": None, "transformer_2": None}
-    separate = {"transformer": high_noise_ckpt, "transformer_2": low_noise_ckpt}
+    separate = checkpoint_flags(source.renderer, high_noise_ckpt, low_noise_ckpt)
     for name in expert_names(source.renderer):
         config_dir = components / name
-        if separate[name] is not None:
-            files = checkpoint_files(separate[name])
+        if name in separate:
+            files = checkpoint_files(separate[name], name)
             source.transformer_files[name] = files
             source.separate_checkpoints[name] = str(separate[name])
-            loaded[name] = load_expert(config_dir, files, expert=name, dtype=dtype, separate=True)
         else:
-            loaded[name] = load_expert(config_dir, source.transformer_files[name], expert=name, dtype=dtype)
+            files = source.transformer_files[name]
+        loaded[name] = load_expert(
+            config_dir, files, expert=name, dtype=dtype, separate=name in separate, quantize=quantize
+        )
     try:
         loaded["tokenizer"] = AutoTokenizer.from_pretrained(components / "tokenizer")
         loaded["text_encoder"] = UMT5EncoderModel.from_pretrained(components / "text_encoder", dtype=dtype).eval()

@@ -25,7 +25,7 @@ from .errors import BerniniError
 from .guidance import GuidanceState, Text
 from .loading import ModelSource, load_components, resolve_model
 from .lora import LoraSpec, merge_lora, read_lora
-from .placement import Placement, decide_offload
+from .placement import Placement, PlacementDecision, measured_sizes
 from .plan import GenerationPlan, ModelDefaults, make_plan
 from .record import RunFacts, Timings, run_record
 from .request import GenerationRequest
@@ -94,6 +94,7 @@ class BerniniPipeline:
         self._progress_bar_config: dict[str, Any] = {}
         self._interrupt = False
         self.placement = Placement(offload, device, self.experts)
+        self.placement_decision = PlacementDecision(offload)
         self._configure_attention()
 
     # ----------------------------------------------------------------- loading
@@ -113,6 +114,8 @@ class BerniniPipeline:
         compile: bool = False,
         allow_base_weights: bool = False,
         loras: Sequence[LoraSpec] = (),
+        quantize: str = "none",
+        gpu_memory: float | None = None,
     ) -> BerniniPipeline:
         """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
 
@@ -120,6 +123,8 @@ class BerniniPipeline:
         A config or bundle without Bernini-R weights (a plain Wan2.2 bundle, a config directory without
         ``high_noise_ckpt`` / ``low_noise_ckpt``) is refused unless ``allow_base_weights=True``.
         ``loras`` are merged into the experts' weights before they move to the device.
+        ``quantize`` (``fp8`` / ``int8``) keeps the experts' block linears weight-only quantised.
+        ``gpu_memory`` (GiB; default: the device's free memory) is the budget ``offload="auto"`` places under.
         """
         if device is not None and device_map is not None:
             raise BerniniError("pass either device or device_map, not both")
@@ -129,12 +134,11 @@ class BerniniPipeline:
             name for name, ckpt in (("transformer", high_noise_ckpt), ("transformer_2", low_noise_ckpt)) if ckpt
         }
         source = resolve_model(pretrained_model_name_or_path, separate=separate, allow_base_weights=allow_base_weights)
-        modules = load_components(source, weight_dtype, high_noise_ckpt, low_noise_ckpt)
+        modules = load_components(source, weight_dtype, high_noise_ckpt, low_noise_ckpt, quantize)
         pipe = cls(**modules, source=source, device=target, dtype=weight_dtype, attention=attention)
         for spec in loras:
             pipe.load_lora_weights(spec.path, expert=spec.expert, scale=spec.scale)
-        mode = decide_offload(offload, target, pipe._modules(), pipe.experts)
-        pipe.placement = Placement(mode, target, pipe.experts)
+        pipe.apply_placement(pipe.decide_placement(offload, target, gpu_memory))
         pipe = pipe.to(target)
         if compile:
             pipe.compile()
@@ -165,6 +169,30 @@ class BerniniPipeline:
             for target in self._lora_targets(spec.expert):
                 merge_lora(target, state_dict, -spec.scale)
 
+    def decide_placement(
+        self, offload: bool | str, device: torch.device, gpu_memory: float | None = None
+    ) -> PlacementDecision:
+        """Keep resident what fits the budget, stream the rest (see :mod:`bernini.memory_plan`)."""
+        from .memory_plan import runtime_decision
+        from .quant import QuantLinear
+
+        budget = int(gpu_memory * 1024**3) if gpu_memory is not None else None
+        if budget is None and device.type == "cuda":
+            budget = torch.cuda.mem_get_info(device)[0]
+        sizes = measured_sizes(self.experts, self.text_encoder, self.vae)
+        quantized = any(isinstance(m, QuantLinear) for e in self.experts for m in e.modules())
+        expert_config = dict(self.experts[0].config)
+        return runtime_decision(
+            offload, device, budget, sizes, expert_config, dict(self.vae.config), self.dtype, quantized
+        )
+
+    def apply_placement(self, decision: PlacementDecision) -> None:
+        self.placement_decision = decision
+        on_cpu = [self.text_encoder] if decision.text_encoder == "cpu" else []
+        self.placement = Placement(decision.mode, self.device, self.experts, on_cpu)
+        if decision.tiled_decode:
+            self.vae.enable_tiling()
+
     def compile(self) -> None:
         """Regional ``torch.compile`` of the repeated transformer blocks (shapes vary per combo: not fullgraph,
         so sequence-parallel collectives may break the graph)."""
@@ -189,7 +217,7 @@ class BerniniPipeline:
 
     def to(self, device: str | torch.device) -> BerniniPipeline:
         self.device = parse_device(device)
-        self.placement = Placement(self.placement.mode, self.device, self.experts)
+        self.placement = Placement(self.placement.mode, self.device, self.experts, self.placement.on_cpu)
         self.placement.settle(self._modules())
         self._configure_attention()
         return self

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bernini.errors import WeightsError
-from bernini.loading import checkpoint_files, load_expert, map_checkpoint_keys, resolve_model
+from bernini.layouts import map_checkpoint_keys
+from bernini.loading import checkpoint_files, load_expert, resolve_model
 from bernini.safetensors_stream import read_header
 
 

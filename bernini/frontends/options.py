@@ -114,6 +114,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--lora_low", action="append", default=[], metavar="PATH[:SCALE]", help=lora_help.format("the low-noise expert")
     )
+    group.add_argument(
+        "--quantize",
+        default="none",
+        choices=("none", "fp8", "int8"),
+        help="weight-only quantise the experts' block linears on load (fp8 e4m3 or int8, per-channel scales); "
+        "fp8/int8 checkpoints stay as stored either way",
+    )
+    group.add_argument(
+        "--gpu_memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="device memory budget in GiB for --offload auto (default: the free memory)",
+    )
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -192,6 +206,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     )
     pe = add_pe_args(parser, "rewrite prompts with an OpenAI-compatible model")
     pe.add_argument("--pe_only", action="store_true", help="print the enhanced prompt (or case) and stop")
+    parser.add_argument(
+        "--dry_run", action="store_true", help="print the placement and expected peak memory per phase; load nothing"
+    )
     add_parallel_args(parser)
     document(parser)
 
@@ -313,6 +330,8 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None):
         compile=args.compile,
         allow_base_weights=getattr(args, "allow_base_weights", False),
         loras=lora_specs(args),
+        quantize=getattr(args, "quantize", "none"),
+        gpu_memory=getattr(args, "gpu_memory", None),
     )
 
 
@@ -337,4 +356,5 @@ def describe_loaded(pipe, seconds: float) -> str:
     return (
         f"loaded {pipe.source.spec} in {seconds:.1f} s: device {pipe.device}, "
         f"{str(pipe.dtype).replace('torch.', '')}, attention {pipe.attention_backend.name}, offload {pipe.offload}"
+        f"\n{pipe.placement_decision.describe()}"
     )
