@@ -70,7 +70,9 @@ class Client:
             return self.call("POST", "/v1/files", files={"file": (file.name, handle)}).json()["id"]
 
     def submit(self, request: GenerationRequest) -> dict[str, Any]:
-        body = {k: v for k, v in vars(request).items() if k not in (*MEDIA, "output")}
+        if request.cache_calibration:
+            raise BerniniError("--cache_calibration names a file on this machine; a server keeps its own calibration")
+        body = {k: v for k, v in vars(request).items() if k not in (*MEDIA, "output", "cache_calibration")}
         body["video"] = [self.upload(v) for v in request.video]
         body["image"] = self.upload(request.image) if request.image is not None else None
         body["images"] = [self.upload(v) for v in request.images]

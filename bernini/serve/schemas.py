@@ -62,6 +62,10 @@ class JobCreate(BaseModel):
     max_trained_src_id: int | None = Field(None, description="Most source ids seen in training; default: the model's.")
     use_pe: bool = Field(False, description="Rewrite the prompt with the server's prompt enhancer first.")
     pe_model: str | None = Field(None, description="Prompt-enhancer model (default: the server's).")
+    preset: str | None = Field(None, description="Sampling preset, e.g. lightning4 (with a distillation LoRA).")
+    cache: str | None = Field(None, description="Step cache: firstblock, teacache or magcache; default: off.")
+    cache_threshold: float | None = Field(None, description="Step-cache threshold; default: the cache's own.")
+    batch_branches: bool = Field(False, description="Run guidance branches of equal length as one batched forward.")
 
 
 class Progress(BaseModel):
