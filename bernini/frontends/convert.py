@@ -13,7 +13,14 @@ def add_convert_parser(sub) -> argparse.ArgumentParser:
     convert.add_argument("--config", "--model", dest="config", default=None, help="source bundle or config")
     convert.add_argument("--high_noise_ckpt", default=None, help="source high-noise expert (any layout)")
     convert.add_argument("--low_noise_ckpt", default=None, help="source low-noise expert (any layout)")
-    convert.add_argument("--to", dest="layout", required=True, choices=("diffusers", "comfy", "gguf"))
+    convert.add_argument(
+        "--to",
+        dest="layout",
+        required=True,
+        choices=("diffusers", "comfy", "gguf"),
+        help="diffusers: a bundle (pre-quantised with --quantize); comfy: single files in the original Wan names; "
+        "gguf: GGUF files (--gguf_type)",
+    )
     convert.add_argument("--output", required=True, help="a new (or empty) directory")
     convert.add_argument("--dtype", default="bf16", help="dtype of the dense tensors written: bf16, fp16 or fp32")
     convert.add_argument(

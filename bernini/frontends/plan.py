@@ -14,15 +14,25 @@ GIB = 1024**3
 def add_plan_parser(sub) -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print the placement and expected peak device/host memory per phase")
     plan.add_argument("--config", "--model", dest="config", default=None, help="bundle (default: A14B shapes)")
-    plan.add_argument("--num_frames", type=int, default=81)
-    plan.add_argument("--height", type=int, default=480)
-    plan.add_argument("--width", type=int, default=832)
+    plan.add_argument("--num_frames", type=int, default=81, help="frames of the target")
+    plan.add_argument("--height", type=int, default=480, help="target height in pixels")
+    plan.add_argument("--width", type=int, default=832, help="target width in pixels")
     plan.add_argument("--source_videos", type=int, default=1, help="videos packed beside the target (v2v: 1)")
     plan.add_argument("--images", type=int, default=0, help="reference images packed beside the target")
-    plan.add_argument("--quantize", default="none", choices=("none", "fp8", "int8"))
+    plan.add_argument(
+        "--quantize",
+        default="none",
+        choices=("none", "fp8", "int8"),
+        help="weight format of the experts' block linears",
+    )
     plan.add_argument("--dtype", default="bf16", help="compute dtype of the dense weights")
     plan.add_argument("--gpu_memory", type=float, default=None, metavar="GB", help="device budget in GiB")
-    plan.add_argument("--offload", default="auto", choices=("auto", "none", "model", "blocks"))
+    plan.add_argument(
+        "--offload",
+        default="auto",
+        choices=("auto", "none", "model", "blocks"),
+        help="placement policy (auto: by budget)",
+    )
     return plan
 
 
