@@ -18,7 +18,7 @@ import torch
 
 from .attention import select_backend
 from .conditions import Conditions, LatentCodec, LatentGrid
-from .devices import device_from_map, parse_device, parse_dtype
+from .devices import device_from_map, parse_device, parse_dtype, supports_float64
 from .errors import BerniniError
 from .guidance import GuidanceState, Text
 from .loading import ModelSource, load_components, resolve_model
@@ -355,7 +355,7 @@ class BerniniPipeline:
             mode=guidance.mode,
             weights=guidance.weights,
             omega_scale=guidance.omega_scale,
-            state=GuidanceState(guidance.apg),
+            state=GuidanceState(guidance.apg, float64=supports_float64(self.device)),
         )
         return inputs.placed(self.device, self.experts[0].patch_embedding.weight.dtype)
 
