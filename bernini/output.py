@@ -31,6 +31,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".m4v"})
 """Containers that hold H.264; a multi-frame output with any other suffix becomes ``.mp4``."""
 _OTHER_VIDEO_SUFFIXES = frozenset({".webm", ".avi", ".gif"})
+ENCODER_THREADS = 4
+"""x264 picks its thread count from the CPUs it may use, and the bitstream depends on it: a fixed count
+makes the same frames the same bytes on any machine."""
 _FLOAT_SLACK = 0.5
 """Float frames a little outside [0, 1] (decoder overshoot) are clipped; further out means a wrong scale."""
 
@@ -171,7 +174,8 @@ def _frame_rate(fps: float) -> Fraction:
 def write_video(path: str | os.PathLike, frames: Any, fps: float, crf: int = 8) -> Path:
     """Write every frame as H.264 (yuv420p, BT.709, ``crf``) at ``fps``, atomically.
 
-    Odd heights or widths are padded to even by repeating the last row or column.
+    Odd heights or widths are padded to even by repeating the last row or column. The same frames give the
+    same bytes on any machine (:data:`ENCODER_THREADS`; no creation time is written).
     """
     target = Path(path)
     pixels = _even_sized(to_uint8_frames(frames))
@@ -184,6 +188,7 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, crf: int = 8) 
                 stream.width, stream.height = pixels.shape[2], pixels.shape[1]
                 stream.pix_fmt = "yuv420p"
                 context = stream.codec_context
+                context.thread_count = ENCODER_THREADS
                 context.colorspace = Colorspace.ITU709
                 context.color_primaries = ColorPrimaries.BT709
                 context.color_trc = ColorTrc.BT709
