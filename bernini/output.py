@@ -25,6 +25,7 @@ import torch
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 from PIL import Image
 
+from bernini.adjustments import Adjustment
 from bernini.errors import MediaError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
@@ -225,6 +226,29 @@ def _output_path(path: Path, frame_count: int) -> Path:
     if suffix in IMAGE_SUFFIXES | VIDEO_SUFFIXES | _OTHER_VIDEO_SUFFIXES:
         return path.with_suffix(default)
     return path.with_name(path.name + default)
+
+
+DIRECTORY_OUTPUT_STEM = "output"
+
+
+def output_path(path: str | os.PathLike, frame_count: int) -> tuple[Path, list[Adjustment]]:
+    """Where :func:`write_output` writes ``frame_count`` frames asked for ``path``, and what changed.
+
+    A directory (an existing one, or a path ending in a separator) gets a file named ``output`` inside it.
+    """
+    asked = os.fspath(path)
+    named = Path(asked)
+    directory = named.is_dir() or asked.endswith(("/", os.sep))
+    if directory:
+        named = named / DIRECTORY_OUTPUT_STEM
+    target = _output_path(named, frame_count)
+    if directory:
+        why = f"a directory was given; the file is named {target.name}"
+    elif frame_count == 1:
+        why = "one frame is written as an image"
+    else:
+        why = f"{frame_count} frames are written as an H.264 video"
+    return target, [] if target == Path(asked) else [Adjustment("output", asked, str(target), why)]
 
 
 def write_output(path: str | os.PathLike, frames: Any, fps: float) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .adjustments import Adjustment, changed
 from .attention import select_backend
 from .conditions import Conditions, LatentCodec, LatentGrid
 from .devices import device_from_map, parse_device, parse_dtype, supports_float64
@@ -28,7 +29,7 @@ from .record import RunFacts, Timings, run_record
 from .request import GenerationRequest
 from .sampler import BranchRunner, Experts, SamplingInputs, SamplingStats, sample
 from .schedulers import build_scheduler, scheduler_name
-from .text import encode_text
+from .text import encode_text, token_counts
 from .transformer import BerniniTransformer
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class EncodedConditions:
     height: int
     width: int
     previews: list[np.ndarray]
+    adjustments: list[Adjustment] = field(default_factory=list)
 
 
 class BerniniPipeline:
@@ -256,6 +258,7 @@ class BerniniPipeline:
             plan = plan.with_prompt(prompt)
         with timings.phase("encode_text"):
             text = self.encode_prompts(plan.t5_text, plan.negative_prompt)
+            text_adjustments = self.text_adjustments(plan.t5_text, plan.negative_prompt)
         inputs = self.sampling_inputs(plan, encoded, text, generator)
         stats = SamplingStats()
         with timings.phase("denoise"):
@@ -279,6 +282,7 @@ class BerniniPipeline:
             scheduler=plan.scheduler.name,
             interrupted=stats.interrupted,
             enhancement=enhancement,
+            adjustments=[*plan.adjustments, *encoded.adjustments, *text_adjustments],
         )
         record = run_record(
             plan,
@@ -317,9 +321,40 @@ class BerniniPipeline:
                 conditions.image = codec.encode(pixels.unsqueeze(1))
             for item in media.images:
                 conditions.images.append(codec.encode(preprocess_image(item, media.max_image_size).unsqueeze(1)))
-        return EncodedConditions(
-            conditions, grid.snap_frames(frames), grid.snap_side(height), grid.snap_side(width), previews
-        )
+        adjustments = self._geometry_adjustments(plan, frames, height, width)
+        snapped = grid.snap_frames(frames), grid.snap_side(height), grid.snap_side(width)
+        multiple = grid.size_multiple
+        adjustments += changed("num_frames", frames, snapped[0], f"the VAE takes {grid.temporal}k+1 frames")
+        adjustments += changed("height", height, snapped[1], f"sides are multiples of {multiple} pixels")
+        adjustments += changed("width", width, snapped[2], f"sides are multiples of {multiple} pixels")
+        return EncodedConditions(conditions, *snapped, previews, adjustments)
+
+    @staticmethod
+    def _geometry_adjustments(plan: GenerationPlan, frames: int, height: int, width: int) -> list[Adjustment]:
+        """What the source media changed from the geometry asked for (before snapping to the latent grid)."""
+        asked = plan.geometry
+        media = plan.media
+        if media.video:
+            source = "the source video"
+            shorter = f"{source} is shorter: it gives {frames} frames (4k+1) at {media.fps:g} fps"
+            adjustments = changed("num_frames", asked.frames, frames, shorter)
+        elif media.image is not None:
+            source, adjustments = "the source image", []
+        else:
+            return []
+        why = f"taken from {source} (at most --max_image_size {media.max_image_size})"
+        return adjustments + changed("height", asked.height, height, why) + changed("width", asked.width, width, why)
+
+    def text_adjustments(self, positive: str, negative: str) -> list[Adjustment]:
+        """Prompts longer than the text encoder reads are cut; say by how much."""
+        limit = self.renderer_config.max_sequence_length
+        counts = token_counts([positive, negative], self.tokenizer)
+        why = f"the text encoder reads at most {limit} tokens; the rest was cut"
+        return [
+            Adjustment(f"{name} tokens", count, limit, why)
+            for name, count in zip(("prompt", "neg_prompt"), counts, strict=True)
+            if count > limit
+        ]
 
     def encode_prompts(self, positive: str, negative: str) -> dict[Text, torch.Tensor]:
         with self.placement.active(self.text_encoder):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .adjustments import Adjustment, changed
 from .errors import BerniniError
 from .guidance import GUIDANCE_MODES, APGSettings, GuidanceMode, Weights
 from .request import GenerationRequest, describe_media
@@ -126,6 +127,7 @@ class GenerationPlan:
     use_pe: bool = False
     pe_model: str | None = None
     source_ids: SourceIdPolicy | None = None  # set by with_model_defaults
+    adjustments: tuple[Adjustment, ...] = ()  # what make_plan changed from the request
 
     @property
     def t5_text(self) -> str:
@@ -345,7 +347,9 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1}")
     if task.single_frame:
         frames = 1
+    asked_frames = frames
     frames = frames // 4 * 4 + 1 if frames > 1 else 1
+    adjustments = changed("num_frames", asked_frames, frames, "the VAE takes 4k+1 frames")
     for text_field in ("neg_prompt", "system_prompt"):
         if not isinstance(getattr(request, text_field), str):
             raise BerniniError(f"{text_field} must be a string")
@@ -367,5 +371,6 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         output=str(request.output) if request.output is not None else None,
         use_pe=bool(request.use_pe),
         pe_model=request.pe_model,
+        adjustments=tuple(adjustments),
     )
     return plan.with_model_defaults(defaults) if defaults is not None else plan

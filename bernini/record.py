@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._version import __version__
+from .adjustments import Adjustment
 from .guidance import Combo
 from .plan import GenerationPlan
 
@@ -50,6 +51,7 @@ class RunFacts:
     scheduler: str
     interrupted: bool = False
     enhancement: dict[str, Any] = field(default_factory=dict)
+    adjustments: list[Adjustment] = field(default_factory=list)
 
 
 def run_record(
@@ -94,5 +96,6 @@ def run_record(
         "request": plan.request_record(),
         "resolved": resolved,
         "prompt_enhancer": facts.enhancement,
+        "adjustments": [a.record() for a in facts.adjustments],
         "timings": timings,
     }

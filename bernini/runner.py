@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from .adjustments import Adjustment
 from .errors import BerniniError
-from .output import sidecar_path, to_uint8_frames, write_frames, write_output, write_sidecar
+from .output import output_path, sidecar_path, to_uint8_frames, write_frames, write_output, write_sidecar
 from .plan import GenerationPlan, ModelDefaults, make_plan
 from .request import GenerationRequest
 
@@ -132,8 +133,13 @@ def run_job(
     if not write:
         return JobResult(None, None, prompt, result.parameters, None)
     frames = to_uint8_frames(result.frames)
-    written = write_output(plan.output, frames, plan.media.fps)
+    target, output_adjustments = output_path(plan.output, len(frames))
+    written = write_output(target, frames, plan.media.fps)
     record = dict(result.parameters)
+    record["adjustments"] = [*record.get("adjustments", []), *(a.record() for a in output_adjustments)]
+    if log is not None:
+        for adjustment in record["adjustments"]:
+            log(Adjustment(**adjustment).note())
     record["output"] = str(written)
     record["fps"] = plan.media.fps
     if extra_record:
