@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from .frontends.options import (
     model_defaults,
     quiet_libraries,
     requests_from_args,
+    run_context,
 )
 from .guidance import GUIDANCE_MODES
 from .runner import Task, TaskListRunner, plan_tasks, run_job, summarize
@@ -42,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = sub.add_parser("generate", help="generate from flags, a case file or a task list")
     add_model_args(generate)
     add_generation_args(generate)
+    generate.add_argument(
+        "--replay",
+        default=None,
+        metavar="OUTPUT.json",
+        help="run again what a sidecar records, frame for frame (the enhancer is not called again)",
+    )
     tiny = sub.add_parser("tiny-bundle", help="write a tiny random bundle in an upstream layout")
     tiny.add_argument("directory")
     tiny.add_argument("--layout", default="diffusers", choices=("diffusers", "separate", "single", "wan22"))
@@ -92,7 +100,13 @@ def run_generate(args: argparse.Namespace) -> int:
     ignored = full_bernini_flags(args)
     if ignored:
         _stderr(f"note: {', '.join(ignored)} only affect the full Bernini model; ignored")
-    tasks = plan_tasks(requests_from_args(args), model_defaults(args))
+    if args.replay:
+        from .frontends.replay import replay_requests
+
+        requests = replay_requests(args)
+    else:
+        requests = requests_from_args(args)
+    tasks = plan_tasks(requests, model_defaults(args))
     if len(tasks) == 1 and isinstance(tasks[0], BerniniError):
         raise tasks[0]
     quiet_libraries()
@@ -119,6 +133,7 @@ def run_generate(args: argparse.Namespace) -> int:
             save_frames=args.save_frames if len(tasks) == 1 else None,
             enhancer=enhancer,
             log=_stderr,
+            extra_record=run_context(args),
         )
 
     failures = TaskListRunner(job, _stderr, skip_existing=args.skip_existing).run(tasks)
@@ -138,6 +153,7 @@ def print_tasks() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    command_line = shlex.join(sys.argv if argv is None else ["bernini", *argv])
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:  # argparse's REMAINDER rejects a leading --flag; the demo parses its own flags
         from .demo import main as demo_main
@@ -146,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(argv)
+    args.command_line = command_line
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         if args.command == "tiny-bundle":

@@ -19,6 +19,7 @@ from .adjustments import Adjustment
 from .errors import BerniniError
 from .output import output_path, sidecar_path, to_uint8_frames, write_frames, write_output, write_sidecar
 from .plan import GenerationPlan, ModelDefaults, make_plan
+from .record import library_versions, run_paths, timestamp
 from .request import GenerationRequest
 
 Log = Callable[[str], None]
@@ -142,6 +143,15 @@ def run_job(
             log(Adjustment(**adjustment).note())
     record["output"] = str(written)
     record["fps"] = plan.media.fps
+    record["created"] = timestamp()
+    record["versions"] = library_versions()
+    source = getattr(pipe, "source", None)
+    record["paths"] = run_paths(
+        plan,
+        written,
+        model=getattr(source, "spec", None),
+        checkpoints=dict(getattr(source, "separate_checkpoints", {}) or {}),
+    )
     if extra_record:
         record.update(extra_record)
     if save_frames:

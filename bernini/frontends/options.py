@@ -255,3 +255,16 @@ def describe_loaded(pipe, seconds: float) -> str:
         f"loaded {pipe.source.spec} in {seconds:.1f} s: device {pipe.device}, "
         f"{str(pipe.dtype).replace('torch.', '')}, attention {pipe.attention_backend.name}, offload {pipe.offload}"
     )
+
+
+def run_context(args: argparse.Namespace, parallel: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What only the front end knows, for the sidecar: the command line, the working directory, the parallel
+    layout, and the sidecar a replay came from."""
+    context: dict[str, Any] = {
+        "command_line": getattr(args, "command_line", None),
+        "cwd": str(Path.cwd()),
+        "parallel": parallel or {"world": 1},
+    }
+    if getattr(args, "replayed", None):
+        context["replay_of"] = args.replayed
+    return context

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from ..runner import Task, TaskListRunner, run_job, summarize
 from .launch import SetupError, parallel_run
-from .options import enhancer_config
+from .options import enhancer_config, run_context
 
 
 def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable[[str], None]) -> int:
@@ -22,6 +22,12 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
         with parallel_run(args, env, log) as (pipe, context):
             layout = context.layout
             total = len(tasks)
+            parallel = {
+                "world": layout.world,
+                "ulysses": layout.ulysses,
+                "cfg": layout.cfg,
+                "layout": layout.describe(),
+            }
             enhancer = enhancer_config(args) if args.use_pe or any(getattr(t, "use_pe", False) for t in tasks) else None
 
             def job(index: int, plan):
@@ -33,6 +39,7 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
                     write=layout.is_leader,
                     log=log if layout.is_leader else None,
                     share=context.share,
+                    extra_record=run_context(args, parallel),
                 )
 
             runner = TaskListRunner(
