@@ -22,17 +22,17 @@ from .frontends.options import (
     add_generation_args,
     add_model_args,
     describe_loaded,
-    enhancer_config,
     explicit_flags,
     full_bernini_flags,
     load_pipeline,
     model_defaults,
     quiet_libraries,
     requests_from_args,
+    required_enhancer_config,
     run_context,
 )
 from .guidance import GUIDANCE_MODES
-from .runner import Task, TaskListRunner, plan_tasks, run_job, summarize
+from .runner import EnhancerBatch, Task, TaskListRunner, plan_tasks, run_job, summarize
 
 logger = logging.getLogger("bernini")
 
@@ -70,7 +70,7 @@ def run_pe_only(args: argparse.Namespace, tasks: list[Task]) -> int:
     from .media import preprocess_video, to_preview_frames
     from .runner import make_enhancer
 
-    enhance = make_enhancer(enhancer_config(args), _stderr)
+    enhance = make_enhancer(required_enhancer_config(args), _stderr)
     failures = 0
     for task in tasks:
         if isinstance(task, BerniniError):
@@ -109,6 +109,8 @@ def run_generate(args: argparse.Namespace) -> int:
     tasks = plan_tasks(requests, model_defaults(args))
     if len(tasks) == 1 and isinstance(tasks[0], BerniniError):
         raise tasks[0]
+    uses_pe = args.pe_only or any(not isinstance(t, BerniniError) and t.use_pe for t in tasks)
+    enhancer = EnhancerBatch(required_enhancer_config(args)) if uses_pe else None
     quiet_libraries()
     if args.pe_only:
         return run_pe_only(args, tasks)
@@ -124,7 +126,6 @@ def run_generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pipe = load_pipeline(args)
     _stderr(describe_loaded(pipe, time.perf_counter() - start))
-    enhancer = enhancer_config(args) if any(not isinstance(t, BerniniError) and t.use_pe for t in tasks) else None
 
     def job(index: int, plan):
         return run_job(

@@ -62,7 +62,16 @@ def plan_tasks(requests: Iterable[GenerationRequest | BerniniError], defaults: M
     return tasks
 
 
-def make_enhancer(config, log: Log | None = None, share: Share | None = None):
+@dataclass
+class EnhancerBatch:
+    """The prompt enhancer for one task list: its settings, and the first endpoint failure, after which the
+    rest of the list skips the enhancer (with a note) instead of spending the time budget on every task."""
+
+    config: Any
+    failure: str | None = None
+
+
+def make_enhancer(config, log: Log | None = None, share: Share | None = None, batch: EnhancerBatch | None = None):
     """An ``enhance`` hook for :meth:`BerniniPipeline.generate` calling the OpenAI-compatible endpoint.
 
     ``config`` is an :class:`~bernini.enhancer.EnhancerConfig` built by the front end (from its flags and
@@ -70,8 +79,15 @@ def make_enhancer(config, log: Log | None = None, share: Share | None = None):
     """
     from .enhancer import enhance_prompt
 
+    batch = batch if batch is not None else EnhancerBatch(config)
+
     def enhance(plan: GenerationPlan, previews: list[np.ndarray]) -> tuple[str, dict[str, Any]]:
         def call() -> tuple[str, dict[str, Any]]:
+            if batch.failure:
+                if log is not None:
+                    log(f"note: prompt enhancer skipped: the endpoint failed earlier in this batch ({batch.failure})")
+                record = {"used": True, "enhanced": False, "original_prompt": plan.prompt, "skipped": batch.failure}
+                return plan.prompt, record
             result = enhance_prompt(
                 plan.prompt,
                 plan.task.name,
@@ -83,6 +99,8 @@ def make_enhancer(config, log: Log | None = None, share: Share | None = None):
             )
             if result.warning and log is not None:
                 log(f"warning: {result.warning}")
+            if result.endpoint_failed:
+                batch.failure = result.warning or "prompt enhancer failed"
             record = {
                 "used": True,
                 "enhanced": result.enhanced,
@@ -114,9 +132,10 @@ def run_job(
 ) -> JobResult:
     """Generate ``plan`` and write the output, its sidecar and optionally every frame.
 
-    ``enhancer`` is the front end's :class:`~bernini.enhancer.EnhancerConfig`; it is used when the plan
-    asks for the prompt enhancer. With ``write=False`` (the non-writing ranks of a parallel group) the job
-    stops at the latents: no VAE decode, no files, ``frames`` is None.
+    ``enhancer`` is the front end's :class:`~bernini.enhancer.EnhancerConfig`, or an :class:`EnhancerBatch`
+    shared by the tasks of a list; it is used when the plan asks for the prompt enhancer. With ``write=False``
+    (the non-writing ranks of a parallel group) the job stops at the latents: no VAE decode, no files,
+    ``frames`` is None.
     """
     if not plan.output:
         raise BerniniError("no output path given; pass --output PATH")
@@ -124,9 +143,11 @@ def run_job(
     if plan.use_pe:
         if enhancer is None:
             raise BerniniError("this task asks for the prompt enhancer (use_pe) but none is configured here")
-        if plan.pe_model and plan.pe_model != enhancer.model:
-            enhancer = replace(enhancer, model=plan.pe_model)
-        enhance = make_enhancer(enhancer, log, share)
+        batch = enhancer if isinstance(enhancer, EnhancerBatch) else EnhancerBatch(enhancer)
+        config = batch.config
+        if plan.pe_model and plan.pe_model != config.model:
+            config = replace(config, model=plan.pe_model)
+        enhance = make_enhancer(config, log, share, batch)
     result = pipe.generate(plan, enhance=enhance, callback=callback, output_type="np" if write else "latent")
     prompt = result.parameters["request"]["prompt"]
     if enhance is not None and log is not None:

@@ -135,6 +135,15 @@ def add_pe_args(parser: argparse.ArgumentParser, use_help: str) -> argparse._Arg
     pe = parser.add_argument_group("prompt enhancer")
     pe.add_argument("--use_pe", action="store_true", help=use_help)
     pe.add_argument("--pe_model", default=None, help="model name (default: $BERNINI_PE_MODEL or the built-in one)")
+    pe.add_argument(
+        "--pe_timeout", type=float, default=None, help="seconds per request (default: $BERNINI_PE_TIMEOUT, else 60)"
+    )
+    pe.add_argument(
+        "--pe_budget",
+        type=float,
+        default=None,
+        help="seconds for all attempts on one prompt (default: $BERNINI_PE_BUDGET, else 180)",
+    )
     return pe
 
 
@@ -247,7 +256,25 @@ def enhancer_config(args: argparse.Namespace, environ: Mapping[str, str] = os.en
     """The prompt enhancer's settings from ``--pe_model`` and the ``BERNINI_PE_*`` / OpenAI variables."""
     from ..enhancer import EnhancerConfig
 
-    return EnhancerConfig.from_env(getattr(args, "pe_model", None), environ)
+    return EnhancerConfig.from_env(
+        getattr(args, "pe_model", None),
+        environ,
+        timeout_s=getattr(args, "pe_timeout", None),
+        budget_s=getattr(args, "pe_budget", None),
+    )
+
+
+def required_enhancer_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ):
+    """:func:`enhancer_config`, refusing in one line (before anything loads) when no endpoint is configured."""
+    from ..enhancer import enhancer_available
+
+    config = enhancer_config(args, environ)
+    if not enhancer_available(config):
+        raise BerniniError(
+            "--use_pe needs an endpoint: set BERNINI_PE_BASE_URL (an OpenAI-compatible server) and/or "
+            "BERNINI_PE_API_KEY (or OPENAI_API_KEY), or drop --use_pe"
+        )
+    return config
 
 
 def describe_loaded(pipe, seconds: float) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from ..runner import Task, TaskListRunner, run_job, summarize
+from ..runner import EnhancerBatch, Task, TaskListRunner, run_job, summarize
 from .launch import SetupError, parallel_run
 from .options import enhancer_config, run_context
 
@@ -28,7 +28,8 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
                 "cfg": layout.cfg,
                 "layout": layout.describe(),
             }
-            enhancer = enhancer_config(args) if args.use_pe or any(getattr(t, "use_pe", False) for t in tasks) else None
+            uses_pe = args.use_pe or any(getattr(t, "use_pe", False) for t in tasks)
+            enhancer = EnhancerBatch(enhancer_config(args)) if uses_pe else None
 
             def job(index: int, plan):
                 return run_job(
