@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -109,11 +110,42 @@ class BerniniPipeline:
         offload: bool | str = "auto",
         attention: str = "auto",
         compile: bool = False,
+        progress: bool = False,
     ) -> BerniniPipeline:
         """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
 
         ``device_map`` takes one device as diffusers does (``"cuda"``); ``dtype`` / ``torch_dtype`` alike.
+        diffusers' and transformers' own loading bars stay quiet unless ``progress=True``.
         """
+        with _library_bars(progress):
+            return cls._load(
+                pretrained_model_name_or_path,
+                dtype=dtype,
+                torch_dtype=torch_dtype,
+                device=device,
+                device_map=device_map,
+                high_noise_ckpt=high_noise_ckpt,
+                low_noise_ckpt=low_noise_ckpt,
+                offload=offload,
+                attention=attention,
+                compile=compile,
+            )
+
+    @classmethod
+    def _load(
+        cls,
+        pretrained_model_name_or_path,
+        *,
+        dtype,
+        torch_dtype,
+        device,
+        device_map,
+        high_noise_ckpt,
+        low_noise_ckpt,
+        offload,
+        attention,
+        compile: bool,
+    ) -> BerniniPipeline:
         if device is not None and device_map is not None:
             raise BerniniError("pass either device or device_map, not both")
         target = parse_device(device if device_map is None else device_from_map(device_map))
@@ -168,6 +200,23 @@ class BerniniPipeline:
         if self.scheduler is not self._loaded_scheduler:
             defaults = replace(defaults, scheduler=scheduler_name(self.scheduler))
         return defaults
+
+    def __repr__(self) -> str:
+        def size(module: torch.nn.Module) -> str:
+            count = sum(p.numel() for p in module.parameters())
+            return f"{count / 1e9:.2f}B" if count >= 1e8 else f"{count / 1e6:.2f}M"
+
+        experts = ", ".join(
+            f"{name} {size(expert)}"
+            for name, expert in (("transformer", self.transformer), ("transformer_2", self.transformer_2))
+            if expert is not None
+        )
+        dtype = str(self.dtype).replace("torch.", "")
+        return (
+            f"BerniniPipeline(model={self.source.spec!r}, experts=[{experts}], device={self.device}, dtype={dtype}, "
+            f"attention={self.attention_backend.name}, offload={self.offload}, "
+            f"scheduler={scheduler_name(self.scheduler)}, boundary={self.renderer_config.boundary_timestep:g})"
+        )
 
     # ------------------------------------------------------- diffusers idioms
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -453,6 +502,22 @@ class BerniniPipeline:
 
             return [Image.fromarray((frame * 255).round().astype(np.uint8)) for frame in video]
         return video
+
+
+@contextmanager
+def _library_bars(show: bool) -> Iterator[None]:
+    """diffusers' and transformers' progress bars on or off for a block; their previous setting comes back."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    before = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    for module, on in ((diffusers_logging, show), (transformers_logging, show)):
+        module.enable_progress_bar() if on else module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, on in zip((diffusers_logging, transformers_logging), before, strict=True):
+            module.enable_progress_bar() if on else module.disable_progress_bar()
 
 
 def tasks_table() -> dict[str, dict[str, Any]]:

@@ -193,7 +193,7 @@ class GenerationPlan:
 
 def infer_task_type(request: GenerationRequest) -> str:
     """Pick the task from the media given, for requests that name none."""
-    video = _as_list(request.video)
+    video = _videos(request.video)
     images = _as_list(request.images)
     refs = (request.image is not None) + len(images)
     if len(video) >= 2:
@@ -213,6 +213,18 @@ def _as_list(value: Any) -> list[Any]:
     if isinstance(value, (str, Path)) or not isinstance(value, (list, tuple)):
         return [value]
     return list(value)
+
+
+def _is_frame(item: Any) -> bool:
+    """A single picture (a PIL image, or an H x W x C array / tensor), as opposed to a video or a path."""
+    return (hasattr(item, "mode") and isinstance(getattr(item, "size", None), tuple)) or getattr(item, "ndim", 0) == 3
+
+
+def _videos(value: Any) -> list[Any]:
+    """The videos of a request; a list of frames is one video, as in diffusers (``video=[PIL frames]``)."""
+    if isinstance(value, (list, tuple)) and value and all(_is_frame(item) for item in value):
+        return [list(value)]
+    return _as_list(value)
 
 
 def _check_media_files(media: MediaInputs) -> None:
@@ -301,7 +313,7 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     if video_fps is not None:
         _check_range("video_fps", _as_float("video_fps", video_fps), 1e-300, None, "positive")
     media = MediaInputs(
-        video=tuple(_as_list(request.video)),
+        video=tuple(_videos(request.video)),
         image=request.image,
         images=tuple(_as_list(request.images)),
         fps=_as_float("fps", request.fps),
