@@ -250,3 +250,37 @@ def test_world_not_divisible_is_refused_before_any_collective(
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert main(["generate", "--config", str(tiny_bundle), "--prompt", "a fox", *GENERATION, *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+HANG_SCRIPT = """
+import os, sys, time
+import bernini.frontends.torchrun as torchrun_frontend
+from bernini.cli import main
+
+real_run_job = torchrun_frontend.run_job
+
+
+def run_job(pipe, plan, **kwargs):  # rank 1 hangs inside its first task
+    if os.environ["RANK"] == "1":
+        time.sleep(3600)
+    return real_run_job(pipe, plan, **kwargs)
+
+
+torchrun_frontend.run_job = run_job
+sys.exit(main(["generate", *sys.argv[1:]]))
+"""
+
+
+def test_a_hung_rank_stops_the_run_within_dist_timeout(tiny_bundle: Path, media: Path, tmp_path: Path):
+    """Rank 1 sleeps inside its task; rank 0 finishes its own and gives up after --dist_timeout without news,
+    not after the control group's 24 h (the subprocess timeout would fail the test first)."""
+    script = tmp_path / "hang.py"
+    script.write_text(HANG_SCRIPT)
+    tasks = [{**TASKS["t2v_apg"], "output": f"out{i}.mp4"} for i in range(2)]
+    task_list = write_tasks(tmp_path / "tasks.jsonl", tasks)
+    args = [str(script), "--config", str(tiny_bundle), *GENERATION, "--inputs", str(task_list), "--dist_timeout", "5"]
+    result = torchrun(2, args, tmp_path)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == ["error: rank 1 made no progress for 5 s (--dist_timeout): it is hung or stopped; giving up on it"]
+    assert (tmp_path / "out0.mp4").is_file() and not (tmp_path / "out1.mp4").exists()

@@ -95,6 +95,8 @@ class ParallelContext:
 
     layout: Layout
     groups: Any  # parallel.groups.Groups
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    _progress: Any = None
 
     @property
     def is_leader(self) -> bool:
@@ -116,6 +118,30 @@ class ParallelContext:
         from ..parallel.groups import gather_all
 
         return gather_all(value, self.groups.control)
+
+    def mark(self) -> None:
+        """A progress mark (a step, a task boundary): rank 0's end-of-list wait sees this rank is alive."""
+        if self.groups.control is not None:
+            self.progress.mark()
+
+    @property
+    def progress(self):
+        from ..parallel.groups import Progress
+
+        if self._progress is None:
+            self._progress = Progress.of_job(self.layout.rank, self.layout.world)
+        return self._progress
+
+    def finish(self, value: T) -> list[T]:
+        """Rank 0: every rank's ``value`` at the end of its task list, waiting no longer than ``--dist_timeout``
+        past any rank's last progress mark (:class:`~bernini.parallel.groups.PeerTimeout`); other ranks post
+        theirs and get ``[value]`` without waiting."""
+        if self.groups.control is None:
+            return [value]
+        self.progress.finish(value)
+        if self.layout.rank != 0:
+            return [value]
+        return self.progress.collect(self.timeout_s)
 
     def install(self, pipe) -> None:
         """Point both experts at this rank's Ulysses group and the pipeline at its CFG runner."""
@@ -176,7 +202,7 @@ class ParallelSession:
             self._control = groups.control
         else:
             groups = Groups(layout, None, None, None, None)
-        return ParallelContext(layout, groups)
+        return ParallelContext(layout, groups, self.timeout)
 
     def warn_if_spanning_nodes(self, ulysses: int, log: Callable[[str], None]) -> None:
         if self.env.rank == 0 and self.env.spans_nodes(ulysses):

@@ -3,7 +3,8 @@
 Every rank plans the same task list (the same arguments), joins the job through the shared bring-up
 (:mod:`bernini.frontends.launch`), and each task group runs its share of the list through the shared
 task runner, agreeing on every task's outcome; only a group's leader decodes, writes and reports.
-Global rank 0 prints the summary.
+Global rank 0 prints the summary; it waits for the other groups only while they keep making progress
+(every step and task boundary is a mark), so a hung rank costs at most ``--dist_timeout``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from ..parallel.groups import PeerTimeout
 from ..runner import EnhancerBatch, Task, TaskListRunner, run_job, summarize
 from .launch import SetupError, parallel_run
 from .options import enhancer_config, run_context
@@ -32,6 +34,7 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
             enhancer = EnhancerBatch(enhancer_config(args)) if uses_pe else None
 
             def job(index: int, plan):
+                context.mark()
                 return run_job(
                     pipe,
                     plan,
@@ -41,6 +44,7 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
                     log=log if layout.is_leader else None,
                     share=context.share,
                     extra_record=run_context(args, parallel),
+                    callback=lambda *_: context.mark(),
                 )
 
             runner = TaskListRunner(
@@ -52,10 +56,14 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
                 checks_existing=layout.is_leader,
             )
             failures = runner.run(tasks, layout.task_indices(total))
-            merged = {index: line for part in context.gather(failures) for index, line in part.items()}
+            parts = context.finish({str(index): line for index, line in failures.items()})
+            merged = {int(index): line for part in parts for index, line in part.items()}
             if layout.rank == 0:
                 return summarize(merged, total, log)
             return 1 if merged else 0
+    except PeerTimeout as exc:
+        log(f"error: {exc}")
+        return 1
     except SetupError as exc:
         if env.rank == 0 or not exc.every_rank:
             log(f"error: {exc}")
