@@ -123,11 +123,18 @@ def run_generate(args: argparse.Namespace) -> int:
         return run_parallel(args, tasks, env, _stderr)
     if all(isinstance(t, BerniniError) for t in tasks):
         return summarize(TaskListRunner(lambda i, p: None, _stderr).run(tasks), len(tasks), _stderr)
+    from .frontends.progress import ConsoleProgress, SizeAdvice
+
+    progress, advice = ConsoleProgress(sys.stderr), SizeAdvice()
     start = time.perf_counter()
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, on_progress=progress)
+    pipe.set_progress_bar_config(disable=True)  # the console hook shows denoising instead
     _stderr(describe_loaded(pipe, time.perf_counter() - start))
 
     def job(index: int, plan):
+        note = advice(pipe, plan)
+        if note:
+            _stderr(note)
         return run_job(
             pipe,
             plan,
@@ -135,10 +142,13 @@ def run_generate(args: argparse.Namespace) -> int:
             enhancer=enhancer,
             log=_stderr,
             extra_record=run_context(args),
+            on_progress=progress,
         )
 
     failures = TaskListRunner(job, _stderr, skip_existing=args.skip_existing).run(tasks)
-    return summarize(failures, len(tasks), _stderr)
+    status = summarize(failures, len(tasks), _stderr)
+    _stderr(progress.summary())
+    return status
 
 
 def print_tasks() -> int:

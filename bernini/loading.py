@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,8 +284,12 @@ def load_components(
     dtype: torch.dtype,
     high_noise_ckpt: str | os.PathLike | None = None,
     low_noise_ckpt: str | os.PathLike | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, object]:
-    """Every module of the pipeline on the CPU: experts (streamed, or from separate checkpoints), UMT5, VAE."""
+    """Every module of the pipeline on the CPU: experts (streamed, or from separate checkpoints), UMT5, VAE.
+
+    ``on_progress("load", done, total)`` hears each module as it is loaded.
+    """
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -294,7 +298,15 @@ def load_components(
     components = source.components
     loaded: dict[str, object] = {"transformer": None, "transformer_2": None}
     separate = {"transformer": high_noise_ckpt, "transformer_2": low_noise_ckpt}
-    for name in expert_names(source.renderer):
+    experts = expert_names(source.renderer)
+    total = len(experts) + 2
+
+    def report(done: int) -> None:
+        if on_progress is not None:
+            on_progress("load", done, total)
+
+    report(0)
+    for index, name in enumerate(experts):
         config_dir = components / name
         if separate[name] is not None:
             files = checkpoint_files(separate[name])
@@ -303,11 +315,14 @@ def load_components(
             loaded[name] = load_expert(config_dir, files, expert=name, dtype=dtype, separate=True)
         else:
             loaded[name] = load_expert(config_dir, source.transformer_files[name], expert=name, dtype=dtype)
+        report(index + 1)
     try:
         loaded["tokenizer"] = AutoTokenizer.from_pretrained(components / "tokenizer")
         loaded["text_encoder"] = UMT5EncoderModel.from_pretrained(components / "text_encoder", dtype=dtype).eval()
+        report(total - 1)
         loaded["vae"] = AutoencoderKLWan.from_pretrained(components / "vae", torch_dtype=torch.float32).eval()
         loaded["scheduler"] = UniPCMultistepScheduler.from_pretrained(components / "scheduler")
     except (OSError, ValueError, KeyError) as exc:
         raise WeightsError(f"cannot load the bundle's components from {components}: {exc}") from None
+    report(total)
     return loaded

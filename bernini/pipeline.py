@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Enhance = Callable[[GenerationPlan, list[np.ndarray]], tuple[str, dict[str, Any]]]
+OnProgress = Callable[[str, int, int], None]
+"""``on_progress(phase, done, total)``: ``load``, ``encode`` (media), ``text``, ``denoise``, ``decode`` (per VAE
+chunk); ``done == 0`` starts a phase and ``done == total`` ends it. The library prints nothing itself."""
 """A prompt-enhancer hook: (plan, preview frames of each source video) → (new prompt, record)."""
 
 
@@ -111,6 +114,7 @@ class BerniniPipeline:
         attention: str = "auto",
         compile: bool = False,
         progress: bool = False,
+        on_progress: OnProgress | None = None,
     ) -> BerniniPipeline:
         """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
 
@@ -129,6 +133,7 @@ class BerniniPipeline:
                 offload=offload,
                 attention=attention,
                 compile=compile,
+                on_progress=on_progress,
             )
 
     @classmethod
@@ -145,13 +150,14 @@ class BerniniPipeline:
         offload,
         attention,
         compile: bool,
+        on_progress: OnProgress | None = None,
     ) -> BerniniPipeline:
         if device is not None and device_map is not None:
             raise BerniniError("pass either device or device_map, not both")
         target = parse_device(device if device_map is None else device_from_map(device_map))
         weight_dtype = parse_dtype(dtype if dtype is not None else torch_dtype, target)
         source = resolve_model(pretrained_model_name_or_path)
-        modules = load_components(source, weight_dtype, high_noise_ckpt, low_noise_ckpt)
+        modules = load_components(source, weight_dtype, high_noise_ckpt, low_noise_ckpt, on_progress=on_progress)
         pipe = cls(**modules, source=source, device=target, dtype=weight_dtype, attention=attention)
         mode = decide_offload(offload, target, pipe._modules(), pipe.experts)
         pipe.placement = Placement(mode, target, pipe.experts)
@@ -286,10 +292,12 @@ class BerniniPipeline:
         output_type: str = "np",
         callback: Callable[..., Any] | None = None,
         enhance: Enhance | None = None,
+        on_progress: OnProgress | None = None,
     ) -> BerniniOutput:
         """Run one plan end to end (without writing files).
 
-        ``callback(pipe, step, timestep, {"latents": latents})`` may return ``{"latents": replacement}``.
+        ``callback(pipe, step, timestep, {"latents": latents})`` may return ``{"latents": replacement}``;
+        ``on_progress`` hears every phase (see :data:`OnProgress`).
         """
         if not isinstance(plan, GenerationPlan):
             raise BerniniError("generate takes a GenerationPlan; build one with pipe.plan(request)")
@@ -298,24 +306,27 @@ class BerniniPipeline:
         plan = plan.with_model_defaults(self.model_defaults)
         self._interrupt = False
         timings = Timings()
+        report = on_progress or _silent
         with timings.phase("encode_media"):
-            encoded = self.encode_conditions(plan)
+            encoded = self.encode_conditions(plan, report)
         enhancement: dict[str, Any] = {}
         if enhance is not None:
             with timings.phase("enhance"):
                 prompt, enhancement = enhance(plan, encoded.previews)
             plan = plan.with_prompt(prompt)
         with timings.phase("encode_text"):
+            report("text", 0, 1)
             text = self.encode_prompts(plan.t5_text, plan.negative_prompt)
             text_adjustments = self.text_adjustments(plan.t5_text, plan.negative_prompt)
+            report("text", 1, 1)
         inputs = self.sampling_inputs(plan, encoded, text, generator)
         stats = SamplingStats()
         with timings.phase("denoise"):
-            latents = self.denoise(plan, inputs, stats, callback)
+            latents = self.denoise(plan, inputs, stats, callback, report)
         frames: Any = latents
         if output_type != "latent":
             with timings.phase("decode"):
-                frames = self.decode(latents, output_type)
+                frames = self.decode(latents, output_type, report)
         config = self.renderer_config
         facts = RunFacts(
             frames=encoded.frames,
@@ -345,11 +356,14 @@ class BerniniPipeline:
         return BerniniOutput(frames=frames, latents=latents, parameters=record)
 
     # ------------------------------------------------------------------ stages
-    def encode_conditions(self, plan: GenerationPlan) -> EncodedConditions:
+    def encode_conditions(self, plan: GenerationPlan, on_progress: OnProgress | None = None) -> EncodedConditions:
         """Preprocess and VAE-encode every visual input; the first video (else the image) sets the geometry."""
         from .media import preprocess_image, preprocess_video, to_preview_frames
 
         media, grid = plan.media, self.latent_grid
+        total = len(media.video) + (media.image is not None) + len(media.images)
+        report = on_progress if on_progress is not None and total else _silent
+        report("encode", 0, total)
         codec = LatentCodec(self.vae)
         conditions = Conditions()
         previews: list[np.ndarray] = []
@@ -363,13 +377,16 @@ class BerniniPipeline:
                 if index == 0:
                     frames, height, width = pixels.shape[1:4]
                 conditions.videos.append(codec.encode(pixels))
+                report("encode", len(conditions.videos), total)
             if media.image is not None:
                 pixels = preprocess_image(media.image, media.max_image_size)
                 if not media.video:
                     height, width = pixels.shape[1:3]
                 conditions.image = codec.encode(pixels.unsqueeze(1))
+                report("encode", len(conditions.videos) + 1, total)
             for item in media.images:
                 conditions.images.append(codec.encode(preprocess_image(item, media.max_image_size).unsqueeze(1)))
+                report("encode", total - len(media.images) + len(conditions.images), total)
         adjustments = self._geometry_adjustments(plan, frames, height, width)
         snapped = grid.snap_frames(frames), grid.snap_side(height), grid.snap_side(width)
         multiple = grid.size_multiple
@@ -460,6 +477,7 @@ class BerniniPipeline:
         inputs: SamplingInputs,
         stats: SamplingStats,
         callback: Callable[..., Any] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> torch.Tensor:
         step_callback = None
         if callback is not None:
@@ -478,7 +496,7 @@ class BerniniPipeline:
                 plan.num_inference_steps,
                 runner=self.branch_runner,
                 callback=step_callback,
-                progress=lambda total: self.progress_bar(total=total),
+                progress=lambda total: _StepReport(self.progress_bar(total=total), total, on_progress or _silent),
                 stats=stats,
                 interrupted=lambda: self._interrupt,
             )
@@ -487,21 +505,61 @@ class BerniniPipeline:
                 self.placement.activate(expert, False)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, output_type: str = "np") -> Any:
-        """Latents → frames as ``np`` ([T, H, W, 3] in [0, 1]), ``pil`` (list) or ``pt`` ([T, 3, H, W])."""
+    def decode(self, latents: torch.Tensor, output_type: str = "np", on_progress: OnProgress | None = None) -> Any:
+        """Latents → frames as ``np`` ([T, H, W, 3] in [0, 1]), ``pil`` (list) or ``pt`` ([T, 3, H, W]).
+
+        ``on_progress`` hears ``decode`` per call of the VAE's decoder (one per latent frame, or per tile).
+        """
         from diffusers.video_processor import VideoProcessor
 
-        with self.placement.active(self.vae):
-            pixels = LatentCodec(self.vae).decode(latents)
+        report = on_progress or _silent
+        total = int(latents.shape[2])
+        calls = [0]
+
+        def chunk_done(*_: Any) -> None:
+            calls[0] += 1
+            if calls[0] < total:
+                report("decode", calls[0], total)
+
+        report("decode", 0, total)
+        handle = self.vae.decoder.register_forward_hook(chunk_done)
+        try:
+            with self.placement.active(self.vae):
+                pixels = LatentCodec(self.vae).decode(latents)
+        finally:
+            handle.remove()
         processor = VideoProcessor(vae_scale_factor=self.latent_grid.spatial)
         if output_type == "pt":
-            return processor.postprocess_video(pixels, output_type="pt")[0]
+            video = processor.postprocess_video(pixels, output_type="pt")[0]
+            report("decode", total, total)
+            return video
         video = processor.postprocess_video(pixels, output_type="np")[0]
         if output_type == "pil":
             from PIL import Image
 
-            return [Image.fromarray((frame * 255).round().astype(np.uint8)) for frame in video]
+            video = [Image.fromarray((frame * 255).round().astype(np.uint8)) for frame in video]
+        report("decode", total, total)
         return video
+
+
+def _silent(phase: str, done: int, total: int) -> None:
+    pass
+
+
+class _StepReport:
+    """The denoising bar (``pipe.progress_bar``) plus ``on_progress("denoise", …)`` for every step."""
+
+    def __init__(self, bar: Any, total: int, report: OnProgress) -> None:
+        self.bar, self.total, self.report, self.done = bar, total, report, 0
+        report("denoise", 0, total)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        self.report("denoise", self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 @contextmanager

@@ -129,13 +129,14 @@ def run_job(
     share: Share | None = None,
     extra_record: dict[str, Any] | None = None,
     callback: Callable[..., Any] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> JobResult:
     """Generate ``plan`` and write the output, its sidecar and optionally every frame.
 
     ``enhancer`` is the front end's :class:`~bernini.enhancer.EnhancerConfig`, or an :class:`EnhancerBatch`
     shared by the tasks of a list; it is used when the plan asks for the prompt enhancer. With ``write=False``
     (the non-writing ranks of a parallel group) the job stops at the latents: no VAE decode, no files,
-    ``frames`` is None.
+    ``frames`` is None. ``on_progress(phase, done, total)`` hears the pipeline's phases and ``write``.
     """
     if not plan.output:
         raise BerniniError("no output path given; pass --output PATH")
@@ -148,12 +149,17 @@ def run_job(
         if plan.pe_model and plan.pe_model != config.model:
             config = replace(config, model=plan.pe_model)
         enhance = make_enhancer(config, log, share, batch)
-    result = pipe.generate(plan, enhance=enhance, callback=callback, output_type="np" if write else "latent")
+    generate_kwargs = {"on_progress": on_progress} if on_progress is not None else {}
+    result = pipe.generate(
+        plan, enhance=enhance, callback=callback, output_type="np" if write else "latent", **generate_kwargs
+    )
     prompt = result.parameters["request"]["prompt"]
     if enhance is not None and log is not None:
         log(f"prompt used: {prompt}")
     if not write:
         return JobResult(None, None, prompt, result.parameters, None)
+    report = on_progress or (lambda phase, done, total: None)
+    report("write", 0, 1)
     frames = to_uint8_frames(result.frames)
     target, output_adjustments = output_path(plan.output, len(frames))
     written = write_output(target, frames, plan.media.fps)
@@ -179,6 +185,7 @@ def run_job(
         record["frames_dir"] = str(save_frames)
         write_frames(save_frames, frames)
     sidecar = write_sidecar(written, record)
+    report("write", 1, 1)
     return JobResult(written, sidecar, prompt, record, frames)
 
 

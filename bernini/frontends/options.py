@@ -237,7 +237,7 @@ def model_defaults(args: argparse.Namespace) -> ModelDefaults | None:
     return ModelDefaults.from_renderer_config(config) if config is not None else None
 
 
-def load_pipeline(args: argparse.Namespace, device: str | None = None):
+def load_pipeline(args: argparse.Namespace, device: str | None = None, on_progress=None):
     from ..pipeline import BerniniPipeline
 
     return BerniniPipeline.from_pretrained(
@@ -249,6 +249,7 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None):
         offload=args.offload,
         attention=args.attention,
         compile=args.compile,
+        on_progress=on_progress,
     )
 
 

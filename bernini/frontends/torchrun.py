@@ -44,7 +44,7 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
                     log=log if layout.is_leader else None,
                     share=context.share,
                     extra_record=run_context(args, parallel),
-                    callback=lambda *_: context.mark(),
+                    on_progress=lambda *_: context.mark(),
                 )
 
             runner = TaskListRunner(
