@@ -156,6 +156,8 @@ def test_data_parallel_groups_write_every_task_like_single_runs(
     result = torchrun(2, generate_args(tiny_bundle, "--inputs", str(task_list)), multi)
     assert result.returncode == 0, result.stderr
     assert "summary: 4 of 4 task(s) succeeded" in result.stderr
+    assert "denoising: 2/2 step(s)" in result.stderr, "rank 0 shows its phases"
+    assert re.search(r"done in \d+\.\d s: load \d+\.\d, .*denoise \d+\.\d, decode \d+\.\d, write", result.stderr)
     for name in DP_TASKS:
         assert (multi / f"{name}.mp4.json").is_file()
         reference, frames = read_frames(single / f"{name}.mp4"), read_frames(multi / f"{name}.mp4")

@@ -211,14 +211,14 @@ class ParallelSession:
                 "some Ulysses groups span two machines and their all-to-alls cross the network"
             )
 
-    def load(self, context: ParallelContext, log: Callable[[str], None] | None = None):
+    def load(self, context: ParallelContext, log: Callable[[str], None] | None = None, on_progress=None):
         """Every rank loads its pipeline; a user error on any rank stops all of them with that message."""
         from ..parallel.groups import agree
 
         pipe, problem = None, None
         start = time.perf_counter()
         try:
-            pipe = load_pipeline(self.args, device=str(self.device))
+            pipe = load_pipeline(self.args, device=str(self.device), on_progress=on_progress)
         except BerniniError as exc:
             problem = f"rank {self.env.rank}: {exc}"
         problem = agree(problem, context.groups.control)
@@ -232,7 +232,7 @@ class ParallelSession:
 
 @contextmanager
 def parallel_run(
-    args: argparse.Namespace, env: LaunchEnv, log: Callable[[str], None]
+    args: argparse.Namespace, env: LaunchEnv, log: Callable[[str], None], on_progress=None
 ) -> Iterator[tuple[Any, ParallelContext]]:
     """The whole bring-up for one layout (``--ulysses``, ``--cfg_parallel``): yields the loaded, installed
     pipeline and its context; leaves the process group at exit."""
@@ -244,6 +244,6 @@ def parallel_run(
 
             logging.getLogger(__name__).info("parallel layout: %s", context.layout.describe())
         session.warn_if_spanning_nodes(ulysses, log)
-        pipe = session.load(context, log)
+        pipe = session.load(context, log, on_progress)
         context.install(pipe)
         yield pipe, context

@@ -20,9 +20,18 @@ from .options import enhancer_config, run_context
 
 def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable[[str], None]) -> int:
     """Run the task list over the job's ranks; returns this rank's exit status."""
+    from .progress import ConsoleProgress
+
+    shown = ConsoleProgress() if env.rank == 0 else None  # one rank shows the phases: lines never interleave
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        if shown is not None:
+            shown(phase, done, total)
+
     try:
-        with parallel_run(args, env, log) as (pipe, context):
+        with parallel_run(args, env, log, on_progress) as (pipe, context):
             layout = context.layout
+            pipe.set_progress_bar_config(disable=True)
             total = len(tasks)
             parallel = {
                 "world": layout.world,
@@ -44,7 +53,7 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
                     log=log if layout.is_leader else None,
                     share=context.share,
                     extra_record=run_context(args, parallel),
-                    on_progress=lambda *_: context.mark(),
+                    on_progress=lambda *event: (context.mark(), on_progress(*event)),
                 )
 
             runner = TaskListRunner(
@@ -59,7 +68,9 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
             parts = context.finish({str(index): line for index, line in failures.items()})
             merged = {int(index): line for part in parts for index, line in part.items()}
             if layout.rank == 0:
-                return summarize(merged, total, log)
+                status = summarize(merged, total, log)
+                log(shown.summary())
+                return status
             return 1 if merged else 0
     except PeerTimeout as exc:
         log(f"error: {exc}")
