@@ -639,6 +639,8 @@ def test_errors_speak_the_pages_language(client, clips):
     assert user_message("cannot read /srv/x/.gradio/ab12/clip.mp4 nor /srv/other/y.png", uploads) == (
         "cannot read clip.mp4 nor y.png"
     )
+    record = {"output": str(clips["good"]), "request": {"prompt": "/imagine a fox", "video": [str(clips["bad"])]}}
+    assert page_record(record) == {"output": "clip.mp4", "request": {"prompt": "/imagine a fox", "video": ["bad.mp4"]}}
 
 
 def _demo_command(tiny_bundle: Path, *flags: str) -> list[str]:

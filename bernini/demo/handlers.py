@@ -187,13 +187,21 @@ def page_text(text: str) -> str:
     return _ABSOLUTE_PATH.sub(r"\1", text)
 
 
+def _on_this_server(value: str) -> bool:
+    """An absolute path that exists here, or whose folder does (a prompt that starts with "/" is no path)."""
+    if "\n" in value or not os.path.isabs(value):
+        return False
+    parent = os.path.dirname(value)
+    return os.path.exists(value) or (parent != os.path.dirname(parent) and os.path.isdir(parent))
+
+
 def page_record(value: Any) -> Any:
     """The sidecar as the page shows it: every absolute server path reduced to its file name."""
     if isinstance(value, dict):
         return {key: page_record(item) for key, item in value.items()}
     if isinstance(value, list):
         return [page_record(item) for item in value]
-    if isinstance(value, str) and os.path.isabs(value):
+    if isinstance(value, str) and _on_this_server(value):
         return Path(value).name
     if isinstance(value, str):
         return page_text(value)
