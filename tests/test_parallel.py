@@ -273,16 +273,33 @@ sys.exit(main(["generate", *sys.argv[1:]]))
 """
 
 
-def test_a_hung_rank_stops_the_run_within_dist_timeout(tiny_bundle: Path, media: Path, tmp_path: Path):
-    """Rank 1 sleeps inside its task; rank 0 finishes its own and gives up after --dist_timeout without news,
-    not after the control group's 24 h (the subprocess timeout would fail the test first)."""
+@pytest.mark.parametrize(
+    ("flags", "line", "written"),
+    [
+        ([], "error: rank 1 made no progress for 5 s (--dist_timeout): it is hung or stopped; giving up on it", True),
+        (
+            ["--ulysses", "2"],
+            "error: rank 0: a peer of its group did not answer within --dist_timeout (5 s): it is hung or stopped; "
+            "giving up",
+            False,
+        ),
+    ],
+    ids=["data-parallel", "ulysses"],
+)
+def test_a_hung_rank_stops_the_run_within_dist_timeout(
+    tiny_bundle: Path, tmp_path: Path, flags: list[str], line: str, written: bool
+):
+    """Rank 1 sleeps inside its task. Two groups of one rank: rank 0 finishes its own task and gives up after
+    --dist_timeout without news, not after the control group's 24 h. One Ulysses group: rank 0's all-to-all
+    times out. Either way one line, not a traceback (the subprocess timeout would fail the test first)."""
     script = tmp_path / "hang.py"
     script.write_text(HANG_SCRIPT)
     tasks = [{**TASKS["t2v_apg"], "output": f"out{i}.mp4"} for i in range(2)]
     task_list = write_tasks(tmp_path / "tasks.jsonl", tasks)
     args = [str(script), "--config", str(tiny_bundle), *GENERATION, "--inputs", str(task_list), "--dist_timeout", "5"]
-    result = torchrun(2, args, tmp_path)
+    result = torchrun(2, [*args, *flags], tmp_path)
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert lines == ["error: rank 1 made no progress for 5 s (--dist_timeout): it is hung or stopped; giving up on it"]
-    assert (tmp_path / "out0.mp4").is_file() and not (tmp_path / "out1.mp4").exists()
+    lines = [text for text in result.stderr.splitlines() if text.startswith("error: ")]
+    assert lines == [line]
+    assert f'File "{REPO / "bernini"}' not in result.stderr, "no traceback from bernini (torchrun prints its own)"
+    assert (tmp_path / "out0.mp4").is_file() == written and not (tmp_path / "out1.mp4").exists()

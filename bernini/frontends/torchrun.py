@@ -75,6 +75,14 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
     except PeerTimeout as exc:
         log(f"error: {exc}")
         return 1
+    except RuntimeError as exc:  # gloo and NCCL report a collective past its timeout as a RuntimeError
+        if "timed out" not in str(exc).lower():
+            raise
+        log(
+            f"error: rank {env.rank}: a peer of its group did not answer within --dist_timeout "
+            f"({getattr(args, 'dist_timeout', None) or 600:g} s): it is hung or stopped; giving up"
+        )
+        return 1
     except SetupError as exc:
         if env.rank == 0 or not exc.every_rank:
             log(f"error: {exc}")
