@@ -114,11 +114,6 @@ class ParallelContext:
 
         return share(call, self.groups.task, self.layout.leader, self.layout.is_leader)
 
-    def gather(self, value: T) -> list[T]:
-        from ..parallel.groups import gather_all
-
-        return gather_all(value, self.groups.control)
-
     def mark(self) -> None:
         """A progress mark (a step, a task boundary): rank 0's end-of-list wait sees this rank is alive."""
         if self.groups.control is not None:
