@@ -37,10 +37,10 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Enhance = Callable[[GenerationPlan, list[np.ndarray]], tuple[str, dict[str, Any]]]
+"""A prompt-enhancer hook: (plan, preview frames of each source video) → (new prompt, record)."""
 OnProgress = Callable[[str, int, int], None]
 """``on_progress(phase, done, total)``: ``load``, ``encode`` (media), ``text``, ``denoise``, ``decode`` (per VAE
 chunk); ``done == 0`` starts a phase and ``done == total`` ends it. The library prints nothing itself."""
-"""A prompt-enhancer hook: (plan, preview frames of each source video) → (new prompt, record)."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..parallel.groups import PeerTimeout
 from ..runner import EnhancerBatch, Task, TaskListRunner, run_job, summarize
-from .launch import SetupError, parallel_run
+from .launch import SetupError, parallel_run, timeout_s
 from .options import enhancer_config, run_context
 
 
@@ -80,7 +80,7 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
             raise
         log(
             f"error: rank {env.rank}: a peer of its group did not answer within --dist_timeout "
-            f"({getattr(args, 'dist_timeout', None) or 600:g} s): it is hung or stopped; giving up"
+            f"({timeout_s(args):g} s): it is hung or stopped; giving up"
         )
         return 1
     except SetupError as exc:
