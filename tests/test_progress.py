@@ -111,6 +111,10 @@ def test_full_default_sizes_on_the_cpu_get_an_estimate_and_the_flags_to_shrink_i
     started.clear()
     assert main([*args, *TINY]) == 1
     assert not [line for line in started[0].splitlines() if line.startswith("note:")]
+    started.clear()
+    clip = write_video(tmp_path / "small.mp4", np.full((9, 32, 48, 3), 0.5), 8)
+    assert main([*args, "--device", "cpu", "--task_type", "v2v", "--video", str(clip)]) == 1
+    assert not [line for line in started[0].splitlines() if line.startswith("note: 81 frames")], "sized by the source"
 
 
 def test_the_estimate_scales_with_steps_forwards_and_tokens(tiny_pipe):

@@ -90,7 +90,9 @@ class SizeAdvice:
         self.rate: float | None = None
 
     def __call__(self, pipe, plan) -> str | None:
-        if getattr(pipe.device, "type", str(pipe.device)) != "cpu":
+        """The note for ``plan``, or None. Plans sized by a source video or image are left out: their size is
+        only known once the source is read, and the flags would not be what sets it."""
+        if getattr(pipe.device, "type", str(pipe.device)) != "cpu" or plan.media.video or plan.media.image is not None:
             return None
         from ..estimate import describe_seconds, estimate_seconds, measured_flops_per_s
 
