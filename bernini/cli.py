@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import signal
 import sys
 import time
@@ -26,17 +27,18 @@ from .frontends.options import (
     add_generation_args,
     add_model_args,
     describe_loaded,
-    enhancer_config,
     explicit_flags,
     full_bernini_flags,
     load_pipeline,
     model_defaults,
     quiet_libraries,
     requests_from_args,
+    required_enhancer_config,
+    run_context,
 )
 from .frontends.plan import add_plan_parser, dry_run, run_plan
 from .guidance import GUIDANCE_MODES
-from .runner import Task, TaskListRunner, plan_tasks, run_job, summarize
+from .runner import EnhancerBatch, Task, TaskListRunner, plan_tasks, run_job, summarize
 
 logger = logging.getLogger("bernini")
 
@@ -57,6 +59,12 @@ def build_parser(generate_prog: str | None = None) -> argparse.ArgumentParser:
     )
     add_model_args(generate)
     add_generation_args(generate)
+    generate.add_argument(
+        "--replay",
+        default=None,
+        metavar="OUTPUT.json",
+        help="run again what a sidecar records, frame for frame (the enhancer is not called again)",
+    )
     tiny = sub.add_parser("tiny-bundle", help="write a tiny random bundle in an upstream layout")
     tiny.add_argument("directory", help="folder to write (created if missing)")
     tiny.add_argument(
@@ -108,7 +116,7 @@ def run_pe_only(args: argparse.Namespace, tasks: list[Task]) -> int:
     from .media import preprocess_video, to_preview_frames
     from .runner import make_enhancer
 
-    enhance = make_enhancer(enhancer_config(args), _stderr)
+    enhance = make_enhancer(required_enhancer_config(args), _stderr)
     failures = 0
     for task in tasks:
         if isinstance(task, BerniniError):
@@ -138,9 +146,17 @@ def run_generate(args: argparse.Namespace) -> int:
     ignored = full_bernini_flags(args)
     if ignored:
         _stderr(f"note: {', '.join(ignored)} only affect the full Bernini model; ignored")
-    tasks = plan_tasks(requests_from_args(args), model_defaults(args))
+    if args.replay:
+        from .frontends.replay import replay_requests
+
+        requests = replay_requests(args)
+    else:
+        requests = requests_from_args(args)
+    tasks = plan_tasks(requests, model_defaults(args))
     if len(tasks) == 1 and isinstance(tasks[0], BerniniError):
         raise tasks[0]
+    uses_pe = args.pe_only or any(not isinstance(t, BerniniError) and t.use_pe for t in tasks)
+    enhancer = EnhancerBatch(required_enhancer_config(args)) if uses_pe else None
     quiet_libraries()
     if getattr(args, "dry_run", False):
         return dry_run(args, tasks)
@@ -157,22 +173,32 @@ def run_generate(args: argparse.Namespace) -> int:
         from .frontends.torchrun import run_parallel
 
         return run_parallel(args, tasks, env, _stderr)
+    from .frontends.progress import ConsoleProgress, SizeAdvice
+
+    progress, advice = ConsoleProgress(sys.stderr), SizeAdvice()
     start = time.perf_counter()
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, on_progress=progress)
+    pipe.set_progress_bar_config(disable=True)  # the console hook shows denoising instead
     _stderr(describe_loaded(pipe, time.perf_counter() - start))
-    enhancer = enhancer_config(args) if any(not isinstance(t, BerniniError) and t.use_pe for t in tasks) else None
 
     def job(index: int, plan):
+        note = advice(pipe, plan)
+        if note:
+            _stderr(note)
         return run_job(
             pipe,
             plan,
             save_frames=args.save_frames if len(tasks) == 1 else None,
             enhancer=enhancer,
             log=_stderr,
+            extra_record=run_context(args),
+            on_progress=progress,
         )
 
     failures = TaskListRunner(job, _stderr, skip_existing=args.skip_existing).run(tasks)
-    return summarize(failures, len(tasks), _stderr)
+    status = summarize(failures, len(tasks), _stderr)
+    _stderr(progress.summary())
+    return status
 
 
 def preflight_outputs(args: argparse.Namespace, tasks: list[Task]) -> tuple[list[Task], list[int]]:
@@ -242,6 +268,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None, upstream_script: str | None = None) -> int:
+    command_line = shlex.join(sys.argv if argv is None else ["bernini", *argv])
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:  # argparse's REMAINDER rejects a leading --flag; the demo parses its own flags
         from .demo import main as demo_main
@@ -259,6 +286,7 @@ def main(argv: Sequence[str] | None = None, upstream_script: str | None = None) 
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(argv)
     args.upstream_script = upstream_script
+    args.command_line = command_line
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)

@@ -18,16 +18,29 @@ DTYPES = {
 }
 
 
+NO_FLOAT64 = frozenset({"mps"})
+"""Device types without float64 tensors (Apple's Metal backend)."""
+
+
+def supports_float64(device: torch.device | str) -> bool:
+    return torch.device(device).type not in NO_FLOAT64
+
+
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """bf16 on accelerators, fp32 on CPU, unless asked otherwise."""
+    """bf16 on accelerators (Apple MPS included), fp32 on CPU, unless asked otherwise; never float64 where the
+    device lacks it."""
     if dtype is None or dtype == "auto":
         return torch.float32 if device.type == "cpu" else torch.bfloat16
     if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise BerniniError(f"unknown dtype {dtype!r}; choose one of: auto, bf16, fp16, fp32") from None
+        parsed = dtype
+    else:
+        try:
+            parsed = DTYPES[str(dtype).lower()]
+        except KeyError:
+            raise BerniniError(f"unknown dtype {dtype!r}; choose one of: auto, bf16, fp16, fp32") from None
+    if parsed == torch.float64 and not supports_float64(device):
+        raise BerniniError(f"device {device} has no float64; use --dtype bf16, fp16 or fp32")
+    return parsed
 
 
 def parse_device(device: str | torch.device | None) -> torch.device:
@@ -36,9 +49,13 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise BerniniError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+        raise BerniniError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise BerniniError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise BerniniError(f"device {device!r} requested but Apple MPS is not available here; use --device cpu")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise BerniniError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
     return parsed
 
 

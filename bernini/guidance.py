@@ -80,10 +80,15 @@ class APGSettings:
 
 @dataclass
 class GuidanceState:
-    """What lives for a whole generation: the APG settings and one momentum buffer per APG delta."""
+    """What lives for a whole generation: the APG settings and one momentum buffer per APG delta.
+
+    ``float64`` says whether the device has float64 (Apple MPS has not): the APG projection runs in
+    float64 where it can, so CPU and CUDA results stay bit-identical, and in float32 elsewhere.
+    """
 
     apg: APGSettings = field(default_factory=APGSettings)
     buffers: dict[int, torch.Tensor] = field(default_factory=dict)
+    float64: bool = True
 
 
 class Projection(Protocol):
@@ -112,7 +117,10 @@ class FrameAPG:
             norm = diff.norm(p=2, dim=FRAME_DIMS, keepdim=True)
             diff = diff * (threshold / norm).clamp(max=1.0)
         dtype = diff.dtype
-        diff, reference = diff.double(), reference.double()
+        if state.float64:
+            diff, reference = diff.double(), reference.double()
+        else:
+            diff, reference = diff.float(), reference.float()
         unit = reference / reference.norm(p=2, dim=FRAME_DIMS, keepdim=True).clamp_min(1e-12)
         parallel = (diff * unit).sum(dim=FRAME_DIMS, keepdim=True) * unit
         return (diff - parallel + settings.eta * parallel).to(dtype)

@@ -423,10 +423,13 @@ def load_components(
     high_noise_ckpt: str | os.PathLike | None = None,
     low_noise_ckpt: str | os.PathLike | None = None,
     quantize: str = "none",
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, object]:
     """Every module of the pipeline on the CPU: experts (streamed, or from separate checkpoints), UMT5, VAE.
 
-    ``quantize`` (``none``, ``fp8``, ``int8``) quantises dense expert weights as they load."""
+    ``quantize`` (``none``, ``fp8``, ``int8``) quantises dense expert weights as they load;
+    ``on_progress("load", done, total)`` hears each module as it is loaded.
+    """
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -435,7 +438,15 @@ def load_components(
     components = source.components
     loaded: dict[str, object] = {"transformer": None, "transformer_2": None}
     separate = checkpoint_flags(source.renderer, high_noise_ckpt, low_noise_ckpt)
-    for name in expert_names(source.renderer):
+    experts = expert_names(source.renderer)
+    total = len(experts) + 2
+
+    def report(done: int) -> None:
+        if on_progress is not None:
+            on_progress("load", done, total)
+
+    report(0)
+    for index, name in enumerate(experts):
         config_dir = components / name
         if name in separate:
             files = checkpoint_files(separate[name], name)
@@ -446,11 +457,14 @@ def load_components(
         loaded[name] = load_expert(
             config_dir, files, expert=name, dtype=dtype, separate=name in separate, quantize=quantize
         )
+        report(index + 1)
     try:
         loaded["tokenizer"] = AutoTokenizer.from_pretrained(components / "tokenizer")
         loaded["text_encoder"] = UMT5EncoderModel.from_pretrained(components / "text_encoder", dtype=dtype).eval()
+        report(total - 1)
         loaded["vae"] = AutoencoderKLWan.from_pretrained(components / "vae", torch_dtype=torch.float32).eval()
         loaded["scheduler"] = UniPCMultistepScheduler.from_pretrained(components / "scheduler")
     except (OSError, ValueError, KeyError) as exc:
         raise WeightsError(f"cannot load the bundle's components from {components}: {exc}") from None
+    report(total)
     return loaded

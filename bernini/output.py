@@ -25,12 +25,16 @@ import torch
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 from PIL import Image
 
+from bernini.adjustments import Adjustment
 from bernini.errors import MediaError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".m4v"})
 """Containers that hold H.264; a multi-frame output with any other suffix becomes ``.mp4``."""
 _OTHER_VIDEO_SUFFIXES = frozenset({".webm", ".avi", ".gif"})
+ENCODER_THREADS = 4
+"""x264 picks its thread count from the CPUs it may use, and the bitstream depends on it: a fixed count
+makes the same frames the same bytes on any machine."""
 _FLOAT_SLACK = 0.5
 """Float frames a little outside [0, 1] (decoder overshoot) are clipped; further out means a wrong scale."""
 
@@ -177,7 +181,8 @@ def _frame_rate(fps: float) -> Fraction:
 def write_video(path: str | os.PathLike, frames: Any, fps: float, crf: int = 8) -> Path:
     """Write every frame as H.264 (yuv420p, BT.709, ``crf``) at ``fps``, atomically.
 
-    Odd heights or widths are padded to even by repeating the last row or column.
+    Odd heights or widths are padded to even by repeating the last row or column. The same frames give the
+    same bytes on any machine (:data:`ENCODER_THREADS`; no creation time is written).
     """
     target = Path(path)
     pixels = _even_sized(to_uint8_frames(frames))
@@ -190,6 +195,7 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, crf: int = 8) 
                 stream.width, stream.height = pixels.shape[2], pixels.shape[1]
                 stream.pix_fmt = "yuv420p"
                 context = stream.codec_context
+                context.thread_count = ENCODER_THREADS
                 context.colorspace = Colorspace.ITU709
                 context.color_primaries = ColorPrimaries.BT709
                 context.color_trc = ColorTrc.BT709
@@ -245,6 +251,29 @@ def _output_path(path: Path, frame_count: int) -> Path:
     if suffix in IMAGE_SUFFIXES | VIDEO_SUFFIXES | _OTHER_VIDEO_SUFFIXES:
         return path.with_suffix(default)
     return path.with_name(path.name + default)
+
+
+DIRECTORY_OUTPUT_STEM = "output"
+
+
+def output_path(path: str | os.PathLike, frame_count: int) -> tuple[Path, list[Adjustment]]:
+    """Where :func:`write_output` writes ``frame_count`` frames asked for ``path``, and what changed.
+
+    A directory (an existing one, or a path ending in a separator) gets a file named ``output`` inside it.
+    """
+    asked = os.fspath(path)
+    named = Path(asked)
+    directory = named.is_dir() or asked.endswith(("/", os.sep))
+    if directory:
+        named = named / DIRECTORY_OUTPUT_STEM
+    target = _output_path(named, frame_count)
+    if directory:
+        why = f"a directory was given; the file is named {target.name}"
+    elif frame_count == 1:
+        why = "one frame is written as an image"
+    else:
+        why = f"{frame_count} frames are written as an H.264 video"
+    return target, [] if target == Path(asked) else [Adjustment("output", asked, str(target), why)]
 
 
 def write_output(path: str | os.PathLike, frames: Any, fps: float) -> Path:

@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from .adjustments import Adjustment, changed
 from .attention import select_backend
 from .cache import step_cache
 from .conditions import Conditions, LatentCodec, LatentGrid
-from .devices import device_from_map, parse_device, parse_dtype
+from .devices import device_from_map, parse_device, parse_dtype, supports_float64
 from .errors import BerniniError
 from .guidance import GuidanceState, Text
 from .loading import ModelSource, load_components, resolve_model
@@ -31,7 +33,7 @@ from .record import RunFacts, Timings, run_record
 from .request import GenerationRequest
 from .sampler import BatchedBranchRunner, BranchRunner, Experts, SamplingInputs, SamplingStats, sample
 from .schedulers import build_scheduler, scheduler_name, set_timesteps
-from .text import encode_text
+from .text import encode_text, token_counts
 from .transformer import BerniniTransformer
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,9 @@ logger = logging.getLogger(__name__)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Enhance = Callable[[GenerationPlan, list[np.ndarray]], tuple[str, dict[str, Any]]]
 """A prompt-enhancer hook: (plan, preview frames of each source video) → (new prompt, record)."""
+OnProgress = Callable[[str, int, int], None]
+"""``on_progress(phase, done, total)``: ``load``, ``encode`` (media), ``text``, ``denoise``, ``decode`` (per VAE
+chunk); ``done == 0`` starts a phase and ``done == total`` ends it. The library prints nothing itself."""
 
 
 @dataclass
@@ -57,6 +62,7 @@ class EncodedConditions:
     height: int
     width: int
     previews: list[np.ndarray]
+    adjustments: list[Adjustment] = field(default_factory=list)
 
 
 class BerniniPipeline:
@@ -116,6 +122,8 @@ class BerniniPipeline:
         loras: Sequence[LoraSpec] = (),
         quantize: str = "none",
         gpu_memory: float | None = None,
+        progress: bool = False,
+        on_progress: OnProgress | None = None,
     ) -> BerniniPipeline:
         """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
 
@@ -125,7 +133,47 @@ class BerniniPipeline:
         ``loras`` are merged into the experts' weights before they move to the device.
         ``quantize`` (``fp8`` / ``int8``) keeps the experts' block linears weight-only quantised.
         ``gpu_memory`` (GiB; default: the device's free memory) is the budget ``offload="auto"`` places under.
+        diffusers' and transformers' own loading bars stay quiet unless ``progress=True``.
         """
+        with _library_bars(progress):
+            return cls._load(
+                pretrained_model_name_or_path,
+                dtype=dtype,
+                torch_dtype=torch_dtype,
+                device=device,
+                device_map=device_map,
+                high_noise_ckpt=high_noise_ckpt,
+                low_noise_ckpt=low_noise_ckpt,
+                offload=offload,
+                attention=attention,
+                compile=compile,
+                on_progress=on_progress,
+                allow_base_weights=allow_base_weights,
+                loras=loras,
+                quantize=quantize,
+                gpu_memory=gpu_memory,
+            )
+
+    @classmethod
+    def _load(
+        cls,
+        pretrained_model_name_or_path,
+        *,
+        dtype,
+        torch_dtype,
+        device,
+        device_map,
+        high_noise_ckpt,
+        low_noise_ckpt,
+        offload,
+        attention,
+        compile: bool,
+        on_progress: OnProgress | None = None,
+        allow_base_weights: bool = False,
+        loras: Sequence[LoraSpec] = (),
+        quantize: str = "none",
+        gpu_memory: float | None = None,
+    ) -> BerniniPipeline:
         if device is not None and device_map is not None:
             raise BerniniError("pass either device or device_map, not both")
         target = parse_device(device if device_map is None else device_from_map(device_map))
@@ -134,7 +182,9 @@ class BerniniPipeline:
             name for name, ckpt in (("transformer", high_noise_ckpt), ("transformer_2", low_noise_ckpt)) if ckpt
         }
         source = resolve_model(pretrained_model_name_or_path, separate=separate, allow_base_weights=allow_base_weights)
-        modules = load_components(source, weight_dtype, high_noise_ckpt, low_noise_ckpt, quantize)
+        modules = load_components(
+            source, weight_dtype, high_noise_ckpt, low_noise_ckpt, quantize, on_progress=on_progress
+        )
         pipe = cls(**modules, source=source, device=target, dtype=weight_dtype, attention=attention)
         for spec in loras:
             pipe.load_lora_weights(spec.path, expert=spec.expert, scale=spec.scale)
@@ -234,6 +284,23 @@ class BerniniPipeline:
             defaults = replace(defaults, scheduler=scheduler_name(self.scheduler))
         return defaults
 
+    def __repr__(self) -> str:
+        def size(module: torch.nn.Module) -> str:
+            count = sum(p.numel() for p in module.parameters())
+            return f"{count / 1e9:.2f}B" if count >= 1e8 else f"{count / 1e6:.2f}M"
+
+        experts = ", ".join(
+            f"{name} {size(expert)}"
+            for name, expert in (("transformer", self.transformer), ("transformer_2", self.transformer_2))
+            if expert is not None
+        )
+        dtype = str(self.dtype).replace("torch.", "")
+        return (
+            f"BerniniPipeline(model={self.source.spec!r}, experts=[{experts}], device={self.device}, dtype={dtype}, "
+            f"attention={self.attention_backend.name}, offload={self.offload}, "
+            f"scheduler={scheduler_name(self.scheduler)}, boundary={self.renderer_config.boundary_timestep:g})"
+        )
+
     # ------------------------------------------------------- diffusers idioms
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """tqdm settings for the denoising bar (``disable=True`` turns it off), as in diffusers."""
@@ -302,10 +369,12 @@ class BerniniPipeline:
         output_type: str = "np",
         callback: Callable[..., Any] | None = None,
         enhance: Enhance | None = None,
+        on_progress: OnProgress | None = None,
     ) -> BerniniOutput:
         """Run one plan end to end (without writing files).
 
-        ``callback(pipe, step, timestep, {"latents": latents})`` may return ``{"latents": replacement}``.
+        ``callback(pipe, step, timestep, {"latents": latents})`` may return ``{"latents": replacement}``;
+        ``on_progress`` hears every phase (see :data:`OnProgress`).
         """
         if not isinstance(plan, GenerationPlan):
             raise BerniniError("generate takes a GenerationPlan; build one with pipe.plan(request)")
@@ -314,23 +383,27 @@ class BerniniPipeline:
         plan = plan.with_model_defaults(self.model_defaults)
         self._interrupt = False
         timings = Timings()
+        report = on_progress or _silent
         with timings.phase("encode_media"):
-            encoded = self.encode_conditions(plan)
+            encoded = self.encode_conditions(plan, report)
         enhancement: dict[str, Any] = {}
         if enhance is not None:
             with timings.phase("enhance"):
                 prompt, enhancement = enhance(plan, encoded.previews)
             plan = plan.with_prompt(prompt)
         with timings.phase("encode_text"):
+            report("text", 0, 1)
             text = self.encode_prompts(plan.t5_text, plan.negative_prompt)
+            text_adjustments = self.text_adjustments(plan.t5_text, plan.negative_prompt)
+            report("text", 1, 1)
         inputs = self.sampling_inputs(plan, encoded, text, generator)
         stats = SamplingStats()
         with timings.phase("denoise"):
-            latents = self.denoise(plan, inputs, stats, callback)
+            latents = self.denoise(plan, inputs, stats, callback, report)
         frames: Any = latents
         if output_type != "latent":
             with timings.phase("decode"):
-                frames = self.decode(latents, output_type)
+                frames = self.decode(latents, output_type, report)
         config = self.renderer_config
         facts = RunFacts(
             frames=encoded.frames,
@@ -348,6 +421,7 @@ class BerniniPipeline:
             enhancement=enhancement,
             skipped_forwards=stats.skipped_forwards,
             batched_forwards=stats.batched_forwards,
+            adjustments=[*plan.adjustments, *encoded.adjustments, *text_adjustments],
         )
         record = run_record(
             plan,
@@ -361,11 +435,14 @@ class BerniniPipeline:
         return BerniniOutput(frames=frames, latents=latents, parameters=record)
 
     # ------------------------------------------------------------------ stages
-    def encode_conditions(self, plan: GenerationPlan) -> EncodedConditions:
+    def encode_conditions(self, plan: GenerationPlan, on_progress: OnProgress | None = None) -> EncodedConditions:
         """Preprocess and VAE-encode every visual input; the first video (else the image) sets the geometry."""
         from .media import preprocess_image, preprocess_video, to_preview_frames
 
         media, grid = plan.media, self.latent_grid
+        total = len(media.video) + (media.image is not None) + len(media.images)
+        report = on_progress if on_progress is not None and total else _silent
+        report("encode", 0, total)
         codec = LatentCodec(self.vae)
         conditions = Conditions()
         previews: list[np.ndarray] = []
@@ -379,16 +456,50 @@ class BerniniPipeline:
                 if index == 0:
                     frames, height, width = pixels.shape[1:4]
                 conditions.videos.append(codec.encode(pixels))
+                report("encode", len(conditions.videos), total)
             if media.image is not None:
                 pixels = preprocess_image(media.image, media.max_image_size)
                 if not media.video:
                     height, width = pixels.shape[1:3]
                 conditions.image = codec.encode(pixels.unsqueeze(1))
+                report("encode", len(conditions.videos) + 1, total)
             for item in media.images:
                 conditions.images.append(codec.encode(preprocess_image(item, media.max_image_size).unsqueeze(1)))
-        return EncodedConditions(
-            conditions, grid.snap_frames(frames), grid.snap_side(height), grid.snap_side(width), previews
-        )
+                report("encode", total - len(media.images) + len(conditions.images), total)
+        adjustments = self._geometry_adjustments(plan, frames, height, width)
+        snapped = grid.snap_frames(frames), grid.snap_side(height), grid.snap_side(width)
+        multiple = grid.size_multiple
+        adjustments += changed("num_frames", frames, snapped[0], f"the VAE takes {grid.temporal}k+1 frames")
+        adjustments += changed("height", height, snapped[1], f"sides are multiples of {multiple} pixels")
+        adjustments += changed("width", width, snapped[2], f"sides are multiples of {multiple} pixels")
+        return EncodedConditions(conditions, *snapped, previews, adjustments)
+
+    @staticmethod
+    def _geometry_adjustments(plan: GenerationPlan, frames: int, height: int, width: int) -> list[Adjustment]:
+        """What the source media changed from the geometry asked for (before snapping to the latent grid)."""
+        asked = plan.geometry
+        media = plan.media
+        if media.video:
+            source = "the source video"
+            shorter = f"{source} is shorter: it gives {frames} frames (4k+1) at {media.fps:g} fps"
+            adjustments = changed("num_frames", asked.frames, frames, shorter)
+        elif media.image is not None:
+            source, adjustments = "the source image", []
+        else:
+            return []
+        why = f"taken from {source} (at most --max_image_size {media.max_image_size})"
+        return adjustments + changed("height", asked.height, height, why) + changed("width", asked.width, width, why)
+
+    def text_adjustments(self, positive: str, negative: str) -> list[Adjustment]:
+        """Prompts longer than the text encoder reads are cut; say by how much."""
+        limit = self.renderer_config.max_sequence_length
+        counts = token_counts([positive, negative], self.tokenizer)
+        why = f"the text encoder reads at most {limit} tokens; the rest was cut"
+        return [
+            Adjustment(f"{name} tokens", count, limit, why)
+            for name, count in zip(("prompt", "neg_prompt"), counts, strict=True)
+            if count > limit
+        ]
 
     def encode_prompts(self, positive: str, negative: str) -> dict[Text, torch.Tensor]:
         with self.placement.active(self.text_encoder):
@@ -424,7 +535,7 @@ class BerniniPipeline:
             mode=guidance.mode,
             weights=guidance.weights,
             omega_scale=guidance.omega_scale,
-            state=GuidanceState(guidance.apg),
+            state=GuidanceState(guidance.apg, float64=supports_float64(self.device)),
         )
         return inputs.placed(self.device, self.experts[0].patch_embedding.weight.dtype)
 
@@ -445,6 +556,7 @@ class BerniniPipeline:
         inputs: SamplingInputs,
         stats: SamplingStats,
         callback: Callable[..., Any] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> torch.Tensor:
         step_callback = None
         if callback is not None:
@@ -468,7 +580,7 @@ class BerniniPipeline:
                     plan.num_inference_steps,
                     runner=runner,
                     callback=step_callback,
-                    progress=lambda total: self.progress_bar(total=total),
+                    progress=lambda total: _StepReport(self.progress_bar(total=total), total, on_progress or _silent),
                     stats=stats,
                     interrupted=lambda: self._interrupt,
                     sigmas=plan.scheduler.sigmas,
@@ -504,21 +616,77 @@ class BerniniPipeline:
         return need * element < free
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, output_type: str = "np") -> Any:
-        """Latents → frames as ``np`` ([T, H, W, 3] in [0, 1]), ``pil`` (list) or ``pt`` ([T, 3, H, W])."""
+    def decode(self, latents: torch.Tensor, output_type: str = "np", on_progress: OnProgress | None = None) -> Any:
+        """Latents → frames as ``np`` ([T, H, W, 3] in [0, 1]), ``pil`` (list) or ``pt`` ([T, 3, H, W]).
+
+        ``on_progress`` hears ``decode`` per call of the VAE's decoder (one per latent frame, or per tile).
+        """
         from diffusers.video_processor import VideoProcessor
 
-        with self.placement.active(self.vae):
-            pixels = LatentCodec(self.vae).decode(latents)
+        report = on_progress or _silent
+        total = int(latents.shape[2])
+        calls = [0]
+
+        def chunk_done(*_: Any) -> None:
+            calls[0] += 1
+            if calls[0] < total:
+                report("decode", calls[0], total)
+
+        report("decode", 0, total)
+        handle = self.vae.decoder.register_forward_hook(chunk_done)
+        try:
+            with self.placement.active(self.vae):
+                pixels = LatentCodec(self.vae).decode(latents)
+        finally:
+            handle.remove()
         processor = VideoProcessor(vae_scale_factor=self.latent_grid.spatial)
         if output_type == "pt":
-            return processor.postprocess_video(pixels, output_type="pt")[0]
+            video = processor.postprocess_video(pixels, output_type="pt")[0]
+            report("decode", total, total)
+            return video
         video = processor.postprocess_video(pixels, output_type="np")[0]
         if output_type == "pil":
             from PIL import Image
 
-            return [Image.fromarray((frame * 255).round().astype(np.uint8)) for frame in video]
+            video = [Image.fromarray((frame * 255).round().astype(np.uint8)) for frame in video]
+        report("decode", total, total)
         return video
+
+
+def _silent(phase: str, done: int, total: int) -> None:
+    pass
+
+
+class _StepReport:
+    """The denoising bar (``pipe.progress_bar``) plus ``on_progress("denoise", …)`` for every step."""
+
+    def __init__(self, bar: Any, total: int, report: OnProgress) -> None:
+        self.bar, self.total, self.report, self.done = bar, total, report, 0
+        report("denoise", 0, total)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        self.report("denoise", self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@contextmanager
+def _library_bars(show: bool) -> Iterator[None]:
+    """diffusers' and transformers' progress bars on or off for a block; their previous setting comes back."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    before = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    for module, on in ((diffusers_logging, show), (transformers_logging, show)):
+        module.enable_progress_bar() if on else module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, on in zip((diffusers_logging, transformers_logging), before, strict=True):
+            module.enable_progress_bar() if on else module.disable_progress_bar()
 
 
 def tasks_table() -> dict[str, dict[str, Any]]:

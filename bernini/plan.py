@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .adjustments import Adjustment, changed
 from .cachefile import read_calibration
 from .errors import BerniniError
 from .guidance import GUIDANCE_MODES, APGSettings, GuidanceMode, Weights
@@ -166,6 +167,7 @@ class GenerationPlan:
     preset: str | None = None
     cache: CachePlan | None = None
     batch_branches: bool = False
+    adjustments: tuple[Adjustment, ...] = ()  # what make_plan changed from the request
 
     @property
     def t5_text(self) -> str:
@@ -236,7 +238,7 @@ class GenerationPlan:
 
 def infer_task_type(request: GenerationRequest) -> str:
     """Pick the task from the media given, for requests that name none."""
-    video = _as_list(request.video)
+    video = _videos(request.video)
     images = _as_list(request.images)
     refs = (request.image is not None) + len(images)
     if len(video) >= 2:
@@ -256,6 +258,18 @@ def _as_list(value: Any) -> list[Any]:
     if isinstance(value, (str, Path)) or not isinstance(value, (list, tuple)):
         return [value]
     return list(value)
+
+
+def _is_frame(item: Any) -> bool:
+    """A single picture (a PIL image, or an H x W x C array / tensor), as opposed to a video or a path."""
+    return (hasattr(item, "mode") and isinstance(getattr(item, "size", None), tuple)) or getattr(item, "ndim", 0) == 3
+
+
+def _videos(value: Any) -> list[Any]:
+    """The videos of a request; a list of frames is one video, as in diffusers (``video=[PIL frames]``)."""
+    if isinstance(value, (list, tuple)) and value and all(_is_frame(item) for item in value):
+        return [list(value)]
+    return _as_list(value)
 
 
 def _check_media_files(media: MediaInputs) -> None:
@@ -407,7 +421,7 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     if video_fps is not None:
         _check_range("video_fps", _as_float("video_fps", video_fps), 1e-300, None, "positive")
     media = MediaInputs(
-        video=tuple(_as_list(request.video)),
+        video=tuple(_videos(request.video)),
         image=request.image,
         images=tuple(_as_list(request.images)),
         fps=_as_float("fps", request.fps),
@@ -460,7 +474,9 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1}")
     if task.single_frame:
         frames = 1
+    asked_frames = frames
     frames = frames // 4 * 4 + 1 if frames > 1 else 1
+    adjustments = changed("num_frames", asked_frames, frames, "the VAE takes 4k+1 frames")
     for text_field in ("neg_prompt", "system_prompt"):
         if not isinstance(getattr(request, text_field), str):
             raise BerniniError(f"{text_field} must be a string")
@@ -485,5 +501,6 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         preset=preset.name if preset else None,
         cache=cache,
         batch_branches=bool(request.batch_branches),
+        adjustments=tuple(adjustments),
     )
     return plan.with_model_defaults(defaults) if defaults is not None else plan

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
+from .adjustments import Adjustment
 from .guidance import Combo
 from .plan import GenerationPlan
 
@@ -52,6 +58,7 @@ class RunFacts:
     enhancement: dict[str, Any] = field(default_factory=dict)
     skipped_forwards: int = 0
     batched_forwards: int = 0
+    adjustments: list[Adjustment] = field(default_factory=list)
 
 
 def run_record(
@@ -100,5 +107,52 @@ def run_record(
         "request": plan.request_record(),
         "resolved": resolved,
         "prompt_enhancer": facts.enhancement,
+        "adjustments": [a.record() for a in facts.adjustments],
         "timings": timings,
     }
+
+
+VERSIONED = ("torch", "diffusers", "transformers", "numpy", "av", "safetensors", "openai")
+
+
+def library_versions() -> dict[str, str | None]:
+    """The versions that decide the numbers (None: not installed)."""
+    versions: dict[str, str | None] = {"bernini": __version__, "python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def path_pair(value: object) -> dict[str, str] | str | None:
+    """A path as given and as absolute (in-memory media keep their description)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        given = os.fspath(value)
+        if given.startswith("<"):  # describe_media's in-memory description
+            return given
+        return {"given": given, "absolute": str(Path(given).expanduser().absolute())}
+    return str(value)
+
+
+def run_paths(plan: GenerationPlan, written: Path, *, model: str | None, checkpoints: dict[str, str]) -> dict:
+    """Every path of a run as given and absolute, so a replay works from any working directory."""
+    from .request import describe_media
+
+    media = plan.media
+    local_model = model if model is not None and Path(model).expanduser().exists() else None
+    return {
+        "output": {"given": plan.output, "absolute": str(Path(written).absolute())},
+        "video": [path_pair(describe_media(v)) for v in media.video],
+        "image": path_pair(describe_media(media.image)) if media.image is not None else None,
+        "images": [path_pair(describe_media(v)) for v in media.images],
+        "model": path_pair(local_model) if local_model else model,
+        "checkpoints": {name: path_pair(path) for name, path in checkpoints.items()},
+    }
+
+
+def timestamp() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from .adjustments import Adjustment
 from .errors import BerniniError
-from .output import sidecar_path, to_uint8_frames, write_frames, write_output, write_sidecar
+from .output import output_path, sidecar_path, to_uint8_frames, write_frames, write_output, write_sidecar
 from .plan import GenerationPlan, ModelDefaults, make_plan
+from .record import library_versions, run_paths, timestamp
 from .request import GenerationRequest
 
 Log = Callable[[str], None]
@@ -60,7 +62,16 @@ def plan_tasks(requests: Iterable[GenerationRequest | BerniniError], defaults: M
     return tasks
 
 
-def make_enhancer(config, log: Log | None = None, share: Share | None = None):
+@dataclass
+class EnhancerBatch:
+    """The prompt enhancer for one task list: its settings, and the first endpoint failure, after which the
+    rest of the list skips the enhancer (with a note) instead of spending the time budget on every task."""
+
+    config: Any
+    failure: str | None = None
+
+
+def make_enhancer(config, log: Log | None = None, share: Share | None = None, batch: EnhancerBatch | None = None):
     """An ``enhance`` hook for :meth:`BerniniPipeline.generate` calling the OpenAI-compatible endpoint.
 
     ``config`` is an :class:`~bernini.enhancer.EnhancerConfig` built by the front end (from its flags and
@@ -68,8 +79,15 @@ def make_enhancer(config, log: Log | None = None, share: Share | None = None):
     """
     from .enhancer import enhance_prompt
 
+    batch = batch if batch is not None else EnhancerBatch(config)
+
     def enhance(plan: GenerationPlan, previews: list[np.ndarray]) -> tuple[str, dict[str, Any]]:
         def call() -> tuple[str, dict[str, Any]]:
+            if batch.failure:
+                if log is not None:
+                    log(f"note: prompt enhancer skipped: the endpoint failed earlier in this batch ({batch.failure})")
+                record = {"used": True, "enhanced": False, "original_prompt": plan.prompt, "skipped": batch.failure}
+                return plan.prompt, record
             result = enhance_prompt(
                 plan.prompt,
                 plan.task.name,
@@ -81,6 +99,8 @@ def make_enhancer(config, log: Log | None = None, share: Share | None = None):
             )
             if result.warning and log is not None:
                 log(f"warning: {result.warning}")
+            if result.endpoint_failed:
+                batch.failure = result.warning or "prompt enhancer failed"
             record = {
                 "used": True,
                 "enhanced": result.enhanced,
@@ -109,12 +129,14 @@ def run_job(
     share: Share | None = None,
     extra_record: dict[str, Any] | None = None,
     callback: Callable[..., Any] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> JobResult:
     """Generate ``plan`` and write the output, its sidecar and optionally every frame.
 
-    ``enhancer`` is the front end's :class:`~bernini.enhancer.EnhancerConfig`; it is used when the plan
-    asks for the prompt enhancer. With ``write=False`` (the non-writing ranks of a parallel group) the job
-    stops at the latents: no VAE decode, no files, ``frames`` is None.
+    ``enhancer`` is the front end's :class:`~bernini.enhancer.EnhancerConfig`, or an :class:`EnhancerBatch`
+    shared by the tasks of a list; it is used when the plan asks for the prompt enhancer. With ``write=False``
+    (the non-writing ranks of a parallel group) the job stops at the latents: no VAE decode, no files,
+    ``frames`` is None. ``on_progress(phase, done, total)`` hears the pipeline's phases and ``write``.
     """
     if not plan.output:
         raise BerniniError("no output path given; pass --output PATH")
@@ -122,24 +144,45 @@ def run_job(
     if plan.use_pe:
         if enhancer is None:
             raise BerniniError("this task asks for the prompt enhancer (use_pe) but none is configured here")
-        if plan.pe_model and plan.pe_model != enhancer.model:
-            enhancer = replace(enhancer, model=plan.pe_model)
-        enhance = make_enhancer(enhancer, log, share)
-    result = pipe.generate(plan, enhance=enhance, callback=callback, output_type="np" if write else "latent")
+        batch = enhancer if isinstance(enhancer, EnhancerBatch) else EnhancerBatch(enhancer)
+        config = batch.config
+        if plan.pe_model and plan.pe_model != config.model:
+            config = replace(config, model=plan.pe_model)
+        enhance = make_enhancer(config, log, share, batch)
+    generate_kwargs = {"on_progress": on_progress} if on_progress is not None else {}
+    result = pipe.generate(
+        plan, enhance=enhance, callback=callback, output_type="np" if write else "latent", **generate_kwargs
+    )
     prompt = result.parameters["request"]["prompt"]
     if enhance is not None and log is not None:
         log(f"prompt used: {prompt}")
     if not write:
         return JobResult(None, None, prompt, result.parameters, None)
+    report = on_progress or (lambda phase, done, total: None)
+    report("write", 0, 1)
     frames = to_uint8_frames(result.frames)
+    target, output_adjustments = output_path(plan.output, len(frames))
     record = dict(result.parameters)
+    record["adjustments"] = [*record.get("adjustments", []), *(a.record() for a in output_adjustments)]
+    if log is not None:
+        for adjustment in record["adjustments"]:
+            log(Adjustment(**adjustment).note())
     record["output"] = None
     record["fps"] = plan.media.fps
+    record["created"] = timestamp()
+    record["versions"] = library_versions()
+    source = getattr(pipe, "source", None)
+    record["paths"] = run_paths(
+        plan,
+        target,
+        model=getattr(source, "spec", None),
+        checkpoints=dict(getattr(source, "separate_checkpoints", {}) or {}),
+    )
     if extra_record:
         record.update(extra_record)
     created: list[Path] = []
     try:  # all or nothing: a failed frame folder or sidecar takes this job's output with it
-        written = write_output(plan.output, frames, plan.media.fps)
+        written = write_output(target, frames, plan.media.fps)
         created.append(written)
         record["output"] = str(written)
         if save_frames:
@@ -150,6 +193,7 @@ def run_job(
         for path in created:
             path.unlink(missing_ok=True)
         raise
+    report("write", 1, 1)
     return JobResult(written, sidecar, prompt, record, frames)
 
 

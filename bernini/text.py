@@ -26,6 +26,11 @@ def t5_text(prompt: str, task_type: str, system_prompt: str = "") -> str:
     return (system_prompt or t5_prefix(task_type)) + clean_prompt(prompt)
 
 
+def token_counts(texts: list[str], tokenizer) -> list[int]:
+    """How many tokens each text has before the encoder's cut (special tokens included)."""
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=False).input_ids]
+
+
 def encode_text(
     texts: list[str], tokenizer, text_encoder, max_length: int = 512, device: torch.device | str | None = None
 ) -> torch.Tensor:

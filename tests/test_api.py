@@ -132,3 +132,40 @@ def test_callback_sees_every_step(tiny_pipe):
         callback_on_step_end=lambda pipe, i, t, state: seen.append((i, t, tuple(state["latents"].shape))),
     )
     assert [i for i, _, _ in seen] == [0, 1, 2] and seen[0][2] == (1, 16, 1, 4, 6)
+
+
+def test_a_list_of_pil_frames_is_one_video_as_in_diffusers(tiny_pipe, media):
+    frames, _ = read_video_frames(media["video"])
+    pil = [Image.fromarray(frame) for frame in frames]
+    kwargs = {"task_type": "v2v", "num_frames": 9, "height": 64, "width": 96, **COMMON}
+    from_pil = tiny_pipe("make it red", video=pil, **kwargs)
+    assert from_pil.parameters["request"]["video"] == ["<9 frames>"]
+    assert from_pil.parameters["resolved"]["source_ids"]["V"] == [1.0]  # one video, not nine
+    from_array = tiny_pipe("make it red", video=np.stack(frames), **kwargs)
+    np.testing.assert_array_equal(from_pil.frames, from_array.frames)
+    two = tiny_pipe("make it red", video=[pil, pil], **{**kwargs, "task_type": "ads2v"})
+    assert two.parameters["request"]["video"] == ["<9 frames>", "<9 frames>"]
+
+
+def test_the_pipeline_repr_says_what_is_loaded(tiny_pipe, tiny_bundle):
+    text = repr(tiny_pipe)
+    assert text.startswith(f"BerniniPipeline(model='{tiny_bundle}', experts=[transformer ")
+    for part in ("transformer_2 ", "device=cpu", "dtype=float32", "attention=sdpa", "scheduler=unipc", "boundary=875"):
+        assert part in text, text
+
+
+def test_loading_shows_no_third_party_bars_by_default_and_restores_their_setting(tiny_bundle, capfd):
+    import diffusers
+    import transformers
+
+    from bernini import BerniniPipeline
+
+    diffusers.utils.logging.enable_progress_bar()  # as in a fresh interpreter (other tests may have turned them off)
+    transformers.utils.logging.enable_progress_bar()
+    capfd.readouterr()
+    BerniniPipeline.from_pretrained(tiny_bundle, device="cpu")
+    assert capfd.readouterr().err == ""
+    assert diffusers.utils.logging.is_progress_bar_enabled()  # the caller's setting is left as it was
+    assert transformers.utils.logging.is_progress_bar_enabled()
+    BerniniPipeline.from_pretrained(tiny_bundle, device="cpu", progress=True)
+    assert "Loading" in capfd.readouterr().err

@@ -21,7 +21,7 @@ from bernini.output import write_image, write_video
 
 TINY = ["--num_inference_steps", "1", "--num_frames", "5", "--height", "16", "--width", "16"]
 PROMPT = "Add a red ball. The scene shows a red ball on a grey floor; everything else stays unchanged."
-_PROGRESS = re.compile(r"^\s*denoising\b")
+_PROGRESS = re.compile(r"^\s*(loading|encoding media|encoding text|denoising|decoding|writing)\b|^done in ")
 
 
 def run_generate(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:

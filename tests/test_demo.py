@@ -36,6 +36,7 @@ from bernini.demo import (  # noqa: E402 - after the importorskip guards
     task_updates,
     worker_loop,
 )
+from bernini.demo.handlers import page_record, user_message  # noqa: E402
 from bernini.errors import BerniniError  # noqa: E402
 from bernini.output import write_video  # noqa: E402
 from bernini.tasks import TASKS  # noqa: E402
@@ -320,10 +321,11 @@ def _frame_count(path: Path) -> int:
 
 
 def _saved(save_dir: Path, downloaded: Path) -> Path:
-    """The file the server wrote in its save dir (the client gets a downloaded copy)."""
-    path = save_dir / downloaded.name
-    assert path.is_file(), f"{path} is missing from the save dir"
-    return path
+    """The file the server last wrote under this name in a session folder of the save dir (the client gets a
+    downloaded copy; sessions may write the same name in the same second)."""
+    found = [p for p in save_dir.glob(f"*/{downloaded.name}") if p.parent.name != ".gradio"]
+    assert found, f"{downloaded.name} is missing from the save dir's session folders"
+    return max(found, key=lambda path: path.stat().st_mtime_ns)
 
 
 def test_t2v_through_the_api_writes_video_and_sidecar(client, demo_server):
@@ -333,8 +335,10 @@ def test_t2v_through_the_api_writes_video_and_sidecar(client, demo_server):
     assert video.name.startswith("t2v_") and video.suffix == ".mp4" and sidecar.name == video.name + ".json"
     saved = _saved(save_dir, video)
     assert _frame_count(saved) == 5
-    record = json.loads((save_dir / sidecar.name).read_text())
-    assert record == out["sidecar"]
+    record = json.loads(_saved(save_dir, sidecar).read_text())
+    assert page_record(record) == out["sidecar"]
+    shown = json.dumps(out["sidecar"])
+    assert record["output"] == str(saved) and '"/' not in shown and str(save_dir.parent) not in shown, shown
     request = record["request"]
     assert (request["task_type"], request["guidance_mode"], request["seed"]) == ("t2v", "t2v_apg", 123)
     assert (request["num_inference_steps"], request["num_frames"], request["omega_txt"]) == (2, 5, 3.5)
@@ -353,7 +357,9 @@ def test_v2v_through_the_api_edits_the_uploaded_clip(client, demo_server, clips)
     record = out["sidecar"]
     assert (record["request"]["task_type"], record["request"]["guidance_mode"]) == ("v2v", "v2v")
     assert record["demo"]["uploads"]["video"] == ["clip.mp4"]
-    upload = Path(record["request"]["video"][0])
+    assert record["request"]["video"] == ["clip.mp4"], "the page shows the upload's name, not the server path"
+    on_disk = json.loads(_saved(save_dir, _sidecar).read_text())
+    upload = Path(on_disk["request"]["video"][0])
     assert upload.is_relative_to(save_dir), "uploads must stay under the save dir"
 
 
@@ -561,7 +567,135 @@ def test_browser_selects_task_reports_a_bad_upload_and_shows_the_video(demo_serv
     finally:
         browser.close()
     name = source.rsplit("/", 1)[-1]
-    record = json.loads((save_dir / f"{name}.json").read_text())
+    saved = _saved(save_dir, Path(name))
+    record = json.loads(saved.with_name(f"{name}.json").read_text())
     ui = record["demo"]["ui"]
     assert (ui["task"], ui["guidance_mode"], ui["num_inference_steps"], ui["num_frames"]) == ("v2v", "v2v_apg", 2, 5)
-    assert record["request"]["prompt"] == "make the ball blue" and _frame_count(save_dir / name) == 5
+    assert record["request"]["prompt"] == "make the ball blue" and _frame_count(saved) == 5
+
+
+# ------------------------------------------------------------------- cancelling, privacy, messages
+def test_cancel_stops_at_the_next_step_and_frees_the_worker(demo_server):
+    """gradio_client's ``cancel`` fires the Stop button's cancel event (the path a closed page takes too): the
+    job stops at its next step, writes nothing, and the next request runs."""
+    from gradio_client import Client
+
+    _url, save_dir = demo_server
+    client = Client(demo_server[0], verbose=False)
+    before = set(save_dir.rglob("*.mp4"))
+    slow = {**TINY, "num_inference_steps": 50, "num_frames": 33, "height": 256, "width": 448, "seed": 1}
+    job = client.submit(
+        prompt="a long run", task="t2v", guidance_mode="t2v_apg", videos=[], image=None, **slow, api_name="/generate"
+    )
+    deadline = time.monotonic() + 120
+    while not any(unit.index for unit in job.status().progress_data or []):
+        assert time.monotonic() < deadline and not job.done(), "the job never reached its first step"
+        time.sleep(0.05)
+    assert job.cancel()
+    while not job.done():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    out = _generate(client, "t2i")
+    assert out["files"][0].suffix == ".png"
+    assert set(save_dir.rglob("*.mp4")) == before, "the cancelled job stopped before writing its video"
+    log = (save_dir.parent / "demo_server.log").read_text()
+    assert "generation cancelled: stopped" in log
+
+
+def test_outputs_are_per_session_and_unguessable_and_the_page_shows_no_server_path(client, demo_server):
+    from gradio_client import Client
+
+    url, save_dir = demo_server
+    other = Client(url, verbose=False)
+    mine = _saved(save_dir, _generate(client, "t2i")["files"][0])
+    name = _generate(other, "t2i")["files"][0].name
+    theirs = _saved(save_dir, Path(name))
+    assert mine.parent != theirs.parent and {mine.parent.parent, theirs.parent.parent} == {save_dir}
+    assert len(mine.parent.name) >= 16 and mine.parent.name not in mine.name, "a random folder per session"
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status(str(theirs)) == 200, "the owner's link works"
+    assert status(str(save_dir / theirs.name)) >= 400, "knowing the naming scheme is not enough"
+
+
+def test_errors_speak_the_pages_language(client, clips):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as caught:
+        _generate(client, "v2v", [])
+    assert str(caught.value) == "task v2v needs a source video; upload a source video"
+    with pytest.raises(AppError) as caught:
+        _generate(client, "t2v", prompt="")
+    assert str(caught.value) == "prompt is required and must be a non-empty string: type a prompt"
+    uploads = {"/srv/x/.gradio/ab12/clip.mp4": "clip.mp4"}
+    assert user_message("task r2v needs at least one reference image; pass --images PATH [PATH ...]", uploads) == (
+        "task r2v needs at least one reference image; upload one under Image or Reference images"
+    )
+    assert user_message("cannot read /srv/x/.gradio/ab12/clip.mp4 nor /srv/other/y.png", uploads) == (
+        "cannot read clip.mp4 nor y.png"
+    )
+    record = {"output": str(clips["good"]), "request": {"prompt": "/imagine a fox", "video": [str(clips["bad"])]}}
+    assert page_record(record) == {"output": "clip.mp4", "request": {"prompt": "/imagine a fox", "video": ["bad.mp4"]}}
+
+
+def _demo_command(tiny_bundle: Path, *flags: str) -> list[str]:
+    return [sys.executable, str(ROOT / "gradio_demo.py"), "--config", str(tiny_bundle), "--device", "cpu", *flags]
+
+
+def _demo_env(tmp: Path) -> dict[str, str]:
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost", "TMPDIR": str(tmp)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def test_a_port_in_use_is_one_line_and_share_without_auth_warns(tiny_bundle, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        command = _demo_command(tiny_bundle, "--port", str(port), "--share", "--save_dir", str(tmp_path / "s"))
+        result = subprocess.run(command, env=_demo_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"error: cannot listen on 127.0.0.1:{port} (") and lines[-1].endswith(
+        "pick another with --port"
+    )
+    assert "warning: --share opens a public gradio.live link that anyone can use; add --auth USER:PASSWORD" in lines
+    assert "Traceback" not in result.stderr
+
+
+def test_the_temporary_save_dir_is_removed_on_exit(tiny_bundle, tmp_path):
+    import signal
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        _demo_command(tiny_bundle, "--port", str(port)),
+        env=_demo_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the demo did not start"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        made = list(tmp_path.glob("bernini_gradio_*"))
+        assert len(made) == 1 and (made[0] / ".gradio").is_dir()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 130)
+    assert not made[0].exists(), "the demo's temporary folder outlived it"

@@ -106,7 +106,10 @@ class ChatServer:
                         payload = {"error": {"message": reply.message, "type": "test_error", "code": str(reply.status)}}
                         self._send(reply.status, payload, reply.headers)
                     else:
-                        self._send(200, completion(body.get("model", "?"), reply.content), reply.headers)
+                        content = reply.content
+                        if content is not None:  # an endpoint that echoes what it was sent
+                            content = content.replace("{authorization}", self.headers.get("Authorization", ""))
+                        self._send(200, completion(body.get("model", "?"), content), reply.headers)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
 
@@ -674,3 +677,37 @@ def test_case_with_prompt_copies() -> None:
     new["images"].append("x.jpg")
     assert case["images"] == ["r.jpg"]
     assert json.loads(json.dumps(new))["prompt"] == "new prompt"
+
+
+def test_timeout_and_budget_come_from_flags_else_environment_else_defaults():
+    from bernini.errors import BerniniError
+
+    assert (EnhancerConfig.from_env(None, {}).timeout_s, EnhancerConfig.from_env(None, {}).budget_s) == (60.0, 180.0)
+    env = {"BERNINI_PE_TIMEOUT": "7.5", "BERNINI_PE_BUDGET": "20"}
+    config = EnhancerConfig.from_env(None, env)
+    assert (config.timeout_s, config.budget_s) == (7.5, 20.0)
+    config = EnhancerConfig.from_env(None, env, timeout_s=2.0, budget_s=3.0)
+    assert (config.timeout_s, config.budget_s) == (2.0, 3.0)
+    with pytest.raises(BerniniError, match="BERNINI_PE_TIMEOUT must be a number of seconds"):
+        EnhancerConfig.from_env(None, {"BERNINI_PE_TIMEOUT": "soon"})
+    with pytest.raises(BerniniError, match="budget_s must be > 0"):
+        EnhancerConfig.from_env(None, {"BERNINI_PE_BUDGET": "-1"})
+
+
+def test_the_timeout_setting_bounds_a_slow_endpoint(server):
+    server.push(delayed(3.0))
+    config = EnhancerConfig(model="m", base_url=server.base_url, api_key=SECRET, timeout_s=0.3, max_attempts=1)
+    started = time.monotonic()
+    result = enhance_prompt("a fox", "t2v", config)
+    assert not result.enhanced and "timeout" in result.warning and result.endpoint_failed
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_reply_echoing_the_key_is_masked_before_it_is_returned_or_logged(server):
+    server.push(text("Snowy forest.\nheader was: Authorization: {authorization}; key again " + SECRET))
+    logged: list[str] = []
+    config = EnhancerConfig(model="m", base_url=server.base_url, api_key=SECRET)
+    result = enhance_prompt("a fox", "t2v", config, log=logged.append)
+    assert result.enhanced and SECRET not in result.prompt and SECRET not in "".join(logged)
+    assert result.prompt == "Snowy forest.\nheader was: Authorization: Bearer *** key again ***"
+    assert "contained the API key" in result.warning

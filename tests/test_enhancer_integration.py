@@ -105,3 +105,54 @@ def test_pe_only_prints_an_editable_case(server, tmp_path):  # noqa: F811
         "output": "x.png",
     }
     assert not (tmp_path / "x.png").exists()
+
+
+def test_echoed_key_is_masked_and_a_failed_endpoint_is_skipped_for_the_rest_of_the_batch(
+    server,  # noqa: F811
+    tiny_bundle,
+    tmp_path,
+):
+    """Task 1: the endpoint echoes the Authorization header in its rewrite. Task 2: it is down (503) and the
+    time budget (from the environment) ends the retries. Task 3: skipped with a note, no request sent."""
+    server.push(text("A lighthouse at night. Sent with Authorization: {authorization}"))
+    server.default = error(503, "overloaded")
+    tasks = [{"task_type": "t2i", "prompt": f"lighthouse {i}", "output": f"o{i}.png"} for i in range(3)]
+    task_list = tmp_path / "tasks.jsonl"
+    task_list.write_text("".join(json.dumps(t) + "\n" for t in tasks), encoding="utf-8")
+    env = {**os.environ, "BERNINI_PE_BASE_URL": server.base_url, "BERNINI_PE_API_KEY": KEY, "BERNINI_PE_BUDGET": "2.5"}
+    env.pop("OPENAI_API_KEY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bernini.cli", "generate", "--config", str(tiny_bundle), "--inputs", str(task_list)]
+        + ["--use_pe", "--pe_timeout", "5", *SMALL],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    sidecars = [json.loads((tmp_path / f"o{i}.png.json").read_text()) for i in range(3)]
+    everything = proc.stdout + proc.stderr + "".join(json.dumps(s) for s in sidecars)
+    assert KEY not in everything and KEY[3:12] not in everything
+    assert sidecars[0]["request"]["prompt"] == "A lighthouse at night. Sent with Authorization: Bearer ***"
+    assert "contained the API key" in sidecars[0]["prompt_enhancer"]["warning"]
+    second = sidecars[1]["prompt_enhancer"]
+    assert second["enhanced"] is False and "HTTP 503" in second["warning"] and "2.5 s time budget" in second["warning"]
+    assert 2 <= second["attempts"] < 4  # the budget, not max_attempts, ended it
+    assert sidecars[2]["prompt_enhancer"]["skipped"] and sidecars[2]["request"]["prompt"] == "lighthouse 2"
+    assert len(server.requests) == 1 + second["attempts"]  # nothing sent for task 3
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith("note: prompt enhancer skipped")]
+    assert len(skipped) == 1 and "HTTP 503" in skipped[0]
+
+
+def test_use_pe_without_an_endpoint_fails_in_one_line_before_loading(tmp_path, monkeypatch, capsys):
+    from bernini.cli import main
+
+    for name in ("BERNINI_PE_BASE_URL", "BERNINI_PE_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    missing_model = tmp_path / "no-such-bundle"  # loading it would fail differently
+    args = ["generate", "--config", str(missing_model), "--prompt", "a fox", "--use_pe"]
+    assert main([*args, "--output", str(tmp_path / "o.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --use_pe needs an endpoint: set BERNINI_PE_BASE_URL")
+    assert list(tmp_path.iterdir()) == []

@@ -170,3 +170,57 @@ def test_momentum_buffers_persist_across_calls():
     assert torch.allclose(second, d2 - 0.5 * d1)
     other = project(apg, d2, r, 1)  # second chained condition has its own buffer
     assert torch.allclose(other, d2)
+
+
+class NoFloat64(torch.overrides.TorchFunctionMode):
+    """A device without float64 (Apple MPS), on the CPU: any float64 tensor going in or out raises."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs, out))
+        if any(isinstance(x, torch.Tensor) and x.dtype == torch.float64 for x in leaves) or (
+            func in (torch.Tensor.double,) or kwargs.get("dtype") == torch.float64
+        ):
+            raise RuntimeError(f"float64 used by {getattr(func, '__name__', func)}")
+        return out
+
+
+@pytest.mark.parametrize("mode", sorted(GUIDANCE_MODES))
+def test_every_mode_runs_without_float64_and_matches_the_float64_math(mode):
+    spec = GUIDANCE_MODES[mode]
+    settings = APGSettings(0.3, (2.0, 3.0), momentum=-0.5)
+    fp32 = [p.float() for p in preds(len(spec.branches), seed=3)]
+    latents = preds(1, seed=4)[0].float()
+    exact, portable = GuidanceState(settings), GuidanceState(settings, float64=False)
+    for _ in range(2):  # the second call reads the momentum buffers written by the first
+        want = spec.combine(fp32, latents, 0.7, W, exact)
+        with NoFloat64():
+            got = spec.combine(fp32, latents, 0.7, W, portable)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if any(d.project is not None for d in spec.deltas):
+        with pytest.raises(RuntimeError, match="float64"), NoFloat64():
+            spec.combine(fp32, latents, 0.7, W, GuidanceState(settings))
+
+
+def test_devices_without_float64_are_known():
+    from bernini.devices import parse_dtype, supports_float64
+
+    assert supports_float64("cpu") and not supports_float64("mps")
+    assert parse_dtype("auto", torch.device("mps")) == torch.bfloat16
+    assert parse_dtype("fp16", torch.device("mps")) == torch.float16
+    assert parse_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+def test_device_mps_is_accepted_where_metal_exists_and_one_line_otherwise(monkeypatch):
+    from bernini.devices import parse_device
+    from bernini.errors import BerniniError
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)  # no Apple GPU here: the probe is faked
+    with pytest.raises(BerniniError, match="MPS is not available.*--device cpu"):
+        parse_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert parse_device("mps").type == "mps"
+    with pytest.raises(BerniniError, match="not supported"):
+        parse_device("meta")

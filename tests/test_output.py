@@ -192,3 +192,32 @@ def test_to_uint8_frames_rejects_bad_input() -> None:
         to_uint8_frames([])
     with pytest.raises(MediaError, match="shape"):
         to_uint8_frames(np.zeros((8, 8)))
+
+
+_WRITE_ON_CPUS = """
+import os, sys
+import numpy as np
+os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(",")})
+from bernini.output import write_video
+frames = np.random.default_rng(0).integers(0, 256, (9, 320, 480, 3), dtype=np.uint8)
+write_video(sys.argv[2], frames, 16)
+"""
+
+
+def test_same_frames_give_the_same_mp4_bytes_on_any_number_of_cpus(tmp_path: Path) -> None:
+    """x264 sizes its thread pool from the CPUs it may use and the bitstream follows; one CPU vs all of them."""
+    import subprocess
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))
+    outputs = []
+    for index, allowed in enumerate(([cpus[0]], cpus, cpus)):
+        target = tmp_path / f"run{index}.mp4"
+        subprocess.run(
+            [sys.executable, "-c", _WRITE_ON_CPUS, ",".join(map(str, allowed)), str(target)], check=True, timeout=120
+        )
+        outputs.append(target.read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+    with av.open(str(tmp_path / "run0.mp4")) as container:
+        assert "creation_time" not in container.metadata
+        assert container.streams.video[0].frames == 9

@@ -156,6 +156,8 @@ def test_data_parallel_groups_write_every_task_like_single_runs(
     result = torchrun(2, generate_args(tiny_bundle, "--inputs", str(task_list)), multi)
     assert result.returncode == 0, result.stderr
     assert "summary: 4 of 4 task(s) succeeded" in result.stderr
+    assert "denoising: 2/2 step(s)" in result.stderr, "rank 0 shows its phases"
+    assert re.search(r"done in \d+\.\d s: load \d+\.\d, .*denoise \d+\.\d, decode \d+\.\d, write", result.stderr)
     for name in DP_TASKS:
         assert (multi / f"{name}.mp4.json").is_file()
         reference, frames = read_frames(single / f"{name}.mp4"), read_frames(multi / f"{name}.mp4")
@@ -250,3 +252,54 @@ def test_world_not_divisible_is_refused_before_any_collective(
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert main(["generate", "--config", str(tiny_bundle), "--prompt", "a fox", *GENERATION, *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+HANG_SCRIPT = """
+import os, sys, time
+import bernini.frontends.torchrun as torchrun_frontend
+from bernini.cli import main
+
+real_run_job = torchrun_frontend.run_job
+
+
+def run_job(pipe, plan, **kwargs):  # rank 1 hangs inside its first task
+    if os.environ["RANK"] == "1":
+        time.sleep(3600)
+    return real_run_job(pipe, plan, **kwargs)
+
+
+torchrun_frontend.run_job = run_job
+sys.exit(main(["generate", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "line", "written"),
+    [
+        ([], "error: rank 1 made no progress for 5 s (--dist_timeout): it is hung or stopped; giving up on it", True),
+        (
+            ["--ulysses", "2"],
+            "error: rank 0: a peer of its group did not answer within --dist_timeout (5 s): it is hung or stopped; "
+            "giving up",
+            False,
+        ),
+    ],
+    ids=["data-parallel", "ulysses"],
+)
+def test_a_hung_rank_stops_the_run_within_dist_timeout(
+    tiny_bundle: Path, tmp_path: Path, flags: list[str], line: str, written: bool
+):
+    """Rank 1 sleeps inside its task. Two groups of one rank: rank 0 finishes its own task and gives up after
+    --dist_timeout without news, not after the control group's 24 h. One Ulysses group: rank 0's all-to-all
+    times out. Either way one line, not a traceback (the subprocess timeout would fail the test first)."""
+    script = tmp_path / "hang.py"
+    script.write_text(HANG_SCRIPT)
+    tasks = [{**TASKS["t2v_apg"], "output": f"out{i}.mp4"} for i in range(2)]
+    task_list = write_tasks(tmp_path / "tasks.jsonl", tasks)
+    args = [str(script), "--config", str(tiny_bundle), *GENERATION, "--inputs", str(task_list), "--dist_timeout", "5"]
+    result = torchrun(2, [*args, *flags], tmp_path)
+    assert result.returncode != 0
+    lines = [text for text in result.stderr.splitlines() if text.startswith("error: ")]
+    assert lines == [line]
+    assert f'File "{REPO / "bernini"}' not in result.stderr, "no traceback from bernini (torchrun prints its own)"
+    assert (tmp_path / "out0.mp4").is_file() == written and not (tmp_path / "out1.mp4").exists()

@@ -3,6 +3,9 @@
 import argparse
 import logging
 import os
+import shutil
+import signal
+import socket
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -49,7 +52,8 @@ def build_parser(prog: str = "bernini demo") -> argparse.ArgumentParser:
     server.add_argument(
         "--save_dir",
         default=None,
-        help="outputs, their sidecars and every upload (default: a new temp dir bernini_gradio_*)",
+        help="outputs (one unguessable folder per browser session), their sidecars and every upload "
+        "(default: a new temp dir bernini_gradio_*, removed on exit)",
     )
     server.add_argument("--max_file_size", default="200mb", help="largest accepted upload (e.g. 200mb, 1gb)")
     server.add_argument("--max_frames", type=int, default=360, help="largest frame count a request may ask for")
@@ -72,6 +76,25 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port already taken, in one line and before the model loads."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise BerniniError(f"cannot listen on {host}:{port} ({reason}); pick another with --port") from None
+
+
+def warn_if_public(args: argparse.Namespace) -> None:
+    if args.share and not args.auth:
+        print(
+            "warning: --share opens a public gradio.live link that anyone can use; add --auth USER:PASSWORD",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def use_gradio_cache(save_dir: Path) -> None:
     """Uploads and Gradio's cache go under the save dir.
 
@@ -92,7 +115,12 @@ def bring_up_this_rank(args: argparse.Namespace, stack: ExitStack) -> tuple[Demo
     in the demo). The process group, if any, is left when ``stack`` closes.
     """
     env = launch_env()
+    if env.rank == 0:
+        warn_if_public(args)
+        check_port(args.host, args.port)
     settings = DemoSettings.from_args(args, serving=env.rank == 0)
+    if env.rank == 0 and settings.temporary:
+        stack.callback(shutil.rmtree, settings.save_dir, True)
     if env.rank == 0:
         use_gradio_cache(settings.save_dir)
     quiet_libraries()
@@ -118,6 +146,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "bernini demo") -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
     try:
         auth = parse_auth(args.auth)
         with ExitStack() as stack:
@@ -129,6 +158,20 @@ def main(argv: Sequence[str] | None = None, prog: str = "bernini demo") -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM ends the demo like Ctrl-C: the server closes and the demo's temporary folders are removed."""
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def serve(args: argparse.Namespace, auth: tuple[str, str] | None, backend: DemoBackend) -> int:
@@ -141,17 +184,21 @@ def serve(args: argparse.Namespace, auth: tuple[str, str] | None, backend: DemoB
     try:
         app = build_ui(backend)
         app.queue(default_concurrency_limit=1, max_size=args.queue_size)
-        print(f"Bernini-R demo: saving to {settings.save_dir}", file=sys.stderr, flush=True)
-        app.launch(
-            server_name=args.host,
-            server_port=args.port,
-            share=args.share,
-            auth=auth,
-            max_file_size=args.max_file_size,
-            allowed_paths=[str(settings.save_dir)],
-            show_error=True,
-            quiet=False,
-        )
+        where = " (a temporary folder, removed on exit; pass --save_dir to keep outputs)" if settings.temporary else ""
+        print(f"Bernini-R demo: saving to {settings.save_dir}{where}", file=sys.stderr, flush=True)
+        try:
+            app.launch(
+                server_name=args.host,
+                server_port=args.port,
+                share=args.share,
+                auth=auth,
+                max_file_size=args.max_file_size,
+                allowed_paths=[str(settings.save_dir)],
+                show_error=True,
+                quiet=False,
+            )
+        except OSError as exc:  # the port was taken while the model loaded
+            raise BerniniError(f"cannot listen on {args.host}:{args.port} ({exc}); pick another with --port") from None
     finally:
         stop_pings.set()
         backend.shutdown()

@@ -6,6 +6,7 @@ On one process the broadcast is a no-op.
 """
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -53,6 +54,17 @@ class DemoBackend:
         self.collective = collective or RankZeroChannel()
         self.lock = threading.Lock()  # a cancelled job keeps its thread until its next step; never overlap
         self.cancel_flags: dict[str, threading.Event] = {}
+        self._session_dirs: dict[str, Path] = {}
+
+    def session_dir(self, session: str) -> Path:
+        """This browser session's output folder: an unguessable name under the save dir, so no other client
+        can fetch its files by guessing a path."""
+        folder = self._session_dirs.get(session)
+        if folder is None:
+            folder = self.settings.save_dir / secrets.token_urlsafe(16)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._session_dirs[session] = folder
+        return folder
 
     def submit(
         self,

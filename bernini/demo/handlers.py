@@ -5,8 +5,11 @@
 finds the ``gr.Request`` parameter by its evaluated annotation.
 """
 
+import asyncio
 import html
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -158,11 +161,61 @@ def build_request(
     return make_plan(request)
 
 
+# The library's errors name command-line flags; the page has uploads and sliders instead.
+UI_WORDS: tuple[tuple[str, str], ...] = (
+    (r"drop --video or use task_type (\w+)", r"remove the video or pick the task \1"),
+    (r"pass --video PATH", "upload a source video"),
+    (r"takes no --image; pass reference images with --images", "takes no single image; add it under Reference images"),
+    (r"takes no --images", "takes no reference images; clear Reference images"),
+    (r"pass --image PATH", "upload it under Image"),
+    (r"pass --images PATH \[PATH \.\.\.\]", "upload one under Image or Reference images"),
+    (r" \(--prompt or the case's 'prompt'\)", ": type a prompt"),
+    (r"--max_image_size", "Max image size"),
+    (r"--num_frames", "Frames"),
+    (r"--num_inference_steps", "Steps"),
+    (r"--height", "Height"),
+    (r"--width", "Width"),
+    (r"--fps", "FPS"),
+    (r"--seed", "Seed"),
+    (r"--flow_shift", "Flow shift"),
+)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:])(?:/[^\s/'\"]+)+/([^\s/'\"]+)")
+
+
+def page_text(text: str) -> str:
+    """``text`` without server paths: an absolute path becomes its file name."""
+    return _ABSOLUTE_PATH.sub(r"\1", text)
+
+
+def _on_this_server(value: str) -> bool:
+    """An absolute path that exists here, or whose folder does (a prompt that starts with "/" is no path)."""
+    if "\n" in value or not os.path.isabs(value):
+        return False
+    parent = os.path.dirname(value)
+    return os.path.exists(value) or (parent != os.path.dirname(parent) and os.path.isdir(parent))
+
+
+def page_record(value: Any) -> Any:
+    """The sidecar as the page shows it: every absolute server path reduced to its file name."""
+    if isinstance(value, dict):
+        return {key: page_record(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [page_record(item) for item in value]
+    if isinstance(value, str) and _on_this_server(value):
+        return Path(value).name
+    if isinstance(value, str):
+        return page_text(value)
+    return value
+
+
 def user_message(message: str, uploads: dict[str, str]) -> str:
-    """The error line with Gradio's temp paths replaced by the names the user uploaded, safe to show as HTML."""
+    """The error line in the page's words: uploads by the names the user gave them, no server paths, UI names
+    instead of flags; safe to show as HTML."""
     for path, name in sorted(uploads.items(), key=lambda item: -len(item[0])):
         message = message.replace(path, name)
-    return html.escape(message, quote=False)  # Gradio renders error text as HTML
+    for pattern, words in UI_WORDS:
+        message = re.sub(pattern, words, message)
+    return html.escape(page_text(message), quote=False)  # Gradio renders error text as HTML
 
 
 def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
@@ -176,7 +229,7 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
 
     settings = backend.settings
 
-    def generate(
+    async def generate(
         prompt: str,
         task: str,
         guidance_mode: str | None,
@@ -232,7 +285,8 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
             media, ignored = route_media(task, videos, image, gallery)
             values = {name: ui[name] for name in NUMERIC_PARAMETERS}
             single = TASKS[task].single_frame or values["num_frames"] == 1
-            target = output_path(settings.save_dir, task, 1 if single else 2)
+            session = getattr(request, "session_hash", None) or "api"
+            target = output_path(backend.session_dir(session), task, 1 if single else 2)
             checked = build_request(settings, prompt, task, guidance_mode, media, values, target)
         except BerniniError as exc:
             raise gr.Error(user_message(str(exc), uploads), print_exception=False) from None
@@ -252,7 +306,6 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
                 }
             },
         }
-        session = getattr(request, "session_hash", None) or "api"
         cancel = threading.Event()
         backend.cancel_flags[session] = cancel
         progress(0, desc="encoding inputs")
@@ -261,8 +314,17 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
             progress((done, total), desc="denoising", unit="steps")
 
         started = time.perf_counter()
+        # The work runs in a thread this coroutine waits for: when Gradio cancels the event (Stop, a closed
+        # page, a client's cancel) the thread is told to stop at its next step, and the queue slot stays
+        # taken until it has, so a cancelled job never runs on beside the next one.
+        work = asyncio.ensure_future(asyncio.to_thread(backend.submit, payload, on_progress, cancel))
         try:
-            result = backend.submit(payload, progress=on_progress, cancel=cancel)
+            result = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            await asyncio.wait([work])
+            logger.info("generation cancelled: %s", "stopped" if work.exception() else "had already finished")
+            raise
         except GenerationCancelled:
             raise gr.Error("generation stopped", print_exception=False) from None
         except BerniniError as exc:
@@ -295,7 +357,7 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
             gr.update(value=output if is_video else None, visible=is_video),
             gr.update(value=None if is_video else output, visible=not is_video),
             [output, str(result.sidecar)],
-            result.parameters,
+            page_record(result.parameters),
             result.prompt,
             status,
         )

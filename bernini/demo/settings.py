@@ -25,6 +25,7 @@ class DemoSettings:
     interpolate_src_id: bool | None = None
     max_trained_src_id: int | None = None
     server: dict[str, Any] = field(default_factory=dict)
+    temporary: bool = False  # the save dir is a temp dir the demo made (removed on exit)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, serving: bool = True) -> "DemoSettings":
@@ -51,4 +52,5 @@ class DemoSettings:
             interpolate_src_id=args.interpolate_src_id,
             max_trained_src_id=args.max_trained_src_id,
             server={"host": args.host, "port": args.port, "share": args.share, "auth": args.auth is not None},
+            temporary=serving and not args.save_dir,
         )

@@ -35,6 +35,7 @@ from .client import (
     RewriteFailed,
     build_request,
     close_quietly,
+    mask_secret,
     open_client,
     parse_rewritten_text,
     scrub,
@@ -74,6 +75,7 @@ class EnhanceResult:
     warning: str | None
     attempts: int
     seconds: float
+    endpoint_failed: bool = False
 
 
 def case_with_prompt(case: Mapping[str, Any], prompt: str) -> dict[str, Any]:
@@ -113,7 +115,7 @@ def enhance_prompt(
         if log is not None:
             log(scrub(message, secret))
 
-    def done(text: str, enhanced: bool, warning: str | None) -> EnhanceResult:
+    def done(text: str, enhanced: bool, warning: str | None, endpoint_failed: bool = False) -> EnhanceResult:
         if warning is not None:  # returned, not logged: the caller decides how to show it
             warning = scrub(warning, secret)
         return EnhanceResult(
@@ -124,10 +126,12 @@ def enhance_prompt(
             warning=warning,
             attempts=call.attempts if call is not None else 0,
             seconds=max(0.0, clock() - start),
+            endpoint_failed=endpoint_failed,
         )
 
-    def fallback(reason: str) -> EnhanceResult:
-        return done(prompt, False, f"prompt enhancer failed ({scrub(reason, secret)}); using the original prompt")
+    def fallback(reason: str, endpoint_failed: bool = False) -> EnhanceResult:
+        warning = f"prompt enhancer failed ({scrub(reason, secret)}); using the original prompt"
+        return done(prompt, False, warning, endpoint_failed)
 
     if not prompt or not prompt.strip():
         return done(prompt, False, None)
@@ -166,8 +170,11 @@ def enhance_prompt(
         try:
             text = call.run()
         except RewriteFailed as exc:
-            return fallback(str(exc))
-        result = done(text, True, None)
+            return fallback(str(exc), exc.endpoint)
+        masked = mask_secret(text, secret)  # an endpoint that echoes the Authorization header
+        warning = None if masked == text else "the enhancer's reply contained the API key; it was masked"
+        text = masked
+        result = done(text, True, warning)
         emit(
             f"prompt enhancer: {config.model} rewrote the prompt in {result.seconds:.1f} s "
             f"({call.attempts} attempt{'s' if call.attempts != 1 else ''}): {text}"

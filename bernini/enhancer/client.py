@@ -31,6 +31,7 @@ __all__ = [
     "RewriteFailed",
     "build_request",
     "close_quietly",
+    "mask_secret",
     "open_client",
     "parse_rewritten_text",
     "safe_url",
@@ -157,6 +158,17 @@ def scrub(text: str, secret: str | None) -> str:
     return text
 
 
+def mask_secret(text: str, secret: str | None) -> str:
+    """``text`` (a reply that will be stored and shown) with the secret, any word sharing 6+ characters with it
+    and any ``Bearer`` token masked; its whitespace is kept."""
+    if secret:
+        text = text.replace(secret, "***")
+        if len(secret) >= 8:
+            pieces = {secret[start : start + 6] for start in range(len(secret) - 5)}
+            text = re.sub(r"\S+", lambda m: "***" if any(p in m.group() for p in pieces) else m.group(), text)
+    return re.sub(r"(?i)\b(bearer)\s+\S+", r"\1 ***", text)
+
+
 def shorten(text: str, limit: int = _MAX_DETAIL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
@@ -264,7 +276,14 @@ def close_quietly(client: Any) -> None:
 
 
 class RewriteFailed(Exception):
-    """The retry loop gave up; the message is the one-line reason for the fallback warning."""
+    """The retry loop gave up; the message is the one-line reason for the fallback warning.
+
+    ``endpoint`` is true when the endpoint itself failed (network, timeout, HTTP error), not one reply.
+    """
+
+    def __init__(self, message: str, endpoint: bool = True) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 def _with_attempts(reason: str, attempts: int) -> str:
@@ -309,7 +328,7 @@ class RewriteCall:
             except _ReplyProblem as exc:
                 last_reason = str(exc)
                 if reply_retry_used or self.attempts >= config.max_attempts:
-                    raise RewriteFailed(_with_attempts(last_reason, self.attempts)) from None
+                    raise RewriteFailed(_with_attempts(last_reason, self.attempts), endpoint=False) from None
                 reply_retry_used = True
                 self.emit(f"prompt enhancer: attempt {self.attempts} failed ({last_reason}); retrying once")
                 continue

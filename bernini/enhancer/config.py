@@ -42,7 +42,7 @@ class EnhancerConfig:
         if self.max_attempts < 1:
             raise BerniniError(f"prompt enhancer max_attempts must be >= 1, got {self.max_attempts}")
         for name in ("timeout_s", "budget_s"):
-            if not getattr(self, name) > 0:
+            if not 0 < getattr(self, name) < float("inf"):
                 raise BerniniError(f"prompt enhancer {name} must be > 0, got {getattr(self, name)}")
         if self.backoff_s < 0:
             raise BerniniError(f"prompt enhancer backoff_s must be >= 0, got {self.backoff_s}")
@@ -58,12 +58,19 @@ class EnhancerConfig:
         )
 
     @classmethod
-    def from_env(cls, pe_model: str | None, env: Mapping[str, str]) -> EnhancerConfig:
+    def from_env(
+        cls,
+        pe_model: str | None,
+        env: Mapping[str, str],
+        timeout_s: float | None = None,
+        budget_s: float | None = None,
+    ) -> EnhancerConfig:
         """Build a config from ``--pe_model`` and an environment mapping (``os.environ`` in a front end).
 
         Base URL: ``BERNINI_PE_BASE_URL``, else ``OPENAI_BASE_URL``. Key: ``BERNINI_PE_API_KEY``, else
         ``OPENAI_API_KEY``. Model: ``pe_model``, else ``BERNINI_PE_MODEL``, else :data:`DEFAULT_PE_MODEL`.
-        Empty values count as unset.
+        Seconds per request and for all attempts of one prompt: ``timeout_s`` / ``budget_s`` (the flags),
+        else ``BERNINI_PE_TIMEOUT`` / ``BERNINI_PE_BUDGET``, else 60 / 180. Empty values count as unset.
         """
 
         def first_set(*values: str | None) -> str | None:
@@ -72,10 +79,23 @@ class EnhancerConfig:
                     return value.strip()
             return None
 
+        def seconds(flag: float | None, name: str, default: float) -> float:
+            if flag is not None:
+                return flag
+            value = first_set(env.get(name))
+            if value is None:
+                return default
+            try:
+                return float(value)
+            except ValueError:
+                raise BerniniError(f"{name} must be a number of seconds, got {value!r}") from None
+
         return cls(
             model=first_set(pe_model, env.get("BERNINI_PE_MODEL")) or DEFAULT_PE_MODEL,
             base_url=first_set(env.get("BERNINI_PE_BASE_URL"), env.get("OPENAI_BASE_URL")),
             api_key=first_set(env.get("BERNINI_PE_API_KEY"), env.get("OPENAI_API_KEY")),
+            timeout_s=seconds(timeout_s, "BERNINI_PE_TIMEOUT", cls.timeout_s),
+            budget_s=seconds(budget_s, "BERNINI_PE_BUDGET", cls.budget_s),
         )
 
 

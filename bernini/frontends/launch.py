@@ -95,6 +95,8 @@ class ParallelContext:
 
     layout: Layout
     groups: Any  # parallel.groups.Groups
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    _progress: Any = None
 
     @property
     def is_leader(self) -> bool:
@@ -112,10 +114,29 @@ class ParallelContext:
 
         return share(call, self.groups.task, self.layout.leader, self.layout.is_leader)
 
-    def gather(self, value: T) -> list[T]:
-        from ..parallel.groups import gather_all
+    def mark(self) -> None:
+        """A progress mark (a step, a task boundary): rank 0's end-of-list wait sees this rank is alive."""
+        if self.groups.control is not None:
+            self.progress.mark()
 
-        return gather_all(value, self.groups.control)
+    @property
+    def progress(self):
+        from ..parallel.groups import Progress
+
+        if self._progress is None:
+            self._progress = Progress.of_job(self.layout.rank, self.layout.world)
+        return self._progress
+
+    def finish(self, value: T) -> list[T]:
+        """Rank 0: every rank's ``value`` at the end of its task list, waiting no longer than ``--dist_timeout``
+        past any rank's last progress mark (:class:`~bernini.parallel.groups.PeerTimeout`); other ranks post
+        theirs and get ``[value]`` without waiting."""
+        if self.groups.control is None:
+            return [value]
+        self.progress.finish(value)
+        if self.layout.rank != 0:
+            return [value]
+        return self.progress.collect(self.timeout_s)
 
     def install(self, pipe) -> None:
         """Point both experts at this rank's Ulysses group and the pipeline at its CFG runner."""
@@ -176,7 +197,7 @@ class ParallelSession:
             self._control = groups.control
         else:
             groups = Groups(layout, None, None, None, None)
-        return ParallelContext(layout, groups)
+        return ParallelContext(layout, groups, self.timeout)
 
     def warn_if_spanning_nodes(self, ulysses: int, log: Callable[[str], None]) -> None:
         if self.env.rank == 0 and self.env.spans_nodes(ulysses):
@@ -185,14 +206,14 @@ class ParallelSession:
                 "some Ulysses groups span two machines and their all-to-alls cross the network"
             )
 
-    def load(self, context: ParallelContext, log: Callable[[str], None] | None = None):
+    def load(self, context: ParallelContext, log: Callable[[str], None] | None = None, on_progress=None):
         """Every rank loads its pipeline; a user error on any rank stops all of them with that message."""
         from ..parallel.groups import agree
 
         pipe, problem = None, None
         start = time.perf_counter()
         try:
-            pipe = load_pipeline(self.args, device=str(self.device))
+            pipe = load_pipeline(self.args, device=str(self.device), on_progress=on_progress)
         except BerniniError as exc:
             problem = f"rank {self.env.rank}: {exc}"
         problem = agree(problem, context.groups.control)
@@ -206,7 +227,7 @@ class ParallelSession:
 
 @contextmanager
 def parallel_run(
-    args: argparse.Namespace, env: LaunchEnv, log: Callable[[str], None]
+    args: argparse.Namespace, env: LaunchEnv, log: Callable[[str], None], on_progress=None
 ) -> Iterator[tuple[Any, ParallelContext]]:
     """The whole bring-up for one layout (``--ulysses``, ``--cfg_parallel``): yields the loaded, installed
     pipeline and its context; leaves the process group at exit."""
@@ -218,6 +239,6 @@ def parallel_run(
 
             logging.getLogger(__name__).info("parallel layout: %s", context.layout.describe())
         session.warn_if_spanning_nodes(ulysses, log)
-        pipe = session.load(context, log)
+        pipe = session.load(context, log, on_progress)
         context.install(pipe)
         yield pipe, context

@@ -84,7 +84,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max_trained_src_id", type=int, default=None, help="(default: the bundle's max_trained_src_id, upstream 5)"
     )
-    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     group.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32")
     group.add_argument(
         "--offload",
@@ -217,6 +217,15 @@ def add_pe_args(parser: argparse.ArgumentParser, use_help: str) -> argparse._Arg
     pe = parser.add_argument_group("prompt enhancer")
     pe.add_argument("--use_pe", action="store_true", help=use_help)
     pe.add_argument("--pe_model", default=None, help="model name (default: $BERNINI_PE_MODEL or the built-in one)")
+    pe.add_argument(
+        "--pe_timeout", type=float, default=None, help="seconds per request (default: $BERNINI_PE_TIMEOUT, else 60)"
+    )
+    pe.add_argument(
+        "--pe_budget",
+        type=float,
+        default=None,
+        help="seconds for all attempts on one prompt (default: $BERNINI_PE_BUDGET, else 180)",
+    )
     return pe
 
 
@@ -316,7 +325,7 @@ def model_defaults(args: argparse.Namespace) -> ModelDefaults | None:
     return ModelDefaults.from_renderer_config(config) if config is not None else None
 
 
-def load_pipeline(args: argparse.Namespace, device: str | None = None):
+def load_pipeline(args: argparse.Namespace, device: str | None = None, on_progress=None):
     from ..pipeline import BerniniPipeline
 
     return BerniniPipeline.from_pretrained(
@@ -332,6 +341,7 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None):
         loras=lora_specs(args),
         quantize=getattr(args, "quantize", "none"),
         gpu_memory=getattr(args, "gpu_memory", None),
+        on_progress=on_progress,
     )
 
 
@@ -349,7 +359,25 @@ def enhancer_config(args: argparse.Namespace, environ: Mapping[str, str] = os.en
     """The prompt enhancer's settings from ``--pe_model`` and the ``BERNINI_PE_*`` / OpenAI variables."""
     from ..enhancer import EnhancerConfig
 
-    return EnhancerConfig.from_env(getattr(args, "pe_model", None), environ)
+    return EnhancerConfig.from_env(
+        getattr(args, "pe_model", None),
+        environ,
+        timeout_s=getattr(args, "pe_timeout", None),
+        budget_s=getattr(args, "pe_budget", None),
+    )
+
+
+def required_enhancer_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ):
+    """:func:`enhancer_config`, refusing in one line (before anything loads) when no endpoint is configured."""
+    from ..enhancer import enhancer_available
+
+    config = enhancer_config(args, environ)
+    if not enhancer_available(config):
+        raise BerniniError(
+            "--use_pe needs an endpoint: set BERNINI_PE_BASE_URL (an OpenAI-compatible server) and/or "
+            "BERNINI_PE_API_KEY (or OPENAI_API_KEY), or drop --use_pe"
+        )
+    return config
 
 
 def describe_loaded(pipe, seconds: float) -> str:
@@ -358,3 +386,16 @@ def describe_loaded(pipe, seconds: float) -> str:
         f"{str(pipe.dtype).replace('torch.', '')}, attention {pipe.attention_backend.name}, offload {pipe.offload}"
         f"\n{pipe.placement_decision.describe()}"
     )
+
+
+def run_context(args: argparse.Namespace, parallel: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What only the front end knows, for the sidecar: the command line, the working directory, the parallel
+    layout, and the sidecar a replay came from."""
+    context: dict[str, Any] = {
+        "command_line": getattr(args, "command_line", None),
+        "cwd": str(Path.cwd()),
+        "parallel": parallel or {"world": 1},
+    }
+    if getattr(args, "replayed", None):
+        context["replay_of"] = args.replayed
+    return context

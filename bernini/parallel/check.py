@@ -34,6 +34,7 @@ from ..plan import GenerationPlan
 from ..runner import TaskListRunner, plan_tasks
 from ..sampler import BranchRunner
 from .cfg import branch_tokens
+from .groups import PeerTimeout
 
 
 def stderr(message: str) -> None:
@@ -107,12 +108,16 @@ class Checker:
     def reference(self, index: int, plan: GenerationPlan) -> tuple[torch.Tensor, list[int]]:
         if index not in self.references:
             with single_process(self.pipe) as runner:
-                latents = self.pipe.generate(plan, output_type="latent").latents.float().cpu()
+                latents = self.pipe.generate(plan, output_type="latent", on_progress=self.mark).latents.float().cpu()
             self.references[index] = latents, sorted(runner.lengths)
         return self.references[index]
 
+    def mark(self, *_: Any) -> None:
+        self.context.mark()
+
     def job(self, index: int, plan: GenerationPlan) -> None:
-        latents = self.pipe.generate(plan, output_type="latent").latents.float().cpu()
+        self.mark()
+        latents = self.pipe.generate(plan, output_type="latent", on_progress=self.mark).latents.float().cpu()
         if not self.context.is_leader:
             return None
         reference, lengths = self.reference(index, plan)
@@ -164,12 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 found, failed = run_layout(pipe, tasks, context, f"{ulysses}:{cfg}", references)
                 records += found
                 failures += failed
-            records = [r for part in context.gather(records) for r in part]
-            failures = [f for part in context.gather(failures) for f in part]
+            parts = context.finish({"records": records, "failures": failures})  # bounded by --dist_timeout
+            records = [r for part in parts for r in part["records"]]
+            failures = [f for part in parts for f in part["failures"]]
     except SetupError as exc:
         if env.rank == 0 or not exc.every_rank:
             stderr(f"error: {exc}")
         return 2
+    except PeerTimeout as exc:
+        stderr(f"error: {exc}")
+        return 1
     return report(records, failures, check, env.rank)
 
 

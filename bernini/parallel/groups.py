@@ -3,13 +3,17 @@
 Backends: NCCL for tensors on GPUs plus gloo for control objects (``cuda:nccl,cpu:gloo``), gloo alone
 on CPU. Groups that serve one task (Ulysses, CFG, task) use ``--dist_timeout``; one extra gloo group
 over the whole world (``control``) waits much longer, because data-parallel groups legitimately
-finish loading and their task lists at different times. A rank that dies makes torchrun stop the
-others, and a rank that raises a user error tells its peers through :func:`agree` / :func:`share`
-before any collective they would otherwise wait in forever.
+finish loading at different times. A rank that dies makes torchrun stop the others, and a rank that
+raises a user error tells its peers through :func:`agree` / :func:`share` before any collective they
+would otherwise wait in forever. After loading, the end of a task list is not a collective at all: each
+rank posts progress marks and its result in the job's store (:class:`Progress`), and rank 0 waits only
+while every unfinished rank keeps making progress, so a hung rank costs at most ``--dist_timeout``.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -145,3 +149,58 @@ class RankZeroChannel:
         if not self.enabled:
             return call()
         return share(call, self.group, 0, self.rank == 0)
+
+
+class PeerTimeout(BerniniError):
+    """A rank stopped making progress for longer than ``--dist_timeout``."""
+
+
+class Progress:
+    """Progress marks and end-of-list results of every rank, kept in the job's key-value store.
+
+    Waiting for the last data-parallel group is legitimately long (a longer share of the task list), so
+    the wait is not bounded as a whole but per mark: a rank that posts no mark (a denoising step, a task
+    boundary) for ``timeout_s`` is declared hung.
+    """
+
+    def __init__(self, store: dist.Store, rank: int, world: int, prefix: str = "bernini/progress") -> None:
+        self.store, self.rank, self.world, self.prefix = store, rank, world, prefix
+
+    @classmethod
+    def of_job(cls, rank: int, world: int) -> Progress:
+        return cls(dist.distributed_c10d._get_default_store(), rank, world)
+
+    def _key(self, kind: str, rank: int) -> str:
+        return f"{self.prefix}/{kind}/{rank}"
+
+    def mark(self) -> None:
+        self.store.add(self._key("marks", self.rank), 1)
+
+    def finish(self, value: Any) -> None:
+        """Post this rank's result (JSON) once its list is done."""
+        self.store.set(self._key("done", self.rank), json.dumps(value))
+
+    def collect(self, timeout_s: float, poll_s: float = 0.1) -> list[Any]:
+        """Every rank's result in rank order; :class:`PeerTimeout` once a rank posts nothing for ``timeout_s``."""
+        results: dict[int, Any] = {}
+        seen = {r: (-1, time.monotonic()) for r in range(self.world)}
+        while True:
+            for r in range(self.world):
+                if r in results:
+                    continue
+                if self.store.check([self._key("done", r)]):
+                    results[r] = json.loads(self.store.get(self._key("done", r)))
+                    continue
+                marks, since = seen[r]
+                now = time.monotonic()
+                current = self.store.add(self._key("marks", r), 0)
+                if current != marks:
+                    seen[r] = (current, now)
+                elif now - since > timeout_s:
+                    raise PeerTimeout(
+                        f"rank {r} made no progress for {timeout_s:g} s (--dist_timeout): it is hung or stopped; "
+                        "giving up on it"
+                    )
+            if len(results) == self.world:
+                return [results[r] for r in range(self.world)]
+            time.sleep(poll_s)

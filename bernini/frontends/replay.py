@@ -1,0 +1,92 @@
+"""``bernini generate --replay OUTPUT.json``: the run a sidecar records, again, frame for frame.
+
+The sidecar holds the request as it ran (seed, every parameter, the model's resolved choices, the prompt
+actually used, enhanced or not) and every path as given and absolute. A replay takes all of it, uses the
+absolute paths (so it works from any working directory), never calls the prompt enhancer again, and
+loads the recorded model with the recorded dtype unless ``--config`` / ``--dtype`` say otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import BerniniError
+from ..request import GenerationRequest
+
+CONFLICTS = ("prompt", "case", "inputs", "video", "image", "images")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    sidecar = Path(path).expanduser()
+    if sidecar.suffix != ".json" and sidecar.with_name(sidecar.name + ".json").is_file():
+        sidecar = sidecar.with_name(sidecar.name + ".json")  # the output itself was named
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BerniniError(f"--replay: {sidecar} not found; pass the OUTPUT.json written beside an output") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BerniniError(f"--replay: cannot read {sidecar}: {exc}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("request"), dict):
+        raise BerniniError(f"--replay: {sidecar} is not a bernini sidecar (no 'request')")
+    return record
+
+
+def _absolute(entry: Any, slot: str) -> str | None:
+    if entry is None:
+        return None
+    if isinstance(entry, dict):
+        return entry["absolute"]
+    if isinstance(entry, str) and entry.startswith("<"):
+        raise BerniniError(f"--replay: the {slot} was given in memory ({entry}); replay needs media files")
+    return str(entry)
+
+
+def _media(record: dict[str, Any]) -> dict[str, Any]:
+    paths = record.get("paths") or {}
+    request = record["request"]
+    videos = paths.get("video", request.get("video") or [])
+    images = paths.get("images", request.get("images") or [])
+    image = paths["image"] if "image" in paths else request.get("image")
+    return {
+        "video": [_absolute(v, "video") for v in videos],
+        "image": _absolute(image, "image"),
+        "images": [_absolute(v, "images") for v in images],
+    }
+
+
+def _default_output(record: dict[str, Any], sidecar: Path) -> str:
+    written = Path(record.get("output") or sidecar.with_suffix(""))
+    absolute = ((record.get("paths") or {}).get("output") or {}).get("absolute")
+    written = Path(absolute) if absolute else written
+    return str(written.with_name(f"{written.stem}_replay{written.suffix}"))
+
+
+def replay_requests(args: argparse.Namespace) -> list[GenerationRequest]:
+    """The recorded request, ready to plan; sets ``args.config`` / checkpoints / dtype from the sidecar
+    where the command line left them open."""
+    given = [f"--{name}" for name in CONFLICTS if getattr(args, name, None) not in (None, [])]
+    if given:
+        raise BerniniError(f"--replay takes the run from its sidecar; drop {', '.join(given)}")
+    record = read_sidecar(args.replay)
+    names = {f.name for f in fields(GenerationRequest)}
+    values = {key: value for key, value in record["request"].items() if key in names}
+    values.update(_media(record))
+    values["use_pe"], values["pe_model"] = False, None  # the prompt recorded is the one that ran
+    values["output"] = args.output or _default_output(record, Path(args.replay))
+    paths = record.get("paths") or {}
+    if args.config is None:
+        model = paths.get("model") or (record.get("model") or {}).get("spec")
+        args.config = model["absolute"] if isinstance(model, dict) else model
+    checkpoints = paths.get("checkpoints") or (record.get("model") or {}).get("separate_checkpoints") or {}
+    for name, flag in (("transformer", "high_noise_ckpt"), ("transformer_2", "low_noise_ckpt")):
+        if getattr(args, flag, None) is None and checkpoints.get(name):
+            entry = checkpoints[name]
+            setattr(args, flag, entry["absolute"] if isinstance(entry, dict) else entry)
+    if getattr(args, "dtype", "auto") == "auto" and record.get("dtype"):
+        args.dtype = record["dtype"]
+    args.replayed = {"sidecar": str(Path(args.replay).absolute()), "prompt_enhancer": record.get("prompt_enhancer")}
+    return [GenerationRequest(**values)]

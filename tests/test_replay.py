@@ -1,0 +1,112 @@
+"""``bernini generate --replay OUTPUT.json`` reproduces a run from its sidecar, frame for frame."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from test_enhancer import server, text  # noqa: F401 - the fixture is used by name
+
+from bernini.cli import main
+from bernini.output import write_video
+
+SMALL = ["--num_frames", "5", "--height", "32", "--width", "48", "--num_inference_steps", "2"]
+
+
+def clip(path: Path) -> Path:
+    frames = (np.arange(9)[:, None, None, None] * 25 + np.zeros((9, 32, 48, 3))).astype(np.uint8)
+    frames[:, 8:20, 10:30] = (200, 30, 30)
+    return write_video(path, frames, fps=16)
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_sidecar_records_provenance_and_replay_is_byte_identical_from_another_folder(
+    tiny_bundle, tmp_path, monkeypatch, capsys
+):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    clip(work / "src.mp4")
+    monkeypatch.chdir(work)
+    args = ["generate", "--config", str(tiny_bundle), "--video", "src.mp4", "--task_type", "v2v"]
+    args += ["--prompt", "make it red", "--seed", "123", "--output", "out/run.mp4", *SMALL]
+    assert main(args) == 0, capsys.readouterr().err
+    sidecar = work / "out" / "run.mp4.json"
+    record = read(sidecar)
+    assert record["command_line"].startswith("bernini generate --config") and "--seed 123" in record["command_line"]
+    assert record["created"].endswith("+00:00") and record["versions"]["torch"] and record["versions"]["diffusers"]
+    assert record["parallel"] == {"world": 1}
+    assert record["paths"]["video"] == [{"given": "src.mp4", "absolute": str(work / "src.mp4")}]
+    assert record["paths"]["output"] == {"given": "out/run.mp4", "absolute": str(work / "out" / "run.mp4")}
+    assert record["paths"]["model"] == {"given": str(tiny_bundle), "absolute": str(tiny_bundle)}
+
+    monkeypatch.chdir(elsewhere)  # the relative paths no longer resolve from here: the absolute ones are used
+    assert main(["generate", "--replay", str(sidecar)]) == 0, capsys.readouterr().err
+    replayed = work / "out" / "run_replay.mp4"
+    assert replayed.read_bytes() == (work / "out" / "run.mp4").read_bytes()
+    again = read(replayed.with_name("run_replay.mp4.json"))
+    assert again["resolved"] == record["resolved"]
+    assert again["replay_of"]["sidecar"] == str(sidecar)
+
+    # The replay reads the sidecar, not the defaults: another seed there is another video.
+    record["request"]["seed"] = 124
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(record), encoding="utf-8")
+    assert main(["generate", "--replay", str(edited), "--output", str(tmp_path / "other.mp4")]) == 0
+    assert (tmp_path / "other.mp4").read_bytes() != replayed.read_bytes()
+    assert read(tmp_path / "other.mp4.json")["request"]["seed"] == 124
+
+
+def test_replay_refuses_flags_that_would_change_the_run_and_bad_sidecars(tmp_path, capsys):
+    (tmp_path / "x.json").write_text("{}", encoding="utf-8")
+    assert main(["generate", "--replay", str(tmp_path / "x.json")]) == 2
+    assert "not a bernini sidecar" in capsys.readouterr().err
+    assert main(["generate", "--replay", str(tmp_path / "missing.json")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["generate", "--replay", str(tmp_path / "x.json"), "--prompt", "p"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --replay takes the run from its sidecar; drop --prompt"]
+
+
+def run_cli(args: list[str], cwd: Path, base_url: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BERNINI_PE_", "OPENAI_"))}
+    if base_url:
+        env.update(BERNINI_PE_BASE_URL=base_url, BERNINI_PE_API_KEY="sk-replay-test", BERNINI_PE_MODEL="pe-test")
+    command = [sys.executable, "-m", "bernini.cli", "generate", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
+
+
+def test_replay_of_an_enhanced_run_uses_the_enhanced_prompt_without_calling_the_enhancer(
+    server,  # noqa: F811
+    tiny_bundle,
+    tmp_path,
+):
+    server.push(text("A red fox leaps through fresh snow at dawn."))
+    video = clip(tmp_path / "src.mp4")
+    args = ["--config", str(tiny_bundle), "--task_type", "v2v", "--video", str(video), "--prompt", "make it snow"]
+    proc = run_cli([*args, "--use_pe", "--output", "enhanced.mp4", *SMALL], tmp_path, server.base_url)
+    assert proc.returncode == 0, proc.stderr
+    record = read(tmp_path / "enhanced.mp4.json")
+    assert record["prompt_enhancer"]["original_prompt"] == "make it snow"
+    assert record["request"]["prompt"] == "A red fox leaps through fresh snow at dawn."
+    calls = len(server.requests)
+
+    proc = run_cli(["--replay", "enhanced.mp4.json"], tmp_path, None)  # no endpoint configured at all
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.requests) == calls
+    assert (tmp_path / "enhanced_replay.mp4").read_bytes() == (tmp_path / "enhanced.mp4").read_bytes()
+    again = read(tmp_path / "enhanced_replay.mp4.json")
+    assert again["resolved"]["t5_text"] == record["resolved"]["t5_text"]
+    assert again["replay_of"]["prompt_enhancer"]["original_prompt"] == "make it snow"
+    assert again["request"]["use_pe"] is False
+
+    # The plain prompt gives another video: the enhanced prompt is what made the replay identical.
+    proc = run_cli([*args, "--output", "plain.mp4", *SMALL], tmp_path, None)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "plain.mp4").read_bytes() != (tmp_path / "enhanced.mp4").read_bytes()
