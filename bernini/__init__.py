@@ -10,7 +10,7 @@ from .tasks import TASKS
 _LAZY = {
     "BerniniPipeline": "pipeline",
     "BerniniOutput": "pipeline",
-    "tasks_table": "pipeline",
+    "tasks_table": "tasks",
     "export_to_video": "output",
     "load_case": "request",
     "GenerationRequest": "request",

@@ -239,8 +239,7 @@ def task_inputs(spec: dict[str, Any]) -> str:
 
 
 def print_tasks() -> int:
-    from .pipeline import tasks_table
-    from .tasks import TASKS
+    from .tasks import TASKS, tasks_table
 
     for name, spec in tasks_table().items():
         needs = TASKS[name]

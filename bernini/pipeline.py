@@ -9,25 +9,23 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .adjustments import Adjustment, changed
+from .adjustments import Adjustment, changed, source_geometry_adjustments
 from .attention import select_backend
 from .cache import step_cache
 from .conditions import Conditions, LatentCodec, LatentGrid
-from .devices import device_from_map, parse_device, parse_dtype, supports_float64
+from .devices import parse_device, supports_float64
 from .errors import BerniniError
 from .guidance import GuidanceState, Text
-from .loading import ModelSource, load_components, resolve_model
-from .lora import LoraSpec, merge_lora, read_lora
-from .placement import Placement, PlacementDecision, measured_sizes
+from .loading import ModelSource
+from .pipeline_loading import OnProgress, PipelineLoadingMixin
+from .placement import Placement, PlacementDecision
 from .plan import GenerationPlan, ModelDefaults, make_plan
 from .record import RunFacts, Timings, run_record
 from .request import GenerationRequest
@@ -36,14 +34,14 @@ from .schedulers import build_scheduler, scheduler_name, set_timesteps
 from .text import encode_text, token_counts
 from .transformer import BerniniTransformer
 
+if TYPE_CHECKING:
+    from .lora import LoraSpec
+
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Enhance = Callable[[GenerationPlan, list[np.ndarray]], tuple[str, dict[str, Any]]]
 """A prompt-enhancer hook: (plan, preview frames of each source video) → (new prompt, record)."""
-OnProgress = Callable[[str, int, int], None]
-"""``on_progress(phase, done, total)``: ``load``, ``encode`` (media), ``text``, ``denoise``, ``decode`` (per VAE
-chunk); ``done == 0`` starts a phase and ``done == total`` ends it. The library prints nothing itself."""
 
 
 @dataclass
@@ -65,7 +63,7 @@ class EncodedConditions:
     adjustments: list[Adjustment] = field(default_factory=list)
 
 
-class BerniniPipeline:
+class BerniniPipeline(PipelineLoadingMixin):
     """Bernini-R renderer pipeline (two Wan2.2 experts, UMT5, Wan VAE) in the diffusers idiom."""
 
     def __init__(
@@ -102,146 +100,6 @@ class BerniniPipeline:
         self.placement = Placement(offload, device, self.experts)
         self.placement_decision = PlacementDecision(offload)
         self._configure_attention()
-
-    # ----------------------------------------------------------------- loading
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike | None = None,
-        *,
-        dtype: str | torch.dtype | None = None,
-        torch_dtype: str | torch.dtype | None = None,
-        device: str | torch.device | None = None,
-        device_map: str | None = None,
-        high_noise_ckpt: str | os.PathLike | None = None,
-        low_noise_ckpt: str | os.PathLike | None = None,
-        offload: bool | str = "auto",
-        attention: str = "auto",
-        compile: bool = False,
-        allow_base_weights: bool = False,
-        loras: Sequence[LoraSpec] = (),
-        quantize: str = "none",
-        gpu_memory: float | None = None,
-        progress: bool = False,
-        on_progress: OnProgress | None = None,
-    ) -> BerniniPipeline:
-        """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
-
-        ``device_map`` takes one device as diffusers does (``"cuda"``); ``dtype`` / ``torch_dtype`` alike.
-        A config or bundle without Bernini-R weights (a plain Wan2.2 bundle, a config directory without
-        ``high_noise_ckpt`` / ``low_noise_ckpt``) is refused unless ``allow_base_weights=True``.
-        ``loras`` are merged into the experts' weights before they move to the device.
-        ``quantize`` (``fp8`` / ``int8``) keeps the experts' block linears weight-only quantised.
-        ``gpu_memory`` (GiB; default: the device's free memory) is the budget ``offload="auto"`` places under.
-        diffusers' and transformers' own loading bars stay quiet unless ``progress=True``.
-        """
-        with _library_bars(progress):
-            return cls._load(
-                pretrained_model_name_or_path,
-                dtype=dtype,
-                torch_dtype=torch_dtype,
-                device=device,
-                device_map=device_map,
-                high_noise_ckpt=high_noise_ckpt,
-                low_noise_ckpt=low_noise_ckpt,
-                offload=offload,
-                attention=attention,
-                compile=compile,
-                on_progress=on_progress,
-                allow_base_weights=allow_base_weights,
-                loras=loras,
-                quantize=quantize,
-                gpu_memory=gpu_memory,
-            )
-
-    @classmethod
-    def _load(
-        cls,
-        pretrained_model_name_or_path,
-        *,
-        dtype,
-        torch_dtype,
-        device,
-        device_map,
-        high_noise_ckpt,
-        low_noise_ckpt,
-        offload,
-        attention,
-        compile: bool,
-        on_progress: OnProgress | None = None,
-        allow_base_weights: bool = False,
-        loras: Sequence[LoraSpec] = (),
-        quantize: str = "none",
-        gpu_memory: float | None = None,
-    ) -> BerniniPipeline:
-        if device is not None and device_map is not None:
-            raise BerniniError("pass either device or device_map, not both")
-        target = parse_device(device if device_map is None else device_from_map(device_map))
-        weight_dtype = parse_dtype(dtype if dtype is not None else torch_dtype, target)
-        separate = {
-            name for name, ckpt in (("transformer", high_noise_ckpt), ("transformer_2", low_noise_ckpt)) if ckpt
-        }
-        source = resolve_model(pretrained_model_name_or_path, separate=separate, allow_base_weights=allow_base_weights)
-        modules = load_components(
-            source, weight_dtype, high_noise_ckpt, low_noise_ckpt, quantize, on_progress=on_progress
-        )
-        pipe = cls(**modules, source=source, device=target, dtype=weight_dtype, attention=attention)
-        for spec in loras:
-            pipe.load_lora_weights(spec.path, expert=spec.expert, scale=spec.scale)
-        pipe.apply_placement(pipe.decide_placement(offload, target, gpu_memory))
-        pipe = pipe.to(target)
-        if compile:
-            pipe.compile()
-        return pipe
-
-    def _lora_targets(self, expert: str) -> list[BerniniTransformer]:
-        experts = self.make_experts()
-        if expert == "low" and experts.low is None:
-            raise BerniniError("this model has one expert: load its LoRA with expert='high' or 'both'")
-        return {"high": [experts.high], "low": [experts.low], "both": [e for e in (experts.high, experts.low) if e]}[
-            expert
-        ]
-
-    def load_lora_weights(self, path: str | os.PathLike, expert: str = "both", scale: float = 1.0) -> None:
-        """Merge a LoRA file into the ``high``- or ``low``-noise expert or ``both``, every delta × ``scale``
-        (see :mod:`bernini.lora`); :meth:`unload_lora_weights` takes all of them out again."""
-        spec = LoraSpec(str(path), expert, float(scale)).checked()
-        state_dict = read_lora(spec.path)
-        for target in self._lora_targets(spec.expert):
-            merge_lora(target, state_dict, spec.scale)
-        self.loras.append(spec)
-
-    def unload_lora_weights(self) -> None:
-        """Unmerge every loaded LoRA, last first (subtracting the same deltas: exact up to the weights' rounding)."""
-        while self.loras:
-            spec = self.loras.pop()
-            state_dict = read_lora(spec.path)
-            for target in self._lora_targets(spec.expert):
-                merge_lora(target, state_dict, -spec.scale)
-
-    def decide_placement(
-        self, offload: bool | str, device: torch.device, gpu_memory: float | None = None
-    ) -> PlacementDecision:
-        """Keep resident what fits the budget, stream the rest (see :mod:`bernini.memory_plan`)."""
-        from .memory_plan import runtime_decision
-        from .quant import QuantLinear
-
-        budget = int(gpu_memory * 1024**3) if gpu_memory is not None else None
-        if budget is None and device.type == "cuda":
-            budget = torch.cuda.mem_get_info(device)[0]
-        sizes = measured_sizes(self.experts, self.text_encoder, self.vae)
-        quantized = any(isinstance(m, QuantLinear) for e in self.experts for m in e.modules())
-        expert_config = dict(self.experts[0].config)
-        return runtime_decision(
-            offload, device, budget, sizes, expert_config, dict(self.vae.config), self.dtype, quantized
-        )
-
-    def apply_placement(self, decision: PlacementDecision) -> None:
-        self.placement_decision = decision
-        on_cpu = [self.text_encoder] if decision.text_encoder == "cpu" else []
-        self.placement = Placement(decision.mode, self.device, self.experts, on_cpu)
-        if decision.tiled_decode:
-            self.vae.enable_tiling()
 
     def compile(self) -> None:
         """Regional ``torch.compile`` of the repeated transformer blocks (shapes vary per combo: not fullgraph,
@@ -466,29 +324,13 @@ class BerniniPipeline:
             for item in media.images:
                 conditions.images.append(codec.encode(preprocess_image(item, media.max_image_size).unsqueeze(1)))
                 report("encode", total - len(media.images) + len(conditions.images), total)
-        adjustments = self._geometry_adjustments(plan, frames, height, width)
+        adjustments = source_geometry_adjustments(plan, frames, height, width)
         snapped = grid.snap_frames(frames), grid.snap_side(height), grid.snap_side(width)
         multiple = grid.size_multiple
         adjustments += changed("num_frames", frames, snapped[0], f"the VAE takes {grid.temporal}k+1 frames")
         adjustments += changed("height", height, snapped[1], f"sides are multiples of {multiple} pixels")
         adjustments += changed("width", width, snapped[2], f"sides are multiples of {multiple} pixels")
         return EncodedConditions(conditions, *snapped, previews, adjustments)
-
-    @staticmethod
-    def _geometry_adjustments(plan: GenerationPlan, frames: int, height: int, width: int) -> list[Adjustment]:
-        """What the source media changed from the geometry asked for (before snapping to the latent grid)."""
-        asked = plan.geometry
-        media = plan.media
-        if media.video:
-            source = "the source video"
-            shorter = f"{source} is shorter: it gives {frames} frames (4k+1) at {media.fps:g} fps"
-            adjustments = changed("num_frames", asked.frames, frames, shorter)
-        elif media.image is not None:
-            source, adjustments = "the source image", []
-        else:
-            return []
-        why = f"taken from {source} (at most --max_image_size {media.max_image_size})"
-        return adjustments + changed("height", asked.height, height, why) + changed("width", asked.width, width, why)
 
     def text_adjustments(self, positive: str, negative: str) -> list[Adjustment]:
         """Prompts longer than the text encoder reads are cut; say by how much."""
@@ -671,37 +513,3 @@ class _StepReport:
 
     def close(self) -> None:
         self.bar.close()
-
-
-@contextmanager
-def _library_bars(show: bool) -> Iterator[None]:
-    """diffusers' and transformers' progress bars on or off for a block; their previous setting comes back."""
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    before = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
-    for module, on in ((diffusers_logging, show), (transformers_logging, show)):
-        module.enable_progress_bar() if on else module.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for module, on in zip((diffusers_logging, transformers_logging), before, strict=True):
-            module.enable_progress_bar() if on else module.disable_progress_bar()
-
-
-def tasks_table() -> dict[str, dict[str, Any]]:
-    """Tasks with their default guidance mode, media slots and T5 prefix."""
-    from .tasks import TASKS
-
-    return {
-        name: {
-            "guidance_mode": s.guidance_mode,
-            "video": s.video,
-            "image": s.image,
-            "images": s.images,
-            "single_frame": s.single_frame,
-            "t5_prefix": s.t5_prefix,
-            "description": s.description,
-        }
-        for name, s in TASKS.items()
-    }

@@ -9,6 +9,7 @@ depends only on the media given; which branches are combined depends only on the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 T5_PREFIXES: dict[str, str] = {
     "default": "You are a helpful assistant.",
@@ -104,3 +105,19 @@ TASKS: dict[str, TaskSpec] = {
 def t5_prefix(task_type: str) -> str:
     """The exact training-time T5 prefix; unknown types fall back to the default one."""
     return T5_PREFIXES.get(task_type, T5_PREFIXES["default"])
+
+
+def tasks_table() -> dict[str, dict[str, Any]]:
+    """Tasks with their default guidance mode, media slots and T5 prefix."""
+    return {
+        name: {
+            "guidance_mode": s.guidance_mode,
+            "video": s.video,
+            "image": s.image,
+            "images": s.images,
+            "single_frame": s.single_frame,
+            "t5_prefix": s.t5_prefix,
+            "description": s.description,
+        }
+        for name, s in TASKS.items()
+    }

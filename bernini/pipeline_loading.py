@@ -1,0 +1,183 @@
+"""Loading a :class:`~bernini.pipeline.BerniniPipeline` (the diffusers idiom of a loading mixin): every
+published layout through ``from_pretrained``, LoRAs merged per expert, and the placement decision under a
+device-memory budget."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+
+from .devices import device_from_map, parse_device, parse_dtype
+from .errors import BerniniError
+from .loading import load_components, resolve_model
+from .lora import LoraSpec, merge_lora, read_lora
+from .placement import Placement, PlacementDecision, measured_sizes
+
+if TYPE_CHECKING:
+    from .pipeline import BerniniPipeline
+    from .transformer import BerniniTransformer
+
+OnProgress = Callable[[str, int, int], None]
+"""``on_progress(phase, done, total)``: ``load``, ``encode`` (media), ``text``, ``denoise``, ``decode`` (per VAE
+chunk); ``done == 0`` starts a phase and ``done == total`` ends it. The library prints nothing itself."""
+
+
+class PipelineLoadingMixin:
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        *,
+        dtype: str | torch.dtype | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        device_map: str | None = None,
+        high_noise_ckpt: str | os.PathLike | None = None,
+        low_noise_ckpt: str | os.PathLike | None = None,
+        offload: bool | str = "auto",
+        attention: str = "auto",
+        compile: bool = False,
+        allow_base_weights: bool = False,
+        loras: Sequence[LoraSpec] = (),
+        quantize: str = "none",
+        gpu_memory: float | None = None,
+        progress: bool = False,
+        on_progress: OnProgress | None = None,
+    ) -> BerniniPipeline:
+        """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
+
+        ``device_map`` takes one device as diffusers does (``"cuda"``); ``dtype`` / ``torch_dtype`` alike.
+        A config or bundle without Bernini-R weights (a plain Wan2.2 bundle, a config directory without
+        ``high_noise_ckpt`` / ``low_noise_ckpt``) is refused unless ``allow_base_weights=True``.
+        ``loras`` are merged into the experts' weights before they move to the device.
+        ``quantize`` (``fp8`` / ``int8``) keeps the experts' block linears weight-only quantised.
+        ``gpu_memory`` (GiB; default: the device's free memory) is the budget ``offload="auto"`` places under.
+        diffusers' and transformers' own loading bars stay quiet unless ``progress=True``.
+        """
+        with _library_bars(progress):
+            return cls._load(
+                pretrained_model_name_or_path,
+                dtype=dtype,
+                torch_dtype=torch_dtype,
+                device=device,
+                device_map=device_map,
+                high_noise_ckpt=high_noise_ckpt,
+                low_noise_ckpt=low_noise_ckpt,
+                offload=offload,
+                attention=attention,
+                compile=compile,
+                on_progress=on_progress,
+                allow_base_weights=allow_base_weights,
+                loras=loras,
+                quantize=quantize,
+                gpu_memory=gpu_memory,
+            )
+
+    @classmethod
+    def _load(
+        cls,
+        pretrained_model_name_or_path,
+        *,
+        dtype,
+        torch_dtype,
+        device,
+        device_map,
+        high_noise_ckpt,
+        low_noise_ckpt,
+        offload,
+        attention,
+        compile: bool,
+        on_progress: OnProgress | None = None,
+        allow_base_weights: bool = False,
+        loras: Sequence[LoraSpec] = (),
+        quantize: str = "none",
+        gpu_memory: float | None = None,
+    ) -> BerniniPipeline:
+        if device is not None and device_map is not None:
+            raise BerniniError("pass either device or device_map, not both")
+        target = parse_device(device if device_map is None else device_from_map(device_map))
+        weight_dtype = parse_dtype(dtype if dtype is not None else torch_dtype, target)
+        separate = {
+            name for name, ckpt in (("transformer", high_noise_ckpt), ("transformer_2", low_noise_ckpt)) if ckpt
+        }
+        source = resolve_model(pretrained_model_name_or_path, separate=separate, allow_base_weights=allow_base_weights)
+        modules = load_components(
+            source, weight_dtype, high_noise_ckpt, low_noise_ckpt, quantize, on_progress=on_progress
+        )
+        pipe = cls(**modules, source=source, device=target, dtype=weight_dtype, attention=attention)
+        for spec in loras:
+            pipe.load_lora_weights(spec.path, expert=spec.expert, scale=spec.scale)
+        pipe.apply_placement(pipe.decide_placement(offload, target, gpu_memory))
+        pipe = pipe.to(target)
+        if compile:
+            pipe.compile()
+        return pipe
+
+    def _lora_targets(self, expert: str) -> list[BerniniTransformer]:
+        experts = self.make_experts()
+        if expert == "low" and experts.low is None:
+            raise BerniniError("this model has one expert: load its LoRA with expert='high' or 'both'")
+        return {"high": [experts.high], "low": [experts.low], "both": [e for e in (experts.high, experts.low) if e]}[
+            expert
+        ]
+
+    def load_lora_weights(self, path: str | os.PathLike, expert: str = "both", scale: float = 1.0) -> None:
+        """Merge a LoRA file into the ``high``- or ``low``-noise expert or ``both``, every delta × ``scale``
+        (see :mod:`bernini.lora`); :meth:`unload_lora_weights` takes all of them out again."""
+        spec = LoraSpec(str(path), expert, float(scale)).checked()
+        state_dict = read_lora(spec.path)
+        for target in self._lora_targets(spec.expert):
+            merge_lora(target, state_dict, spec.scale)
+        self.loras.append(spec)
+
+    def unload_lora_weights(self) -> None:
+        """Unmerge every loaded LoRA, last first (subtracting the same deltas: exact up to the weights' rounding)."""
+        while self.loras:
+            spec = self.loras.pop()
+            state_dict = read_lora(spec.path)
+            for target in self._lora_targets(spec.expert):
+                merge_lora(target, state_dict, -spec.scale)
+
+    def decide_placement(
+        self, offload: bool | str, device: torch.device, gpu_memory: float | None = None
+    ) -> PlacementDecision:
+        """Keep resident what fits the budget, stream the rest (see :mod:`bernini.memory_plan`)."""
+        from .memory_plan import runtime_decision
+        from .quant import QuantLinear
+
+        budget = int(gpu_memory * 1024**3) if gpu_memory is not None else None
+        if budget is None and device.type == "cuda":
+            budget = torch.cuda.mem_get_info(device)[0]
+        sizes = measured_sizes(self.experts, self.text_encoder, self.vae)
+        quantized = any(isinstance(m, QuantLinear) for e in self.experts for m in e.modules())
+        expert_config = dict(self.experts[0].config)
+        return runtime_decision(
+            offload, device, budget, sizes, expert_config, dict(self.vae.config), self.dtype, quantized
+        )
+
+    def apply_placement(self, decision: PlacementDecision) -> None:
+        self.placement_decision = decision
+        on_cpu = [self.text_encoder] if decision.text_encoder == "cpu" else []
+        self.placement = Placement(decision.mode, self.device, self.experts, on_cpu)
+        if decision.tiled_decode:
+            self.vae.enable_tiling()
+
+
+@contextmanager
+def _library_bars(show: bool) -> Iterator[None]:
+    """diffusers' and transformers' progress bars on or off for a block; their previous setting comes back."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    before = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    for module, on in ((diffusers_logging, show), (transformers_logging, show)):
+        module.enable_progress_bar() if on else module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, on in zip((diffusers_logging, transformers_logging), before, strict=True):
+            module.enable_progress_bar() if on else module.disable_progress_bar()
