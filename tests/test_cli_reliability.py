@@ -235,7 +235,8 @@ def test_disk_full_in_the_sidecar_takes_the_output_with_it(tiny_bundle, tmp_path
     argv = ["generate", "--config", str(tiny_bundle), "--prompt", PROMPT, "--task_type", "t2i", *TINY]
     rc = main([*argv, "--output", str(out)])
     lines = lines_of(capsys.readouterr().err)
-    assert rc == 1 and lines[-1].startswith("error:") and "No space left" in lines[-1]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert rc == 1 and len(errors) == 1 and "No space left" in errors[0]
     assert list(tmp_path.iterdir()) == [], "the PNG written before the sidecar failed is removed too"
 
 
@@ -293,7 +294,8 @@ def test_real_full_tmpfs(tiny_bundle, tmp_path):
             cwd=tmp_path,
         )
         lines = lines_of(proc.stderr)
-        assert proc.returncode != 0 and lines[-1].startswith("error:") and "Traceback" not in proc.stderr
+        errors = [line for line in lines if line.startswith("error:")]
+        assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr
         assert sorted(p.name for p in mount.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", str(mount)], check=False)
