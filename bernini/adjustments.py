@@ -9,10 +9,7 @@ one ``note:`` line.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .plan import GenerationPlan
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -38,19 +35,3 @@ def _shown(value: Any) -> str:
 def changed(name: str, asked: Any, used: Any, why: str) -> list[Adjustment]:
     """``[Adjustment]`` when the value changed, else ``[]``."""
     return [] if asked == used else [Adjustment(name, asked, used, why)]
-
-
-def source_geometry_adjustments(plan: GenerationPlan, frames: int, height: int, width: int) -> list[Adjustment]:
-    """What the source media changed from the geometry asked for (before snapping to the latent grid)."""
-    asked = plan.geometry
-    media = plan.media
-    if media.video:
-        source = "the source video"
-        shorter = f"{source} is shorter: it gives {frames} frames (4k+1) at {media.fps:g} fps"
-        adjustments = changed("num_frames", asked.frames, frames, shorter)
-    elif media.image is not None:
-        source, adjustments = "the source image", []
-    else:
-        return []
-    why = f"taken from {source} (at most --max_image_size {media.max_image_size})"
-    return adjustments + changed("height", asked.height, height, why) + changed("width", asked.width, width, why)

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .adjustments import Adjustment, changed
 from .guidance import Combo
-from .plan import SourceIdPolicy
+from .plan import GenerationPlan, SourceIdPolicy
 
 RENDERER_COMBOS = (Combo.EMPTY, Combo.VIDEO, Combo.IMAGES, Combo.ALL)
 
@@ -116,3 +117,19 @@ class LatentCodec:
         """Normalised latents → pixels ``[B, 3, T, H, W]`` in [-1, 1]."""
         z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
         return self.vae.decode(z.to(self.device, self.dtype), return_dict=False)[0].float()
+
+
+def source_geometry_adjustments(plan: GenerationPlan, frames: int, height: int, width: int) -> list[Adjustment]:
+    """What the source media changed from the geometry asked for (before snapping to the latent grid)."""
+    asked = plan.geometry
+    media = plan.media
+    if media.video:
+        source = "the source video"
+        shorter = f"{source} is shorter: it gives {frames} frames (4k+1) at {media.fps:g} fps"
+        adjustments = changed("num_frames", asked.frames, frames, shorter)
+    elif media.image is not None:
+        source, adjustments = "the source image", []
+    else:
+        return []
+    why = f"taken from {source} (at most --max_image_size {media.max_image_size})"
+    return adjustments + changed("height", asked.height, height, why) + changed("width", asked.width, width, why)

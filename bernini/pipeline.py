@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .adjustments import Adjustment, changed, source_geometry_adjustments
+from .adjustments import Adjustment, changed
 from .attention import select_backend
 from .cache import step_cache
-from .conditions import Conditions, LatentCodec, LatentGrid
+from .conditions import Conditions, LatentCodec, LatentGrid, source_geometry_adjustments
 from .devices import parse_device, supports_float64
 from .errors import BerniniError
 from .guidance import GuidanceState, Text

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -18,8 +18,9 @@ from .lora import LoraSpec, merge_lora, read_lora
 from .placement import Placement, PlacementDecision, measured_sizes
 
 if TYPE_CHECKING:
-    from .pipeline import BerniniPipeline
     from .transformer import BerniniTransformer
+
+Pipeline = TypeVar("Pipeline", bound="PipelineLoadingMixin")
 
 OnProgress = Callable[[str, int, int], None]
 """``on_progress(phase, done, total)``: ``load``, ``encode`` (media), ``text``, ``denoise``, ``decode`` (per VAE
@@ -29,7 +30,7 @@ chunk); ``done == 0`` starts a phase and ``done == total`` ends it. The library 
 class PipelineLoadingMixin:
     @classmethod
     def from_pretrained(
-        cls,
+        cls: type[Pipeline],
         pretrained_model_name_or_path: str | os.PathLike | None = None,
         *,
         dtype: str | torch.dtype | None = None,
@@ -47,7 +48,7 @@ class PipelineLoadingMixin:
         gpu_memory: float | None = None,
         progress: bool = False,
         on_progress: OnProgress | None = None,
-    ) -> BerniniPipeline:
+    ) -> Pipeline:
         """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
 
         ``device_map`` takes one device as diffusers does (``"cuda"``); ``dtype`` / ``torch_dtype`` alike.
@@ -79,7 +80,7 @@ class PipelineLoadingMixin:
 
     @classmethod
     def _load(
-        cls,
+        cls: type[Pipeline],
         pretrained_model_name_or_path,
         *,
         dtype,
@@ -96,7 +97,7 @@ class PipelineLoadingMixin:
         loras: Sequence[LoraSpec] = (),
         quantize: str = "none",
         gpu_memory: float | None = None,
-    ) -> BerniniPipeline:
+    ) -> Pipeline:
         if device is not None and device_map is not None:
             raise BerniniError("pass either device or device_map, not both")
         target = parse_device(device if device_map is None else device_from_map(device_map))
