@@ -57,3 +57,11 @@ def one_line_error() -> Callable[..., str]:
         return message
 
     return check
+
+
+@pytest.fixture(scope="session")
+def full_bundle(tmp_path_factory) -> Path:
+    """The tiny full-Bernini bundle in the published layout (``bernini.tiny_full``)."""
+    from bernini.tiny_full import write_tiny_full_bundle
+
+    return write_tiny_full_bundle(tmp_path_factory.mktemp("full") / "Bernini-Diffusers")

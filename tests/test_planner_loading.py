@@ -14,13 +14,6 @@ from bernini.planner.loading import FullBundle, is_full_bundle, load_planner, lo
 
 
 @pytest.fixture(scope="session")
-def full_bundle(tmp_path_factory):
-    from bernini.tiny_full import write_tiny_full_bundle
-
-    return write_tiny_full_bundle(tmp_path_factory.mktemp("full") / "Bernini-Diffusers")
-
-
-@pytest.fixture(scope="session")
 def written(full_bundle):
     """Every tensor of the ``bernini/`` shards, read with safetensors (independently of the loader)."""
     tensors = {}

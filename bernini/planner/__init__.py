@@ -4,9 +4,12 @@ What is here is the planner's own math, each piece tested against the spec's inv
 target-slot geometry (:mod:`.geometry`), the hybrid attention mask (:mod:`.mask`), the masked-planning
 schedule and its RNG contract (:mod:`.schedule`), the ViT-embedding flow decoder and its three-way CFG
 sampler (:mod:`.flow`), the connector (:mod:`.connector`), the renderer contexts (:mod:`.contexts`), the
-per-branch token streams and mRoPE positions (:mod:`.packing`) and loading the published
-``Bernini-Diffusers`` layout (:mod:`.loading`; ``bernini.tiny_full`` writes a tiny one).
+per-branch token streams and mRoPE positions (:mod:`.packing`), loading the published
+``Bernini-Diffusers`` layout (:mod:`.loading`; ``bernini.tiny_full`` writes a tiny one) and running the
+planning loop over the Qwen passes (:mod:`.run`; the full model's renderer modes are declared in
+:mod:`bernini.guidance`).
 
-Not here yet: running the planner (vision features, the Qwen passes, the loop end to end), the full
-model's renderer modes and the front-end wiring. Nothing in the pipeline uses this package yet.
+Not here yet: the source items' ViT features (the vision tower on preprocessed frames), the planner as
+a pipeline stage with the renderer contexts, and the front-end wiring. Nothing in the pipeline uses this
+package yet.
 """
