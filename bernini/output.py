@@ -237,11 +237,6 @@ def write_frames(directory: str | os.PathLike, frames: Any) -> list[Path]:
     return written
 
 
-def output_path_for(path: str | os.PathLike, frame_count: int) -> Path:
-    """The path :func:`write_output` writes for ``frame_count`` frames asked to go to ``path``."""
-    return _output_path(Path(path), frame_count)
-
-
 def _output_path(path: Path, frame_count: int) -> Path:
     """``path`` with the suffix its content needs: images for one frame, H.264 video for several."""
     suffix = path.suffix.lower()

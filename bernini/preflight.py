@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BerniniError
-from .output import frame_path, output_path_for, sidecar_path
+from .output import frame_path, output_path, sidecar_path
 from .plan import GenerationPlan
 from .runner import Task, existing_output
 
 
 def final_output(plan: GenerationPlan) -> Path:
-    """The file the plan's job writes: its output with the suffix fixed for one frame (image) or several."""
+    """The file the plan's job writes (:func:`bernini.output.output_path`, as the job itself resolves it): the
+    suffix fixed for one frame (image) or several, a directory given as ``DIR/output.<suffix>``."""
     if not plan.output:
         raise BerniniError("no output path given; pass --output PATH")
-    return output_path_for(Path(plan.output).expanduser(), 1 if plan.geometry.frames == 1 else 2)
+    return output_path(plan.output, 1 if plan.geometry.frames == 1 else 2)[0]
 
 
 def writable_problem(target: Path, what: str = "output") -> str | None:

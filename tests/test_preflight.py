@@ -65,6 +65,17 @@ def test_final_output_follows_the_suffix_fix_up():
     assert final_output(plan(task_type="t2v", output="a.mov")) == Path("a.mov")
 
 
+def test_a_directory_output_is_checked_where_the_job_writes(tmp_path):
+    """An existing ``DIR/output.mp4`` is what a directory output replaces, so it is what is refused."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    task = make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v", output=str(folder)))
+    assert final_output(task) == folder / "output.mp4"
+    (folder / "output.mp4").write_bytes(b"x")
+    checked = check_outputs([task])
+    assert isinstance(checked.tasks[0], BerniniError) and "output.mp4" in str(checked.tasks[0])
+
+
 def test_writability_is_tried_not_guessed(tmp_path):
     assert writable_problem(tmp_path / "new" / "deeper" / "x.mp4") is None
     assert not (tmp_path / "new").exists(), "the check creates no folders"
