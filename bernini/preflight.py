@@ -15,17 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BerniniError
-from .output import frame_path, output_path, sidecar_path
+from .output import frame_path, sidecar_path
 from .plan import GenerationPlan
-from .runner import Task, existing_output
-
-
-def final_output(plan: GenerationPlan) -> Path:
-    """The file the plan's job writes (:func:`bernini.output.output_path`, as the job itself resolves it): the
-    suffix fixed for one frame (image) or several, a directory given as ``DIR/output.<suffix>``."""
-    if not plan.output:
-        raise BerniniError("no output path given; pass --output PATH")
-    return output_path(plan.output, 1 if plan.geometry.frames == 1 else 2)[0]
+from .runner import Task, existing_output, final_output
 
 
 def writable_problem(target: Path, what: str = "output") -> str | None:
@@ -95,7 +87,7 @@ def check_outputs(
     for index, task in enumerate(tasks):
         if not isinstance(task, GenerationPlan) or not task.output:
             continue
-        if skip_existing and existing_output(task.output):
+        if skip_existing and existing_output(task):
             result.skipped.add(index)
             continue
         target = final_output(task)

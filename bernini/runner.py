@@ -197,14 +197,18 @@ def run_job(
     return JobResult(written, sidecar, prompt, record, frames)
 
 
-def existing_output(output: str | Path) -> Path | None:
-    """The finished output for ``--skip_existing``: the file and its sidecar must both exist."""
-    path = Path(output)
-    candidates = [path, path.with_suffix(".png"), path.with_suffix(".mp4")]
-    for candidate in candidates:
-        if candidate.is_file() and sidecar_path(candidate).is_file():
-            return candidate
-    return None
+def final_output(plan: GenerationPlan) -> Path:
+    """The file the plan's job writes (:func:`bernini.output.output_path`, as the job itself resolves it): the
+    suffix fixed for one frame (image) or several, a directory given as ``DIR/output.<suffix>``."""
+    if not plan.output:
+        raise BerniniError("no output path given; pass --output PATH")
+    return output_path(plan.output, 1 if plan.geometry.frames == 1 else 2)[0]
+
+
+def existing_output(plan: GenerationPlan) -> Path | None:
+    """The finished output for ``--skip_existing``: the file the job writes and its sidecar both exist."""
+    target = final_output(plan)
+    return target if target.is_file() and sidecar_path(target).is_file() else None
 
 
 @dataclass(frozen=True)
@@ -243,7 +247,7 @@ class TaskListRunner:
             return Hold("error", str(task))
         if not task.output:
             return Hold("error", "no output path given; pass --output PATH")
-        if self.skip_existing and self.checks_existing and existing_output(task.output):
+        if self.skip_existing and self.checks_existing and existing_output(task):
             return Hold("skip", f"{task.output} exists, skipped")
         return None
 
