@@ -107,3 +107,14 @@ def test_broken_bundles_are_one_line_errors(full_bundle, tmp_path):
     with pytest.raises(WeightsError, match="planner") as info:
         load_planner(FullBundle.open(broken), torch.float32)
     assert "\n" not in str(info.value)
+
+
+def test_half_precision_keeps_what_from_pretrained_keeps_in_fp32(full_bundle):
+    """UMT5's ``wo`` and the experts' fp32 modules stay fp32 in a bf16 load, as diffusers/transformers keep them."""
+    parts = load_renderer_parts(FullBundle.open(full_bundle), torch.bfloat16)
+    encoder = parts["text_encoder"]
+    assert encoder.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+    assert encoder.shared.weight.dtype == torch.bfloat16
+    kept = parts["transformer"]._keep_in_fp32_modules
+    fp32 = [n for n, p in parts["transformer"].named_parameters() if p.dtype == torch.float32]
+    assert fp32 and all(any(k in n.split(".") for k in kept) for n in fp32)

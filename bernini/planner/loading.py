@@ -19,6 +19,7 @@ import torch
 
 from ..config import read_json
 from ..errors import WeightsError
+from ..expert_weights import place_weight
 from ..safetensors_stream import TensorEntry, iter_tensors, read_header
 
 MODEL_TYPE = "bernini"
@@ -99,12 +100,11 @@ def stream_into(
     entries: dict[str, TensorEntry],
     dtype: torch.dtype,
     what: str,
-    keep_fp32: Iterable[str] = (),
     ignore: Iterable[str] = (),
 ) -> torch.nn.Module:
-    """Fill a meta-built ``module`` from checkpoint ``entries`` keyed by its own parameter names."""
-    from accelerate.utils import set_module_tensor_to_device
-
+    """Fill a meta-built ``module`` from checkpoint ``entries`` keyed by its own parameter names, each tensor
+    placed by :func:`bernini.expert_weights.place_weight` (cast to ``dtype``; the module's fp32-kept parts
+    stay fp32, as ``from_pretrained`` keeps them)."""
     expected = set(module.state_dict())
     ignored = tuple(ignore)
     wanted = {name: entry for name, entry in entries.items() if not name.startswith(ignored)}
@@ -117,16 +117,11 @@ def stream_into(
     names_of: dict[TensorEntry, list[str]] = {}
     for name, entry in wanted.items():
         names_of.setdefault(entry, []).append(name)  # tied weights name one stored tensor twice
-    keep = tuple(keep_fp32)
     for entry, tensor in iter_tensors(list(names_of)):
         for name in names_of[entry]:
             if tuple(tensor.shape) != shapes[name]:
                 raise WeightsError(f"{what} tensor {name} has shape {tuple(tensor.shape)}, expected {shapes[name]}")
-            value = tensor
-            if value.is_floating_point():
-                fp32 = any(part in name.split(".") for part in keep)
-                value = value.to(torch.float32 if fp32 else dtype)
-            set_module_tensor_to_device(module, name, "cpu", value=value, dtype=value.dtype)
+            place_weight(module, name, tensor, dtype=dtype)
     return module.eval().requires_grad_(False)
 
 
@@ -203,8 +198,7 @@ def load_renderer_parts(bundle: FullBundle, dtype: torch.dtype) -> dict[str, Any
     for name in ("transformer", "transformer_2"):
         config = read_json(bundle.root / f"{name}_config.json")
         expert = _meta(lambda config=config: BerniniTransformer.from_config(config))
-        keep = tuple(expert._keep_in_fp32_modules or ())
-        parts[name] = stream_into(expert, bundle.keys_under(PREFIXES[name]), dtype, name, keep_fp32=keep)
+        parts[name] = stream_into(expert, bundle.keys_under(PREFIXES[name]), dtype, name)
     t5_config = AutoConfig.from_pretrained(bundle.root / "t5_text_encoder")
     encoder = _meta(lambda: UMT5EncoderModel(t5_config))
     t5_entries = bundle.keys_under(PREFIXES["text_encoder"])
