@@ -7,9 +7,9 @@ sampler (:mod:`.flow`), the connector (:mod:`.connector`), the renderer contexts
 per-branch token streams and mRoPE positions (:mod:`.packing`), loading the published
 ``Bernini-Diffusers`` layout (:mod:`.loading`; ``bernini.tiny_full`` writes a tiny one) and running the
 planning loop over the Qwen passes (:mod:`.run`; the full model's renderer modes are declared in
-:mod:`bernini.guidance`).
+:mod:`bernini.guidance`); the source items' vision-tower inputs and features and the target placeholder's item
+(:mod:`.vision`: ``planner_visuals``, ``vision_features``).
 
-Not here yet: the source items' ViT features (the vision tower on preprocessed frames), the planner as
-a pipeline stage with the renderer contexts, and the front-end wiring. Nothing in the pipeline uses this
-package yet.
+Not here yet: the planner as a pipeline stage with the renderer contexts, and the front-end wiring. Nothing
+in the pipeline uses this package yet.
 """
