@@ -113,6 +113,10 @@ def test_two_frame_video_of_one_image_is_that_image(processor):
     assert video.video and video.grid == image.grid and video.grid_thw == (1, 4, 6)
     assert torch.equal(video.pixel_values, image.pixel_values)
     assert video.native == (2, 16.0, 60, 90)
+    channels_first = torch.from_numpy(np.stack([picture, picture])).permute(0, 3, 1, 2)
+    as_list = [Image.fromarray(picture)] * 2
+    for other in (channels_first, as_list):
+        assert torch.equal(video_input(processor, other, fps=16, num_frames=9).pixel_values, video.pixel_values)
 
 
 def test_four_frame_video_pairs_consecutive_frames_in_qwen_order(processor):
