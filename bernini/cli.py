@@ -28,7 +28,7 @@ from .frontends.options import (
     add_model_args,
     describe_loaded,
     explicit_flags,
-    full_bernini_flags,
+    given_settings,
     load_pipeline,
     model_defaults,
     quiet_libraries,
@@ -143,9 +143,6 @@ def run_pe_only(args: argparse.Namespace, tasks: list[Task]) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    ignored = full_bernini_flags(args)
-    if ignored:
-        _stderr(f"note: {', '.join(ignored)} only affect the full Bernini model; ignored")
     if args.replay:
         from .frontends.replay import replay_requests
 
@@ -284,6 +281,7 @@ def main(argv: Sequence[str] | None = None, upstream_script: str | None = None) 
     parser = build_parser(upstream_script)
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(argv)
+    args.given = given_settings(parser, argv)
     args.upstream_script = upstream_script
     args.command_line = command_line
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")

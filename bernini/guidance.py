@@ -345,5 +345,9 @@ register(
 )
 
 
+MODE_NAMES: tuple[str, ...] = tuple(dict.fromkeys([*GUIDANCE_MODES, *FULL_MODEL_MODES]))
+"""Every mode name either model accepts (the plan checks which one the loaded model runs)."""
+
+
 def forwards_per_step() -> Mapping[str, int]:
     return {name: mode.forwards_per_step for name, mode in GUIDANCE_MODES.items()}

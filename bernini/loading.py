@@ -60,6 +60,7 @@ class ModelSource:
     separate_checkpoints: dict[str, str] = field(default_factory=dict)
     base_weights: list[str] = field(default_factory=list)  # experts running base Wan2.2 weights (opted in)
     quantize: str = "none"
+    planner_version: str | None = None  # v1 / v2 for a full Bernini bundle (planner included)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -70,10 +71,11 @@ class ModelSource:
             "separate_checkpoints": dict(self.separate_checkpoints),
             "base_weights": list(self.base_weights),
             "quantize": self.quantize,
+            "full_bernini": self.planner_version,
         }
 
 
-def _looks_like_repo_id(spec: str) -> bool:
+def looks_like_repo_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")) and "\\" not in spec
 
@@ -101,7 +103,7 @@ def _local_or_fetch(spec: str) -> Path:
     path = Path(spec).expanduser()
     if path.exists():
         return path
-    if _looks_like_repo_id(spec):
+    if looks_like_repo_id(spec):
         return fetch_repo(spec)
     raise WeightsError(f"{spec} does not exist (expected a bundle directory or a Hugging Face repo id)")
 
@@ -118,7 +120,7 @@ def _base_is_bernini(base: str) -> bool | None:
         return is_bernini_bundle(path)
     if base in BERNINI_REPO_IDS:
         return True
-    return None if _looks_like_repo_id(base) and base != WAN22_BASE_REPO_ID else False
+    return None if looks_like_repo_id(base) and base != WAN22_BASE_REPO_ID else False
 
 
 def _refuse_base_weights(spec: str, experts: list[str], origin: str) -> None:
@@ -174,7 +176,7 @@ def resolve_model(
         if not base or Path(base).expanduser().resolve() == root.resolve():
             missing = [n for n in COMPONENT_DIRS if not (root / n).is_dir()]
             raise WeightsError(f"{root} lacks {', '.join(missing)} and names no other wan22_base to take them from")
-        if not Path(base).expanduser().exists() and _looks_like_repo_id(base):
+        if not Path(base).expanduser().exists() and looks_like_repo_id(base):
             missing = [n for n in (*COMPONENT_DIRS, *from_base) if not (root / n).is_dir()]
             note(
                 f"note: {root} has no {', '.join(missing)}; fetching them from wan22_base {base} on the Hugging "
@@ -265,7 +267,7 @@ def checkpoint_files(spec: str | os.PathLike, expert: str | None = None) -> list
     spec = str(spec)
     path = Path(spec).expanduser()
     if not path.exists():
-        if _looks_like_repo_id(spec):
+        if looks_like_repo_id(spec):
             path = fetch_repo(spec, allow_patterns=["*.safetensors", "*.json", "*.gguf"])
         else:
             raise WeightsError(

@@ -25,6 +25,7 @@ from .errors import BerniniError
 from .guidance import GuidanceState, Text
 from .loading import ModelSource
 from .pipeline_loading import OnProgress, PipelineLoadingMixin
+from .pipeline_planning import PlanningMixin
 from .placement import Placement, PlacementDecision
 from .plan import GenerationPlan, ModelDefaults, make_plan
 from .record import RunFacts, Timings, run_record
@@ -36,12 +37,20 @@ from .transformer import BerniniTransformer
 
 if TYPE_CHECKING:
     from .lora import LoraSpec
+    from .planner.loading import PlannerModules
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 Enhance = Callable[[GenerationPlan, list[np.ndarray]], tuple[str, dict[str, Any]]]
 """A prompt-enhancer hook: (plan, preview frames of each source video) → (new prompt, record)."""
+Share = Callable[[Callable[[], Any]], Any]
+"""Runs a call once for the group of ranks working on one task and hands every rank its result (see
+:meth:`~bernini.frontends.launch.ParallelContext.share`); alone, it just calls."""
+
+
+def _call_here(call: Callable[[], Any]) -> Any:
+    return call()
 
 
 @dataclass
@@ -63,7 +72,7 @@ class EncodedConditions:
     adjustments: list[Adjustment] = field(default_factory=list)
 
 
-class BerniniPipeline(PipelineLoadingMixin):
+class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
     """Bernini-R renderer pipeline (two Wan2.2 experts, UMT5, Wan VAE) in the diffusers idiom."""
 
     def __init__(
@@ -80,6 +89,7 @@ class BerniniPipeline(PipelineLoadingMixin):
         dtype: torch.dtype,
         offload: str = "none",
         attention: str = "auto",
+        planner: PlannerModules | None = None,
     ) -> None:
         self.transformer = transformer
         self.transformer_2 = transformer_2
@@ -97,6 +107,8 @@ class BerniniPipeline(PipelineLoadingMixin):
         self.loras: list[LoraSpec] = []
         self._progress_bar_config: dict[str, Any] = {}
         self._interrupt = False
+        self.planner = planner
+        self.share_planning: Share = _call_here
         self.placement = Placement(offload, device, self.experts)
         self.placement_decision = PlacementDecision(offload)
         self._configure_attention()
@@ -116,7 +128,8 @@ class BerniniPipeline(PipelineLoadingMixin):
         return [e for e in (self.transformer, self.transformer_2) if e is not None]
 
     def _modules(self) -> list[torch.nn.Module]:
-        return [m for m in (self.transformer, self.transformer_2, self.text_encoder, self.vae) if m is not None]
+        renderer = [m for m in (self.transformer, self.transformer_2, self.text_encoder, self.vae) if m is not None]
+        return renderer + self.planner_modules
 
     def _configure_attention(self) -> None:
         self.attention_backend = select_backend(self.device, self.attention_preference, self.dtype)
@@ -137,7 +150,7 @@ class BerniniPipeline(PipelineLoadingMixin):
     @property
     def model_defaults(self) -> ModelDefaults:
         """What a plan leaves open is decided by the bundle's config, or by a scheduler the user set."""
-        defaults = ModelDefaults.from_renderer_config(self.renderer_config)
+        defaults = ModelDefaults.from_renderer_config(self.renderer_config, self.source.planner_version)
         if self.scheduler is not self._loaded_scheduler:
             defaults = replace(defaults, scheduler=scheduler_name(self.scheduler))
         return defaults
@@ -254,6 +267,13 @@ class BerniniPipeline(PipelineLoadingMixin):
             text = self.encode_prompts(plan.t5_text, plan.negative_prompt)
             text_adjustments = self.text_adjustments(plan.t5_text, plan.negative_prompt)
             report("text", 1, 1)
+        planning: dict[str, Any] | None = None
+        if plan.full_model:
+            with timings.phase("plan"):
+                report("plan", 0, 1)
+                contexts, planning = self.share_planning(lambda: self.plan_contexts(plan, text))
+                text = {**text, **contexts}
+                report("plan", 1, 1)
         inputs = self.sampling_inputs(plan, encoded, text, generator)
         stats = SamplingStats()
         with timings.phase("denoise"):
@@ -280,6 +300,7 @@ class BerniniPipeline(PipelineLoadingMixin):
             skipped_forwards=stats.skipped_forwards,
             batched_forwards=stats.batched_forwards,
             adjustments=[*plan.adjustments, *encoded.adjustments, *text_adjustments],
+            planning=planning,
         )
         record = run_record(
             plan,

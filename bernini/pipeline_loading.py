@@ -16,6 +16,7 @@ from .errors import BerniniError
 from .loading import load_components, resolve_model
 from .lora import LoraSpec, merge_lora, read_lora
 from .placement import Placement, PlacementDecision, measured_sizes
+from .planner.loading import full_bundle_root, load_full_model, refuse_for_full_model
 
 if TYPE_CHECKING:
     from .transformer import BerniniTransformer
@@ -48,6 +49,7 @@ class PipelineLoadingMixin:
         gpu_memory: float | None = None,
         progress: bool = False,
         on_progress: OnProgress | None = None,
+        bernini_version: str | None = None,
     ) -> Pipeline:
         """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
 
@@ -58,6 +60,10 @@ class PipelineLoadingMixin:
         ``quantize`` (``fp8`` / ``int8``) keeps the experts' block linears weight-only quantised.
         ``gpu_memory`` (GiB; default: the device's free memory) is the budget ``offload="auto"`` places under.
         diffusers' and transformers' own loading bars stay quiet unless ``progress=True``.
+
+        A full Bernini bundle (``config.json`` with ``model_type: bernini``: planner, connector and renderer in
+        one ``bernini/`` checkpoint) loads the planner too; ``bernini_version`` (``v1`` / ``v2``) overrides which
+        release's shipped per-task settings apply (default: detected, see :mod:`bernini.planner.presets`).
         """
         with _library_bars(progress):
             return cls._load(
@@ -76,6 +82,7 @@ class PipelineLoadingMixin:
                 loras=loras,
                 quantize=quantize,
                 gpu_memory=gpu_memory,
+                bernini_version=bernini_version,
             )
 
     @classmethod
@@ -97,18 +104,30 @@ class PipelineLoadingMixin:
         loras: Sequence[LoraSpec] = (),
         quantize: str = "none",
         gpu_memory: float | None = None,
+        bernini_version: str | None = None,
     ) -> Pipeline:
         if device is not None and device_map is not None:
             raise BerniniError("pass either device or device_map, not both")
         target = parse_device(device if device_map is None else device_from_map(device_map))
         weight_dtype = parse_dtype(dtype if dtype is not None else torch_dtype, target)
-        separate = {
-            name for name, ckpt in (("transformer", high_noise_ckpt), ("transformer_2", low_noise_ckpt)) if ckpt
-        }
-        source = resolve_model(pretrained_model_name_or_path, separate=separate, allow_base_weights=allow_base_weights)
-        modules = load_components(
-            source, weight_dtype, high_noise_ckpt, low_noise_ckpt, quantize, on_progress=on_progress
-        )
+        full_root = full_bundle_root(pretrained_model_name_or_path)
+        if full_root is not None:
+            refuse_for_full_model(high_noise_ckpt, low_noise_ckpt, quantize)
+            modules, source = load_full_model(
+                full_root, str(pretrained_model_name_or_path), weight_dtype, bernini_version
+            )
+        else:
+            if bernini_version is not None:
+                raise BerniniError("--bernini_version names a full Bernini release; this model is Bernini-R")
+            separate = {
+                name for name, ckpt in (("transformer", high_noise_ckpt), ("transformer_2", low_noise_ckpt)) if ckpt
+            }
+            source = resolve_model(
+                pretrained_model_name_or_path, separate=separate, allow_base_weights=allow_base_weights
+            )
+            modules = load_components(
+                source, weight_dtype, high_noise_ckpt, low_noise_ckpt, quantize, on_progress=on_progress
+            )
         pipe = cls(**modules, source=source, device=target, dtype=weight_dtype, attention=attention)
         for spec in loras:
             pipe.load_lora_weights(spec.path, expert=spec.expert, scale=spec.scale)
@@ -153,7 +172,7 @@ class PipelineLoadingMixin:
         budget = int(gpu_memory * 1024**3) if gpu_memory is not None else None
         if budget is None and device.type == "cuda":
             budget = torch.cuda.mem_get_info(device)[0]
-        sizes = measured_sizes(self.experts, self.text_encoder, self.vae)
+        sizes = measured_sizes(self.experts, self.text_encoder, self.vae, self.planner_modules)
         quantized = any(isinstance(m, QuantLinear) for e in self.experts for m in e.modules())
         expert_config = dict(self.experts[0].config)
         return runtime_decision(

@@ -27,9 +27,12 @@ def module_bytes(module: torch.nn.Module) -> int:
 
 
 def measured_sizes(
-    experts: Sequence[torch.nn.Module], text_encoder: torch.nn.Module | None, vae: torch.nn.Module | None
+    experts: Sequence[torch.nn.Module],
+    text_encoder: torch.nn.Module | None,
+    vae: torch.nn.Module | None,
+    planner: Sequence[torch.nn.Module] = (),
 ) -> ModelSizes:
-    """:class:`ModelSizes` of loaded modules."""
+    """:class:`ModelSizes` of loaded modules (``planner``: the full model's Qwen, connector and ViT decoder)."""
     blocks = [module_bytes(block) for expert in experts for block in getattr(expert, "blocks", [])]
     per_expert = [module_bytes(e) for e in experts]
     first_blocks = sum(module_bytes(b) for b in getattr(experts[0], "blocks", [])) if experts else 0
@@ -39,6 +42,7 @@ def measured_sizes(
         expert_other=(per_expert[0] - first_blocks) if experts else 0,
         text_encoder=module_bytes(text_encoder) if text_encoder is not None else 0,
         vae=module_bytes(vae) if vae is not None else 0,
+        planner=sum(module_bytes(m) for m in planner),
     )
 
 
@@ -73,6 +77,7 @@ class ModelSizes:
     expert_other: int = 0  # an expert's weights outside its blocks
     text_encoder: int = 0
     vae: int = 0
+    planner: int = 0  # the full model's planner parts: resident beside the experts only when everything fits
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ def choose_placement(
     if mode not in OFFLOAD_MODES:
         raise BerniniError(f"unknown offload {mode!r}; choose one of: {', '.join(OFFLOAD_MODES)}")
     limit = float("inf") if budget is None else budget * (1 - SAFETY_MARGIN) - overhead
-    everything = sum(sizes.experts) + sizes.text_encoder + sizes.vae
+    everything = sum(sizes.experts) + sizes.text_encoder + sizes.vae + sizes.planner
     if mode == "auto":
         if everything + max(activation, decode_workspace) <= limit:
             mode, reason = "none", "all weights and activations fit"

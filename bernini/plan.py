@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 import numbers
 import secrets
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .adjustments import Adjustment, changed
 from .cachefile import read_calibration
 from .errors import BerniniError
-from .guidance import GUIDANCE_MODES, APGSettings, GuidanceMode, Weights
+from .guidance import FULL_MODEL_MODES, GUIDANCE_MODES, MODE_NAMES, APGSettings, GuidanceMode, Weights
+from .planner.presets import full_preset
 from .presets import CACHES, PRESETS, Preset
 from .request import GenerationRequest, describe_media
 from .tasks import TASKS, TaskSpec
@@ -63,16 +64,22 @@ class SourceIdChoice:
 
 @dataclass(frozen=True)
 class ModelDefaults:
-    """What a bundle's ``config.json`` sets when the request leaves it open."""
+    """What a bundle's ``config.json`` sets when the request leaves it open; ``planner_version`` (``v1`` /
+    ``v2``) marks the full Bernini model, whose shipped per-task settings then fill the request."""
 
     scheduler: str = "unipc"
     source_ids: SourceIdPolicy = field(default_factory=SourceIdPolicy)
+    planner_version: str | None = None
+
+    @property
+    def model_kind(self) -> str:
+        return f"full {self.planner_version}" if self.planner_version else "bernini-r"
 
     @classmethod
-    def from_renderer_config(cls, config) -> ModelDefaults:
+    def from_renderer_config(cls, config, planner_version: str | None = None) -> ModelDefaults:
         """From a :class:`~bernini.config.RendererConfig` (``use_unipc`` and the source-id keys)."""
         policy = SourceIdPolicy(config.use_src_id_rotary_emb, config.interpolate_src_id, config.max_trained_src_id)
-        return cls("unipc" if config.use_unipc else "flow_match_euler", policy)
+        return cls("unipc" if config.use_unipc else "flow_match_euler", policy, planner_version)
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,27 @@ class GuidancePlan:
     weights: Weights
     omega_scale: float
     apg: APGSettings
+
+
+@dataclass(frozen=True)
+class PlannerPlan:
+    """The full model's planner settings (``--planning_step``, ``--vit_denoising_step``, ``--vit_txt_cfg``,
+    ``--vit_img_cfg``); ``version`` is None when the model is Bernini-R (then nothing reads them)."""
+
+    planning_steps: int
+    vit_steps: int
+    text_scale: float
+    image_scale: float | None
+    version: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "planning_step": self.planning_steps,
+            "vit_denoising_step": self.vit_steps,
+            "vit_txt_cfg": self.text_scale,
+            "vit_img_cfg": self.image_scale,
+        }
 
 
 @dataclass(frozen=True)
@@ -168,6 +196,9 @@ class GenerationPlan:
     cache: CachePlan | None = None
     batch_branches: bool = False
     adjustments: tuple[Adjustment, ...] = ()  # what make_plan changed from the request
+    planner: PlannerPlan = field(default_factory=lambda: PlannerPlan(25, 5, 1.2, 1.0))
+    for_model: str | None = None  # the ModelDefaults.model_kind it was planned for (None: not known yet)
+    request: GenerationRequest | None = field(default=None, compare=False, repr=False)
 
     @property
     def t5_text(self) -> str:
@@ -184,8 +215,18 @@ class GenerationPlan:
     def resolved(self) -> bool:
         return self.scheduler.name is not None and self.source_ids is not None
 
+    @property
+    def full_model(self) -> bool:
+        return self.planner.version is not None
+
     def with_model_defaults(self, defaults: ModelDefaults) -> GenerationPlan:
-        """Fill what the request left to the model; explicit request values win."""
+        """Fill what the request left to the model; explicit request values win. A plan made before the model
+        was known (or for another kind of model) is planned again from its request for this one."""
+        if self.for_model != defaults.model_kind:
+            if self.request is None:
+                raise BerniniError(f"this plan was made for {self.for_model}; plan again for {defaults.model_kind}")
+            again = replace(self.request, prompt=self.prompt, seed=self.seed, output=self.output)
+            return make_plan(again, defaults)
         scheduler = self.scheduler
         if scheduler.name is None:
             scheduler = replace(scheduler, name=defaults.scheduler)
@@ -211,6 +252,11 @@ class GenerationPlan:
             "omega_img": self.guidance.weights.img,
             "omega_txt": self.guidance.weights.txt,
             "omega_scale": self.guidance.omega_scale,
+            "omega_tgt": self.guidance.weights.tgt,
+            "planning_step": self.planner.planning_steps,
+            "vit_txt_cfg": self.planner.text_scale,
+            "vit_img_cfg": self.planner.image_scale,
+            "vit_denoising_step": self.planner.vit_steps,
             "eta": self.guidance.apg.eta,
             "norm_threshold": list(self.guidance.apg.norm_threshold),
             "momentum": self.guidance.apg.momentum,
@@ -233,7 +279,7 @@ class GenerationPlan:
             "cache_calibration": self.cache.calibration if self.cache else None,
             "batch_branches": self.batch_branches,
         }
-        return {f.name: values[f.name] for f in fields(GenerationRequest)}
+        return {name: values[name] for name in GenerationRequest.field_names()}
 
 
 def infer_task_type(request: GenerationRequest) -> str:
@@ -408,15 +454,29 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     """
     if not isinstance(request.prompt, str) or not request.prompt.strip():
         raise BerniniError("prompt is required and must be a non-empty string (--prompt or the case's 'prompt')")
+    original = request
     task_name = request.task_type or infer_task_type(request)
     if task_name not in TASKS:
         raise BerniniError(f"unknown task_type {task_name!r}; choose one of: {', '.join(TASKS)}")
     task = TASKS[task_name]
+    version = defaults.planner_version if defaults is not None else None
+    given = request.given()
+    if version is not None:
+        request = _with_full_presets(request, version, task.name, given)
+    elif defaults is not None:
+        _refuse_planner_settings(given)
     preset = _preset(request)
+    if preset is not None and version is not None:
+        raise BerniniError(f"--preset {preset.name} is for Bernini-R's distilled LoRAs; the full model has no presets")
+    registry = FULL_MODEL_MODES if version is not None else GUIDANCE_MODES
     mode_name = preset.guidance_mode if preset else request.guidance_mode or task.guidance_mode
-    if mode_name not in GUIDANCE_MODES:
-        raise BerniniError(f"unknown guidance_mode {mode_name!r}; choose one of: {', '.join(GUIDANCE_MODES)}")
-    mode = GUIDANCE_MODES[mode_name]
+    if mode_name not in registry:
+        model = f"the full Bernini model ({version})" if version else "Bernini-R"
+        known = "unknown guidance_mode" if mode_name not in MODE_NAMES else f"guidance_mode for {model}:"
+        raise BerniniError(f"{known} {mode_name!r}; choose one of: {', '.join(registry)}")
+    mode = registry[mode_name]
+    if version and task.single_frame and "num_frames" in given and _as_int("num_frames", request.num_frames) != 1:
+        raise BerniniError(f"task {task.name} makes one image: pass --num_frames 1 or drop --num_frames")
     video_fps = request.video_fps
     if video_fps is not None:
         _check_range("video_fps", _as_float("video_fps", video_fps), 1e-300, None, "positive")
@@ -445,7 +505,10 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     steps = _as_int("num_inference_steps", request.num_inference_steps)
     height, width = _as_int("height", request.height), _as_int("width", request.width)
     flow_shift = _as_float("flow_shift", request.flow_shift)
-    weights = Weights(*(_as_float(n, getattr(request, n)) for n in ("omega_vid", "omega_img", "omega_txt")))
+    weights = Weights(
+        *(_as_float(n, getattr(request, n)) for n in ("omega_vid", "omega_img", "omega_txt", "omega_tgt"))
+    )
+    planner = _planner_plan(request, version)
     omega_scale = _as_float("omega_scale", request.omega_scale)
     apg = APGSettings(
         eta=_as_float("eta", request.eta),
@@ -502,5 +565,38 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         cache=cache,
         batch_branches=bool(request.batch_branches),
         adjustments=tuple(adjustments),
+        planner=planner,
+        for_model=defaults.model_kind if defaults is not None else None,
+        request=original,
     )
     return plan.with_model_defaults(defaults) if defaults is not None else plan
+
+
+PLANNER_SETTINGS = ("omega_tgt", "planning_step", "vit_txt_cfg", "vit_img_cfg", "vit_denoising_step")
+
+
+def _with_full_presets(request: GenerationRequest, version: str, task: str, given: frozenset[str]) -> GenerationRequest:
+    """The full model's shipped settings for this task and version, under every setting the user gave."""
+    values = {k: v for k, v in full_preset(version, task).values().items() if k not in given}
+    if request.guidance_mode is not None:
+        values.pop("guidance_mode", None)
+    return replace(request, **values)
+
+
+def _refuse_planner_settings(given: frozenset[str]) -> None:
+    planner_only = [f"--{name}" for name in PLANNER_SETTINGS if name in given]
+    if planner_only:
+        raise BerniniError(
+            f"{', '.join(planner_only)} only affect the full Bernini model (its planner), and this model is "
+            "Bernini-R; drop them or load a full bundle (config.json model_type 'bernini') with --config"
+        )
+
+
+def _planner_plan(request: GenerationRequest, version: str | None) -> PlannerPlan:
+    steps = _as_int("planning_step", request.planning_step)
+    vit_steps = _as_int("vit_denoising_step", request.vit_denoising_step)
+    _check_range("planning_step", steps, 1, None, "at least 1")
+    _check_range("vit_denoising_step", vit_steps, 1, None, "at least 1")
+    text_scale = _as_float("vit_txt_cfg", request.vit_txt_cfg)
+    image_scale = None if request.vit_img_cfg is None else _as_float("vit_img_cfg", request.vit_img_cfg)
+    return PlannerPlan(steps, vit_steps, text_scale, image_scale, version)

@@ -59,6 +59,7 @@ class RunFacts:
     skipped_forwards: int = 0
     batched_forwards: int = 0
     adjustments: list[Adjustment] = field(default_factory=list)
+    planning: dict[str, Any] | None = None  # the full model's planner: settings, reveal counts, context rows
 
 
 def run_record(
@@ -98,6 +99,8 @@ def run_record(
     }
     if facts.interrupted:
         resolved["interrupted"] = True
+    if facts.planning is not None:
+        resolved["planner"] = {"version": plan.planner.version, **facts.planning}
     return {
         "bernini_version": __version__,
         "model": model,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BerniniError
-from .guidance import GUIDANCE_MODES
+from .guidance import MODE_NAMES
 from .jsontext import loads_json
 
 WAN_NEGATIVE_PROMPT = (
@@ -29,7 +29,8 @@ class GenerationRequest:
     """Everything one generation needs; defaults are upstream's command-line defaults.
 
     ``use_unipc``, ``use_src_tgt_id``, ``interpolate_src_id`` and ``max_trained_src_id`` default to None:
-    the loaded model's ``config.json`` decides (upstream's values: on, on, on, 5).
+    the loaded model's ``config.json`` decides (upstream's values: on, on, on, 5). ``omega_tgt`` and the
+    planner's settings (``planning_step``, ``vit_*``) are read by the full model only.
     """
 
     prompt: str = ""
@@ -47,6 +48,11 @@ class GenerationRequest:
     omega_img: float = 4.5
     omega_txt: float = 4.0
     omega_scale: float = 0.8
+    omega_tgt: float = 0.5
+    planning_step: int = 25
+    vit_txt_cfg: float = 1.2
+    vit_img_cfg: float | None = 1.0
+    vit_denoising_step: int = 5
     eta: float = 0.5
     norm_threshold: list[float] = field(default_factory=lambda: [50.0, 50.0, 50.0])
     momentum: float = 0.0
@@ -68,17 +74,37 @@ class GenerationRequest:
     cache_threshold: float | None = None
     cache_calibration: str | None = None
     batch_branches: bool = False
+    explicit: frozenset[str] | None = field(default=None, repr=False, compare=False, metadata={"internal": True})
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        """The request's settings (``explicit`` is bookkeeping, not a setting)."""
+        return tuple(f.name for f in fields(cls) if not f.metadata.get("internal"))
+
+    def given(self) -> frozenset[str]:
+        """The settings the user set: ``explicit`` when the front end knows them, else those that differ from
+        the defaults. A loaded full model's shipped settings fill only the others."""
+        if self.explicit is not None:
+            return self.explicit
+        blank = GenerationRequest()
+        return frozenset(name for name in self.field_names() if _differs(getattr(self, name), getattr(blank, name)))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("explicit")
         data["video"] = [describe_media(v) for v in self.video]
         data["image"] = describe_media(self.image) if self.image is not None else None
         data["images"] = [describe_media(v) for v in self.images]
         return data
+
+
+def _differs(value: Any, default: Any) -> bool:
+    plain = (str, int, float, bool, type(None))
+    if isinstance(value, plain) and isinstance(default, plain):
+        return value != default
+    if isinstance(value, list) and isinstance(default, list) and all(isinstance(v, plain) for v in value):
+        return value != default
+    return True  # arrays, images and other media: given
 
 
 GENERATION_PARAMETERS = tuple(
@@ -165,10 +191,9 @@ def load_case(path: str | Path) -> dict[str, Any]:
     for key in ("task_type", "guidance_mode", "output"):
         if key in out and out[key] is not None and not isinstance(out[key], str):
             raise BerniniError(f"case file {path}: '{key}' must be a string")
-    if out.get("guidance_mode") is not None and out["guidance_mode"] not in GUIDANCE_MODES:
+    if out.get("guidance_mode") is not None and out["guidance_mode"] not in MODE_NAMES:
         raise BerniniError(
-            f"case file {path}: unknown guidance_mode {out['guidance_mode']!r}; "
-            f"choose one of: {', '.join(GUIDANCE_MODES)}"
+            f"case file {path}: unknown guidance_mode {out['guidance_mode']!r}; choose one of: {', '.join(MODE_NAMES)}"
         )
     out.update(_media_fields(data, f"case file {path}", path.parent))
     return out

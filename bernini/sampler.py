@@ -110,8 +110,10 @@ def run_branch(expert: Expert, inputs: SamplingInputs, branch: Branch, latents, 
 
 
 def layout_key(inputs: SamplingInputs, branch: Branch) -> tuple:
-    """Branches with the same key pack to the same token layout (segment shapes and RoPE source ids)."""
-    return tuple((tuple(s.latent.shape), s.source_id) for s in inputs.combos[branch.combo])
+    """Branches with the same key pack to the same token layout (segment shapes and RoPE source ids) and read
+    contexts of one length (the full model's contexts may be longer than 512 rows, each its own)."""
+    segments = tuple((tuple(s.latent.shape), s.source_id) for s in inputs.combos[branch.combo])
+    return (*segments, tuple(inputs.text[branch.text].shape))
 
 
 def run_batched(expert: Expert, inputs: SamplingInputs, group: Sequence[Branch], latents, t) -> list[torch.Tensor]:

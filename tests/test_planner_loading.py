@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from bernini.errors import WeightsError
-from bernini.planner.loading import FullBundle, is_full_bundle, load_planner, load_renderer_parts, qwen_key
+from bernini.full_config import is_full_bundle
+from bernini.planner.loading import FullBundle, load_planner, load_renderer_parts, qwen_key
 
 
 @pytest.fixture(scope="session")

@@ -149,6 +149,7 @@ class ParallelContext:
         for expert in pipe.experts:
             expert.configure(sequence_parallel=sequence_parallel)
         pipe.branch_runner = CfgParallelRunner.of(groups.cfg) if groups.cfg is not None else BranchRunner()
+        pipe.share_planning = self.share  # the full model plans once per task group; every rank gets the contexts
 
 
 class ParallelSession:

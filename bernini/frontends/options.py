@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ..config import renderer_config_for
 from ..errors import BerniniError
-from ..guidance import GUIDANCE_MODES
+from ..full_config import full_renderer_config, full_version, is_full_bundle
+from ..guidance import MODE_NAMES
 from ..plan import ModelDefaults
 from ..presets import CACHES, PRESETS
 from ..request import CASE_KEYS, WAN_NEGATIVE_PROMPT, GenerationRequest, load_case, load_task_list, numbered_output
@@ -25,7 +25,6 @@ from .help import DefaultsHelpFormatter, document
 
 DEFAULT_OUTPUT = "outputs/output.mp4"
 DEFAULT_CONFIG = "configs/bernini_renderer_wan22"
-FULL_BERNINI_ONLY = ("omega_tgt", "planning_step", "vit_txt_cfg", "vit_img_cfg", "vit_denoising_step")
 EXPLICIT_OVER_CASE = ("task_type", "guidance_mode", "prompt", "video", "image", "images", "output")
 
 
@@ -140,8 +139,8 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--guidance_mode",
         default=None,
-        choices=list(GUIDANCE_MODES),
-        help="default: the case's, else the task's default",
+        choices=list(MODE_NAMES),
+        help="default: the case's, else the task's default (the full model's: its shipped per-task settings)",
     )
     group.add_argument("--video", nargs="+", default=None)
     group.add_argument("--image", default=None)
@@ -170,8 +169,29 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--width", type=int, default=defaults.width)
     gen.add_argument("--neg_prompt", default=WAN_NEGATIVE_PROMPT)
     gen.add_argument("--system_prompt", default="", help="T5 prefix (default: the task's)")
-    for name in FULL_BERNINI_ONLY:
-        gen.add_argument(f"--{name}", type=float, default=None, help=argparse.SUPPRESS)
+    full = parser.add_argument_group(
+        "full Bernini (planner)", "read by a full bundle only; its shipped per-task settings fill what is not given"
+    )
+    full.add_argument("--omega_tgt", type=float, default=defaults.omega_tgt, help="ω of the plan's target tokens")
+    full.add_argument(
+        "--planning_step", type=int, default=defaults.planning_step, help="masked-planning rounds (Qwen passes ×3)"
+    )
+    full.add_argument(
+        "--vit_denoising_step", type=int, default=defaults.vit_denoising_step, help="flow steps of the ViT decoder"
+    )
+    full.add_argument(
+        "--vit_txt_cfg", type=float, default=defaults.vit_txt_cfg, help="planner guidance toward the visual sources"
+    )
+    full.add_argument(
+        "--vit_img_cfg", type=float, default=defaults.vit_img_cfg, help="planner guidance toward the prompt text"
+    )
+    full.add_argument(
+        "--bernini_version",
+        choices=("v1", "v2"),
+        default=None,
+        help="which full model's shipped settings apply (default: config.json's bernini_version, else v2 for a "
+        "path ending in -v2, else v1)",
+    )
     fast = parser.add_argument_group("fast paths")
     fast.add_argument(
         "--preset",
@@ -254,13 +274,28 @@ def explicit_flags(argv: Sequence[str]) -> set[str]:
     return {name for name in EXPLICIT_OVER_CASE if flag_given(argv, f"--{name}")}
 
 
+def given_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
+    """The request settings set on the command line (by any of their flag spellings)."""
+    names = set(GenerationRequest.field_names())
+    return frozenset(
+        action.dest
+        for action in parser._actions
+        if action.dest in names and action.option_strings and flag_given(argv, *action.option_strings)
+    )
+
+
 def requests_from_args(args: argparse.Namespace) -> list[GenerationRequest | BerniniError]:
-    """Tasks from ``--inputs``, ``--case`` or the flags, with per-task outputs that never collide."""
+    """Tasks from ``--inputs``, ``--case`` or the flags, with per-task outputs that never collide.
+
+    Each request knows which settings were given (flags, case or task-list keys): a full model's shipped
+    per-task settings fill only the others."""
     if args.case and args.inputs:
         raise BerniniError("--case cannot be combined with --inputs")
-    base: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(GenerationRequest) if hasattr(args, f.name)}
+    names = GenerationRequest.field_names()
+    base: dict[str, Any] = {name: getattr(args, name) for name in names if hasattr(args, name)}
     for key in ("video", "images"):
         base[key] = base.get(key) or []
+    given = frozenset(getattr(args, "given", frozenset()))
     explicit = getattr(args, "explicit", set())
     if args.inputs:
         tasks = load_task_list(args.inputs)
@@ -278,7 +313,8 @@ def requests_from_args(args: argparse.Namespace) -> list[GenerationRequest | Ber
                 continue
             merged = {**base, **{k: v for k, v in task.items() if v is not None}}
             merged["output"] = task.get("output") or numbered_output(output, index, len(tasks))
-            out.append(GenerationRequest(**merged))
+            task_given = given | {k for k, v in task.items() if v is not None}
+            out.append(GenerationRequest(**merged, explicit=task_given))
         return out
     if args.case:
         case = load_case(args.case)
@@ -289,12 +325,7 @@ def requests_from_args(args: argparse.Namespace) -> list[GenerationRequest | Ber
     if not base.get("prompt"):
         raise BerniniError("a prompt is required: pass --prompt TEXT, --case FILE or --inputs FILE")
     base["output"] = base.get("output") or DEFAULT_OUTPUT
-    return [GenerationRequest(**base)]
-
-
-def full_bernini_flags(args: argparse.Namespace) -> list[str]:
-    """Flags of the full Bernini model given to the renderer-only command (ignored, with a note)."""
-    return [f"--{name}" for name in FULL_BERNINI_ONLY if getattr(args, name, None) is not None]
+    return [GenerationRequest(**base, explicit=given)]
 
 
 def quiet_libraries() -> None:
@@ -319,6 +350,9 @@ def model_defaults(args: argparse.Namespace) -> ModelDefaults | None:
     root = Path(spec).expanduser()
     root = root.parent if root.is_file() else root
     try:
+        if root.is_dir() and is_full_bundle(root):
+            version = full_version(root, str(spec), getattr(args, "bernini_version", None))
+            return ModelDefaults.from_renderer_config(full_renderer_config(root), version)
         config = renderer_config_for(root) if root.is_dir() else None
     except BerniniError:
         return None  # the loader reports a broken config in its own words
@@ -342,6 +376,7 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None, on_progre
         quantize=getattr(args, "quantize", "none"),
         gpu_memory=getattr(args, "gpu_memory", None),
         on_progress=on_progress,
+        bernini_version=getattr(args, "bernini_version", None),
     )
 
 

@@ -9,7 +9,7 @@ its last decoder layer, final norm and ``lm_head`` are neither built nor read.
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +20,10 @@ import torch
 from ..config import read_json
 from ..errors import WeightsError
 from ..expert_weights import place_weight
+from ..full_config import MODEL_TYPE, full_renderer_config, full_version, is_full_bundle
+from ..loading import ModelSource, fetch_repo, looks_like_repo_id
 from ..safetensors_stream import TensorEntry, iter_tensors, read_header
 
-MODEL_TYPE = "bernini"
 REQUIRED = ("bernini", "mllm", "t5_text_encoder", "t5_tokenizer", "vae", "scheduler")
 PREFIXES = {
     "transformer": "diff_dec.transformer.",
@@ -31,16 +32,6 @@ PREFIXES = {
     "connector": "connector.",
     "vit_decoder": "vit_decoder.",
 }
-
-
-def is_full_bundle(root: Path) -> bool:
-    config = root / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == MODEL_TYPE
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 @dataclass
@@ -142,6 +133,7 @@ class PlannerModules:
     mask_token: torch.Tensor
     tokenizer: Any
     layers_read: int
+    image_processor: Any = None  # Qwen's slow (PIL) image processor at the planner's pixel budget
 
 
 def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
@@ -150,6 +142,7 @@ def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
 
     from .connector import MLPConnector
     from .flow import VitDecoder
+    from .vision import load_image_processor
 
     config = AutoConfig.from_pretrained(bundle.root / "mllm")
     text = getattr(config, "text_config", config)
@@ -184,7 +177,9 @@ def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
         raise WeightsError(f"{bundle.root / 'bernini'} has no mask_tokens")
     ((_, mask_tokens),) = iter_tensors([mask])
     tokenizer = AutoTokenizer.from_pretrained(bundle.root / "mllm")
-    return PlannerModules(qwen, connector, decoder, mask_tokens[0, 0].float().clone(), tokenizer, layers - 1)
+    processor = load_image_processor(bundle.root / "mllm")
+    mask_token = mask_tokens[0, 0].float().clone()
+    return PlannerModules(qwen, connector, decoder, mask_token, tokenizer, layers - 1, processor)
 
 
 def load_renderer_parts(bundle: FullBundle, dtype: torch.dtype) -> dict[str, Any]:
@@ -212,3 +207,46 @@ def load_renderer_parts(bundle: FullBundle, dtype: torch.dtype) -> dict[str, Any
     except (OSError, ValueError, KeyError) as exc:
         raise WeightsError(f"cannot load the full bundle's components from {bundle.root}: {exc}") from None
     return parts
+
+
+def full_bundle_root(spec: str | os.PathLike | None) -> Path | None:
+    """The local root of a full Bernini bundle named by ``spec`` (a directory, its config.json, or a repo id
+    whose config.json says ``model_type: bernini``: then the whole repo is fetched), else None."""
+    if spec is None:
+        return None
+    path = Path(spec).expanduser()
+    if path.exists():
+        root = path.parent if path.is_file() else path
+        return root if is_full_bundle(root) else None
+    if looks_like_repo_id(str(spec)):
+        probe = fetch_repo(str(spec), allow_patterns=["config.json"])
+        return fetch_repo(str(spec)) if is_full_bundle(probe) else None
+    return None
+
+
+def refuse_for_full_model(high_noise_ckpt: Any, low_noise_ckpt: Any, quantize: str) -> None:
+    if high_noise_ckpt or low_noise_ckpt:
+        raise WeightsError(
+            "--high_noise_ckpt/--low_noise_ckpt do not apply to a full Bernini bundle: its experts are inside its "
+            "bernini/ checkpoint; drop them (or pass a Bernini-R config with --config)"
+        )
+    if quantize not in (None, "none"):
+        raise WeightsError("--quantize is for Bernini-R bundles; the full Bernini bundle loads in --dtype only")
+
+
+def load_full_model(
+    root: Path, spec: str, dtype: torch.dtype, version: str | None = None
+) -> tuple[dict[str, Any], ModelSource]:
+    """Every module of a full bundle (renderer parts and planner) and where it came from."""
+    bundle = FullBundle.open(root)
+    source = ModelSource(
+        spec=spec,
+        renderer=full_renderer_config(root),
+        components=root,
+        planner_version=full_version(root, spec, version),
+    )
+    shards = sorted({entry.path for entry in bundle.entries.values()})
+    source.transformer_files = {name: shards for name in ("transformer", "transformer_2")}
+    modules = load_renderer_parts(bundle, dtype)
+    modules["planner"] = load_planner(bundle, dtype)
+    return modules, source
