@@ -7,7 +7,7 @@ sampler (:mod:`.flow`), the connector (:mod:`.connector`), the renderer contexts
 per-branch token streams and mRoPE positions (:mod:`.packing`), loading the published
 ``Bernini-Diffusers`` layout (:mod:`.loading`; ``bernini.tiny_full`` writes a tiny one) and running the
 planning loop over the Qwen passes (:mod:`.run`; the full model's renderer modes are declared in
-:mod:`bernini.guidance`).
+:mod:`bernini.guidance`), and the full model's memory plan at the published sizes (:mod:`.memory`).
 
 Not here yet: the source items' ViT features (the vision tower on preprocessed frames), the planner as
 a pipeline stage with the renderer contexts, and the front-end wiring. Nothing in the pipeline uses this
