@@ -10,38 +10,25 @@ the bytes the loaded experts hold. Run: ``python bench/format_memory.py [--dim 1
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from rss import run_child
+
 CHILD = r"""
-import json, sys, threading, time
-import psutil, torch
+import json, sys
+import torch
 from pathlib import Path
 from bernini.loading import load_expert
 from bernini.placement import module_bytes
+from rss import PeakRss
 config = Path(sys.argv[1])
 high, low = ([Path(p) for p in arg.split(",")] for arg in sys.argv[2:4])
-proc = psutil.Process()
-baseline = proc.memory_info().rss
-peak, stop = baseline, False
-def watch():
-    global peak
-    while not stop:
-        peak = max(peak, proc.memory_info().rss)
-        time.sleep(0.002)
-thread = threading.Thread(target=watch, daemon=True)
-thread.start()
-start = time.perf_counter()
-experts = [load_expert(config, files, expert=name, dtype=torch.bfloat16, separate=True)
-           for name, files in (("transformer", high), ("transformer_2", low))]
-seconds = time.perf_counter() - start
-stop = True
-thread.join()
-peak = max(peak, proc.memory_info().rss)
-print(json.dumps({"extra": peak - baseline, "held": sum(module_bytes(e) for e in experts), "seconds": seconds}))
+with PeakRss() as probe:
+    experts = [load_expert(config, files, expert=name, dtype=torch.bfloat16, separate=True)
+               for name, files in (("transformer", high), ("transformer_2", low))]
+held = sum(module_bytes(e) for e in experts)
+print(json.dumps({"extra": probe.extra, "held": held, "seconds": probe.seconds}))
 """
 
 
@@ -103,20 +90,7 @@ def main() -> None:
         formats = write_formats(root, args.dim, args.layers)
         for name, (high, low) in formats.items():
             file_bytes = sum(p.stat().st_size for p in high + low)
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    CHILD,
-                    str(root / "transformer"),
-                    ",".join(map(str, high)),
-                    ",".join(map(str, low)),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = run_child(CHILD, str(root / "transformer"), ",".join(map(str, high)), ",".join(map(str, low)))
             print(
                 f"{name:28s} files {file_bytes / 1e9:5.2f} GB  held {r['held'] / 1e9:5.2f} GB  peak RSS above baseline "
                 f"{r['extra'] / 1e9:5.2f} GB = {r['extra'] / file_bytes:.2f}x the files, {r['extra'] / r['held']:.2f}x "

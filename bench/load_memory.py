@@ -8,41 +8,27 @@ bytes loaded. Run: ``python bench/load_memory.py [--dim 1024 --layers 12]``.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from rss import run_child
+
 CHILD = r"""
-import json, resource, sys, threading, time
-import psutil, torch
-mode, folder = sys.argv[1], sys.argv[2]
+import json, sys
+import torch
 from pathlib import Path
 from bernini.loading import bundle_weight_files, load_expert
 from diffusers import WanTransformer3DModel
-proc = psutil.Process()
-baseline = proc.memory_info().rss
-peak = baseline
-stop = False
-def watch():
-    global peak
-    while not stop:
-        peak = max(peak, proc.memory_info().rss)
-        time.sleep(0.005)
-thread = threading.Thread(target=watch, daemon=True)
-thread.start()
-start = time.perf_counter()
-if mode == "bernini":
-    model = load_expert(Path(folder), bundle_weight_files(Path(folder)), expert="transformer", dtype=torch.bfloat16)
-else:
-    model = WanTransformer3DModel.from_pretrained(folder, torch_dtype=torch.bfloat16)
-seconds = time.perf_counter() - start
-stop = True
-thread.join()
-peak = max(peak, proc.memory_info().rss)
+from rss import PeakRss
+mode, folder = sys.argv[1], sys.argv[2]
+with PeakRss(interval=0.005) as probe:
+    if mode == "bernini":
+        files = bundle_weight_files(Path(folder))
+        model = load_expert(Path(folder), files, expert="transformer", dtype=torch.bfloat16)
+    else:
+        model = WanTransformer3DModel.from_pretrained(folder, torch_dtype=torch.bfloat16)
 loaded = sum(p.numel() * p.element_size() for p in model.parameters())
-print(json.dumps({"baseline": baseline, "peak": peak, "loaded_bytes": loaded, "seconds": seconds}))
+print(json.dumps({"baseline": probe.baseline, "peak": probe.peak, "loaded_bytes": loaded, "seconds": probe.seconds}))
 """
 
 
@@ -59,8 +45,7 @@ def write_expert(folder: Path, dim: int, layers: int) -> int:
 
 
 def measure(mode: str, folder: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, mode, str(folder))
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ width and UMT5's width, out_vit 48); every parameter re-randomised, so no zero-i
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,55 +43,86 @@ WORDS = (
 SHARD_SIZE = 4 * 1024 * 1024
 
 
-def qwen_config_dict() -> dict:
+@dataclass(frozen=True)
+class FullSizes:
+    """The widths of a written full bundle: spec §6.1's tiny ones by default; benches scale them up."""
+
+    qwen_hidden: int = QWEN_HIDDEN
+    qwen_intermediate: int = 128
+    qwen_layers: int = 3
+    qwen_heads: int = 4
+    qwen_kv_heads: int = 2
+    vision_hidden: int = 32
+    vision_intermediate: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 2
+    out_gen: int = OUT_GEN
+    out_vit: int = OUT_VIT
+    decoder_width: int = DECODER_WIDTH
+    decoder_depth: int = DECODER_DEPTH
+    expert_heads: int = TINY_TRANSFORMER["num_attention_heads"]
+    expert_head_dim: int = TINY_TRANSFORMER["attention_head_dim"]
+    expert_ffn: int = TINY_TRANSFORMER["ffn_dim"]
+    expert_layers: int = TINY_TRANSFORMER["num_layers"]
+    t5_ff: int = TINY_T5["d_ff"]
+    t5_layers: int = TINY_T5["num_layers"]
+    shard_size: int = SHARD_SIZE
+
+
+TINY_SIZES = FullSizes()
+
+
+def qwen_config_dict(sizes: FullSizes = TINY_SIZES) -> dict:
+    half = sizes.qwen_hidden // sizes.qwen_heads // 2
+    mrope = [half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8]  # Qwen2.5-VL's 16/24/24 of 64
     return {
         "model_type": "qwen2_5_vl",
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
         "vocab_size": 152064,
-        "hidden_size": QWEN_HIDDEN,
-        "intermediate_size": 128,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        "hidden_size": sizes.qwen_hidden,
+        "intermediate_size": sizes.qwen_intermediate,
+        "num_hidden_layers": sizes.qwen_layers,
+        "num_attention_heads": sizes.qwen_heads,
+        "num_key_value_heads": sizes.qwen_kv_heads,
+        "rope_scaling": {"type": "mrope", "mrope_section": mrope},
         "image_token_id": 151655,
         "video_token_id": 151656,
         "vision_start_token_id": 151652,
         "vision_end_token_id": 151653,
         "vision_config": {
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": QWEN_HIDDEN,
+            "depth": sizes.vision_depth,
+            "hidden_size": sizes.vision_hidden,
+            "intermediate_size": sizes.vision_intermediate,
+            "num_heads": sizes.vision_heads,
+            "out_hidden_size": sizes.qwen_hidden,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "window_size": 112,
-            "fullatt_block_indexes": [1],
+            "fullatt_block_indexes": [sizes.vision_depth - 1],
             "tokens_per_second": 2,
             "in_chans": 3,
         },
     }
 
 
-def bernini_config_dict() -> dict:
-    """The published ``BerniniConfig`` keys that inference reads (spec §1.5), at the tiny sizes."""
+def bernini_config_dict(sizes: FullSizes = TINY_SIZES) -> dict:
+    """The published ``BerniniConfig`` keys that inference reads (spec §1.5), at the given sizes."""
     return {
         "model_type": "bernini",
         "num_mask_token": 16,
         "feature_type_from_stage_one": "masked_tgt_embed_with_qwen_txt_vit_tokens",
         "clip_diff_cfg": {
             "type": "flow_match",
-            "target_channels": QWEN_HIDDEN,
-            "z_channels": OUT_VIT,
-            "width": DECODER_WIDTH,
+            "target_channels": sizes.qwen_hidden,
+            "z_channels": sizes.out_vit,
+            "width": sizes.decoder_width,
             "diffusion_batch_mul": 16,
             "shift": 2.0,
         },
         "connector_cfg": {
-            "out_gen": OUT_GEN,
-            "out_vit": OUT_VIT,
+            "out_gen": sizes.out_gen,
+            "out_vit": sizes.out_vit,
             "gen_head_type": "zerolinear",
             "zero_init_proj_gen_last": True,
         },
@@ -132,8 +164,8 @@ def _write_qwen_tokenizer(folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
-def write_tiny_full_bundle(directory: str | Path, seed: int = 0) -> Path:
-    """Write the tiny full bundle and return its root (pass it as ``--config``)."""
+def write_tiny_full_bundle(directory: str | Path, seed: int = 0, sizes: FullSizes = TINY_SIZES) -> Path:
+    """Write the tiny full bundle (or one at ``sizes``) and return its root (pass it as ``--config``)."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, UMT5Config, UMT5EncoderModel
 
@@ -145,15 +177,23 @@ def write_tiny_full_bundle(directory: str | Path, seed: int = 0) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    transformer_config = {**TINY_TRANSFORMER, "text_dim": OUT_GEN}
-    t5_config = {**TINY_T5, "d_model": OUT_GEN}
+    transformer_config = {
+        **TINY_TRANSFORMER,
+        "text_dim": sizes.out_gen,
+        "num_attention_heads": sizes.expert_heads,
+        "attention_head_dim": sizes.expert_head_dim,
+        "ffn_dim": sizes.expert_ffn,
+        "num_layers": sizes.expert_layers,
+    }
+    t5_config = {**TINY_T5, "d_model": sizes.out_gen, "d_ff": sizes.t5_ff, "num_layers": sizes.t5_layers}
     tensors: dict[str, torch.Tensor] = {}
     for prefix, name in (("diff_dec.transformer.", "transformer"), ("diff_dec_low.transformer_2.", "transformer_2")):
         expert = WanTransformer3DModel(**transformer_config)
         _write_json(root / f"{name}_config.json", dict(expert.config))
         state = _randomised(expert, generator, 0.05)
         tensors.update({prefix + k: v for k, v in state.items()})
-    qwen = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**qwen_config_dict()))
+        del expert, state
+    qwen = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**qwen_config_dict(sizes)))
     for key, value in _randomised(qwen, generator, 0.05).items():
         if key.startswith("model.visual."):
             tensors["mllm.visual." + key[len("model.visual.") :]] = value
@@ -165,14 +205,15 @@ def write_tiny_full_bundle(directory: str | Path, seed: int = 0) -> Path:
     t5_state = _randomised(t5, generator, 0.05)
     t5_state.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight
     tensors.update({"t5_text_encoder." + k: v for k, v in t5_state.items()})
-    connector = MLPConnector(QWEN_HIDDEN, OUT_GEN, OUT_VIT)
+    connector = MLPConnector(sizes.qwen_hidden, sizes.out_gen, sizes.out_vit)
     tensors.update({"connector." + k: v for k, v in _randomised(connector, generator, 0.2).items()})
-    decoder = VitDecoder(QWEN_HIDDEN, OUT_VIT, DECODER_WIDTH, DECODER_DEPTH)
+    decoder = VitDecoder(sizes.qwen_hidden, sizes.out_vit, sizes.decoder_width, sizes.decoder_depth)
     tensors.update({"vit_decoder." + k: v for k, v in _randomised(decoder, generator, 0.2).items()})
-    tensors["mask_tokens"] = torch.randn(1, 16, QWEN_HIDDEN, generator=generator)
-    _write_shards(root / "bernini", tensors)
+    tensors["mask_tokens"] = torch.randn(1, 16, sizes.qwen_hidden, generator=generator)
+    _write_shards(root / "bernini", tensors, sizes.shard_size)
+    del tensors
 
-    _write_json(root / "config.json", bernini_config_dict())
+    _write_json(root / "config.json", bernini_config_dict(sizes))
     qwen.config.save_pretrained(root / "mllm")
     _write_qwen_tokenizer(root / "mllm")
     _write_json(
@@ -197,13 +238,13 @@ def write_tiny_full_bundle(directory: str | Path, seed: int = 0) -> Path:
     return root
 
 
-def _write_shards(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+def _write_shards(folder: Path, tensors: dict[str, torch.Tensor], shard_size: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     shards: list[list[str]] = [[]]
     size = 0
     for key in sorted(tensors):
         nbytes = tensors[key].numel() * tensors[key].element_size()
-        if shards[-1] and size + nbytes > SHARD_SIZE:
+        if shards[-1] and size + nbytes > shard_size:
             shards.append([])
             size = 0
         shards[-1].append(key)

@@ -136,15 +136,12 @@ class PlannerModules:
     image_processor: Any = None  # Qwen's slow (PIL) image processor at the planner's pixel budget
 
 
-def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
-    from transformers import AutoConfig, AutoTokenizer
+def planner_qwen(config: Any) -> tuple[torch.nn.Module, int]:
+    """The planner's Qwen2.5-VL on the meta device, stopping at the layer read, and the checkpoint's layer count.
+
+    ``config`` (a ``Qwen2_5_VLConfig``) is truncated in place: one layer fewer, no final norm, no ``lm_head``."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
-    from .connector import MLPConnector
-    from .flow import VitDecoder
-    from .vision import load_image_processor
-
-    config = AutoConfig.from_pretrained(bundle.root / "mllm")
     text = getattr(config, "text_config", config)
     layers = int(text.num_hidden_layers)
     text.num_hidden_layers = layers - 1  # hidden_states[-2] of the full stack is this stack's last layer output
@@ -152,6 +149,19 @@ def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
         text.layer_types = list(text.layer_types)[: layers - 1]
     qwen = _meta(lambda: Qwen2_5_VLModel(config))
     qwen.language_model.norm = torch.nn.Identity()
+    return qwen, layers
+
+
+def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .connector import MLPConnector
+    from .flow import VitDecoder
+    from .vision import load_image_processor
+
+    config = AutoConfig.from_pretrained(bundle.root / "mllm")
+    qwen, layers = planner_qwen(config)
+    text = getattr(config, "text_config", config)
     entries = {qwen_key(k): e for k, e in bundle.entries.items() if k.startswith("mllm.")}
     skipped = (f"language_model.layers.{layers - 1}.", "language_model.norm.", "lm_head.")
     stream_into(qwen, entries, dtype, "planner (mllm)", ignore=skipped)
