@@ -207,7 +207,9 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
         callback_on_step_end: Callable[..., Any] | None = None,
         **parameters: Any,
     ) -> BerniniOutput:
-        """Generate; ``parameters`` are :class:`GenerationRequest` fields (``seed``, ``num_frames``, ``omega_*``…)."""
+        """Generate; ``parameters`` are :class:`GenerationRequest` fields (``seed``, ``num_frames``, ``omega_*``…).
+
+        On a full Bernini model the shipped per-task settings fill every field not passed here."""
         if "negative_prompt" in parameters:
             parameters["neg_prompt"] = parameters.pop("negative_prompt")
         unknown = sorted(set(parameters) - set(GenerationRequest.field_names()))
@@ -215,6 +217,8 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
             raise BerniniError(
                 f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(GenerationRequest.field_names())}"
             )
+        named = {"task_type": task_type, "guidance_mode": guidance_mode, "video": video, "image": image}
+        given = {*parameters, *(name for name, value in named.items() if value is not None)}
         request = GenerationRequest(
             prompt=prompt,
             task_type=task_type,
@@ -223,6 +227,7 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
             image=image,
             images=images if images is not None else [],
             **parameters,
+            explicit=frozenset(given | ({"images"} if images is not None else set())),
         )
         return self.generate(
             self.plan(request), generator=generator, output_type=output_type, callback=callback_on_step_end

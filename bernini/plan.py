@@ -465,9 +465,9 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         request = _with_full_presets(request, version, task.name, given)
     elif defaults is not None:
         _refuse_planner_settings(given)
+    if request.preset is not None and version is not None:
+        raise BerniniError(f"--preset {request.preset} is for Bernini-R's distilled LoRAs; the full model has no presets")
     preset = _preset(request)
-    if preset is not None and version is not None:
-        raise BerniniError(f"--preset {preset.name} is for Bernini-R's distilled LoRAs; the full model has no presets")
     registry = FULL_MODEL_MODES if version is not None else GUIDANCE_MODES
     mode_name = preset.guidance_mode if preset else request.guidance_mode or task.guidance_mode
     if mode_name not in registry:

@@ -164,6 +164,22 @@ def _write_qwen_tokenizer(folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
+CROSS_ATTENTION_GAIN = 8.0
+
+
+def _loud_cross_attention(expert: torch.nn.Module) -> torch.nn.Module:
+    """Make every block's cross-attention loud and sharp so the contexts visibly move the frames: its output is
+    scaled up, and its q/k norms (the logits' scale, as q and k are RMS-normalised) sharpened so a handful of
+    planner rows is not drowned by ~500 near-identical zero-padding rows. At random init a change of the plan
+    moved the frames by ~1e-5."""
+    with torch.no_grad():
+        for block in expert.blocks:
+            block.attn2.to_out[0].weight.mul_(CROSS_ATTENTION_GAIN)
+            block.attn2.norm_q.weight.mul_(5.0)
+            block.attn2.norm_k.weight.mul_(5.0)
+    return expert
+
+
 def write_tiny_full_bundle(directory: str | Path, seed: int = 0, sizes: FullSizes = TINY_SIZES) -> Path:
     """Write the tiny full bundle (or one at ``sizes``) and return its root (pass it as ``--config``)."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -188,13 +204,14 @@ def write_tiny_full_bundle(directory: str | Path, seed: int = 0, sizes: FullSize
     t5_config = {**TINY_T5, "d_model": sizes.out_gen, "d_ff": sizes.t5_ff, "num_layers": sizes.t5_layers}
     tensors: dict[str, torch.Tensor] = {}
     for prefix, name in (("diff_dec.transformer.", "transformer"), ("diff_dec_low.transformer_2.", "transformer_2")):
-        expert = WanTransformer3DModel(**transformer_config)
+        expert = _loud_cross_attention(_perturb(WanTransformer3DModel(**transformer_config), generator, 0.05))
         _write_json(root / f"{name}_config.json", dict(expert.config))
-        state = _randomised(expert, generator, 0.05)
+        state = {k: v.detach().float().clone() for k, v in expert.state_dict().items()}
         tensors.update({prefix + k: v for k, v in state.items()})
         del expert, state
     qwen = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**qwen_config_dict(sizes)))
-    for key, value in _randomised(qwen, generator, 0.05).items():
+    _perturb(qwen, generator, 0.05)
+    for key, value in {k: v.detach().float().clone() for k, v in qwen.state_dict().items()}.items():
         if key.startswith("model.visual."):
             tensors["mllm.visual." + key[len("model.visual.") :]] = value
         elif key.startswith("model.language_model."):

@@ -1,0 +1,202 @@
+"""The full Bernini model through ``BerniniPipeline`` on the tiny full bundle: every task end to end, each input
+of the planner moving the frames, the shipped per-task settings under explicit ones, and bad combinations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bernini import BerniniPipeline
+from bernini.full_config import full_version
+from bernini.plan import ModelDefaults, make_plan
+from bernini.planner.geometry import target_grid
+from bernini.planner.presets import ENGLISH_NEGATIVE_PROMPT, FULL_PRESETS
+from bernini.request import GenerationRequest
+
+FAST = {"num_inference_steps": 3, "planning_step": 3, "vit_denoising_step": 2}
+PROMPT = "make the dog red"
+
+
+@pytest.fixture(scope="module")
+def full_pipe(full_bundle):
+    pipe = BerniniPipeline.from_pretrained(full_bundle, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """Two 9-frame source videos (48×80, 16 fps), a source image and two reference images."""
+    from bernini.output import write_image, write_video
+
+    root = tmp_path_factory.mktemp("full_media")
+    t = np.linspace(0, 1, 9)[:, None, None, None]
+    y, x = np.linspace(0, 1, 48)[None, :, None, None], np.linspace(0, 1, 80)[None, None, :, None]
+    channel = np.array([0.0, 1.0, 2.0])
+    write_video(root / "src.mp4", (0.5 + 0.4 * np.sin(6 * x + 4 * y + 3 * t + channel)).clip(0, 1), 16)
+    write_video(root / "ads.mp4", (0.5 + 0.4 * np.cos(2 * x + 7 * y - 2 * t + channel)).clip(0, 1), 16)
+    ya, xa = np.linspace(0, 1, 48)[:, None, None], np.linspace(0, 1, 48)[None, :, None]
+    write_image(root / "image.png", (0.5 + 0.4 * np.cos(8 * ya + 5 * xa + channel)).clip(0, 1))
+    write_image(root / "ref.png", (0.5 + 0.4 * np.sin(3 * ya + 9 * xa + channel[::-1])).clip(0, 1))
+    return root
+
+
+def task_inputs(task: str, media) -> dict:
+    video = {"video": [str(media / "src.mp4")], "num_frames": 9}
+    return {
+        "t2i": {"num_frames": 1, "height": 64, "width": 64},
+        "i2i": {"image": str(media / "image.png"), "num_frames": 1, "height": 56, "width": 56},
+        "t2v": {"num_frames": 9, "height": 64, "width": 96},
+        "v2v": video,
+        "mv2v": video,
+        "ads2v": {"video": [str(media / "src.mp4"), str(media / "ads.mp4")], "num_frames": 9},
+        "r2v": {
+            "images": [str(media / "ref.png"), str(media / "image.png")],
+            "num_frames": 9,
+            "height": 64,
+            "width": 96,
+        },
+        "rv2v": {**video, "images": [str(media / "ref.png")]},
+    }[task]
+
+
+@pytest.mark.parametrize("task", ["t2i", "i2i", "t2v", "v2v", "mv2v", "ads2v", "r2v", "rv2v"])
+def test_every_task_runs_end_to_end_with_its_shipped_mode(full_pipe, media, task):
+    inputs = task_inputs(task, media)
+    out = full_pipe(PROMPT, task_type=task, **inputs, **FAST)
+    resolved = out.parameters["resolved"]
+    planner = resolved["planner"]
+    assert resolved["guidance_mode"] == FULL_PRESETS["v1"][task].guidance_mode
+    frames = inputs["num_frames"]
+    assert out.frames.shape[0] == frames and np.isfinite(out.frames).all()
+    if "video" in inputs:
+        expected = target_grid(frames, 0, 0, 16.0, source=(9, 16.0, 48, 80)).tokens  # the first source's grid
+    else:
+        expected = target_grid(frames, inputs["height"], inputs["width"]).tokens
+    assert planner["target_slots"] == expected == sum(planner["reveal_counts"])
+    assert len(planner["reveal_counts"]) == FAST["planning_step"]
+    sources = len(inputs.get("video", [])) + ("image" in inputs) + len(inputs.get("images", []))
+    assert len(planner["source_tokens"]) == sources and all(n > 0 for n in planner["source_tokens"])
+    tokens = planner["branch_tokens"]
+    assert tokens["cond"] == tokens["text"] + sum(n + 2 for n in planner["source_tokens"])
+    rows = planner["context_rows"]
+    assert all(n >= 512 for n in rows.values())
+    request = out.parameters["request"]
+    assert request["planning_step"] == 3 and request["omega_tgt"] == FULL_PRESETS["v1"][task].omega_tgt
+
+
+def frames_of(pipe, media, **changes) -> np.ndarray:
+    settings = {"task_type": "v2v", **task_inputs("v2v", media), **FAST, "omega_tgt": 6.0, **changes}
+    return pipe(settings.pop("prompt", PROMPT), **settings).frames
+
+
+def test_each_planner_input_moves_the_frames(full_pipe, media):
+    """The prompt, --planning_step, --vit_txt_cfg, --omega_tgt and the planner's own weights each reach the
+    pixels (the renderer's inputs alone would not move them through the planner's contexts)."""
+    base = frames_of(full_pipe, media)
+    assert np.array_equal(base, frames_of(full_pipe, media))  # deterministic: a change below is the input's
+    for changes in (
+        {"prompt": "make the cat blue"},
+        {"planning_step": 4},
+        {"vit_txt_cfg": 3.0},
+        {"omega_tgt": 8.0},
+        {"seed": 7},
+    ):
+        assert np.abs(base - frames_of(full_pipe, media, **changes)).max() > 1e-3, changes
+    bias = full_pipe.planner.connector.proj_gen[3].bias
+    saved = bias.detach().clone()
+    with torch.no_grad():
+        bias.add_(0.3)
+    try:
+        moved = frames_of(full_pipe, media)
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    assert np.abs(base - moved).max() > 1e-3
+
+
+def test_text_to_video_has_no_planner_visual_guidance(full_pipe):
+    """Without sources the cond and text-only planner branches are one sequence: vit_txt_cfg changes nothing."""
+    settings = {"task_type": "t2v", "num_frames": 9, "height": 64, "width": 96, **FAST}
+    plain = full_pipe(PROMPT, vit_txt_cfg=1.2, **settings).frames
+    assert np.abs(plain - full_pipe(PROMPT, vit_txt_cfg=3.0, **settings).frames).max() < 1e-4
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("task", ["t2i", "t2v", "v2v", "r2v", "rv2v"])
+def test_shipped_settings_fill_what_is_not_given(version, task):
+    preset = FULL_PRESETS[version][task]
+    request = GenerationRequest(prompt=PROMPT, task_type=task, **_media_for(task))
+    plan = make_plan(request, ModelDefaults(planner_version=version))
+    assert plan.guidance.mode.name == preset.guidance_mode
+    assert plan.num_inference_steps == preset.num_inference_steps
+    weights = plan.guidance.weights
+    assert (weights.txt, weights.tgt, weights.img, weights.vid) == (
+        preset.omega_txt,
+        preset.omega_tgt,
+        preset.omega_img,
+        preset.omega_vid,
+    )
+    assert plan.guidance.omega_scale == preset.omega_scale
+    assert (plan.planner.planning_steps, plan.planner.vit_steps) == (preset.planning_step, preset.vit_denoising_step)
+    assert plan.planner.version == version
+    assert (plan.negative_prompt == ENGLISH_NEGATIVE_PROMPT) == preset.english_negative
+    if preset.height is not None:
+        assert (plan.geometry.height, plan.geometry.width) == (preset.height, preset.width)
+
+
+def _media_for(task: str) -> dict:
+    video, image = np.zeros((9, 48, 80, 3), np.uint8), np.zeros((48, 48, 3), np.uint8)
+    media = {"v2v": {"video": [video]}, "rv2v": {"video": [video], "images": [image]}, "r2v": {"images": [image]}}
+    return media.get(task, {})
+
+
+def test_explicit_settings_win_even_at_the_command_line_default(full_pipe):
+    """omega_txt 4.0 is also the request's default: given explicitly, it must still beat v2's 5.0."""
+    v2 = ModelDefaults(planner_version="v2")
+    request = GenerationRequest(prompt=PROMPT, task_type="t2v", omega_txt=4.0, explicit=frozenset({"omega_txt"}))
+    assert make_plan(request, v2).guidance.weights.txt == 4.0
+    assert make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v"), v2).guidance.weights.txt == 5.0
+    api = full_pipe.plan  # the keyword API marks what it was given
+    plan = make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v", num_inference_steps=7), full_pipe.model_defaults)
+    assert plan.num_inference_steps == 7 and api is not None
+
+
+def test_a_plan_made_before_the_model_was_known_is_planned_again_for_it(full_pipe):
+    blind = make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v"))
+    assert blind.guidance.mode.name == "t2v_apg" and not blind.full_model
+    again = blind.with_model_defaults(full_pipe.model_defaults)
+    assert again.full_model and again.guidance.mode.name == "vae_txt_vit_wapg" and again.num_inference_steps == 50
+    assert again.seed == blind.seed
+
+
+def test_version_detection(full_bundle):
+    assert full_version(full_bundle, str(full_bundle)) == "v1"
+    assert full_version(full_bundle, "ByteDance/Bernini-Diffusers-v2") == "v2"
+    assert full_version(full_bundle, str(full_bundle), "v2") == "v2"
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda pipe: pipe(PROMPT, task_type="rv2v", guidance_mode="rv2v"), "guidance_mode for the full bernini model"),
+        (lambda pipe: pipe(PROMPT, task_type="t2i", num_frames=9), "makes one image"),
+        (lambda pipe: pipe(PROMPT, task_type="t2v", preset="lightning4"), "the full model has no presets"),
+        (lambda pipe: pipe(PROMPT, task_type="t2v", planning_step=0), "planning_step must be at least 1"),
+    ],
+)
+def test_bad_combinations_are_one_line(full_pipe, one_line_error, call, match):
+    message = one_line_error(call, full_pipe, match=match)
+    if "guidance_mode" in match:
+        assert "vae_txt_vit_wapg" in message and "rv2v_wapg" in message
+
+
+def test_full_bundle_refuses_separate_expert_checkpoints(full_bundle, one_line_error, tmp_path):
+    one_line_error(
+        BerniniPipeline.from_pretrained, full_bundle, high_noise_ckpt=str(tmp_path), match="--high_noise_ckpt"
+    )
+
+
+def test_planner_settings_on_bernini_r_are_refused(tiny_pipe, one_line_error):
+    one_line_error(tiny_pipe, PROMPT, task_type="t2v", planning_step=10, match="only affect the full Bernini model")
