@@ -277,9 +277,13 @@ def explicit_flags(argv: Sequence[str]) -> set[str]:
 def given_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
     """The request settings set on the command line (by any of their flag spellings)."""
     names = set(GenerationRequest.field_names())
+    actions = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            actions += [a for sub in action.choices.values() for a in sub._actions]
     return frozenset(
         action.dest
-        for action in parser._actions
+        for action in actions
         if action.dest in names and action.option_strings and flag_given(argv, *action.option_strings)
     )
 

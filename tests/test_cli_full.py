@@ -1,0 +1,111 @@
+"""The full Bernini model from the command line: ``bernini generate`` and the upstream-compatible script with the
+reference's flags, real MP4s and sidecars, task lists, and one-line refusals. Real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bernini.output import sidecar_path, write_video
+from bernini.planner.presets import FULL_PRESETS
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--num_inference_steps", "2", "--planning_step", "2", "--vit_denoising_step", "1"]
+
+
+def run(*args: str, cwd: Path, script: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / script)] if script else [sys.executable, "-m", "bernini.cli", "generate"]
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("full_cli")
+    t = np.linspace(0, 1, 9)[:, None, None, None]
+    y, x = np.linspace(0, 1, 48)[None, :, None, None], np.linspace(0, 1, 80)[None, None, :, None]
+    write_video(
+        root / "src.mp4", (0.5 + 0.4 * np.sin(6 * x + 4 * y + 3 * t + np.array([0.0, 1.0, 2.0]))).clip(0, 1), 16
+    )
+    return root / "src.mp4"
+
+
+def test_generate_writes_the_video_and_records_the_plan(full_bundle, tmp_path):
+    out = tmp_path / "t2v.mp4"
+    proc = run(
+        "--config", str(full_bundle), "--task_type", "t2v", "--prompt", "a red fox runs across a snowy field",
+        "--num_frames", "9", "--height", "64", "--width", "96", *SMALL, "--output", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and out.stat().st_size > 0
+    record = json.loads(sidecar_path(out).read_text())
+    planner = record["resolved"]["planner"]
+    assert planner["version"] == "v1" and planner["planning_step"] == 2 and planner["vit_denoising_step"] == 1
+    assert sum(planner["reveal_counts"]) == planner["target_slots"] == 6 and len(planner["reveal_counts"]) == 2
+    request = record["request"]
+    v1 = FULL_PRESETS["v1"]["t2v"]
+    assert request["num_inference_steps"] == 2  # given: wins over the shipped 50
+    assert (request["omega_tgt"], request["omega_scale"]) == (v1.omega_tgt, v1.omega_scale)  # not given: shipped
+    assert record["resolved"]["guidance_mode"] == "vae_txt_vit_wapg"
+
+
+def test_upstream_script_takes_the_reference_flags(full_bundle, source, tmp_path):
+    out = tmp_path / "v2v.mp4"
+    proc = run(
+        "--config", str(full_bundle), "--task_type", "v2v", "--video", str(source), "--prompt", "make the dog red",
+        "--guidance_mode", "vae_txt_vit", "--omega_tgt", "1.5", "--vit_txt_cfg", "1.4", "--vit_img_cfg", "1.1",
+        "--num_frames", "9", *SMALL, "--output", str(out), cwd=tmp_path, script="infer_single_gpu.py",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(sidecar_path(out).read_text())
+    assert record["resolved"]["guidance_mode"] == "vae_txt_vit"
+    planner = record["resolved"]["planner"]
+    assert (planner["vit_txt_cfg"], planner["vit_img_cfg"], record["request"]["omega_tgt"]) == (1.4, 1.1, 1.5)
+    assert len(planner["source_tokens"]) == 1
+
+
+def test_task_list_entries_keep_their_own_settings(full_bundle, tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    entries = [
+        {"prompt": "a red fox", "task_type": "t2v", "planning_step": 3},
+        {"prompt": "a blue cat", "task_type": "t2i", "num_frames": 1},
+    ]
+    tasks.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    proc = run(
+        "--config", str(full_bundle), "--inputs", str(tasks), "--num_inference_steps", "2", "--vit_denoising_step",
+        "1", "--height", "64", "--width", "64", "--num_frames", "9", "--output", str(tmp_path / "o.mp4"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = sorted(tmp_path.glob("o_*.json"))
+    planners = [json.loads(p.read_text())["resolved"]["planner"] for p in records]
+    assert sorted(len(p["reveal_counts"]) for p in planners) == [3, 25]  # the t2i entry: v1's shipped 25 rounds
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--task_type", "rv2v", "--guidance_mode", "rv2v"], "guidance_mode for the full bernini model"),
+        (["--task_type", "t2v", "--high_noise_ckpt", "x.safetensors"], "--high_noise_ckpt"),
+        (["--task_type", "t2i", "--num_frames", "9"], "makes one image"),
+    ],
+)
+def test_bad_combinations_exit_with_one_line(full_bundle, tmp_path, extra, match):
+    out = tmp_path / "o.mp4"
+    proc = run("--config", str(full_bundle), "--prompt", "a fox", *extra, "--output", str(out), cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert any(match in line.lower() for line in lines), proc.stderr
+    assert not out.exists()
+
+
+def test_planner_flags_on_bernini_r_are_refused(tiny_bundle, tmp_path):
+    proc = run("--config", str(tiny_bundle), "--prompt", "a fox", "--planning_step", "3", cwd=tmp_path)
+    assert proc.returncode != 0 and "only affect the full Bernini model" in proc.stderr
+    assert "Traceback" not in proc.stderr
