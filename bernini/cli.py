@@ -70,9 +70,10 @@ def build_parser(generate_prog: str | None = None) -> argparse.ArgumentParser:
     tiny.add_argument(
         "--layout",
         default="diffusers",
-        choices=("diffusers", "separate", "single", "wan22"),
+        choices=("diffusers", "separate", "single", "wan22", "full"),
         help="diffusers: Bernini-R-Diffusers; separate: config dir + Wan2.2 base + high/low checkpoints; "
-        "single: the 1.3B single-expert layout; wan22: a plain Wan2.2 bundle (base weights)",
+        "single: the 1.3B single-expert layout; wan22: a plain Wan2.2 bundle (base weights); "
+        "full: the full Bernini (planner + renderer) in the Bernini-Diffusers layout",
     )
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tasks = sub.add_parser("tasks", help="list the tasks, their inputs and guidance modes with their defaults")
@@ -100,6 +101,8 @@ def next_step(path: Path, layout: str) -> str:
         )
     elif layout == "wan22":
         extra = " --allow_base_weights"
+    elif layout == "full":
+        extra = " --planning_step 4 --vit_denoising_step 2"
     return (
         f"next: bernini generate --config {path}{extra} --prompt 'a red fox runs across a snowy field' "
         "--num_frames 9 --height 64 --width 96 --num_inference_steps 4 --output outputs/tiny.mp4"
@@ -302,7 +305,12 @@ def run_command(args: argparse.Namespace) -> int:
             from .tiny import write_tiny_bundle
 
             quiet_libraries()
-            path = write_tiny_bundle(args.directory, args.layout, args.seed)
+            if args.layout == "full":
+                from .tiny_full import write_tiny_full_bundle
+
+                path = write_tiny_full_bundle(args.directory, args.seed)
+            else:
+                path = write_tiny_bundle(args.directory, args.layout, args.seed)
             print(path)
             _stderr(next_step(path, args.layout))
             return 0

@@ -472,8 +472,12 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     mode_name = preset.guidance_mode if preset else request.guidance_mode or task.guidance_mode
     if mode_name not in registry:
         model = f"the full Bernini model ({version})" if version else "Bernini-R"
-        known = "unknown guidance_mode" if mode_name not in MODE_NAMES else f"guidance_mode for {model}:"
-        raise BerniniError(f"{known} {mode_name!r}; choose one of: {', '.join(registry)}")
+        if mode_name not in MODE_NAMES:
+            raise BerniniError(f"unknown guidance_mode {mode_name!r}; choose one of: {', '.join(registry)}")
+        raise BerniniError(
+            f"guidance_mode {mode_name!r} does not run on {model}; choose one of: {', '.join(registry)} "
+            "(or leave it out for the task's default)"
+        )
     mode = registry[mode_name]
     if version and task.single_frame and "num_frames" in given and _as_int("num_frames", request.num_frames) != 1:
         raise BerniniError(f"task {task.name} makes one image: pass --num_frames 1 or drop --num_frames")

@@ -91,7 +91,7 @@ def test_task_list_entries_keep_their_own_settings(full_bundle, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        (["--task_type", "rv2v", "--guidance_mode", "rv2v"], "guidance_mode for the full bernini model"),
+        (["--task_type", "rv2v", "--guidance_mode", "rv2v"], "does not run on the full bernini model"),
         (["--task_type", "t2v", "--high_noise_ckpt", "x.safetensors"], "--high_noise_ckpt"),
         (["--task_type", "t2i", "--num_frames", "9"], "makes one image"),
     ],

@@ -180,7 +180,7 @@ def test_version_detection(full_bundle):
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda pipe: pipe(PROMPT, task_type="rv2v", guidance_mode="rv2v"), "guidance_mode for the full bernini model"),
+        (lambda pipe: pipe(PROMPT, task_type="rv2v", guidance_mode="rv2v"), "does not run on the full bernini model"),
         (lambda pipe: pipe(PROMPT, task_type="t2i", num_frames=9), "makes one image"),
         (lambda pipe: pipe(PROMPT, task_type="t2v", preset="lightning4"), "the full model has no presets"),
         (lambda pipe: pipe(PROMPT, task_type="t2v", planning_step=0), "planning_step must be at least 1"),
@@ -188,7 +188,7 @@ def test_version_detection(full_bundle):
 )
 def test_bad_combinations_are_one_line(full_pipe, one_line_error, call, match):
     message = one_line_error(call, full_pipe, match=match)
-    if "guidance_mode" in match:
+    if "does not run" in match:
         assert "vae_txt_vit_wapg" in message and "rv2v_wapg" in message
 
 
@@ -200,3 +200,14 @@ def test_full_bundle_refuses_separate_expert_checkpoints(full_bundle, one_line_e
 
 def test_planner_settings_on_bernini_r_are_refused(tiny_pipe, one_line_error):
     one_line_error(tiny_pipe, PROMPT, task_type="t2v", planning_step=10, match="only affect the full Bernini model")
+
+
+def test_one_forward_per_distinct_branch_and_source_ids_follow_the_flag(full_pipe, media):
+    """t2x: e_I = b is the same forward, so 3 of the 4 branches run per step (B4); --no-use_src_tgt_id puts
+    every source at id 0 (B8)."""
+    t2v = full_pipe(PROMPT, task_type="t2v", num_frames=9, height=64, width=96, **FAST).parameters["resolved"]
+    assert t2v["forwards"] == 3 * FAST["num_inference_steps"]
+    inputs = task_inputs("rv2v", media)
+    on = full_pipe(PROMPT, task_type="rv2v", **inputs, **FAST).parameters["resolved"]["source_ids"]
+    off = full_pipe(PROMPT, task_type="rv2v", use_src_tgt_id=False, **inputs, **FAST).parameters["resolved"]
+    assert on["VI"] == [1.0, 2.0] and off["source_ids"]["VI"] == [0.0, 0.0]
