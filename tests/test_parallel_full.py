@@ -119,7 +119,8 @@ def test_torchrun_plans_once_per_task_group_and_honours_the_planner_flags(
 def test_each_data_parallel_group_plans_its_own_task(full_bundle: Path, media: Path, tmp_path: Path):
     """Two task groups of one rank: the task list is split, so each rank plans (once) the task it runs."""
     tasks = tmp_path / "tasks.jsonl"
-    lines = [{**TASKS["t2v"], "output": "t2v.mp4"}, {**TASKS["v2v"], "video": str(media / "src.mp4"), "output": "v2v.mp4"}]
+    video = str(media / "src.mp4")
+    lines = [{**TASKS["t2v"], "output": "t2v.mp4"}, {**TASKS["v2v"], "video": video, "output": "v2v.mp4"}]
     tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
     target = [str(REPO / "infer_multi_gpu.py"), "--config", str(full_bundle), "--inputs", str(tasks), *GENERATION]
     result = torchrun([*target, *PLANNER, "--dist_timeout", "60", "--verbose"], tmp_path)
