@@ -466,7 +466,9 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     elif defaults is not None:
         _refuse_planner_settings(given)
     if request.preset is not None and version is not None:
-        raise BerniniError(f"--preset {request.preset} is for Bernini-R's distilled LoRAs; the full model has no presets")
+        raise BerniniError(
+            f"--preset {request.preset} is for Bernini-R's distilled LoRAs; the full model has no presets"
+        )
     preset = _preset(request)
     registry = FULL_MODEL_MODES if version is not None else GUIDANCE_MODES
     mode_name = preset.guidance_mode if preset else request.guidance_mode or task.guidance_mode

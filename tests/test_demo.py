@@ -699,3 +699,118 @@ def test_the_temporary_save_dir_is_removed_on_exit(tiny_bundle, tmp_path):
             proc.kill()
     assert proc.returncode in (0, 130)
     assert not made[0].exists(), "the demo's temporary folder outlived it"
+
+
+# ------------------------------------------------------------------------------------- the full model
+@pytest.fixture(scope="module")
+def full_pipe(full_bundle):
+    from bernini import BerniniPipeline
+
+    pipe = BerniniPipeline.from_pretrained(full_bundle, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_full_task_change_fills_every_control_from_the_shipped_settings():
+    from bernini.demo.layout import full_task_updates
+    from bernini.planner.presets import FULL_PRESETS, VERSIONS
+
+    for version in VERSIONS:
+        for task in TASK_CHOICES:
+            preset = FULL_PRESETS[version][task]
+            guidance, hint, frames, height, width, *controls = full_task_updates(task, version)
+            assert (guidance["value"], frames["value"]) == (preset.guidance_mode, preset.num_frames)
+            assert task in hint["value"] and height["visible"] == (task in ("t2i", "t2v"))
+            assert (height.get("value"), width.get("value")) == (preset.height, preset.width)
+            assert [c["value"] for c in controls] == [
+                preset.num_inference_steps,
+                preset.omega_vid,
+                preset.omega_img,
+                preset.omega_txt,
+                preset.omega_scale,
+                preset.omega_tgt,
+                preset.planning_step,
+                preset.vit_denoising_step,
+                1.2,
+                1.0,
+            ], (version, task)
+    assert full_task_updates("t2v", "v2")[5:] != full_task_updates("t2v", "v1")[5:], "the version matters"
+
+
+def _components(app) -> dict[str, dict]:
+    return {c["props"].get("elem_id"): c["props"] for c in app.config["components"] if c["props"].get("elem_id")}
+
+
+def test_the_page_offers_the_loaded_models_modes_and_planner_controls(full_pipe, tiny_pipe, tmp_path):
+    from bernini.demo.layout import build_ui
+    from bernini.guidance import FULL_MODEL_MODES, GUIDANCE_MODES
+    from bernini.planner.presets import FULL_PRESETS
+
+    planner = ("omega_tgt", "planning_step", "vit_denoising_step", "vit_txt_cfg", "vit_img_cfg")
+    full = _components(build_ui(DemoBackend(full_pipe, DemoSettings(save_dir=tmp_path))))
+    assert [choice[0] for choice in full["guidance_mode"]["choices"]] == list(FULL_MODEL_MODES)
+    assert all(full[name]["visible"] for name in planner) and not full["eta"]["visible"]
+    preset = FULL_PRESETS[full_pipe.source.planner_version]["t2v"]
+    assert (full["guidance_mode"]["value"], full["steps"]["value"]) == (
+        preset.guidance_mode,
+        preset.num_inference_steps,
+    )
+    assert (full["planning_step"]["value"], full["omega_tgt"]["value"]) == (preset.planning_step, preset.omega_tgt)
+    plain = _components(build_ui(DemoBackend(tiny_pipe, DemoSettings(save_dir=tmp_path))))
+    assert [choice[0] for choice in plain["guidance_mode"]["choices"]] == list(GUIDANCE_MODES)
+    assert not any(plain[name]["visible"] for name in planner) and plain["eta"]["visible"]
+
+
+def _run_handler(backend, task: str, videos=None, **values):
+    import asyncio
+    from types import SimpleNamespace
+
+    from bernini.demo.handlers import make_generate_handler
+
+    ui = {**TINY, "flow_shift": 5.0, "seed": 7, "omega_vid": 1.1, "omega_img": 1.3, "omega_txt": 3.5}
+    ui.update(omega_scale=0.9, eta=0.5, momentum=0.0, omega_tgt=0.7, planning_step=2, vit_denoising_step=1)
+    ui.update(vit_txt_cfg=1.3, vit_img_cfg=0.9, num_inference_steps=2, **values)
+    handler = make_generate_handler(backend)
+    call = handler(
+        prompt="a red ball rolls",
+        task=task,
+        guidance_mode="vae_txt_vit_wapg",
+        videos=videos,
+        image=None,
+        gallery=None,
+        enhance=False,
+        request=SimpleNamespace(session_hash="full"),
+        progress=lambda *args, **kwargs: None,
+        **ui,
+    )
+    _video, _image, files, sidecar, _prompt, status = asyncio.run(call)
+    return [Path(f) for f in files], sidecar, status
+
+
+@pytest.mark.parametrize("task", ["t2v", "v2v"])
+def test_full_model_runs_through_the_handler_with_every_control_explicit(full_pipe, clips, tmp_path, task):
+    """The demo's code path on the full model: the planner runs with the page's values, none of the preset's."""
+    from bernini.planner.presets import ENGLISH_NEGATIVE_PROMPT
+
+    backend = DemoBackend(full_pipe, DemoSettings(save_dir=tmp_path))
+    videos = [str(clips["good"])] if task == "v2v" else None
+    files, record, status = _run_handler(backend, task, videos)
+    assert files[0].is_file() and "guidance vae_txt_vit_wapg" in status
+    planner = record["resolved"]["planner"]
+    assert planner["version"] == full_pipe.source.planner_version
+    assert (planner["planning_step"], planner["vit_denoising_step"], len(planner["reveal_counts"])) == (2, 1, 2)
+    assert (planner["vit_txt_cfg"], planner["vit_img_cfg"]) == (1.3, 0.9)
+    assert set(planner["context_rows"]) == {"C_full", "C_txt", "C_tgt", "C_null"}
+    request = record["request"]
+    assert (request["omega_tgt"], request["omega_txt"], request["omega_vid"], request["omega_scale"]) == (
+        0.7,
+        3.5,
+        1.1,
+        0.9,
+    )
+    assert (request["num_inference_steps"], record["resolved"]["frames"]) == (2, 5)
+    assert len(record["resolved"]["timesteps"]) == 2
+    # what the page has no control for still comes from the task's shipped settings
+    assert (request["neg_prompt"] == ENGLISH_NEGATIVE_PROMPT) == (task == "v2v")
+    _files, again, _status = _run_handler(backend, task, videos, planning_step=3)
+    assert len(again["resolved"]["planner"]["reveal_counts"]) == 3

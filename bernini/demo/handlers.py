@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BerniniError
-from ..plan import GenerationPlan, make_plan
+from ..plan import PLANNER_SETTINGS, GenerationPlan, ModelDefaults, make_plan
 from ..request import GenerationRequest
 from ..tasks import TASKS
 from .backend import DemoBackend, GenerationCancelled, output_path
@@ -72,6 +72,7 @@ NUMERIC_PARAMETERS: tuple[str, ...] = (
     "omega_scale",
     "eta",
     "momentum",
+    *PLANNER_SETTINGS,
 )
 
 
@@ -132,18 +133,35 @@ def build_request(
     media: dict[str, Any],
     values: dict[str, Any],
     output: str | Path,
+    defaults: ModelDefaults | None = None,
 ) -> GenerationPlan:
-    """The plan of UI values; image tasks force one frame, server flags fill the rest."""
+    """The plan of UI values; image tasks force one frame, server flags fill the rest.
+
+    With a full model's ``defaults`` every control's value is an explicit setting (the page shows the task's
+    shipped settings, and what it shows is what runs); the shipped settings fill only what the page has no
+    control for. Bernini-R has no planner: its page's planner values are dropped."""
+    full = defaults is not None and defaults.planner_version is not None
     if task not in TASK_INPUTS:
         raise BerniniError(f"pick a task: one of {', '.join(TASK_CHOICES)}")
     if guidance_mode in ("", None):
         guidance_mode = TASKS[task].guidance_mode
-    numbers = dict(values)
+    numbers = dict(values) if full else {k: v for k, v in values.items() if k not in PLANNER_SETTINGS}
     if TASKS[task].single_frame:
         numbers["num_frames"] = 1
     frames = numbers.get("num_frames")
     if frames is not None and isinstance(frames, (int, float)) and frames > settings.max_frames:
         raise BerniniError(f"num_frames {frames:g} is over this server's limit of {settings.max_frames}")
+    numbers = {name: value for name, value in numbers.items() if value is not None}
+    server = {
+        "use_unipc": settings.use_unipc,
+        "use_src_tgt_id": settings.use_src_tgt_id,
+        "interpolate_src_id": settings.interpolate_src_id,
+        "max_trained_src_id": settings.max_trained_src_id,
+    }
+    explicit = None
+    if full:
+        page = {"prompt", "task_type", "guidance_mode", "video", "image", "images", "output", *numbers}
+        explicit = frozenset(page | {name for name, value in server.items() if value is not None})
     request = GenerationRequest(
         prompt=prompt or "",
         task_type=task,
@@ -152,13 +170,11 @@ def build_request(
         image=media["image"],
         images=media["images"],
         output=str(output),
-        use_unipc=settings.use_unipc,
-        use_src_tgt_id=settings.use_src_tgt_id,
-        interpolate_src_id=settings.interpolate_src_id,
-        max_trained_src_id=settings.max_trained_src_id,
-        **{name: value for name, value in numbers.items() if value is not None},
+        **server,
+        **numbers,
+        explicit=explicit,
     )
-    return make_plan(request)
+    return make_plan(request, defaults) if full else make_plan(request)
 
 
 # The library's errors name command-line flags; the page has uploads and sliders instead.
@@ -178,6 +194,8 @@ UI_WORDS: tuple[tuple[str, str], ...] = (
     (r"--fps", "FPS"),
     (r"--seed", "Seed"),
     (r"--flow_shift", "Flow shift"),
+    (r"--planning_step", "Planning steps"),
+    (r"--vit_denoising_step", "ViT denoising steps"),
 )
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:])(?:/[^\s/'\"]+)+/([^\s/'\"]+)")
 
@@ -251,6 +269,11 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
         omega_scale: float,
         eta: float,
         momentum: float,
+        omega_tgt: float,
+        planning_step: float,
+        vit_denoising_step: float,
+        vit_txt_cfg: float,
+        vit_img_cfg: float,
         request: gr.Request,
         progress=gr.Progress(),  # noqa: B008 - Gradio's documented idiom
     ):
@@ -273,6 +296,11 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
             "omega_scale": omega_scale,
             "eta": eta,
             "momentum": momentum,
+            "omega_tgt": omega_tgt,
+            "planning_step": planning_step,
+            "vit_denoising_step": vit_denoising_step,
+            "vit_txt_cfg": vit_txt_cfg,
+            "vit_img_cfg": vit_img_cfg,
         }
         uploads: dict[str, str] = {}
         for item in (*_file_paths(videos), *_file_paths(image), *_file_paths(gallery)):
@@ -287,7 +315,8 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
             single = TASKS[task].single_frame or values["num_frames"] == 1
             session = getattr(request, "session_hash", None) or "api"
             target = output_path(backend.session_dir(session), task, 1 if single else 2)
-            checked = build_request(settings, prompt, task, guidance_mode, media, values, target)
+            defaults = getattr(backend.pipe, "model_defaults", None)
+            checked = build_request(settings, prompt, task, guidance_mode, media, values, target, defaults)
         except BerniniError as exc:
             raise gr.Error(user_message(str(exc), uploads), print_exception=False) from None
         payload = {

@@ -1,8 +1,11 @@
 """The demo's Gradio Blocks: its components, what a task change updates, and which handler each event calls."""
 
+import functools
 from typing import TYPE_CHECKING, Any
 
-from ..guidance import GUIDANCE_MODES
+from ..guidance import FULL_MODEL_MODES, GUIDANCE_MODES
+from ..planner.presets import FULL_PRESETS
+from ..request import GenerationRequest
 from ..tasks import TASKS
 from .backend import DemoBackend
 from .handlers import TASK_CHOICES, TASK_INPUTS, make_generate_handler, make_stop_handler
@@ -47,6 +50,52 @@ def task_updates(task: str) -> tuple[Any, ...]:
     )
 
 
+def full_task_values(task: str, version: str) -> dict[str, Any]:
+    """The controls a task change sets on a full model: the task's shipped settings (``FULL_PRESETS``), with the
+    planner guidance of upstream's scripts (``--vit_txt_cfg 1.2 --vit_img_cfg 1.0``, the request defaults)."""
+    blank = GenerationRequest()
+    values = {
+        "vit_txt_cfg": blank.vit_txt_cfg,
+        "vit_img_cfg": blank.vit_img_cfg,
+        **FULL_PRESETS[version][task].values(),
+    }
+    values.pop("neg_prompt", None)  # no control: the shipped negative prompt fills it at planning
+    return values
+
+
+FULL_CONTROLS = (
+    "num_inference_steps",
+    "omega_vid",
+    "omega_img",
+    "omega_txt",
+    "omega_scale",
+    "omega_tgt",
+    "planning_step",
+    "vit_denoising_step",
+    "vit_txt_cfg",
+    "vit_img_cfg",
+)
+
+
+def full_task_updates(task: str, version: str) -> tuple[Any, ...]:
+    """Outputs of a task change on a full model: guidance mode, hint, frames, height, width, then
+    :data:`FULL_CONTROLS`, all from the task's shipped settings (the source sets the size where they have none)."""
+    import gradio as gr
+
+    if task not in TASKS:
+        task = DEFAULT_TASK
+    values = full_task_values(task, version)
+    text_only = not TASK_INPUTS[task].video and TASK_INPUTS[task].image == "none"
+    size = [gr.update(visible=text_only, **({"value": values[k]} if k in values else {})) for k in ("height", "width")]
+    return (
+        gr.update(value=values["guidance_mode"]),
+        gr.update(value=task_hint(task)),
+        gr.update(value=values["num_frames"], interactive=not TASKS[task].single_frame),
+        *size,
+        *(gr.update(value=values[name]) for name in FULL_CONTROLS),
+    )
+
+
 def build_ui(backend: DemoBackend) -> "gr.Blocks":
     """The Blocks app; the generation endpoint is named ``generate`` for API clients."""
     import gradio as gr
@@ -58,8 +107,18 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
     stop = make_stop_handler(backend)
 
     spec = TASKS[DEFAULT_TASK]
-    with gr.Blocks(title="Bernini-R", analytics_enabled=False) as app:
-        gr.Markdown("# Bernini-R video generation and editing")
+    version = getattr(getattr(backend.pipe, "source", None), "planner_version", None)
+    full = version is not None
+    modes = FULL_MODEL_MODES if full else GUIDANCE_MODES
+    start = full_task_values(DEFAULT_TASK, version) if full else {}
+    blank = GenerationRequest()
+
+    def initial(name: str, fallback: Any) -> Any:
+        return start.get(name, fallback)
+
+    title = f"Bernini ({version})" if full else "Bernini-R"
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(f"# {title} video generation and editing")
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
@@ -68,8 +127,8 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
                         list(TASK_CHOICES), value=DEFAULT_TASK, label="Task", elem_id="task", interactive=True
                     )
                     guidance = gr.Dropdown(
-                        list(GUIDANCE_MODES),
-                        value=spec.guidance_mode,
+                        list(modes),
+                        value=initial("guidance_mode", spec.guidance_mode),
                         label="Guidance mode",
                         elem_id="guidance_mode",
                         interactive=True,
@@ -98,25 +157,95 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
                 )
                 max_image_size = gr.Slider(256, 1280, value=848, step=16, label="Max image size", elem_id="max_size")
                 num_frames = gr.Slider(
-                    1, max_frames, value=default_frames, step=4, label="Frames", elem_id="num_frames"
+                    1,
+                    max_frames,
+                    value=min(initial("num_frames", default_frames), max_frames),
+                    step=4,
+                    label="Frames",
+                    elem_id="num_frames",
                 )
                 steps = gr.Slider(
-                    1, 50, value=40, step=1, label="Steps", info="10–50 is the usual range", elem_id="steps"
+                    1,
+                    50,
+                    value=initial("num_inference_steps", 40),
+                    step=1,
+                    label="Steps",
+                    info="10–50 is the usual range",
+                    elem_id="steps",
                 )
                 flow_shift = gr.Slider(0, 12, value=settings.flow_shift, step=0.1, label="Flow shift", elem_id="shift")
                 with gr.Row():
                     seed = gr.Number(value=42, label="Seed", precision=0, minimum=0, elem_id="seed")
                     fps = gr.Slider(1, 30, value=16, step=1, label="FPS", elem_id="fps")
                 with gr.Row():
-                    height = gr.Slider(16, 1280, value=480, step=16, label="Height", elem_id="height")
-                    width = gr.Slider(16, 1280, value=848, step=16, label="Width", elem_id="width")
+                    height = gr.Slider(
+                        16, 1280, value=initial("height", 480), step=16, label="Height", elem_id="height"
+                    )
+                    width = gr.Slider(16, 1280, value=initial("width", 848), step=16, label="Width", elem_id="width")
                 with gr.Accordion("Advanced", open=False):
-                    omega_vid = gr.Slider(0, 10, value=1.25, step=0.05, label="ω vid (ω_V)", elem_id="omega_vid")
-                    omega_img = gr.Slider(0, 10, value=4.5, step=0.05, label="ω img (ω_I)", elem_id="omega_img")
-                    omega_txt = gr.Slider(0, 10, value=4.0, step=0.05, label="ω txt (ω_TI)", elem_id="omega_txt")
-                    omega_scale = gr.Slider(0, 2, value=0.8, step=0.05, label="omega_scale", elem_id="omega_scale")
-                    eta = gr.Slider(0, 2, value=0.5, step=0.05, label="eta", elem_id="eta")
-                    momentum = gr.Slider(-2, 2, value=0.0, step=0.05, label="momentum", elem_id="momentum")
+                    omega_vid = gr.Slider(
+                        0, 10, value=initial("omega_vid", 1.25), step=0.05, label="ω vid (ω_V)", elem_id="omega_vid"
+                    )
+                    omega_img = gr.Slider(
+                        0, 10, value=initial("omega_img", 4.5), step=0.05, label="ω img (ω_I)", elem_id="omega_img"
+                    )
+                    omega_txt = gr.Slider(
+                        0, 10, value=initial("omega_txt", 4.0), step=0.05, label="ω txt (ω_TI)", elem_id="omega_txt"
+                    )
+                    omega_scale = gr.Slider(
+                        0, 2, value=initial("omega_scale", 0.8), step=0.05, label="omega_scale", elem_id="omega_scale"
+                    )
+                    # APG's eta and momentum: the full model's modes do not read them
+                    eta = gr.Slider(0, 2, value=0.5, step=0.05, label="eta", elem_id="eta", visible=not full)
+                    momentum = gr.Slider(
+                        -2, 2, value=0.0, step=0.05, label="momentum", elem_id="momentum", visible=not full
+                    )
+                with gr.Accordion("Planner (full Bernini)", open=True, visible=full):
+                    omega_tgt = gr.Slider(
+                        0,
+                        10,
+                        value=initial("omega_tgt", blank.omega_tgt),
+                        step=0.05,
+                        label="ω tgt (plan tokens)",
+                        elem_id="omega_tgt",
+                        visible=full,
+                    )
+                    planning_step = gr.Slider(
+                        1,
+                        100,
+                        value=initial("planning_step", blank.planning_step),
+                        step=1,
+                        label="Planning steps",
+                        elem_id="planning_step",
+                        visible=full,
+                    )
+                    vit_denoising_step = gr.Slider(
+                        1,
+                        20,
+                        value=initial("vit_denoising_step", blank.vit_denoising_step),
+                        step=1,
+                        label="ViT denoising steps",
+                        elem_id="vit_denoising_step",
+                        visible=full,
+                    )
+                    vit_txt_cfg = gr.Slider(
+                        0,
+                        5,
+                        value=initial("vit_txt_cfg", blank.vit_txt_cfg),
+                        step=0.05,
+                        label="ViT text CFG",
+                        elem_id="vit_txt_cfg",
+                        visible=full,
+                    )
+                    vit_img_cfg = gr.Slider(
+                        0,
+                        5,
+                        value=initial("vit_img_cfg", blank.vit_img_cfg),
+                        step=0.05,
+                        label="ViT image CFG",
+                        elem_id="vit_img_cfg",
+                        visible=full,
+                    )
                     if settings.use_unipc:
                         gr.Markdown("Note: under UniPC (the default) the flow-shift slider has no effect.")
                 with gr.Row():
@@ -133,13 +262,35 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
                 sidecar = gr.JSON(label="Sidecar", elem_id="sidecar")
 
         guidance_controls = [omega_vid, omega_img, omega_txt, omega_scale, eta, momentum]
-        task.change(
-            task_updates,
-            inputs=task,
-            outputs=[guidance, hint, num_frames, height, width, *guidance_controls],
-            queue=False,
-            api_name=False,
-        )
+        planner_controls = [omega_tgt, planning_step, vit_denoising_step, vit_txt_cfg, vit_img_cfg]
+        if full:
+            controls = {
+                "num_inference_steps": steps,
+                "omega_vid": omega_vid,
+                "omega_img": omega_img,
+                "omega_txt": omega_txt,
+                "omega_scale": omega_scale,
+                "omega_tgt": omega_tgt,
+                "planning_step": planning_step,
+                "vit_denoising_step": vit_denoising_step,
+                "vit_txt_cfg": vit_txt_cfg,
+                "vit_img_cfg": vit_img_cfg,
+            }
+            task.change(
+                functools.partial(full_task_updates, version=version),
+                inputs=task,
+                outputs=[guidance, hint, num_frames, height, width, *(controls[name] for name in FULL_CONTROLS)],
+                queue=False,
+                api_name=False,
+            )
+        else:
+            task.change(
+                task_updates,
+                inputs=task,
+                outputs=[guidance, hint, num_frames, height, width, *guidance_controls],
+                queue=False,
+                api_name=False,
+            )
         inputs = [
             prompt,
             task,
@@ -157,6 +308,7 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
             height,
             width,
             *guidance_controls,
+            *planner_controls,
         ]
         outputs = [result_video, result_image, files, sidecar, prompt_used, status]
         event = run.click(

@@ -9,6 +9,7 @@ The launch environment is read here and nowhere else; nothing is written to ``os
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,12 +20,14 @@ from typing import Any, TypeVar
 
 from ..config import read_json, renderer_config_for
 from ..errors import BerniniError, WeightsError
+from ..full_config import is_full_bundle
 from ..parallel.layout import LaunchEnv, Layout, check_degrees
 from ..runner import Hold
 from .options import default_config, describe_loaded, load_pipeline
 
 DEFAULT_TIMEOUT_S = 600.0
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class SetupError(BerniniError):
@@ -60,6 +63,9 @@ def _local_expert_configs(spec: str) -> list[Path] | None:
     """The experts' config files of a local bundle or config dir, found without importing torch."""
     root = Path(spec).expanduser()
     root = root.parent if root.is_file() else root
+    if root.is_dir() and is_full_bundle(root):  # the full model keeps both experts' configs beside its config.json
+        files = [root / "transformer_config.json", root / "transformer_2_config.json"]
+        return files if all(f.is_file() for f in files) else None
     renderer = renderer_config_for(root) if root.is_dir() else None
     if renderer is None:
         return None
@@ -149,7 +155,17 @@ class ParallelContext:
         for expert in pipe.experts:
             expert.configure(sequence_parallel=sequence_parallel)
         pipe.branch_runner = CfgParallelRunner.of(groups.cfg) if groups.cfg is not None else BranchRunner()
-        pipe.share_planning = self.share  # the full model plans once per task group; every rank gets the contexts
+        pipe.share_planning = self.share_planning
+
+    def share_planning(self, call: Callable[[], T]) -> T:
+        """The full model's planner stage on the task group's leader only; every rank gets its contexts.
+        ``--verbose`` logs ``planning on rank N`` where the planner runs."""
+
+        def plan() -> T:
+            logger.info("planning on rank %d (task group %d)", self.layout.rank, self.layout.dp_rank)
+            return call()
+
+        return self.share(plan)
 
 
 class ParallelSession:
@@ -236,9 +252,7 @@ def parallel_run(
     with ParallelSession(args, env, [(ulysses, cfg)]) as session:
         context = session.context(ulysses, cfg)
         if env.rank == 0:
-            import logging
-
-            logging.getLogger(__name__).info("parallel layout: %s", context.layout.describe())
+            logger.info("parallel layout: %s", context.layout.describe())
         session.warn_if_spanning_nodes(ulysses, log)
         pipe = session.load(context, log, on_progress)
         context.install(pipe)

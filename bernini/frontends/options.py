@@ -275,17 +275,23 @@ def explicit_flags(argv: Sequence[str]) -> set[str]:
 
 
 def given_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
-    """The request settings set on the command line (by any of their flag spellings)."""
+    """The request settings set on the command line (by any of their flag spellings), the sub-commands' flags
+    included (``bernini generate …``)."""
     names = set(GenerationRequest.field_names())
+    return frozenset(
+        action.dest
+        for action in _all_actions(parser)
+        if action.dest in names and action.option_strings and flag_given(argv, *action.option_strings)
+    )
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     actions = list(parser._actions)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            actions += [a for sub in action.choices.values() for a in sub._actions]
-    return frozenset(
-        action.dest
-        for action in actions
-        if action.dest in names and action.option_strings and flag_given(argv, *action.option_strings)
-    )
+            for child in dict.fromkeys(action.choices.values()):
+                actions += _all_actions(child)
+    return actions
 
 
 def requests_from_args(args: argparse.Namespace) -> list[GenerationRequest | BerniniError]:

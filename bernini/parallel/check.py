@@ -26,6 +26,8 @@ from ..frontends.options import (
     OneLineErrorParser,
     add_generation_args,
     add_model_args,
+    explicit_flags,
+    given_settings,
     model_defaults,
     quiet_libraries,
     requests_from_args,
@@ -55,19 +57,25 @@ class RecordingRunner(BranchRunner):
 
 @contextmanager
 def single_process(pipe) -> Iterator[RecordingRunner]:
-    """Temporarily take the pipeline off every collective (no Ulysses, branches one by one)."""
+    """Temporarily take the pipeline off every collective (no Ulysses, branches one by one, the full model's
+    planner run here rather than shared by the task group's leader)."""
     saved_groups = [(expert, expert.runtime.sequence_parallel) for expert in pipe.experts]
-    saved_runner = pipe.branch_runner
+    saved_runner, saved_share = pipe.branch_runner, pipe.share_planning
     runner = RecordingRunner()
     for expert, _ in saved_groups:
         expert.configure(sequence_parallel=None)
     pipe.branch_runner = runner
+    pipe.share_planning = _plan_here
     try:
         yield runner
     finally:
         for expert, group in saved_groups:
             expert.configure(sequence_parallel=group)
-        pipe.branch_runner = saved_runner
+        pipe.branch_runner, pipe.share_planning = saved_runner, saved_share
+
+
+def _plan_here(call):
+    return call()
 
 
 def parse_layouts(text: str) -> list[tuple[int, int]]:
@@ -91,7 +99,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namesp
     add_model_args(generate)
     add_generation_args(generate)
     args = generate.parse_args(rest)
-    args.explicit = set()
+    args.explicit = explicit_flags(rest)
+    args.given = given_settings(generate, rest)  # a full model's shipped settings fill only the others
     if args.use_pe:
         raise BerniniError("the self-check compares two runs of each task; it cannot use --use_pe")
     return check, args
