@@ -20,6 +20,7 @@ from ..frontends.options import (
     OneLineErrorParser,
     add_generation_args,
     explicit_flags,
+    given_settings,
     requests_from_args,
 )
 from ..request import GenerationRequest
@@ -72,7 +73,9 @@ class Client:
     def submit(self, request: GenerationRequest) -> dict[str, Any]:
         if request.cache_calibration:
             raise BerniniError("--cache_calibration names a file on this machine; a server keeps its own calibration")
-        body = {k: v for k, v in vars(request).items() if k not in (*MEDIA, "output", "cache_calibration")}
+        sent = set(request.given()) | {"prompt"}  # what the user set: the server's model fills the rest
+        skipped = (*MEDIA, "output", "cache_calibration")
+        body = {k: getattr(request, k) for k in request.field_names() if k in sent and k not in skipped}
         body["video"] = [self.upload(v) for v in request.video]
         body["image"] = self.upload(request.image) if request.image is not None else None
         body["images"] = [self.upload(v) for v in request.images]
@@ -151,8 +154,10 @@ def follow(client: Client, job: dict[str, Any], show_bar: bool) -> dict[str, Any
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.explicit = explicit_flags(argv)
+    args.given = given_settings(parser, argv)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -44,6 +44,15 @@ class JobCreate(BaseModel):
     omega_img: float = Field(_DEFAULTS.omega_img, description="Guidance weight of the reference images.")
     omega_txt: float = Field(_DEFAULTS.omega_txt, description="Guidance weight of the text.")
     omega_scale: float = Field(_DEFAULTS.omega_scale, description="One-time scale of the weights at the expert switch.")
+    omega_tgt: float = Field(
+        _DEFAULTS.omega_tgt, description="Full model: guidance weight of the plan's target tokens."
+    )
+    planning_step: int = Field(_DEFAULTS.planning_step, description="Full model: masked-planning rounds.")
+    vit_txt_cfg: float = Field(_DEFAULTS.vit_txt_cfg, description="Full model: planner guidance toward the sources.")
+    vit_img_cfg: float | None = Field(
+        _DEFAULTS.vit_img_cfg, description="Full model: planner guidance toward the text."
+    )
+    vit_denoising_step: int = Field(_DEFAULTS.vit_denoising_step, description="Full model: ViT-decoder flow steps.")
     eta: float = Field(_DEFAULTS.eta, description="APG: weight of the parallel component.")
     norm_threshold: list[float] = Field(
         default_factory=lambda: list(_DEFAULTS.norm_threshold), description="APG: norm thresholds per guidance delta."
@@ -176,5 +185,7 @@ class VideoDeleted(BaseModel):
 
 
 def job_params(body: JobCreate) -> dict[str, Any]:
-    """The generation parameters of ``body`` (everything but the media ids) as stored with the job."""
-    return body.model_dump(exclude={"video", "image", "images"})
+    """The generation parameters of ``body`` (everything but the media ids) as stored with the job, and which of
+    them the client set (``given``: a full model's shipped settings fill only the others)."""
+    media = {"video", "image", "images"}
+    return {**body.model_dump(exclude=media), "given": sorted(body.model_fields_set - media)}

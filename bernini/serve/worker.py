@@ -67,7 +67,9 @@ def local_inputs(store: Store, media: dict[str, Any], folder: Path) -> dict[str,
 def request_for(params: dict[str, Any], inputs: dict[str, Any], output: str | None) -> GenerationRequest:
     known = set(GenerationRequest.field_names())
     values = {k: v for k, v in params.items() if k in known}
-    return GenerationRequest(**values, **inputs, output=output)
+    given = params.get("given")
+    explicit = None if given is None else frozenset(given) | {k for k, v in inputs.items() if v}
+    return GenerationRequest(**values, **inputs, output=output, explicit=explicit)
 
 
 def job_folder(output_dir: Path, job_id: str) -> Path:
