@@ -70,6 +70,37 @@ def test_upstream_script_takes_the_reference_flags(full_bundle, source, tmp_path
     assert len(planner["source_tokens"]) == 1
 
 
+def test_every_task_runs_from_a_task_list(full_bundle, source, tmp_path):
+    image = tmp_path / "image.png"
+    from bernini.output import write_image
+
+    write_image(image, np.linspace(0, 1, 48 * 48 * 3).reshape(48, 48, 3))
+    video, ads = str(source), str(source)
+    entries = {
+        "t2i": {"num_frames": 1},
+        "i2i": {"image": str(image), "num_frames": 1},
+        "t2v": {},
+        "v2v": {"video": video},
+        "mv2v": {"video": video},
+        "ads2v": {"video": [video, ads]},
+        "r2v": {"images": [str(image)]},
+        "rv2v": {"video": video, "images": [str(image)]},
+    }
+    tasks = tmp_path / "every.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": "a fox", "task_type": t, **e}) + "\n" for t, e in entries.items()))
+    proc = run(
+        "--config", str(full_bundle), "--inputs", str(tasks), "--num_frames", "9", "--height", "48", "--width", "80",
+        *SMALL, "--output", str(tmp_path / "every.mp4"), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("every_*.json"))]
+    assert sorted(r["resolved"]["task_type"] for r in records) == sorted(entries)
+    for record in records:
+        planner = record["resolved"]["planner"]
+        assert len(planner["reveal_counts"]) == 2 and sum(planner["reveal_counts"]) == planner["target_slots"]
+        assert (tmp_path / record["output"]).is_file()
+
+
 def test_task_list_entries_keep_their_own_settings(full_bundle, tmp_path):
     tasks = tmp_path / "tasks.jsonl"
     entries = [

@@ -27,6 +27,15 @@ TASKS = {
     "t2v": {"prompt": "a red fox runs through snow", "task_type": "t2v"},
     "v2v": {"prompt": "make it snow", "task_type": "v2v", "video": "src.mp4"},
 }
+EVERY_TASK = {
+    **TASKS,
+    "t2i": {"prompt": "a red fox", "task_type": "t2i", "num_frames": 1},
+    "i2i": {"prompt": "make it blue", "task_type": "i2i", "image": "image.png", "num_frames": 1},
+    "mv2v": {"prompt": "make it dance", "task_type": "mv2v", "video": "src.mp4"},
+    "ads2v": {"prompt": "add the logo", "task_type": "ads2v", "video": ["src.mp4", "ads.mp4"]},
+    "r2v": {"prompt": "image0 dances", "task_type": "r2v", "images": ["image.png", "ref.png"]},
+    "rv2v": {"prompt": "swap in the dog", "task_type": "rv2v", "video": "src.mp4", "images": ["ref.png"]},
+}
 
 
 def torchrun(target: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -49,21 +58,25 @@ def planning_ranks(stderr: str) -> list[int]:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
     """A 9-frame 48×80 source video (packed lengths not multiples of 2: 45 target tokens)."""
-    from bernini.output import write_video
+    from bernini.output import write_image, write_video
 
     root = tmp_path_factory.mktemp("parallel_full_media")
     t = np.linspace(0, 1, 9)[:, None, None, None]
     y = np.linspace(0, 1, 48)[None, :, None, None]
     x = np.linspace(0, 1, 80)[None, None, :, None]
     write_video(root / "src.mp4", (0.5 + 0.4 * np.sin(6 * x + 4 * y + 3 * t + np.arange(3.0))).clip(0, 1), 16)
+    write_video(root / "ads.mp4", (0.5 + 0.4 * np.cos(2 * x + 7 * y - 2 * t + np.arange(3.0))).clip(0, 1), 16)
+    ya, xa = np.linspace(0, 1, 48)[:, None, None], np.linspace(0, 1, 48)[None, :, None]
+    write_image(root / "image.png", (0.5 + 0.4 * np.cos(8 * ya + 5 * xa + np.arange(3.0))).clip(0, 1))
+    write_image(root / "ref.png", (0.5 + 0.4 * np.sin(3 * ya + 9 * xa + np.arange(3.0))).clip(0, 1))
     return root
 
 
 def test_ulysses_and_cfg_parallel_match_one_process_on_the_full_model(full_bundle: Path, media: Path):
-    """The self-check on t2v and v2v with the planner flags: under Ulysses 2 and CFG-parallel 2 the final latents
+    """The self-check on every task with the planner flags: under Ulysses 2 and CFG-parallel 2 the final latents
     equal the single-process path's (fp32, the tolerance of the Bernini-R checks)."""
     tasks = media / "check.jsonl"
-    tasks.write_text("".join(json.dumps(task) + "\n" for task in TASKS.values()))
+    tasks.write_text("".join(json.dumps(task) + "\n" for task in EVERY_TASK.values()))
     report = media / "report.json"
     target = ["-m", "bernini.parallel.check", "--layouts", "2:1,1:2", "--report", str(report), "--tolerance", "1e-4"]
     target += ["--config", str(full_bundle), "--inputs", str(tasks), *GENERATION, *PLANNER, "--dist_timeout", "60"]
@@ -71,7 +84,7 @@ def test_ulysses_and_cfg_parallel_match_one_process_on_the_full_model(full_bundl
     assert result.returncode == 0, result.stdout + result.stderr
     records = json.loads(report.read_text())["records"]
     assert {(r["layout"], r["task_type"], r["guidance_mode"]) for r in records} == {
-        (layout, task, "vae_txt_vit_wapg") for layout in ("2:1", "1:2") for task in TASKS
+        (layout, task, "vae_txt_vit_wapg") for layout in ("2:1", "1:2") for task in EVERY_TASK
     }
     assert max(r["max_abs_diff"] for r in records) <= 1e-4
     assert min(r["reference_max_abs"] for r in records) > 0
