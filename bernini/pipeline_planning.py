@@ -57,7 +57,11 @@ class PlanningMixin:
             sources=items.source_items,
             target=items.target,
             settings=PlannerSettings(
-                settings.planning_steps, settings.vit_steps, settings.text_scale, settings.image_scale
+                settings.planning_steps,
+                settings.vit_steps,
+                settings.text_scale,
+                settings.image_scale,
+                batch_branches=plan.batch_branches,
             ),
             seed=plan.seed,
         )
@@ -66,7 +70,21 @@ class PlanningMixin:
             self.placement.activate(module, True)
         try:
             features = vision_features(self.planner.qwen, items.sources)
-            return run_planning(self.planner, request, features, t5)
+            return run_planning(self.planner, request, features, t5, batch_fits=self.planner_batch_fits)
         finally:
             for module in modules:
                 self.placement.activate(module, False)
+
+    def planner_batch_fits(self, branches: int, tokens: int) -> bool:
+        """Whether ``branches`` padded Qwen passes of ``tokens`` tokens fit in the device's free memory: per token
+        and layer the residual, q/k/v and the MLP's three ``intermediate`` tensors, plus the fp32 attention scores
+        of one layer (``heads × tokens²``) and the additive mask, with half the free memory kept spare."""
+        if self.device.type != "cuda":
+            return True
+        config = self.planner.qwen.config
+        text = getattr(config, "text_config", config)
+        size = torch.finfo(self.dtype).bits // 8
+        per_token = (4 * text.hidden_size + 3 * text.intermediate_size) * size
+        scores = (text.num_attention_heads * 4 + size) * tokens * tokens
+        need = branches * (tokens * per_token + scores)
+        return need * 2 <= torch.cuda.mem_get_info(self.device)[0]

@@ -461,8 +461,9 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     task = TASKS[task_name]
     version = defaults.planner_version if defaults is not None else None
     given = request.given()
+    model_adjustments: list[Adjustment] = []
     if version is not None:
-        request = _with_full_presets(request, version, task.name, given)
+        request, model_adjustments = _with_full_presets(request, version, task.name, given)
     elif defaults is not None:
         _refuse_planner_settings(given)
     if request.preset is not None and version is not None:
@@ -545,7 +546,7 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         frames = 1
     asked_frames = frames
     frames = frames // 4 * 4 + 1 if frames > 1 else 1
-    adjustments = changed("num_frames", asked_frames, frames, "the VAE takes 4k+1 frames")
+    adjustments = model_adjustments + changed("num_frames", asked_frames, frames, "the VAE takes 4k+1 frames")
     for text_field in ("neg_prompt", "system_prompt"):
         if not isinstance(getattr(request, text_field), str):
             raise BerniniError(f"{text_field} must be a string")
@@ -581,12 +582,22 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
 PLANNER_SETTINGS = ("omega_tgt", "planning_step", "vit_txt_cfg", "vit_img_cfg", "vit_denoising_step")
 
 
-def _with_full_presets(request: GenerationRequest, version: str, task: str, given: frozenset[str]) -> GenerationRequest:
-    """The full model's shipped settings for this task and version, under every setting the user gave."""
+def _with_full_presets(
+    request: GenerationRequest, version: str, task: str, given: frozenset[str]
+) -> tuple[GenerationRequest, list[Adjustment]]:
+    """The full model's shipped settings for this task and version, under every setting the user gave.
+
+    A Bernini-R mode that came from a case file (not given by the user) yields to the shipped mode, with a note:
+    Bernini-R's case files carry their renderer's modes, which the full model does not run."""
     values = {k: v for k, v in full_preset(version, task).values().items() if k not in given}
-    if request.guidance_mode is not None:
+    adjustments: list[Adjustment] = []
+    mode = request.guidance_mode
+    if mode is not None and (mode in FULL_MODEL_MODES or "guidance_mode" in given):
         values.pop("guidance_mode", None)
-    return replace(request, **values)
+    elif mode is not None:
+        why = "the case's mode is Bernini-R's; the full model runs its shipped mode for the task"
+        adjustments = changed("guidance_mode", mode, values["guidance_mode"], why)
+    return replace(request, **values), adjustments
 
 
 def _refuse_planner_settings(given: frozenset[str]) -> None:

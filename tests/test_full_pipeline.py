@@ -211,3 +211,31 @@ def test_one_forward_per_distinct_branch_and_source_ids_follow_the_flag(full_pip
     on = full_pipe(PROMPT, task_type="rv2v", **inputs, **FAST).parameters["resolved"]["source_ids"]
     off = full_pipe(PROMPT, task_type="rv2v", use_src_tgt_id=False, **inputs, **FAST).parameters["resolved"]
     assert on["VI"] == [1.0, 2.0] and off["source_ids"]["VI"] == [0.0, 0.0]
+
+
+def test_batched_planner_and_renderer_branches_give_the_same_frames(full_pipe, media):
+    plain = full_pipe(PROMPT, task_type="v2v", **task_inputs("v2v", media), **FAST)
+    batched = full_pipe(PROMPT, task_type="v2v", batch_branches=True, **task_inputs("v2v", media), **FAST)
+    assert batched.parameters["resolved"]["planner"]["batched_branches"] is True
+    assert np.abs(plain.frames - batched.frames).max() < 1e-4
+
+
+def test_a_case_files_bernini_r_mode_yields_to_the_shipped_mode(full_pipe):
+    """Bernini-R's case files name their renderer's modes; from a case (not given by the user) the full model
+    runs its shipped mode and says so. Given explicitly, the same mode is refused (see above)."""
+    request = GenerationRequest(prompt=PROMPT, task_type="t2v", guidance_mode="t2v_apg", explicit=frozenset())
+    plan = full_pipe.plan(request)
+    assert plan.guidance.mode.name == "vae_txt_vit_wapg"
+    assert [(a.name, a.asked, a.used) for a in plan.adjustments] == [("guidance_mode", "t2v_apg", "vae_txt_vit_wapg")]
+
+
+def test_placement_keeps_planner_and_experts_together_only_when_both_fit():
+    from bernini.placement import ModelSizes, choose_placement
+
+    gib = 1024**3
+    sizes = ModelSizes(experts=[28 * gib, 28 * gib], text_encoder=11 * gib, vae=gib, planner=20 * gib)
+    renderer_only = ModelSizes(experts=[28 * gib, 28 * gib], text_encoder=11 * gib, vae=gib)
+    budget = int((70 * gib + 2 * gib) / 0.95)  # everything but the planner fits, with 2 GiB of activations
+    assert choose_placement(budget, renderer_only, gib, gib, gib, gib, 0).mode == "none"
+    assert choose_placement(budget, sizes, gib, gib, gib, gib, 0).mode == "model"
+    assert choose_placement(int(100 * gib / 0.95), sizes, gib, gib, gib, gib, 0).mode == "none"

@@ -89,3 +89,15 @@ def test_decoded_slots_reach_all_three_branches(planner, monkeypatch):
     assert not torch.equal(rounds[0][1], rounds[-1][1])  # the slots changed between rounds
     assert [name for name, _ in final] == ["cond", "uncond"]
     assert torch.equal(final[0][1], out.predicted) and torch.equal(final[1][1], out.predicted)
+
+
+def test_batched_branches_give_the_sequential_plan(planner):
+    """The three Qwen passes as one right-padded batch (the uncond branch is the longest here, so the others are
+    padded): same plan and contexts as one pass per branch, in fp32 up to summation order."""
+    packed = branches(planner, "a red fox runs across a snowy field")
+    assert len({b.length for b in packed.values()}) > 1
+    one_by_one = run_planner(planner, packed, [], SETTINGS, 42)
+    batched = run_planner(planner, packed, [], PlannerSettings(3, 2, 1.2, 1.0, batch_branches=True), 42)
+    assert batched.record.reveal_counts == one_by_one.record.reveal_counts
+    for name in ("predicted", "cond_tokens", "uncond_tokens"):
+        assert torch.allclose(getattr(batched, name), getattr(one_by_one, name), atol=1e-5), name

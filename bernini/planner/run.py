@@ -9,7 +9,7 @@ same values into all three branches.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,7 @@ class PlannerSettings:
     vit_steps: int = 5
     text_scale: float = 1.2
     image_scale: float | None = 1.0
+    batch_branches: bool = False  # the branches' Qwen passes as one padded batch (the same states, fewer calls)
 
 
 @dataclass
@@ -70,14 +71,42 @@ def hidden_states(modules: PlannerModules, branch: PackedBranch, embeds: torch.T
         return qwen(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
 
 
+def batched_hidden_states(
+    modules: PlannerModules, branches: Sequence[PackedBranch], embeds: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """:func:`hidden_states` of several branches in one Qwen forward, right-padded to the longest.
+
+    Every query's mask hides the padding keys and a padding query sees only itself, so each branch's states
+    are its own forward's (up to the kernels' summation order)."""
+    lengths = [branch.length for branch in branches]
+    longest, first = max(lengths), embeds[0]
+    batch = first.new_zeros(len(branches), longest, first.shape[-1])
+    lowest = torch.finfo(first.dtype).min
+    masks = torch.full((len(branches), 1, longest, longest), lowest, dtype=first.dtype, device=first.device)
+    positions = torch.zeros(3, len(branches), longest, dtype=torch.long, device=first.device)
+    for row, (branch, states, length) in enumerate(zip(branches, embeds, lengths, strict=True)):
+        batch[row, :length] = states[0]
+        masks[row, 0, :length, :length] = branch.attention_mask(first.dtype)[0, 0].to(first.device)
+        padding = torch.arange(length, longest, device=first.device)
+        masks[row, 0, padding, padding] = 0
+        positions[:, row, :length] = branch.positions()[:, 0].to(first.device)
+    with torch.no_grad():
+        out = modules.qwen(inputs_embeds=batch, attention_mask=masks, position_ids=positions).last_hidden_state
+    return [out[row : row + 1, :length] for row, length in enumerate(lengths)]
+
+
 def run_planner(
     modules: PlannerModules,
     branches: dict[str, PackedBranch],
     source_features: Sequence[torch.Tensor],
     settings: PlannerSettings,
     seed: int,
+    batch_fits: Callable[[int, int], bool] | None = None,
 ) -> PlannerOutput:
-    """Masked planning over the three branches (cond, uncond, text-only), then the two final passes."""
+    """Masked planning over the three branches (cond, uncond, text-only), then the two final passes.
+
+    With ``settings.batch_branches`` a round's passes run as one batch when ``batch_fits(branches, tokens)``
+    (default: always) says the padded batch fits in memory."""
     order = ("cond", "uncond", "text")  # the decoder's rows: [cond; uncond; text-only]
     if set(branches) != set(BRANCHES):
         raise ValueError(f"the planner needs the branches {BRANCHES}, got {sorted(branches)}")
@@ -91,12 +120,17 @@ def run_planner(
     (slot_count,) = counts
     width = int(modules.mask_token.numel())
 
+    def states_of(names: Sequence[str]) -> list[torch.Tensor]:
+        longest = max(branches[name].length for name in names)
+        if settings.batch_branches and len(names) > 1 and (batch_fits is None or batch_fits(len(names), longest)):
+            return batched_hidden_states(modules, [branches[n] for n in names], [embeds[n] for n in names])
+        return [hidden_states(modules, branches[name], embeds[name]) for name in names]
+
     def predict(_round: int) -> torch.Tensor:
         conditions = []
-        for name in order:
-            states = hidden_states(modules, branches[name], embeds[name])[0, slots[name]]
+        for name, states in zip(order, states_of(order), strict=True):
             with torch.no_grad():
-                conditions.append(modules.connector.vit_condition(states))
+                conditions.append(modules.connector.vit_condition(states[0, slots[name]]))
         return torch.stack(conditions)
 
     def decode(conditions: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -110,9 +144,10 @@ def run_planner(
             target[0, slots[name][indices.to(slots[name].device)]] = values.to(target.device, target.dtype)
 
     record = plan_slots(slot_count, settings.planning_steps, width, seed, predict, decode, write)
+    cond_states, uncond_states = states_of(("cond", "uncond"))
     with torch.no_grad():
-        cond = modules.connector.generation_context(hidden_states(modules, branches["cond"], embeds["cond"]))
-        uncond = modules.connector.generation_context(hidden_states(modules, branches["uncond"], embeds["uncond"]))
+        cond = modules.connector.generation_context(cond_states)
+        uncond = modules.connector.generation_context(uncond_states)
     return PlannerOutput(
         cond_tokens=cond,
         cond_targets=branches["cond"].target_mask,

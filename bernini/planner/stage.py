@@ -8,7 +8,7 @@ are padded to 512 rows and never cut (bug B1).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ def run_planning(
     source_features: Sequence[torch.Tensor],
     t5: T5Rows,
     ids: SpecialIds | None = None,
+    batch_fits: Callable[[int, int], bool] | None = None,
 ) -> tuple[dict[Text, torch.Tensor], dict[str, Any]]:
     """The contexts keyed as the full model's guidance branches read them (on the CPU), and the record."""
     tokenizer = modules.tokenizer
@@ -68,7 +69,7 @@ def run_planning(
         request.target,
         ids or SpecialIds(),
     )
-    out = run_planner(modules, branches, source_features, request.settings, request.seed)
+    out = run_planner(modules, branches, source_features, request.settings, request.seed, batch_fits)
     contexts = planner_contexts(
         t5.prompt,
         t5.prompt_length,
@@ -97,5 +98,6 @@ def run_planning(
         "source_tokens": [item.grid.tokens for item in request.sources],
         "context_rows": {str(name): int(t.shape[1]) for name, t in text.items()},
         "qwen_forwards": 3 * settings.planning_steps + 2,
+        "batched_branches": settings.batch_branches,
     }
     return text, record
