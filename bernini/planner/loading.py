@@ -172,7 +172,8 @@ def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
     connector = _meta(
         lambda: MLPConnector(hidden, int(connector_cfg.get("out_gen", 4096)), int(connector_cfg.get("out_vit", hidden)))
     )
-    stream_into(connector, bundle.keys_under("connector."), torch.float32, "connector")
+    # the reference casts connector and decoder to the compute dtype for planning; load them in it directly
+    stream_into(connector, bundle.keys_under("connector."), dtype, "connector")
     decoder = _meta(
         lambda: VitDecoder(
             int(decoder_cfg.get("target_channels", hidden)),
@@ -181,7 +182,7 @@ def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
             bundle.decoder_depth(),
         )
     )
-    stream_into(decoder, bundle.keys_under("vit_decoder."), torch.float32, "ViT decoder")
+    stream_into(decoder, bundle.keys_under("vit_decoder."), dtype, "ViT decoder")
     mask = bundle.entries.get("mask_tokens")
     if mask is None:
         raise WeightsError(f"{bundle.root / 'bernini'} has no mask_tokens")

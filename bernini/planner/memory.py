@@ -136,8 +136,9 @@ def held_bytes(module: torch.nn.Module, dtype: torch.dtype) -> int:
 
 @dataclass(frozen=True)
 class PlannerSizes:
-    """Parameter counts of the planner's parts, and bytes as the loader keeps them on the host (Qwen in the load
-    dtype; connector, ViT decoder and the one mask-token row in fp32) and on the device (all in the compute dtype)."""
+    """Parameter counts of the planner's parts, and bytes as the loader keeps them on the host (Qwen, connector and
+    ViT decoder in the load dtype, which is the compute dtype: the reference computes them in it; the one
+    mask-token row in fp32) and on the device."""
 
     qwen_params: int
     qwen_checkpoint_params: int  # the whole Qwen2.5-VL of the checkpoint, with the last layer, norm and lm_head
@@ -179,8 +180,8 @@ def _planner_sizes(key: str, dtype: torch.dtype) -> PlannerSizes:
         decoder_params=params(decoder),
         hidden=hidden,
         qwen=held_bytes(qwen, dtype),
-        connector_host=params(connector) * 4,
-        decoder_host=params(decoder) * 4,
+        connector_host=params(connector) * size,
+        decoder_host=params(decoder) * size,
         mask_token_host=hidden * 4,
         connector_device=params(connector) * size,
         decoder_device=params(decoder) * size,
@@ -242,8 +243,8 @@ class FullMemoryPlan:
             f"{req.frames}x{req.height}x{req.width}, {req.source_videos} source video(s))",
             "the two phases are never resident together: the planner leaves the device before the first expert",
             f"host after loading {gib(self.host_weights)} of weights ({self.host_weights / GB:.1f} GB): experts "
-            f"2 x {gib(r['expert'])}, UMT5 {gib(r['text_encoder'])}, Qwen {gib(p.qwen)}, ViT decoder fp32 "
-            f"{gib(p.decoder_host)}, connector fp32 {gib(p.connector_host)}, VAE fp32 {gib(r['vae'])}; "
+            f"2 x {gib(r['expert'])}, UMT5 {gib(r['text_encoder'])}, Qwen {gib(p.qwen)}, ViT decoder "
+            f"{gib(p.decoder_host)}, connector {gib(p.connector_host)}, VAE fp32 {gib(r['vae'])}; "
             f"with {HOST_OVERHEAD / GIB:.0f} GiB runtime overhead {gib(self.host_peak)}",
         ]
 
