@@ -761,7 +761,7 @@ def test_the_page_offers_the_loaded_models_modes_and_planner_controls(full_pipe,
     assert not any(plain[name]["visible"] for name in planner) and plain["eta"]["visible"]
 
 
-def _run_handler(backend, task: str, videos=None, **values):
+def _run_handler(backend, task: str, videos=None, image=None, gallery=None, **values):
     import asyncio
     from types import SimpleNamespace
 
@@ -776,8 +776,8 @@ def _run_handler(backend, task: str, videos=None, **values):
         task=task,
         guidance_mode="vae_txt_vit_wapg",
         videos=videos,
-        image=None,
-        gallery=None,
+        image=image,
+        gallery=gallery,
         enhance=False,
         request=SimpleNamespace(session_hash="full"),
         progress=lambda *args, **kwargs: None,
@@ -814,3 +814,26 @@ def test_full_model_runs_through_the_handler_with_every_control_explicit(full_pi
     assert (request["neg_prompt"] == ENGLISH_NEGATIVE_PROMPT) == (task == "v2v")
     _files, again, _status = _run_handler(backend, task, videos, planning_step=3)
     assert len(again["resolved"]["planner"]["reveal_counts"]) == 3
+
+
+@pytest.mark.parametrize("task", ["t2i", "i2i", "mv2v", "ads2v", "r2v", "rv2v"])
+def test_every_other_task_runs_through_the_demo_on_the_full_model(full_pipe, clips, tmp_path, task):
+    """The remaining tasks through the same handler: the planner sees every routed source."""
+    from bernini.output import write_image
+
+    picture = str(write_image(tmp_path / "ref.png", np.random.default_rng(1).random((48, 48, 3))))
+    clip = str(clips["good"])
+    media = {
+        "t2i": {},
+        "i2i": {"image": picture},
+        "mv2v": {"videos": [clip]},
+        "ads2v": {"videos": [clip, clip], "image": picture},
+        "r2v": {"gallery": [(picture, "a")]},
+        "rv2v": {"videos": [clip], "gallery": [(picture, "a")]},
+    }[task]
+    files, record, status = _run_handler(DemoBackend(full_pipe, DemoSettings(save_dir=tmp_path)), task, **media)
+    assert files[0].is_file() and record["resolved"]["task_type"] == task
+    planner = record["resolved"]["planner"]
+    sources = len(media.get("videos", [])) + ("image" in media) + len(media.get("gallery", []))
+    assert len(planner["source_tokens"]) == sources and sum(planner["reveal_counts"]) == planner["target_slots"]
+    assert record["resolved"]["frames"] == (1 if task in ("t2i", "i2i") else 5)
