@@ -140,3 +140,20 @@ def test_planner_flags_on_bernini_r_are_refused(tiny_bundle, tmp_path):
     proc = run("--config", str(tiny_bundle), "--prompt", "a fox", "--planning_step", "3", cwd=tmp_path)
     assert proc.returncode != 0 and "only affect the full Bernini model" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_plan_and_dry_run_print_the_planner_phase(full_bundle, capsys):
+    """``bernini plan`` and ``--dry_run`` on a full bundle: its own module shapes, both phases, nothing loaded."""
+    from bernini.cli import main
+    from bernini.frontends.plan import full_shapes_for
+    from bernini.planner.memory import planner_sizes
+
+    assert main(["plan", "--config", str(full_bundle), "--num_frames", "9", "--height", "64", "--width", "96"]) == 0
+    out = capsys.readouterr().out
+    assert "planner phase" in out and "render phase" in out
+    shapes = full_shapes_for(str(full_bundle))
+    assert shapes.decoder["depth"] == 2 and f"{planner_sizes(shapes).qwen_params / 1e9:.2f} B" in out
+    args = ["generate", "--config", str(full_bundle), "--prompt", "a fox", "--task_type", "t2v", "--dry_run"]
+    assert main(args) == 0
+    assert "planner phase" in capsys.readouterr().out
+    assert full_shapes_for(str(REPO / "examples")) is None

@@ -13,7 +13,13 @@ GIB = 1024**3
 
 def add_plan_parser(sub) -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print the placement and expected peak device/host memory per phase")
-    plan.add_argument("--config", "--model", dest="config", default=None, help="bundle (default: A14B shapes)")
+    plan.add_argument(
+        "--config",
+        "--model",
+        dest="config",
+        default=None,
+        help="bundle (default: A14B shapes); a full Bernini bundle adds its planner phase",
+    )
     plan.add_argument("--num_frames", type=int, default=81, help="frames of the target")
     plan.add_argument("--height", type=int, default=480, help="target height in pixels")
     plan.add_argument("--width", type=int, default=832, help="target width in pixels")
@@ -66,6 +72,56 @@ def shapes_for(config: str | None, experts: int | None = None):
     return Shapes(parts["transformer"], parts["text_encoder"], parts["vae"], experts)
 
 
+def full_shapes_for(config: str | None):
+    """The full model's module configs when ``config`` is a local full Bernini bundle (its ``mllm/`` Qwen config,
+    connector and decoder widths from ``config.json``, the decoder depth from the checkpoint), else None."""
+    from ..full_config import is_full_bundle
+    from ..memory_plan import Shapes
+    from ..planner.loading import FullBundle
+    from ..planner.memory import FullShapes
+
+    root = Path(config).expanduser() if config else None
+    if root is None or not root.is_dir() or not is_full_bundle(root):
+        return None
+    bundle = FullBundle.open(root)
+    qwen = _config(root / "mllm") or {}
+    hidden = int(qwen.get("hidden_size") or qwen.get("text_config", {}).get("hidden_size"))
+    connector, decoder = bundle.config.get("connector_cfg", {}), bundle.config.get("clip_diff_cfg", {})
+    renderer = Shapes(
+        json.loads((root / "transformer_config.json").read_text(encoding="utf-8")),
+        _config(root / "t5_text_encoder"),
+        _config(root / "vae"),
+        2,
+    )
+    return FullShapes(
+        qwen=qwen,
+        connector={
+            "in_dim": hidden,
+            "out_gen": connector.get("out_gen", 4096),
+            "out_vit": connector.get("out_vit", hidden),
+        },
+        decoder={
+            "target_channels": decoder.get("target_channels", hidden),
+            "z_channels": decoder.get("z_channels", hidden),
+            "width": decoder.get("width", 4096),
+            "depth": bundle.decoder_depth(),
+        },
+        renderer=renderer,
+    )
+
+
+def print_full_plan(config: str | None, request, dtype, log: Callable[[str], None] = print) -> bool:
+    """The planner and render phases of a full bundle (True), or nothing when ``config`` is not one (False)."""
+    from ..planner.memory import plan_full_memory
+
+    shapes = full_shapes_for(config)
+    if shapes is None:
+        return False
+    for line in plan_full_memory(request, shapes, dtype).lines():
+        log(line)
+    return True
+
+
 def budget_bytes(gpu_memory: float | None) -> int | None:
     """``--gpu_memory`` in GiB; by default the free memory of the current CUDA device (none without one)."""
     if gpu_memory is not None:
@@ -89,6 +145,8 @@ def run_plan(args: argparse.Namespace) -> int:
     from ..memory_plan import Request, plan_memory
 
     request = Request(args.num_frames, args.height, args.width, args.source_videos, args.images)
+    if print_full_plan(args.config, request, parse_dtype(args.dtype, torch.device("cuda"))):
+        return 0
     plan = plan_memory(
         request,
         shapes=shapes_for(args.config),
@@ -119,14 +177,17 @@ def dry_run(args: argparse.Namespace, tasks: list, log: Callable[[str], None] = 
             continue
         media, geometry = task.media, task.geometry
         request = Request(geometry.frames, geometry.height, geometry.width, len(media.video), media.references)
+        dtype = parse_dtype(args.dtype if args.dtype != "auto" else "bf16", torch.device("cpu"))
+        log(f"task {index}: {task.task.name} {geometry.frames}x{geometry.height}x{geometry.width}")
+        if print_full_plan(args.config or default_config(), request, dtype, log):
+            continue
         plan = plan_memory(
             request,
             shapes=shapes,
-            dtype=parse_dtype(args.dtype if args.dtype != "auto" else "bf16", torch.device("cpu")),
+            dtype=dtype,
             quantize=args.quantize,
             gpu_memory=budget_bytes(getattr(args, "gpu_memory", None)),
             mode=args.offload if isinstance(args.offload, str) else "auto",
         )
-        log(f"task {index}: {task.task.name} {geometry.frames}x{geometry.height}x{geometry.width}")
         print_plan(plan, log)
     return 1 if failures else 0
