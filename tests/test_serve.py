@@ -425,3 +425,28 @@ def test_kill_9_mid_job_then_restart_keeps_the_queue_and_reports_the_interrupted
             assert job["state"] == "succeeded", job
             assert http.get(job["sidecar_url"]).json()["request"]["seed"] == 2000 + seed
     assert "marked failed" in server.log_text()
+
+
+def test_a_full_model_service_lists_its_own_modes_and_fills_its_shipped_settings(tmp_path):
+    """Without loading a model: the service's model card and a job's plan follow the loaded model's kind."""
+    from fastapi.testclient import TestClient
+
+    from bernini.guidance import FULL_MODEL_MODES
+    from bernini.plan import ModelDefaults, make_plan
+    from bernini.planner.presets import FULL_PRESETS
+    from bernini.serve.app import create_app
+    from bernini.serve.schemas import JobCreate, job_params
+    from bernini.serve.service import Service, ServiceConfig
+    from bernini.serve.store import Store
+    from bernini.serve.worker import request_for
+
+    defaults = ModelDefaults(planner_version="v2")
+    config = ServiceConfig(model_id="full", output_dir=tmp_path, worker_id="w", defaults=defaults)
+    app = create_app(Service(Store(f"sqlite:///{tmp_path / 'queue.db'}"), config))
+    with TestClient(app) as http:
+        assert http.get("/v1/models").json()["data"][0]["guidance_modes"] == list(FULL_MODEL_MODES)
+    params = job_params(JobCreate.model_validate({"prompt": "a fox", "task_type": "t2v", "omega_txt": 4.0}))
+    plan = make_plan(request_for(params, {}, "out.mp4"), defaults)
+    shipped = FULL_PRESETS["v2"]["t2v"]
+    assert plan.guidance.weights.txt == 4.0  # given by the client (also the request default): it wins
+    assert plan.num_inference_steps == shipped.num_inference_steps and plan.guidance.weights.tgt == shipped.omega_tgt

@@ -92,7 +92,7 @@ def run_planning(
         "vit_denoising_step": settings.vit_steps,
         "vit_txt_cfg": settings.text_scale,
         "vit_img_cfg": settings.image_scale,
-        "target_slots": len(out.record.reveal_counts) and sum(out.record.reveal_counts),
+        "target_slots": int(out.cond_targets.sum()),
         "reveal_counts": list(out.record.reveal_counts),
         "branch_tokens": {name: branch.length for name, branch in branches.items()},
         "source_tokens": [item.grid.tokens for item in request.sources],

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..guidance import GUIDANCE_MODES
+from ..guidance import FULL_MODEL_MODES, GUIDANCE_MODES
 from ..tasks import TASKS
 from .bodies import multipart_job, read_form, read_json, store_upload
 from .openai_routes import video_router
@@ -95,9 +95,9 @@ def create_app(service: Service) -> FastAPI:
 
     @api.get("/models", response_model=ModelList, tags=["service"])
     def models() -> ModelList:
-        card = ModelCard(
-            id=config.model_id, created=config.created, tasks=list(TASKS), guidance_modes=list(GUIDANCE_MODES)
-        )
+        full = config.defaults is not None and config.defaults.planner_version is not None
+        modes = list(FULL_MODEL_MODES if full else GUIDANCE_MODES)
+        card = ModelCard(id=config.model_id, created=config.created, tasks=list(TASKS), guidance_modes=modes)
         return ModelList(data=[card])
 
     @api.post("/files", response_model=FileView, status_code=201, tags=["files"])
