@@ -222,7 +222,8 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     fast.add_argument(
         "--batch_branches",
         action="store_true",
-        help="run guidance branches of equal packed layout as one batched forward when memory allows",
+        help="run guidance branches of equal packed layout as one batched forward when memory allows (the full "
+        "model's planner: its three Qwen passes per round as one padded batch)",
     )
     pe = add_pe_args(parser, "rewrite prompts with an OpenAI-compatible model")
     pe.add_argument("--pe_only", action="store_true", help="print the enhanced prompt (or case) and stop")
