@@ -473,6 +473,8 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     preset = _preset(request)
     registry = FULL_MODEL_MODES if version is not None else GUIDANCE_MODES
     mode_name = preset.guidance_mode if preset else request.guidance_mode or task.guidance_mode
+    if defaults is None and mode_name not in registry and mode_name in FULL_MODEL_MODES:
+        registry = FULL_MODEL_MODES  # the model is not known yet: the pipeline plans again for the one it loads
     if mode_name not in registry:
         model = f"the full Bernini model ({version})" if version else "Bernini-R"
         if mode_name not in MODE_NAMES:

@@ -239,3 +239,11 @@ def test_placement_keeps_planner_and_experts_together_only_when_both_fit():
     assert choose_placement(budget, renderer_only, gib, gib, gib, gib, 0).mode == "none"
     assert choose_placement(budget, sizes, gib, gib, gib, gib, 0).mode == "model"
     assert choose_placement(int(100 * gib / 0.95), sizes, gib, gib, gib, gib, 0).mode == "none"
+
+
+def test_a_full_model_mode_planned_before_the_model_is_known_waits_for_it(full_pipe, tiny_pipe, one_line_error):
+    """A repo id not on disk is planned without the model's defaults: its full-model mode is kept until the
+    pipeline plans again for the model it loaded (which refuses it on Bernini-R)."""
+    blind = make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v", guidance_mode="vae_txt_vit"))
+    assert blind.with_model_defaults(full_pipe.model_defaults).guidance.mode.name == "vae_txt_vit"
+    one_line_error(blind.with_model_defaults, tiny_pipe.model_defaults, match="does not run on Bernini-R")
