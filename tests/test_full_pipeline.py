@@ -247,3 +247,35 @@ def test_a_full_model_mode_planned_before_the_model_is_known_waits_for_it(full_p
     blind = make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v", guidance_mode="vae_txt_vit"))
     assert blind.with_model_defaults(full_pipe.model_defaults).guidance.mode.name == "vae_txt_vit"
     one_line_error(blind.with_model_defaults, tiny_pipe.model_defaults, match="does not run on Bernini-R")
+
+
+def test_the_four_contexts_are_cropped_t5_rows_then_planner_rows_then_zeros(full_pipe, media):
+    """Spec §4.2–4.3 on the pipeline's own stage: C_full = [T5(p)[:n_p]; G_c], C_txt drops the N slots,
+    C_tgt = [T5(neg)[:n_n]; slots], C_null = [T5(neg)[:n_n]; G_u without slots]; zero rows after, up to 512."""
+    from bernini.guidance import Text
+    from bernini.text import token_counts
+
+    request = GenerationRequest(prompt=PROMPT, task_type="v2v", **task_inputs("v2v", media), **FAST)
+    plan = full_pipe.plan(request)
+    text = full_pipe.encode_prompts(plan.t5_text, plan.negative_prompt)
+    contexts, record = full_pipe.plan_contexts(plan, text)
+    n_p, n_n = token_counts([plan.t5_text, plan.negative_prompt], full_pipe.tokenizer)
+    slots, tokens = record["target_slots"], record["branch_tokens"]
+    lengths = {
+        Text.PLAN_FULL: n_p + tokens["cond"],
+        Text.PLAN_TEXT: n_p + tokens["cond"] - slots,
+        Text.PLAN_TARGET: n_n + slots,
+        Text.PLAN_NULL: n_n + tokens["uncond"] - slots,
+    }
+    for name, used in lengths.items():
+        rows = contexts[name][0]
+        assert rows.shape[0] == max(512, used), name
+        assert rows[used:].abs().sum() == 0 and rows[used - 1].abs().sum() > 0, name
+    for name in (Text.PLAN_FULL, Text.PLAN_TEXT):
+        assert torch.equal(contexts[name][0, :n_p], text[Text.PROMPT][0, :n_p])
+    for name in (Text.PLAN_TARGET, Text.PLAN_NULL):
+        assert torch.equal(contexts[name][0, :n_n], text[Text.NEGATIVE][0, :n_n])
+    full, target = contexts[Text.PLAN_FULL][0], contexts[Text.PLAN_TARGET][0]
+    assert not torch.equal(full[n_p : n_p + 4], text[Text.PROMPT][0, n_p : n_p + 4])  # planner rows follow T5's
+    slot_rows = target[n_n : n_n + slots]
+    assert any(torch.equal(slot_rows, full[i : i + slots]) for i in range(n_p, n_p + tokens["cond"] - slots + 1))
