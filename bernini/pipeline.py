@@ -269,8 +269,8 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
             plan = plan.with_prompt(prompt)
         with timings.phase("encode_text"):
             report("text", 0, 1)
-            text = self.encode_prompts(plan.t5_text, plan.negative_prompt)
-            text_adjustments = self.text_adjustments(plan.t5_text, plan.negative_prompt)
+            text = self.encode_prompts(plan.t5_text, plan.t5_negative_text)
+            text_adjustments = self.text_adjustments(plan.t5_text, plan.t5_negative_text)
             report("text", 1, 1)
         planning: dict[str, Any] | None = None
         if plan.full_model:

@@ -36,7 +36,7 @@ class PlanningMixin:
             raise BerniniError("this plan is for the full Bernini model; load a full bundle (model_type 'bernini')")
         settings = plan.planner
         limit = self.renderer_config.max_sequence_length
-        lengths = [min(n, limit) for n in token_counts([plan.t5_text, plan.negative_prompt], self.tokenizer)]
+        lengths = [min(n, limit) for n in token_counts([plan.t5_text, plan.t5_negative_text], self.tokenizer)]
         t5 = T5Rows(text[Text.PROMPT], lengths[0], text[Text.NEGATIVE], lengths[1])
         geometry, media = plan.geometry, plan.media
         items = planner_visuals(

@@ -24,7 +24,7 @@ from .planner.presets import full_preset
 from .presets import CACHES, PRESETS, Preset
 from .request import GenerationRequest, describe_media
 from .tasks import TASKS, TaskSpec
-from .text import t5_text
+from .text import clean_prompt, t5_text
 
 MAX_LATENT_POSITIONS = 1024
 SCHEDULERS = ("unipc", "flow_match_euler")
@@ -204,6 +204,12 @@ class GenerationPlan:
     def t5_text(self) -> str:
         """The exact positive text UMT5 sees: the task's prefix (or the system prompt) glued to the prompt."""
         return t5_text(self.prompt, self.task.name, self.system_prompt)
+
+    @property
+    def t5_negative_text(self) -> str:
+        """The exact negative text UMT5 sees: as given for Bernini-R; cleaned like the prompt for the full model
+        (its pipeline cleans it; ftfy turns the default's full-width commas into ASCII ones)."""
+        return clean_prompt(self.negative_prompt) if self.full_model else self.negative_prompt
 
     def with_prompt(self, prompt: str) -> GenerationPlan:
         return replace(self, prompt=prompt)

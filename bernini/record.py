@@ -77,7 +77,7 @@ def run_record(
         "task_type": plan.task.name,
         "guidance_mode": plan.guidance.mode.name,
         "t5_text": plan.t5_text,
-        "negative_text": plan.negative_prompt,
+        "negative_text": plan.t5_negative_text,
         "frames": facts.frames,
         "height": facts.height,
         "width": facts.width,

@@ -12,7 +12,7 @@ from bernini.full_config import full_version
 from bernini.plan import ModelDefaults, make_plan
 from bernini.planner.geometry import target_grid
 from bernini.planner.presets import ENGLISH_NEGATIVE_PROMPT, FULL_PRESETS
-from bernini.request import GenerationRequest
+from bernini.request import WAN_NEGATIVE_PROMPT, GenerationRequest
 
 FAST = {"num_inference_steps": 3, "planning_step": 3, "vit_denoising_step": 2}
 PROMPT = "make the dog red"
@@ -253,13 +253,15 @@ def test_the_four_contexts_are_cropped_t5_rows_then_planner_rows_then_zeros(full
     """Spec §4.2–4.3 on the pipeline's own stage: C_full = [T5(p)[:n_p]; G_c], C_txt drops the N slots,
     C_tgt = [T5(neg)[:n_n]; slots], C_null = [T5(neg)[:n_n]; G_u without slots]; zero rows after, up to 512."""
     from bernini.guidance import Text
-    from bernini.text import token_counts
+    from bernini.text import clean_prompt, token_counts
 
-    request = GenerationRequest(prompt=PROMPT, task_type="v2v", **task_inputs("v2v", media), **FAST)
+    inputs = {**task_inputs("v2v", media), **FAST, "neg_prompt": WAN_NEGATIVE_PROMPT}
+    request = GenerationRequest(prompt=PROMPT, task_type="v2v", **inputs, explicit=frozenset(inputs))
     plan = full_pipe.plan(request)
-    text = full_pipe.encode_prompts(plan.t5_text, plan.negative_prompt)
+    assert plan.t5_negative_text == clean_prompt(plan.negative_prompt) != plan.negative_prompt  # spec §4.3
+    text = full_pipe.encode_prompts(plan.t5_text, plan.t5_negative_text)
     contexts, record = full_pipe.plan_contexts(plan, text)
-    n_p, n_n = token_counts([plan.t5_text, plan.negative_prompt], full_pipe.tokenizer)
+    n_p, n_n = token_counts([plan.t5_text, plan.t5_negative_text], full_pipe.tokenizer)
     slots, tokens = record["target_slots"], record["branch_tokens"]
     lengths = {
         Text.PLAN_FULL: n_p + tokens["cond"],

@@ -251,7 +251,7 @@ def test_progress_bar_is_the_diffusers_method(tiny_pipe, capsys):
         tiny_pipe.set_progress_bar_config(disable=True)
 
 
-def test_readme_python_example_runs(tiny_bundle, tmp_path, monkeypatch):
+def test_readme_python_example_runs(tiny_bundle, full_bundle, tmp_path, monkeypatch):
     import re
     from pathlib import Path
 
@@ -259,8 +259,11 @@ def test_readme_python_example_runs(tiny_bundle, tmp_path, monkeypatch):
     block = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny-bundle").symlink_to(tiny_bundle)
-    exec(compile(block, "README.md", "exec"), {})
+    (tmp_path / "tiny-full").symlink_to(full_bundle)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
     assert (tmp_path / "fox.mp4").is_file()
+    assert scope["out"].parameters["resolved"]["planner"]["planning_step"] == 4
 
 
 @pytest.mark.parametrize("mode", ["model", "blocks"])
