@@ -131,5 +131,7 @@ def source_geometry_adjustments(plan: GenerationPlan, frames: int, height: int, 
         source, adjustments = "the source image", []
     else:
         return []
+    if asked.fixed_size or asked.height == asked.width == 0:  # the size asked for is what runs, or "the source's"
+        return adjustments
     why = f"taken from {source} (at most --max_image_size {media.max_image_size})"
     return adjustments + changed("height", asked.height, height, why) + changed("width", asked.width, width, why)

@@ -276,7 +276,9 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
         if plan.full_model:
             with timings.phase("plan"):
                 report("plan", 0, 1)
-                contexts, planning = self.share_planning(lambda: self.plan_contexts(plan, text))
+                contexts, planning = self.share_planning(
+                    lambda: self.plan_contexts(plan, text, (encoded.height, encoded.width))
+                )
                 text = {**text, **contexts}
                 report("plan", 1, 1)
         inputs = self.sampling_inputs(plan, encoded, text, generator)
@@ -338,12 +340,14 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
                 )
                 previews.append(to_preview_frames(pixels))
                 if index == 0:
-                    frames, height, width = pixels.shape[1:4]
+                    frames = pixels.shape[1]
+                    if not plan.geometry.fixed_size:
+                        height, width = pixels.shape[2:4]
                 conditions.videos.append(codec.encode(pixels))
                 report("encode", len(conditions.videos), total)
             if media.image is not None:
                 pixels = preprocess_image(media.image, media.max_image_size)
-                if not media.video:
+                if not media.video and not plan.geometry.fixed_size:
                     height, width = pixels.shape[1:3]
                 conditions.image = codec.encode(pixels.unsqueeze(1))
                 report("encode", len(conditions.videos) + 1, total)

@@ -24,10 +24,11 @@ class PlanningMixin:
         return [self.planner.qwen, self.planner.connector, self.planner.vit_decoder]
 
     def plan_contexts(
-        self, plan: GenerationPlan, text: dict[Text, torch.Tensor]
+        self, plan: GenerationPlan, text: dict[Text, torch.Tensor], size: tuple[int, int] | None = None
     ) -> tuple[dict[Text, torch.Tensor], dict[str, Any]]:
         """The full model's planner stage: the Qwen passes, the flow decoder and the connector, on the device
-        only while they work (unless everything fits), then released."""
+        only while they work (unless everything fits), then released. ``size`` is the rendered target's, the
+        planner's target without a source video when the plan follows a source image (0 × 0)."""
         from .planner.run import PlannerSettings
         from .planner.stage import PlanningRequest, T5Rows, run_planning
         from .planner.vision import planner_visuals, vision_features
@@ -39,6 +40,7 @@ class PlanningMixin:
         lengths = [min(n, limit) for n in token_counts([plan.t5_text, plan.t5_negative_text], self.tokenizer)]
         t5 = T5Rows(text[Text.PROMPT], lengths[0], text[Text.NEGATIVE], lengths[1])
         geometry, media = plan.geometry, plan.media
+        height, width = (geometry.height, geometry.width) if geometry.fixed_size or size is None else size
         items = planner_visuals(
             self.planner.image_processor,
             videos=media.video,
@@ -46,8 +48,8 @@ class PlanningMixin:
             images=media.images,
             fps=media.fps,
             num_frames=geometry.frames,
-            height=geometry.height,
-            width=geometry.width,
+            height=height,
+            width=width,
             video_fps=media.video_fps,
         )
         request = PlanningRequest(

@@ -98,11 +98,14 @@ class MediaInputs:
 
 @dataclass(frozen=True)
 class Geometry:
-    """The target asked for; a source video or image sets it instead (see the conditions stage)."""
+    """The target asked for. For Bernini-R a source video or image sets the size instead (see the conditions
+    stage); the full model, as its reference, renders at a positive ``height × width`` and follows the source at
+    0 × 0 (``fixed_size``)."""
 
     frames: int
     height: int
     width: int
+    fixed_size: bool = False
 
 
 @dataclass(frozen=True)
@@ -540,8 +543,14 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         raise BerniniError(f"flow_shift must be positive, got {flow_shift}")
     limit = MAX_LATENT_POSITIONS * 16
     _check_range("max_image_size", media.max_image_size, 16, None, "at least 16")
+    follow_source = version is not None and height == 0 and width == 0
+    if follow_source and not (media.video or media.image is not None):
+        raise BerniniError(
+            f"--height 0 --width 0 follow a source video or image, and task {task.name} has none; pass a size"
+        )
     for name, value in (("height", height), ("width", width)):
-        _check_range(name, value, 16, limit, f"between 16 and {limit} pixels")
+        if not follow_source:
+            _check_range(name, value, 16, limit, f"between 16 and {limit} pixels (or both 0: the source's size)")
     _check_range("max_image_size", media.max_image_size, None, limit, f"at most {limit}")
     cache = _cache(request)
     scheduler = SchedulerChoice(_scheduler_name(request.use_unipc), flow_shift)
@@ -567,7 +576,7 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         negative_prompt=request.neg_prompt,
         system_prompt=request.system_prompt,
         media=media,
-        geometry=Geometry(frames, height, width),
+        geometry=Geometry(frames, height, width, fixed_size=version is not None and not follow_source),
         guidance=GuidancePlan(mode, weights, omega_scale, apg),
         scheduler=scheduler,
         source_id_choice=_source_id_choice(request),

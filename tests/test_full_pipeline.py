@@ -281,3 +281,18 @@ def test_the_four_contexts_are_cropped_t5_rows_then_planner_rows_then_zeros(full
     assert not torch.equal(full[n_p : n_p + 4], text[Text.PROMPT][0, n_p : n_p + 4])  # planner rows follow T5's
     slot_rows = target[n_n : n_n + slots]
     assert any(torch.equal(slot_rows, full[i : i + slots]) for i in range(n_p, n_p + tokens["cond"] - slots + 1))
+
+
+def test_the_full_model_renders_at_a_given_size_and_follows_the_source_at_zero(full_pipe, media, one_line_error):
+    """As its reference: editing tasks default to 0 × 0 (the source video's size); a positive size given explicitly
+    is the target's, beside the source latents at their own size; i2i renders at its shipped 512²."""
+    video = task_inputs("v2v", media)
+    follow = full_pipe(PROMPT, task_type="v2v", **video, **FAST)
+    assert follow.frames.shape[1:3] == (48, 80) and follow.parameters["request"]["height"] == 0
+    sized = full_pipe(PROMPT, task_type="v2v", height=64, width=96, **video, **FAST)
+    assert sized.frames.shape[1:3] == (64, 96)
+    assert not [a for a in sized.parameters["adjustments"] if a["name"] in ("height", "width")]
+    image = full_pipe(PROMPT, task_type="i2i", image=str(media / "image.png"), **FAST)
+    assert image.frames.shape == (1, 512, 512, 3)
+    assert image.parameters["resolved"]["planner"]["target_slots"] == 64  # spec §2.4: 512² → 64
+    one_line_error(full_pipe, PROMPT, task_type="t2v", height=0, width=0, match="task t2v has none")

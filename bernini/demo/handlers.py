@@ -146,6 +146,10 @@ def build_request(
     if guidance_mode in ("", None):
         guidance_mode = TASKS[task].guidance_mode
     numbers = dict(values) if full else {k: v for k, v in values.items() if k not in PLANNER_SETTINGS}
+    inputs = TASK_INPUTS[task]
+    if full and (inputs.video or inputs.image != "none"):
+        numbers.pop("height", None)  # hidden on the page: the task's shipped size (or its source's) runs
+        numbers.pop("width", None)
     if TASKS[task].single_frame:
         numbers["num_frames"] = 1
     frames = numbers.get("num_frames")

@@ -36,7 +36,7 @@ class FullPreset:
     omega_scale: float
     planning_step: int
     vit_denoising_step: int
-    height: int | None = None  # None: the source sets the size
+    height: int | None = None  # 0: the source sets the size (the reference's 0 / 0)
     width: int | None = None
     num_frames: int | None = None
     english_negative: bool = False
@@ -55,28 +55,28 @@ def _row(mode, steps, txt, tgt, img, vid, scale, planning, vit, size=None, frame
 
 
 WAPG, RV2V = "vae_txt_vit_wapg", "rv2v_wapg"
-IMAGE, VIDEO = (512, 512), (480, 848)
+IMAGE, VIDEO, SOURCE = (512, 512), (480, 848), (0, 0)
 
 FULL_PRESETS: dict[str, dict[str, FullPreset]] = {
     "v1": {
         "t2i": _row(WAPG, 50, 4.0, 0.5, 1.0, 1.0, 1.0, 25, 5, IMAGE, 1),
         "i2i": _row(WAPG, 40, 4.0, 0.5, 1.25, 1.25, 0.75, 25, 5, IMAGE, 1),
         "t2v": _row(WAPG, 50, 4.0, 0.5, 1.0, 1.0, 1.0, 25, 5, VIDEO, 81),
-        "v2v": _row(WAPG, 40, 4.0, 0.5, 1.25, 1.25, 0.75, 25, 5, None, 81, english=True),
-        "mv2v": _row(WAPG, 40, 4.0, 0.5, 1.25, 1.25, 0.75, 25, 5, None, 81, english=True),
-        "ads2v": _row(WAPG, 40, 4.0, 0.5, 1.25, 1.25, 0.75, 25, 5, None, 81, english=True),
+        "v2v": _row(WAPG, 40, 4.0, 0.5, 1.25, 1.25, 0.75, 25, 5, SOURCE, 81, english=True),
+        "mv2v": _row(WAPG, 40, 4.0, 0.5, 1.25, 1.25, 0.75, 25, 5, SOURCE, 81, english=True),
+        "ads2v": _row(WAPG, 40, 4.0, 0.5, 1.25, 1.25, 0.75, 25, 5, SOURCE, 81, english=True),
         "r2v": _row(WAPG, 40, 4.0, 1.5, 4.5, 1.25, 0.8, 25, 5, VIDEO, 81),
-        "rv2v": _row(RV2V, 40, 4.0, 1.5, 3.0, 0.75, 0.75, 25, 5, None, 81),
+        "rv2v": _row(RV2V, 40, 4.0, 1.5, 3.0, 0.75, 0.75, 25, 5, SOURCE, 81),
     },
     "v2": {
         "t2i": _row(WAPG, 50, 4.0, 0.5, 1.0, 1.0, 1.0, 25, 5, IMAGE, 1),
         "i2i": _row(WAPG, 40, 4.0, 0.5, 1.25, 1.25, 0.75, 25, 5, IMAGE, 1),
         "t2v": _row(WAPG, 50, 5.0, 1.2, 1.0, 1.0, 1.0, 50, 1, VIDEO, 81),
-        "v2v": _row(WAPG, 40, 4.0, 1.2, 1.25, 1.25, 0.75, 50, 1, None, 81, english=True),
-        "mv2v": _row(WAPG, 40, 4.0, 1.2, 1.25, 1.25, 0.75, 50, 1, None, 81, english=True),
-        "ads2v": _row(WAPG, 40, 4.0, 1.2, 1.25, 1.25, 0.75, 50, 1, None, 81),
+        "v2v": _row(WAPG, 40, 4.0, 1.2, 1.25, 1.25, 0.75, 50, 1, SOURCE, 81, english=True),
+        "mv2v": _row(WAPG, 40, 4.0, 1.2, 1.25, 1.25, 0.75, 50, 1, SOURCE, 81, english=True),
+        "ads2v": _row(WAPG, 40, 4.0, 1.2, 1.25, 1.25, 0.75, 50, 1, SOURCE, 81),
         "r2v": _row(WAPG, 40, 4.5, 1.5, 3.0, 1.0, 0.75, 50, 1, VIDEO, 81, english=True),
-        "rv2v": _row(RV2V, 40, 5.5, 1.5, 4.0, 1.75, 0.75, 50, 1, None, 81),
+        "rv2v": _row(RV2V, 40, 5.5, 1.5, 4.0, 1.75, 0.75, 50, 1, SOURCE, 81),
     },
 }
 
