@@ -180,6 +180,31 @@ def read_video_frames(source: str | os.PathLike) -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
+def read_video_frames_at(
+    source: str | os.PathLike, choose: Callable[[int, float], Sequence[int]]
+) -> tuple[np.ndarray, float, int]:
+    """Decode a video file only as far as the frames ``choose(frame_count, native_fps)`` picks (sorted, repeats
+    allowed) and keep only those, uint8 RGB at native size; plus the native rate and the frame count. A header
+    that claims more frames than decode is corrected by counting what decodes."""
+    path = Path(source)
+    total = _count_frames(path)
+    for _attempt in range(2):
+        with _open_video(path) as (container, stream):
+            native = _native_fps(container, stream, total)
+            indices = sorted(choose(total, native))
+            if not indices:
+                raise MediaError(f"video {path}: no frames were chosen")
+            sampler = _Sampler(_decoded_frames(container, stream, path), indices)
+            frames = list(sampler)
+        if len(frames) == len(indices):
+            return np.stack(frames), native, total
+        if sampler.decoded == 0:
+            break
+        logger.warning("video %s: the header says %d frames but %d decode; resampling", path, total, sampler.decoded)
+        total = sampler.decoded
+    raise MediaError(f"cannot read video {path}: its frame count is inconsistent; re-encode it")
+
+
 # ---------------------------------------------------------------------------------------- images
 
 

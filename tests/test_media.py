@@ -18,6 +18,7 @@ from bernini.media import (
     preprocess_video,
     read_image,
     read_video_frames,
+    read_video_frames_at,
     resize_dims,
     video_preview_frames,
 )
@@ -144,6 +145,21 @@ def test_read_video_frames_decodes_every_frame_in_order(clip: Path) -> None:
     assert frames.shape == (90, HEIGHT, WIDTH, 3) and frames.dtype == np.uint8
     assert fps == pytest.approx(30.0)
     assert [decode_code(frame) for frame in frames] == list(range(90))
+
+
+def test_read_video_frames_at_keeps_only_the_chosen_frames(clip: Path) -> None:
+    """What the chooser is told (frame count, native rate) and what it picks, repeats included, in order."""
+    told: list[tuple[int, float]] = []
+
+    def choose(total: int, fps: float) -> list[int]:
+        told.append((total, fps))
+        return [40, 3, 3, 89]
+
+    frames, fps, total = read_video_frames_at(clip, choose)
+    assert told == [(90, pytest.approx(30.0))] and (total, fps) == (90, pytest.approx(30.0))
+    assert frames.shape == (4, HEIGHT, WIDTH, 3) and frames.dtype == np.uint8
+    assert [decode_code(frame) for frame in frames] == [3, 3, 40, 89]
+    assert np.array_equal(frames, read_video_frames(clip)[0][[3, 3, 40, 89]])
 
 
 def test_preprocess_video_samples_the_right_frames(clip: Path) -> None:

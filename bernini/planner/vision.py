@@ -6,7 +6,7 @@ the "256p" budget (min 3136, max 50176 pixels). Qwen's video processor needs tor
 frames go through the *same* image processor as a batch of images and their patches are regrouped: the image
 processor fills both temporal slots of a patch with its one frame, and a video patch holds frames ``2t`` and
 ``2t + 1`` in those slots, with the same row order. Frames are decoded exactly (PyAV ``rgb24`` at native size,
-spec §6.4) and sampled by :func:`.geometry.vit_frame_indices`. Qwen's video processor resizes with
+spec §6.4; a file only up to its last sampled frame) and sampled by :func:`.geometry.vit_frame_indices`. Qwen's video processor resizes with
 torchvision's bicubic, this one with Pillow's: the two may differ by rounding in a resized pixel.
 """
 
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from ..errors import BerniniError, MediaError, WeightsError
-from ..media import ImageSource, VideoSource, read_image, read_video_frames
+from ..media import ImageSource, VideoSource, read_image, read_video_frames_at
 from .geometry import MAX_PIXELS, MIN_PIXELS, TEMPORAL_PATCH, VitGrid, target_grid, vit_frame_indices
 from .packing import VisualItem
 
@@ -99,15 +99,12 @@ def image_input(processor: Any, source: ImageSource) -> VisionInput:
 
 
 def _video_frames(source: VideoSource, fps: float, video_fps: float | None) -> tuple[Sequence[Any], float]:
-    """A video's frames (indexable; each one a :func:`read_image` source) and its frame rate.
+    """An in-memory video's frames (indexable; each one a :func:`read_image` source) and its frame rate.
 
-    Files are decoded whole at native size and run at ``video_fps`` if given, else their own rate; in-memory
+    (Files are decoded only up to the last chosen frame, at native size, by :func:`video_input`.) In-memory
     videos (``[T, H, W, 3]`` / ``[T, 3, H, W]`` arrays or tensors, or a list of images) at ``video_fps`` or
     ``fps``, as :func:`bernini.media.preprocess_video` reads them.
     """
-    if isinstance(source, str | os.PathLike):
-        frames, native_fps = read_video_frames(source)
-        return frames, video_fps or native_fps
     if isinstance(source, np.ndarray | torch.Tensor) and source.ndim != 4:
         raise MediaError(f"video array has shape {tuple(source.shape)}; expected T x H x W x 3 or T x 3 x H x W")
     if not isinstance(source, np.ndarray | torch.Tensor | Sequence) or isinstance(source, str | bytes):
@@ -125,10 +122,18 @@ def video_input(
     patch: rows ``t·H_g·W_g + s`` hold frames ``2t`` and ``2t + 1`` at spatial patch ``s`` (Qwen's order)."""
     if not fps > 0:
         raise BerniniError(f"fps must be positive (got {fps})")
-    frames, source_fps = _video_frames(source, fps, video_fps)
-    total = len(frames)
-    indices = vit_frame_indices(total, source_fps, fps, num_frames)
-    pictures = [read_image(frames[i]) for i in indices]
+    if isinstance(source, str | os.PathLike):
+
+        def choose(count: int, native_fps: float) -> list[int]:
+            return vit_frame_indices(count, video_fps or native_fps, fps, num_frames)
+
+        chosen, native_fps, total = read_video_frames_at(source, choose)
+        source_fps = video_fps or native_fps
+        pictures = [read_image(frame) for frame in chosen]
+    else:
+        frames, source_fps = _video_frames(source, fps, video_fps)
+        total = len(frames)
+        pictures = [read_image(frames[i]) for i in vit_frame_indices(total, source_fps, fps, num_frames)]
     width, height = pictures[0].size
     if any(p.size != (width, height) for p in pictures):
         raise MediaError(f"video frames change size ({width}x{height} first); give frames of one size")
