@@ -509,6 +509,11 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     problem = task.media_problem(len(media.video), media.image is not None, len(media.images))
     if problem:
         raise BerniniError(problem)
+    if version is not None and media.image is not None and media.images:
+        raise BerniniError(
+            f"the full model's planner reads either --image or --images (spec §2.1), not both; for {task.name} "
+            "pass the source image alone"
+        )
     if not mode.needs.met_by(len(media.video), media.references):
         raise BerniniError(
             f"guidance_mode {mode.name} needs {mode.needs.value}, which task {task.name} does not have here; "

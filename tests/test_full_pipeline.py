@@ -184,6 +184,12 @@ def test_version_detection(full_bundle):
         (lambda pipe: pipe(PROMPT, task_type="t2i", num_frames=9), "makes one image"),
         (lambda pipe: pipe(PROMPT, task_type="t2v", preset="lightning4"), "the full model has no presets"),
         (lambda pipe: pipe(PROMPT, task_type="t2v", planning_step=0), "planning_step must be at least 1"),
+        (
+            lambda pipe: pipe(
+                PROMPT, task_type="i2i", image=np.zeros((32, 32, 3), np.uint8), images=[np.zeros((32, 32, 3))]
+            ),
+            "either --image or --images",
+        ),
     ],
 )
 def test_bad_combinations_are_one_line(full_pipe, one_line_error, call, match):

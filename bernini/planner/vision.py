@@ -6,8 +6,9 @@ the "256p" budget (min 3136, max 50176 pixels). Qwen's video processor needs tor
 frames go through the *same* image processor as a batch of images and their patches are regrouped: the image
 processor fills both temporal slots of a patch with its one frame, and a video patch holds frames ``2t`` and
 ``2t + 1`` in those slots, with the same row order. Frames are decoded exactly (PyAV ``rgb24`` at native size,
-spec §6.4; a file only up to its last sampled frame) and sampled by :func:`.geometry.vit_frame_indices`. Qwen's video processor resizes with
-torchvision's bicubic, this one with Pillow's: the two may differ by rounding in a resized pixel.
+spec §6.4; a file only up to its last sampled frame) and sampled by :func:`.geometry.vit_frame_indices`. Qwen's
+video processor resizes with torchvision's bicubic, this one with Pillow's: the two may differ by rounding in a
+resized pixel.
 """
 
 from __future__ import annotations
