@@ -127,15 +127,6 @@ class PlannerPlan:
     image_scale: float | None
     version: str | None = None
 
-    def record(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "planning_step": self.planning_steps,
-            "vit_denoising_step": self.vit_steps,
-            "vit_txt_cfg": self.text_scale,
-            "vit_img_cfg": self.image_scale,
-        }
-
 
 @dataclass(frozen=True)
 class SchedulerChoice:
