@@ -63,6 +63,15 @@ def full_task_values(task: str, version: str) -> dict[str, Any]:
     return values
 
 
+PLANNER_SLIDERS: dict[str, tuple[float, float, float, str]] = {
+    "omega_tgt": (0, 10, 0.05, "ω tgt (plan tokens)"),
+    "planning_step": (1, 100, 1, "Planning steps"),
+    "vit_denoising_step": (1, 20, 1, "ViT denoising steps"),
+    "vit_txt_cfg": (0, 5, 0.05, "ViT text CFG"),
+    "vit_img_cfg": (0, 5, 0.05, "ViT image CFG"),
+}
+"""The planner's controls, in the generate endpoint's order: (minimum, maximum, step, label)."""
+
 FULL_CONTROLS = (
     "num_inference_steps",
     "omega_vid",
@@ -201,51 +210,18 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
                         -2, 2, value=0.0, step=0.05, label="momentum", elem_id="momentum", visible=not full
                     )
                 with gr.Accordion("Planner (full Bernini)", open=True, visible=full):
-                    omega_tgt = gr.Slider(
-                        0,
-                        10,
-                        value=initial("omega_tgt", blank.omega_tgt),
-                        step=0.05,
-                        label="ω tgt (plan tokens)",
-                        elem_id="omega_tgt",
-                        visible=full,
-                    )
-                    planning_step = gr.Slider(
-                        1,
-                        100,
-                        value=initial("planning_step", blank.planning_step),
-                        step=1,
-                        label="Planning steps",
-                        elem_id="planning_step",
-                        visible=full,
-                    )
-                    vit_denoising_step = gr.Slider(
-                        1,
-                        20,
-                        value=initial("vit_denoising_step", blank.vit_denoising_step),
-                        step=1,
-                        label="ViT denoising steps",
-                        elem_id="vit_denoising_step",
-                        visible=full,
-                    )
-                    vit_txt_cfg = gr.Slider(
-                        0,
-                        5,
-                        value=initial("vit_txt_cfg", blank.vit_txt_cfg),
-                        step=0.05,
-                        label="ViT text CFG",
-                        elem_id="vit_txt_cfg",
-                        visible=full,
-                    )
-                    vit_img_cfg = gr.Slider(
-                        0,
-                        5,
-                        value=initial("vit_img_cfg", blank.vit_img_cfg),
-                        step=0.05,
-                        label="ViT image CFG",
-                        elem_id="vit_img_cfg",
-                        visible=full,
-                    )
+                    planner = {
+                        name: gr.Slider(
+                            low,
+                            high,
+                            value=initial(name, getattr(blank, name)),
+                            step=step,
+                            label=label,
+                            elem_id=name,
+                            visible=full,
+                        )
+                        for name, (low, high, step, label) in PLANNER_SLIDERS.items()
+                    }
                     if settings.use_unipc:
                         gr.Markdown("Note: under UniPC (the default) the flow-shift slider has no effect.")
                 with gr.Row():
@@ -262,7 +238,7 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
                 sidecar = gr.JSON(label="Sidecar", elem_id="sidecar")
 
         guidance_controls = [omega_vid, omega_img, omega_txt, omega_scale, eta, momentum]
-        planner_controls = [omega_tgt, planning_step, vit_denoising_step, vit_txt_cfg, vit_img_cfg]
+        planner_controls = list(planner.values())
         if full:
             controls = {
                 "num_inference_steps": steps,
@@ -270,11 +246,7 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
                 "omega_img": omega_img,
                 "omega_txt": omega_txt,
                 "omega_scale": omega_scale,
-                "omega_tgt": omega_tgt,
-                "planning_step": planning_step,
-                "vit_denoising_step": vit_denoising_step,
-                "vit_txt_cfg": vit_txt_cfg,
-                "vit_img_cfg": vit_img_cfg,
+                **planner,
             }
             task.change(
                 functools.partial(full_task_updates, version=version),
