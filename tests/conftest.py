@@ -65,3 +65,23 @@ def full_bundle(tmp_path_factory) -> Path:
     from bernini.tiny_full import write_tiny_full_bundle
 
     return write_tiny_full_bundle(tmp_path_factory.mktemp("full") / "Bernini-Diffusers")
+
+
+@pytest.fixture(scope="session")
+def full_media(tmp_path_factory) -> Path:
+    """Media for the full model's tests: two 9-frame 48×80 videos at 16 fps (``src.mp4``, ``ads.mp4``: 45 target
+    tokens, an odd packed length under Ulysses 2), a 48×48 source ``image.png`` and a reference ``ref.png``."""
+    import numpy as np
+
+    from bernini.output import write_image, write_video
+
+    root = tmp_path_factory.mktemp("full_media")
+    t = np.linspace(0, 1, 9)[:, None, None, None]
+    y, x = np.linspace(0, 1, 48)[None, :, None, None], np.linspace(0, 1, 80)[None, None, :, None]
+    channel = np.array([0.0, 1.0, 2.0])
+    write_video(root / "src.mp4", (0.5 + 0.4 * np.sin(6 * x + 4 * y + 3 * t + channel)).clip(0, 1), 16)
+    write_video(root / "ads.mp4", (0.5 + 0.4 * np.cos(2 * x + 7 * y - 2 * t + channel)).clip(0, 1), 16)
+    ya, xa = np.linspace(0, 1, 48)[:, None, None], np.linspace(0, 1, 48)[None, :, None]
+    write_image(root / "image.png", (0.5 + 0.4 * np.cos(8 * ya + 5 * xa + channel)).clip(0, 1))
+    write_image(root / "ref.png", (0.5 + 0.4 * np.sin(3 * ya + 9 * xa + channel[::-1])).clip(0, 1))
+    return root

@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from bernini.output import sidecar_path, write_video
+from bernini.output import sidecar_path
 from bernini.planner.presets import FULL_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,14 +25,8 @@ def run(*args: str, cwd: Path, script: str | None = None) -> subprocess.Complete
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("full_cli")
-    t = np.linspace(0, 1, 9)[:, None, None, None]
-    y, x = np.linspace(0, 1, 48)[None, :, None, None], np.linspace(0, 1, 80)[None, None, :, None]
-    write_video(
-        root / "src.mp4", (0.5 + 0.4 * np.sin(6 * x + 4 * y + 3 * t + np.array([0.0, 1.0, 2.0]))).clip(0, 1), 16
-    )
-    return root / "src.mp4"
+def source(full_media) -> Path:
+    return full_media / "src.mp4"
 
 
 def test_generate_writes_the_video_and_records_the_plan(full_bundle, tmp_path):
@@ -71,11 +64,8 @@ def test_upstream_script_takes_the_reference_flags(full_bundle, source, tmp_path
 
 
 def test_every_task_runs_from_a_task_list(full_bundle, source, tmp_path):
-    image = tmp_path / "image.png"
-    from bernini.output import write_image
-
-    write_image(image, np.linspace(0, 1, 48 * 48 * 3).reshape(48, 48, 3))
-    video, ads = str(source), str(source)
+    image = source.parent / "image.png"
+    video, ads = str(source), str(source.parent / "ads.mp4")
     entries = {
         "t2i": {"num_frames": 1},
         "i2i": {"image": str(image), "num_frames": 1},

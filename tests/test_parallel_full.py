@@ -56,19 +56,13 @@ def planning_ranks(stderr: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory) -> Path:
-    """A 9-frame 48×80 source video (packed lengths not multiples of 2: 45 target tokens)."""
-    from bernini.output import write_image, write_video
+def media(full_media: Path, tmp_path_factory) -> Path:
+    """The full model's test media (``full_media``) in a folder of this module's own: the runs write there."""
+    import shutil
 
     root = tmp_path_factory.mktemp("parallel_full_media")
-    t = np.linspace(0, 1, 9)[:, None, None, None]
-    y = np.linspace(0, 1, 48)[None, :, None, None]
-    x = np.linspace(0, 1, 80)[None, None, :, None]
-    write_video(root / "src.mp4", (0.5 + 0.4 * np.sin(6 * x + 4 * y + 3 * t + np.arange(3.0))).clip(0, 1), 16)
-    write_video(root / "ads.mp4", (0.5 + 0.4 * np.cos(2 * x + 7 * y - 2 * t + np.arange(3.0))).clip(0, 1), 16)
-    ya, xa = np.linspace(0, 1, 48)[:, None, None], np.linspace(0, 1, 48)[None, :, None]
-    write_image(root / "image.png", (0.5 + 0.4 * np.cos(8 * ya + 5 * xa + np.arange(3.0))).clip(0, 1))
-    write_image(root / "ref.png", (0.5 + 0.4 * np.sin(3 * ya + 9 * xa + np.arange(3.0))).clip(0, 1))
+    for item in full_media.iterdir():
+        shutil.copy(item, root / item.name)
     return root
 
 
