@@ -27,7 +27,6 @@ from .frontends.options import (
     add_generation_args,
     add_model_args,
     describe_loaded,
-    explicit_flags,
     given_settings,
     load_pipeline,
     model_defaults,
@@ -283,7 +282,6 @@ def main(argv: Sequence[str] | None = None, upstream_script: str | None = None) 
         return submit_main(argv[1:])
     parser = build_parser(upstream_script)
     args = parser.parse_args(argv)
-    args.explicit = explicit_flags(argv)
     args.given = given_settings(parser, argv)
     args.upstream_script = upstream_script
     args.command_line = command_line

@@ -270,11 +270,6 @@ def flag_given(argv: Sequence[str], *names: str) -> bool:
     return any(arg == name or arg.startswith(name + "=") for arg in argv for name in names)
 
 
-def explicit_flags(argv: Sequence[str]) -> set[str]:
-    """The case-file keys set on the command line; they win over the case file."""
-    return {name for name in EXPLICIT_OVER_CASE if flag_given(argv, f"--{name}")}
-
-
 def given_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
     """The request settings set on the command line (by any of their flag spellings), the sub-commands' flags
     included (``bernini generate …``)."""
@@ -307,7 +302,7 @@ def requests_from_args(args: argparse.Namespace) -> list[GenerationRequest | Ber
     for key in ("video", "images"):
         base[key] = base.get(key) or []
     given = frozenset(getattr(args, "given", frozenset()))
-    explicit = getattr(args, "explicit", set())
+    explicit = given & set(EXPLICIT_OVER_CASE)  # the case-file keys set on the command line win over the case
     if args.inputs:
         tasks = load_task_list(args.inputs)
         output = args.output or DEFAULT_OUTPUT

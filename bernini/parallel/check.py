@@ -26,7 +26,6 @@ from ..frontends.options import (
     OneLineErrorParser,
     add_generation_args,
     add_model_args,
-    explicit_flags,
     given_settings,
     model_defaults,
     quiet_libraries,
@@ -99,7 +98,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namesp
     add_model_args(generate)
     add_generation_args(generate)
     args = generate.parse_args(rest)
-    args.explicit = explicit_flags(rest)
     args.given = given_settings(generate, rest)  # a full model's shipped settings fill only the others
     if args.use_pe:
         raise BerniniError("the self-check compares two runs of each task; it cannot use --use_pe")

@@ -19,7 +19,6 @@ from ..frontends.options import (
     DEFAULT_OUTPUT,
     OneLineErrorParser,
     add_generation_args,
-    explicit_flags,
     given_settings,
     requests_from_args,
 )
@@ -156,7 +155,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.explicit = explicit_flags(argv)
     args.given = given_settings(parser, argv)
 
     def log(line: str) -> None:
