@@ -187,8 +187,10 @@ def read_video_frames_at(
     allowed) and keep only those, uint8 RGB at native size; plus the native rate and the frame count. A header
     that claims more frames than decode is corrected by counting what decodes."""
     path = Path(source)
-    total = _count_frames(path)
-    for _attempt in range(2):
+
+    def pick(total: int) -> tuple[tuple[np.ndarray, float, int] | None, int]:
+        if total == 0:  # nothing decoded at all: no count to try again with
+            return None, 0
         with _open_video(path) as (container, stream):
             native = _native_fps(container, stream, total)
             indices = sorted(choose(total, native))
@@ -196,13 +198,24 @@ def read_video_frames_at(
                 raise MediaError(f"video {path}: no frames were chosen")
             sampler = _Sampler(_decoded_frames(container, stream, path), indices)
             frames = list(sampler)
-        if len(frames) == len(indices):
-            return np.stack(frames), native, total
-        if sampler.decoded == 0:
-            break
-        logger.warning("video %s: the header says %d frames but %d decode; resampling", path, total, sampler.decoded)
-        total = sampler.decoded
-    raise MediaError(f"cannot read video {path}: its frame count is inconsistent; re-encode it")
+        if len(frames) < len(indices):
+            return None, sampler.decoded
+        return (np.stack(frames), native, total), total
+
+    return _with_decoded_count(path, pick)
+
+
+def _with_decoded_count(path: Path, read: Callable[[int], tuple[Any, int]]) -> Any:
+    """``read(frame_count)`` with the header's count; when fewer frames decode (it returns None and how many
+    did), once more with that count."""
+    total = _count_frames(path)
+    result, decoded = read(total)
+    if result is None:
+        logger.warning("video %s: the header says %d frames but %d decode; resampling", path, total, decoded)
+        result, _ = read(decoded)
+    if result is None:
+        raise MediaError(f"cannot read video {path}: its frame count is inconsistent; re-encode it")
+    return result
 
 
 # ---------------------------------------------------------------------------------------- images
@@ -404,14 +417,7 @@ def _sample_file(
 
 def _file_video(path: Path, fps: float, max_frames: int, max_size: int, source_fps: float | None) -> torch.Tensor:
     """Decode only up to the last sampled frame, and convert only the sampled frames."""
-    total = _count_frames(path)
-    video, decoded = _sample_file(path, total, fps, max_frames, max_size, source_fps)
-    if video is None:
-        logger.warning("video %s: the header says %d frames but %d decode; resampling", path, total, decoded)
-        video, _ = _sample_file(path, decoded, fps, max_frames, max_size, source_fps)
-    if video is None:
-        raise MediaError(f"cannot read video {path}: its frame count is inconsistent; re-encode it")
-    return video
+    return _with_decoded_count(path, lambda total: _sample_file(path, total, fps, max_frames, max_size, source_fps))
 
 
 def _channels_last_video(tensor: torch.Tensor) -> torch.Tensor:
