@@ -8,6 +8,7 @@ settings (:mod:`bernini.planner.presets`).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from .config import RendererConfig, read_json
@@ -38,7 +39,7 @@ def full_renderer_config(root: Path) -> RendererConfig:
     length = data.get("t5_max_sequence_length", 512)
     if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= 4096:
         raise WeightsError(f"{path}: t5_max_sequence_length must be an integer from 1 to 4096, got {length!r}")
-    return RendererConfig(**{**renderer.__dict__, "max_sequence_length": length, "wan22_base": str(root)})
+    return replace(renderer, max_sequence_length=length, wan22_base=str(root))
 
 
 def full_version(root: Path, location: str, override: str | None = None) -> str:

@@ -217,8 +217,14 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
             raise BerniniError(
                 f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(GenerationRequest.field_names())}"
             )
-        named = {"task_type": task_type, "guidance_mode": guidance_mode, "video": video, "image": image}
-        given = {*parameters, *(name for name, value in named.items() if value is not None)}
+        named = {
+            "task_type": task_type,
+            "guidance_mode": guidance_mode,
+            "video": video,
+            "image": image,
+            "images": images,
+        }
+        given = frozenset({*parameters, *(name for name, value in named.items() if value is not None)})
         request = GenerationRequest(
             prompt=prompt,
             task_type=task_type,
@@ -227,7 +233,7 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
             image=image,
             images=images if images is not None else [],
             **parameters,
-            explicit=frozenset(given | ({"images"} if images is not None else set())),
+            explicit=given,
         )
         return self.generate(
             self.plan(request), generator=generator, output_type=output_type, callback=callback_on_step_end
