@@ -4,7 +4,8 @@ Compute cost does not depend on the weight values, so no download is needed. For
 packing it reports seconds per forward, TFLOP/s (from the model's FLOP count) and the share of the
 790 TFLOP/s dense bf16 floor, then varies one thing at a time on t2v: each attention kernel that runs,
 regional ``torch.compile``, two guidance branches batched into one forward, fp8 linears (torchao) where
-available; peak device memory for every row. Things that cannot run here are listed with the reason.
+available, eager and compiled; peak device memory for every row. Things that cannot run here are listed with
+the reason.
 
     python bench/gpu_suite.py                    # the real shapes (CUDA, bf16)
     python bench/gpu_suite.py --tiny --device cpu  # reduced shapes on the CPU, as CI runs it
@@ -170,9 +171,18 @@ def run_suite(shape_name: str, device: torch.device, dtype: torch.dtype, repeats
         rows.append(row)
     else:
         rows.append(Row("t2v, compiled", "t2v", 0, note="compile skipped on the CPU (pass --compile_on_cpu)"))
+    del expert  # the fp8 rows start from a fresh, uncompiled expert
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    expert = build_expert(shape, device, dtype)
+    expert.configure(attention=default)
     reason = fp8_expert(expert)
     if reason is None:
         rows.append(measure(f"t2v, {default.name}, fp8 linears", "t2v", expert, shape, device, dtype, repeats))
+        if device.type == "cuda" or compile_on_cpu:
+            expert.compile_repeated_blocks(fullgraph=False)
+            name = f"t2v, {default.name}, fp8 linears, compiled"
+            rows.append(measure(name, "t2v", expert, shape, device, dtype, repeats))
     else:
         rows.append(Row("t2v, fp8 linears", "t2v", 0, note=reason))
     return rows
