@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import BerniniError
@@ -37,7 +37,9 @@ from .frontends.options import (
 )
 from .frontends.plan import add_plan_parser, dry_run, run_plan
 from .guidance import GUIDANCE_MODES
-from .runner import EnhancerBatch, Task, TaskListRunner, plan_tasks, run_job, summarize
+
+if TYPE_CHECKING:  # the runner brings torch; --help and --version must not
+    from .runner import Task
 
 logger = logging.getLogger("bernini")
 
@@ -145,6 +147,8 @@ def run_pe_only(args: argparse.Namespace, tasks: list[Task]) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from .runner import EnhancerBatch, TaskListRunner, plan_tasks, run_job, summarize
+
     if args.replay:
         from .frontends.replay import replay_requests
 

@@ -456,3 +456,26 @@ def test_tiny_bundle_into_a_file_is_a_one_line_error(tmp_path):
         f"error: cannot write a bundle into {target / 'bundle'}: {target} is a file; choose a directory"
     ]
     assert target.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "main(['--help'])",
+        "main(['--version'])",
+        "main(['generate', '--help'])",
+        "main(['plan', '--help'])",
+        "upstream_script_main(['--help'])",
+    ],
+)
+def test_help_and_version_do_not_import_torch(call):
+    """``bernini --help`` stays quick: parsing and printing help must not bring torch (or diffusers) in."""
+    code = (
+        "import sys\nfrom bernini.cli import main, upstream_script_main\n"
+        f"try:\n    {call}\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout or "bernini " in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"
