@@ -94,6 +94,52 @@ def test_cli_md_names_every_command_and_flag(commands):
         assert f"`{name}" in doc or f" {name} " in doc, f"docs/cli.md never names {name}"
 
 
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    from bernini.cli import build_parser
+    from bernini.demo.app import build_parser as demo_parser
+    from bernini.parallel.check import build_parsers as check_parsers
+    from bernini.serve.client import build_parser as submit_parser
+    from bernini.serve.server import build_parser as serve_parser
+
+    parsers = _subparsers(build_parser())
+    parsers.update(demo=demo_parser(), serve=serve_parser(), submit=submit_parser())
+    own, generate = check_parsers()
+    generate._add_container_actions(own)
+    parsers["check"] = generate
+    return parsers
+
+
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?(?![\w])")
+
+
+def test_cli_md_numeric_defaults_match_the_parsers():
+    """A default written as a number in docs/cli.md's tables is the parser's (rows whose flag cell shows a value,
+    such as ``--height 0 --width 0``, and defaults written in words are not compared)."""
+    parsers = _parsers()
+    doc = CLI_MD.read_text(encoding="utf-8")
+    compared = 0
+    for section in re.split(r"^# ", doc, flags=re.M)[1:]:
+        title = section.splitlines()[0]
+        found = re.search(r"`(?:bernini (?P<sub>[a-z-]+)|python -m bernini\.parallel\.(?P<check>check))`", title)
+        if not found:
+            continue
+        parser = parsers[found["sub"] or found["check"]]
+        actions = {option: action for action in parser._actions for option in action.option_strings}
+        for row in re.findall(r"^\|(.+)$", section, flags=re.M):
+            cells = [cell.strip() for cell in row.split("|")]
+            if len(cells) < 2 or re.search(r"\d", cells[0]) or not NUMBER.search(cells[1]):
+                continue
+            written = {float(n) for n in NUMBER.findall(cells[1])}
+            for flag in _mentioned(cells[0]):
+                default = actions[flag].default
+                values = default if isinstance(default, list) else [default]
+                for value in values:
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        compared += 1
+                        assert float(value) in written, f"docs/cli.md ({title}): {flag} defaults to {value}: {row}"
+    assert compared > 30
+
+
 def test_every_flag_the_docs_mention_exists(commands):
     known = set().union(*commands.values(), *_bench_flags().values(), TORCHRUN)
     assert not REJECTED_EXAMPLES & known
