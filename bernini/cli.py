@@ -241,24 +241,47 @@ def task_inputs(spec: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def full_model_mode(task: str) -> str:
+    """The guidance mode the full model's shipped settings give ``task`` (``v1 X / v2 Y`` where the releases differ)."""
+    from .planner.presets import FULL_PRESETS, VERSIONS
+
+    modes = {version: FULL_PRESETS[version][task].guidance_mode for version in VERSIONS}
+    if len(set(modes.values())) == 1:
+        return next(iter(modes.values()))
+    return " / ".join(f"{version} {mode}" for version, mode in modes.items())
+
+
 def print_tasks() -> int:
+    from .guidance import FULL_MODEL_MODES
     from .tasks import TASKS, tasks_table
 
-    for name, spec in tasks_table().items():
+    table = tasks_table()
+    full = {name: full_model_mode(name) for name in table}
+    width = max(len("full model"), *(len(mode) for mode in full.values()))
+    print(f"{'task':6s} {'Bernini-R':9s} {'full model':{width}s} what it does")
+    for name, spec in table.items():
         needs = TASKS[name]
         required = "needs a source image" if needs.needs_image else ""
         required = required or ("needs --image or --images" if needs.needs_references else "")
         output = "one frame (PNG)" if spec["single_frame"] else "video (MP4)"
         print(
-            f"{name:6s} guidance {spec['guidance_mode']:9s} {spec['description']}; inputs: {task_inputs(spec)}"
-            + (f" ({required})" if required else "")
-            + f"; output: {output}"
+            f"{name:6s} {spec['guidance_mode']:9s} {full[name]:{width}s} {spec['description']}; "
+            f"inputs: {task_inputs(spec)}" + (f" ({required})" if required else "") + f"; output: {output}"
         )
     print(
-        "guidance modes: "
-        + ", ".join(f"{name} ({mode.forwards_per_step} forwards/step)" for name, mode in GUIDANCE_MODES.items())
+        "guidance modes, Bernini-R: "
+        + ", ".join(f"{name} ({_forwards(mode.forwards_per_step)})" for name, mode in GUIDANCE_MODES.items())
+    )
+    print(
+        "guidance modes, full model (a --config whose config.json says model_type bernini; zero-weight and "
+        "repeated branches are skipped): "
+        + ", ".join(f"{name} (up to {_forwards(mode.forwards_per_step)})" for name, mode in FULL_MODEL_MODES.items())
     )
     return 0
+
+
+def _forwards(count: int) -> str:
+    return f"{count} forward{'s' if count != 1 else ''}/step"
 
 
 class Terminated(BaseException):

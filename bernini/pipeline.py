@@ -105,7 +105,7 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
         self.attention_preference = attention
         self.branch_runner: BranchRunner = BranchRunner()
         self.loras: list[LoraSpec] = []
-        self._progress_bar_config: dict[str, Any] = {}
+        self._progress_bar_config: dict[str, Any] = {"disable": True}  # no bar unless asked
         self._interrupt = False
         self.planner = planner
         self.share_planning: Share = _call_here
@@ -174,7 +174,8 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
 
     # ------------------------------------------------------- diffusers idioms
     def set_progress_bar_config(self, **kwargs: Any) -> None:
-        """tqdm settings for the denoising bar (``disable=True`` turns it off), as in diffusers."""
+        """tqdm settings for the denoising bar, as in diffusers; the bar is off until asked for (``disable=False``,
+        or ``from_pretrained(progress=True)``), so a library call draws nothing on stderr."""
         self._progress_bar_config = kwargs
 
     def progress_bar(self, iterable=None, total: int | None = None):

@@ -59,14 +59,15 @@ class PipelineLoadingMixin:
         ``loras`` are merged into the experts' weights before they move to the device.
         ``quantize`` (``fp8`` / ``int8``) keeps the experts' block linears weight-only quantised.
         ``gpu_memory`` (GiB; default: the device's free memory) is the budget ``offload="auto"`` places under.
-        diffusers' and transformers' own loading bars stay quiet unless ``progress=True``.
+        No progress bar is drawn unless ``progress=True``, which shows diffusers' and transformers' own loading
+        bars and turns the denoising bar on (``set_progress_bar_config`` configures it later).
 
         A full Bernini bundle (``config.json`` with ``model_type: bernini``: planner, connector and renderer in
         one ``bernini/`` checkpoint) loads the planner too; ``bernini_version`` (``v1`` / ``v2``) overrides which
         release's shipped per-task settings apply (default: detected, see :mod:`bernini.planner.presets`).
         """
         with _library_bars(progress):
-            return cls._load(
+            pipe = cls._load(
                 pretrained_model_name_or_path,
                 dtype=dtype,
                 torch_dtype=torch_dtype,
@@ -84,6 +85,9 @@ class PipelineLoadingMixin:
                 gpu_memory=gpu_memory,
                 bernini_version=bernini_version,
             )
+        if progress:
+            pipe.set_progress_bar_config(disable=False)
+        return pipe
 
     @classmethod
     def _load(

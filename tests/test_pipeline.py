@@ -251,6 +251,19 @@ def test_progress_bar_is_the_diffusers_method(tiny_pipe, capsys):
         tiny_pipe.set_progress_bar_config(disable=True)
 
 
+def test_library_calls_draw_nothing_unless_asked(tiny_bundle, capfd):
+    """The README's promise: from Python, loading and generating write nothing to stdout or stderr (the tqdm
+    denoising bar included) until ``progress=True`` asks for the bars."""
+    small = dict(task_type="v2v", video=np.zeros((7, 32, 40, 3), np.uint8), num_inference_steps=2)
+    capfd.readouterr()
+    quiet = BerniniPipeline.from_pretrained(tiny_bundle, device="cpu")
+    assert quiet("a hat", **small).frames.shape[0] == 5  # 7 frames snapped to 4k+1: an adjustment, not a print
+    assert capfd.readouterr() == ("", "")
+    loud = BerniniPipeline.from_pretrained(tiny_bundle, device="cpu", progress=True)
+    loud("a hat", **small)
+    assert "denoising" in capfd.readouterr().err
+
+
 def test_readme_python_example_runs(tiny_bundle, full_bundle, tmp_path, monkeypatch):
     import re
     from pathlib import Path

@@ -83,7 +83,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max_trained_src_id", type=int, default=None, help="(default: the bundle's max_trained_src_id, upstream 5)"
     )
-    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or mps (untested on Apple hardware; default: cuda when available)",
+    )
     group.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32")
     group.add_argument(
         "--offload",

@@ -88,15 +88,21 @@ def parse_layouts(text: str) -> list[tuple[int, int]]:
     return layouts
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
+def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The check's own flags, and the ``generate`` flags it reads from the rest."""
     own = argparse.ArgumentParser(prog="python -m bernini.parallel.check", add_help=False, allow_abbrev=False)
     own.add_argument("--layouts", default=None, help="ULYSSES:CFG pairs (default: --ulysses and --cfg_parallel)")
     own.add_argument("--report", default=None, help="write the results as JSON here (rank 0)")
     own.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |latent difference|")
-    check, rest = own.parse_known_args(argv)
     generate = OneLineErrorParser(prog="python -m bernini.parallel.check")
     add_model_args(generate)
     add_generation_args(generate)
+    return own, generate
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
+    own, generate = build_parsers()
+    check, rest = own.parse_known_args(argv)
     args = generate.parse_args(rest)
     args.given = given_settings(generate, rest)  # a full model's shipped settings fill only the others
     if args.use_pe:
