@@ -58,7 +58,7 @@ def test_two_servers_share_the_queue_and_each_job_runs_once(servers):
 def test_kill_9_of_one_server_mid_job_then_restart(servers):
     a, b = servers
     with a.client() as client:
-        long = submit(client, num_inference_steps=3000)
+        long = submit(client, num_inference_steps=1000)
         running = wait_for(client, long["id"], states=("running",), step=2)
     victim = a if running["worker"] == a.worker_id else b
     survivor = b if victim is a else a
