@@ -98,7 +98,7 @@ class Worker:
     def _database_failed(self, what: str, exc: BaseException) -> None:
         detail = failure_detail(exc)
         if detail != self.database_down:
-            logger.warning("the queue database failed (%s): %s; retrying", what, detail)
+            logger.warning("the queue database failed (%s): %s", what, detail)
         self.database_down = detail
 
     # ------------------------------------------------------------------ rank 0
