@@ -163,7 +163,6 @@ class Service:
         cancelled = self.store.cancel(job_id)
         return cancelled or row
 
-
     def delete(self, job_id: str) -> None:
         """Remove the job altogether (the OpenAI ``DELETE /videos``): it is then unknown, and a run stops."""
         self.job(job_id)

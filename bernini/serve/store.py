@@ -137,7 +137,7 @@ def describe_failure(exc: BaseException) -> str:
         return "it is full (no space left)"
     if "locked" in text or "busy" in text:
         return "it is locked by another process"
-    if "no such table" in text or "does not exist" in text or "undefinedtable" in text:
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
         return "its tables are missing"
     return "it cannot be reached"
 
@@ -188,7 +188,10 @@ class Store:
             self.identity = _identity(self.file)
             marker = created_marker(self.file)
             if not marker.exists():
-                marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()), encoding="utf-8")
+                try:
+                    marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()), encoding="utf-8")
+                except OSError:  # a read-only folder: the first write to the queue says so in its own words
+                    pass
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def sessions(self) -> Session:
