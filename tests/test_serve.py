@@ -146,7 +146,7 @@ def test_listing_is_paginated_newest_first(http):
 
 # ------------------------------------------------------------------------------ cancel
 def test_cancel_a_running_job_stops_it_and_a_queued_one_never_runs(http, server):
-    long = submit(http, num_inference_steps=3000)
+    long = submit(http, num_inference_steps=1000)
     queued = submit(http, seed=5)
     running = wait_for(http, long["id"], states=("running",), step=2)
     assert running["state"] == "running"
@@ -155,7 +155,7 @@ def test_cancel_a_running_job_stops_it_and_a_queued_one_never_runs(http, server)
     stopping = http.delete(f"/v1/jobs/{long['id']}").json()
     assert stopping["cancel_requested"]
     final = wait_for(http, long["id"], timeout_s=60)
-    assert final["state"] == "cancelled" and final["progress"]["step"] < 3000
+    assert final["state"] == "cancelled" and final["progress"]["step"] < 1000
     for job_id in (long["id"], queued["id"]):
         response = http.get(f"/v1/jobs/{job_id}/output")
         assert response.status_code == 409 and "cancelled" in response.json()["error"]["message"]
@@ -238,6 +238,19 @@ def bad_requests(media: dict[str, Path], image_id: str) -> list[tuple[str, str, 
         ("POST", "/v1/jobs", {"json": {**tiny, "video": [image_id]}}, 400, "video expected"),
         ("POST", "/v1/jobs", {"json": {**tiny, "num_inference_steps": 0}}, 400, "num_inference_steps"),
         ("POST", "/v1/jobs", {"json": {**tiny, "height": 8}}, 400, "height"),
+        # upper bounds: a request must not hold the server for days or exhaust its memory
+        ("POST", "/v1/jobs", {"json": {**tiny, "num_inference_steps": 1001}}, 422, "num_inference_steps"),
+        ("POST", "/v1/jobs", {"json": {**tiny, "num_frames": 482}}, 422, "num_frames"),
+        ("POST", "/v1/jobs", {"json": {**tiny, "width": 2049}}, 422, "width"),
+        ("POST", "/v1/jobs", {"json": {**tiny, "height": 100_000}}, 422, "height"),
+        ("POST", "/v1/jobs", {"json": {**tiny, "max_image_size": 4096}}, 422, "max_image_size"),
+        ("POST", "/v1/jobs", {"json": {**tiny, "planning_step": 10**6}}, 422, "planning_step"),
+        ("POST", "/v1/jobs", {"json": {**tiny, "vit_denoising_step": 10**6}}, 422, "vit_denoising_step"),
+        ("POST", "/v1/jobs", {"json": {**tiny, "fps": 1000}}, 422, "fps"),
+        ("POST", "/v1/videos", {"data": {"prompt": "p", "size": "4096x4096"}}, 400, "at most 2048"),
+        ("POST", "/v1/videos", {"data": {"prompt": "p", "seconds": "60"}}, 400, "at most 481"),
+        ("POST", "/v1/videos", {"data": {"prompt": "p", "num_inference_steps": "5000"}}, 422, "num_inference_steps"),
+        ("POST", "/v1/videos", {"data": {"prompt": "p", "seconds": "1", "num_frames": "5"}}, 400, "not both"),
         (
             "POST",
             "/v1/jobs",
@@ -337,11 +350,105 @@ def test_openai_sdk_creates_a_video_and_downloads_it(server, media, tmp_path):
             client.videos.create(prompt="p", model="sora-2")
         deleted = client.videos.delete(done.id)
         assert deleted.deleted
-        with pytest.raises(openai.APIStatusError) as gone:
+        with pytest.raises(openai.NotFoundError):  # deleted: gone, not merely expired
             client.videos.download_content(done.id)
-        assert gone.value.status_code == 410
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong-token-123", max_retries=0).models.list()
+
+
+def strings(value) -> list[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, dict):
+        return [*value, *(s for v in value.values() for s in strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_a_served_sidecar_names_no_server_path(http, server, media):
+    with media["video"].open("rb") as video:  # an upload, the model folder, its shards, the job folder
+        response = http.post("/v1/jobs", data={"request": json.dumps({"prompt": "make it snow", **TINY})},
+                             files={"video": ("clip.mp4", video, "video/mp4")})  # fmt: skip
+    done = wait_for(http, response.json()["id"])
+    sidecar = http.get(done["sidecar_url"]).json()
+    server_dirs = [str(server.output_dir), str(server.output_dir.resolve()), str(server.bundle), str(ROOT)]
+    for text in strings(sidecar):
+        assert not text.startswith(("/", "~")), text
+        assert not any(d in text for d in server_dirs), text
+    assert sidecar["request"]["video"][0].startswith("file-") and sidecar["request"]["prompt"] == "make it snow"
+    assert sidecar["paths"]["model"]["absolute"] == server.bundle.name and sidecar["output"] == "output.mp4"
+    shards = sidecar["model"]["transformer_files"]["transformer"]
+    assert shards and all(name.endswith(".safetensors") and "/" not in name for name in shards)
+    assert "cwd" not in sidecar and sidecar["request"]["seed"] == 42  # the record itself is kept
+    stored = (server.output_dir / "jobs" / done["id"] / "output" / "output.mp4.json").read_text()
+    assert str(server.output_dir) in stored  # the server's own copy keeps its paths
+
+
+def test_openai_edit_honours_num_frames_and_reports_what_was_rendered(server, media, tmp_path):
+    import warnings
+
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0)
+    source = ("clip.mp4", media["video"].read_bytes(), "video/mp4")  # 9 frames at 8 fps: 17 at 16 fps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asked = client.videos.edit(prompt="make it night", video=source,
+                                   extra_body={"num_inference_steps": 2, "num_frames": 5})  # fmt: skip
+        whole = client.videos.edit(prompt="make it day", video=source, extra_body={"num_inference_steps": 2})
+        for video, frames in ((asked, 5), (whole, 17)):  # without num_frames: the source's length (< 81)
+            done = client.videos.poll(video.id, poll_interval_ms=50)
+            assert done.status == "completed", done
+            rendered = decode(client.videos.download_content(done.id).content, tmp_path)
+            assert rendered.shape == (frames, 32, 48, 3)
+            assert done.size == "48x32"  # the source's geometry, not the default 848x480 asked
+            assert float(done.seconds) == pytest.approx(frames / 16, abs=1e-3)
+            listed = {v.id: v for v in client.videos.list(limit=100)}
+            assert (listed[done.id].size, listed[done.id].seconds) == (done.size, done.seconds)
+
+
+def test_a_deleted_video_is_gone_and_a_running_one_stops(server):
+    import warnings
+
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0)
+    with warnings.catch_warnings(), server.client() as http:
+        warnings.simplefilter("ignore", DeprecationWarning)
+        done = client.videos.poll(
+            client.videos.create(prompt="p", size="48x32", extra_body={"num_frames": 5, "num_inference_steps": 2}).id,
+            poll_interval_ms=50,
+        )
+        assert done.status == "completed"
+        long = submit(http, num_inference_steps=1000)
+        wait_for(http, long["id"], states=("running",), step=2)
+        for video_id in (done.id, long["id"]):
+            assert client.videos.delete(video_id).deleted
+            with pytest.raises(openai.NotFoundError):
+                client.videos.retrieve(video_id)
+            with pytest.raises(openai.NotFoundError):
+                client.videos.download_content(video_id)
+            assert http.get(f"/v1/jobs/{video_id}").status_code == 404
+        jobs = {j["id"] for j in http.get("/v1/jobs", params={"limit": 100}).json()["data"]}
+        assert not {done.id, long["id"]} & ({v.id for v in client.videos.list(limit=100)} | jobs)
+        after = wait_for(http, submit(http, seed=77)["id"], timeout_s=60)  # the deleted run stopped: the worker is free
+        assert after["state"] == "succeeded"
+    assert not (server.output_dir / "jobs" / done.id).exists()
+
+
+def test_an_oversized_body_gets_the_json_413(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100000000000\r\nConnection: close\r\n\r\n".encode()
+        )
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"application/json" in head.lower(), head
+    assert json.loads(body)["error"] == {"message": "the request body is too large", "type": "request_too_large",
+                                         "code": 413}  # fmt: skip
 
 
 def test_submit_command_uploads_follows_and_downloads(server, media, tmp_path):
@@ -390,7 +497,7 @@ def test_under_torchrun_rank_0_serves_and_the_group_runs_each_job(server, tiny_b
             done = wait_for(parallel, submit(parallel, seed=11, num_inference_steps=3)["id"])
             assert done["state"] == "succeeded", done
             split = decode(parallel.get(done["output_url"]).content, tmp_path)
-            long = submit(parallel, num_inference_steps=3000)
+            long = submit(parallel, num_inference_steps=1000)
             wait_for(parallel, long["id"], states=("running",), step=2)
             parallel.delete(f"/v1/jobs/{long['id']}")
             assert wait_for(parallel, long["id"], timeout_s=30)["state"] == "cancelled"
@@ -410,7 +517,7 @@ def test_under_torchrun_rank_0_serves_and_the_group_runs_each_job(server, tiny_b
 # ------------------------------------------------------------------------------ restart (last: it kills the server)
 def test_kill_9_mid_job_then_restart_keeps_the_queue_and_reports_the_interrupted_job(server):
     with server.client() as http:
-        long = submit(http, num_inference_steps=3000)
+        long = submit(http, num_inference_steps=1000)
         wait_for(http, long["id"], states=("running",), step=2)
         queued = [submit(http, seed=2000 + i)["id"] for i in range(3)]
         server.kill9()

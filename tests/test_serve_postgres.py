@@ -8,9 +8,10 @@ reason) where no PostgreSQL is configured: ``export BERNINI_TEST_POSTGRES_URL=$(
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import pytest
-from serve_support import ServerProcess, postgres_database, submit, wait_for
+from serve_support import TINY, ServerProcess, TcpRelay, postgres_database, submit, wait_for
 
 pytest.importorskip("fastapi")
 
@@ -58,7 +59,7 @@ def test_two_servers_share_the_queue_and_each_job_runs_once(servers):
 def test_kill_9_of_one_server_mid_job_then_restart(servers):
     a, b = servers
     with a.client() as client:
-        long = submit(client, num_inference_steps=3000)
+        long = submit(client, num_inference_steps=1000)
         running = wait_for(client, long["id"], states=("running",), step=2)
     victim = a if running["worker"] == a.worker_id else b
     survivor = b if victim is a else a
@@ -71,3 +72,34 @@ def test_kill_9_of_one_server_mid_job_then_restart(servers):
         assert interrupted["state"] == "failed" and interrupted["error"].startswith("interrupted:")
         for job_id in queued:
             assert wait_for(client, job_id)["state"] == "succeeded"
+
+
+def test_postgres_going_down_gets_the_json_503_and_the_service_recovers(tiny_bundle, tmp_path):
+    """The server reaches PostgreSQL through a loopback relay; taking the relay down drops its connections and
+    refuses new ones, as a stopped or unreachable database does, without stopping the shared test cluster."""
+    with postgres_database() as url:
+        parts = urlsplit(url)
+        relay = TcpRelay(parts.hostname or "127.0.0.1", parts.port or 5432).up()
+        relayed = parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{relay.port}").geturl()
+        server = ServerProcess(tiny_bundle, tmp_path / "out", db=relayed, token="pg-test-token").start()
+        try:
+            with server.client() as http:
+                assert wait_for(http, submit(http, seed=1)["id"])["state"] == "succeeded"
+                relay.down()
+                for method, path, kwargs in (
+                    ("POST", "/v1/jobs", {"json": {"prompt": "while down", **TINY}}),
+                    ("GET", "/v1/jobs", {}),
+                    ("GET", "/healthz", {}),
+                ):
+                    response = http.request(method, path, **kwargs)
+                    assert response.status_code == 503, response.text
+                    error = response.json()["error"]
+                    assert error["type"] == "service_unavailable_error" and "cannot be reached" in error["message"]
+                    assert "127.0.0.1" not in error["message"] and "\n" not in response.text.strip()
+                relay.up()
+                assert wait_for(http, submit(http, seed=2)["id"])["state"] == "succeeded"
+        finally:
+            server.stop()
+            relay.down()
+    log = server.log_text()
+    assert "Traceback" not in log and "the queue database failed" in log

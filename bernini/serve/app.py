@@ -8,6 +8,9 @@ service has a token; ``/healthz`` and the OpenAPI page (``/docs``, ``/openapi.js
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -19,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..guidance import FULL_MODEL_MODES, GUIDANCE_MODES
 from ..tasks import TASKS
@@ -26,11 +30,16 @@ from .bodies import multipart_job, read_form, read_json, store_upload
 from .openai_routes import video_router
 from .schemas import FINISHED, ErrorResponse, FileView, Health, JobCreate, JobList, JobView, ModelCard, ModelList
 from .service import ApiError, Service, error_body, job_view, validation_message
+from .sidecar import public_sidecar
+from .store import DATABASE_ERRORS, describe_failure, failure_detail
 from .uploads import UploadRejected
 
+logger = logging.getLogger("bernini.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": "one line of JSON"} for code in (400, 401, 404, 409, 413, 415, 422)
+    code: {"model": ErrorResponse, "description": "one line of JSON"}
+    for code in (400, 401, 404, 409, 413, 415, 422, 503)
 }
+TOO_LARGE = "the request body is too large"
 bearer = HTTPBearer(auto_error=False, description="the server's token (--token or BERNINI_SERVE_TOKEN)")
 
 
@@ -69,9 +78,9 @@ def create_app(service: Service) -> FastAPI:
         title="bernini serve",
         summary="Bernini-R video generation and editing as a job service",
         version="1",
-        max_body_size=config.max_upload_bytes * config.max_files + (1 << 20),
         responses=ERRORS,
     )
+    app.add_middleware(BodyLimit, limit=config.max_upload_bytes * config.max_files + (1 << 20))
     install_error_handlers(app)
 
     def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
@@ -163,7 +172,8 @@ def create_app(service: Service) -> FastAPI:
     @api.get("/jobs/{job_id}/sidecar", tags=["jobs"])
     def get_sidecar(job_id: str) -> Response:
         row = service.finished_output(job_id)
-        return Response(row.sidecar or "{}", media_type="application/json")
+        text = public_sidecar(row.sidecar, [str(config.output_dir), os.getcwd()])
+        return Response(text, media_type="application/json")
 
     @api.get("/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse)
     async def job_events(job_id: str) -> StreamingResponse:
@@ -195,7 +205,12 @@ async def event_stream(service: Service, job_id: str, interval_s: float = 0.1) -
     last = None
     idle = 0.0
     while True:
-        row = await run_in_threadpool(service.store.get_job, job_id)
+        try:
+            row = await run_in_threadpool(service.store.get_job, job_id)
+        except DATABASE_ERRORS as exc:  # the stream has started: end it with the error as its last event
+            status, message = database_error(exc, f"events of {job_id}")
+            yield f"event: error\ndata: {json.dumps(error_body(status, message))}\n\n"
+            return
         if row is None:
             return
         view = job_view(row)
@@ -213,6 +228,40 @@ async def event_stream(service: Service, job_id: str, interval_s: float = 0.1) -
         idle += interval_s
 
 
+def database_error(exc: BaseException, what: str) -> tuple[int, str]:
+    """A database failure as a 503 for the client (no paths, hosts or SQL) and one line in the server's log."""
+    logger.warning("the queue database failed during %s: %s", what, failure_detail(exc))
+    return 503, f"the queue database is unavailable: {describe_failure(exc)}; try again later or tell the operator"
+
+
+class BodyLimit:
+    """Refuses a request body over ``limit`` bytes with the JSON 413: at once by its Content-Length, or while
+    it arrives (the route then sees the 413 raised from ``receive``)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse(error_body(413, TOO_LARGE), status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise StarletteHTTPException(413)
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     def reply(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse(error_body(status, message), status_code=status, headers=headers)
@@ -226,6 +275,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def upload_rejected(_request: Request, exc: UploadRejected) -> JSONResponse:
         return reply(exc.status, str(exc))
 
+    async def database_failed(request: Request, exc: Exception) -> JSONResponse:
+        return reply(*database_error(exc, f"{request.method} {request.url.path}"), {"Retry-After": "30"})
+
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, database_failed)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return reply(422, validation_message(exc))
@@ -234,6 +289,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         messages = {
             404: f"no route {request.method} {request.url.path}; see /docs",
-            413: "the request body is too large",
+            413: TOO_LARGE,
         }
         return reply(exc.status_code, messages.get(exc.status_code, str(exc.detail)), getattr(exc, "headers", None))

@@ -29,6 +29,8 @@ async def read_form(request: Request, max_files: int) -> Any:
     try:
         return await request.form(max_files=max_files, max_fields=64, max_part_size=1 << 20)
     except StarletteHTTPException as exc:
+        if exc.status_code == 413:  # the body limit, raised while the form arrived
+            raise
         raise ApiError(400, f"bad multipart body: {exc.detail}") from None
 
 

@@ -4,8 +4,11 @@
 ``POST /v1/videos/edits`` (video editing of an uploaded video or of a finished video by id),
 ``GET /v1/videos``, ``GET /v1/videos/{id}``, ``GET /v1/videos/{id}/content`` and ``DELETE``.
 ``size`` "WxH" sets width and height, ``seconds`` × the model's fps sets the frame count (snapped to
-4k+1), ``model`` must be an id from ``/v1/models``; any other generation field of a job (for example
-``num_inference_steps``) may be sent as an extra form field; the rest take their defaults.
+4k+1; ``num_frames`` may be sent instead), ``model`` must be an id from ``/v1/models``; any other
+generation field of a job (for example ``num_inference_steps``) may be sent as an extra form field; the
+rest take their defaults. An edit without ``seconds`` or ``num_frames`` renders the job default's frame
+count (fewer when the source is shorter). A video's ``size`` and ``seconds`` are what was asked until it
+is completed, then what its file holds. A deleted video is gone: ``404`` and no longer listed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from .bodies import read_form, read_json, store_upload
-from .schemas import JobCreate, VideoDeleted, VideoError, VideoView
+from .schemas import MAX_FRAMES, MAX_SIDE, JobCreate, VideoDeleted, VideoError, VideoView
 from .service import ApiError, Service
 from .store import JobRow
 
@@ -37,7 +40,10 @@ def parse_size(size: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*", size)
     if not match:
         raise ApiError(400, f"size must be WIDTHxHEIGHT such as 848x480, got {size[:40]!r}")
-    return int(match[1]), int(match[2])
+    width, height = int(match[1]), int(match[2])
+    if max(width, height) > MAX_SIDE:
+        raise ApiError(400, f"size {width}x{height} is too large: at most {MAX_SIDE} pixels a side")
+    return width, height
 
 
 def parse_seconds(seconds: str) -> float:
@@ -58,6 +64,11 @@ def video_view(row: JobRow, model_id: str) -> VideoView:
         error = VideoError(code=row.state if row.state == "cancelled" else "generation_failed", message=row.error or "")
     progress = 100 if row.state == "succeeded" else int(100 * row.step / row.total) if row.total else 0
     seconds = meta.get("seconds") or f"{params.get('num_frames', 0) / max(params.get('fps', 16.0), 1e-9):g}"
+    size = meta.get("size") or f"{params.get('width')}x{params.get('height')}"
+    done = meta.get("rendered") or {}
+    if all(done.get(k) for k in ("frames", "width", "height", "fps")):  # what the file holds
+        seconds = f"{round(done['frames'] / done['fps'], 3):g}"
+        size = f"{done['width']}x{done['height']}"
     return VideoView(
         id=row.id,
         created_at=int(row.created_at),
@@ -68,7 +79,7 @@ def video_view(row: JobRow, model_id: str) -> VideoView:
         prompt=row.prompt,
         remixed_from_video_id=meta.get("remixed_from_video_id"),
         seconds=str(seconds),
-        size=meta.get("size") or f"{params.get('width')}x{params.get('height')}",
+        size=size,
         status=status,
     )
 
@@ -98,11 +109,17 @@ def video_router(service: Service) -> APIRouter:
     router = APIRouter(tags=["openai videos"])
     fps = JobCreate.model_fields["fps"].default
 
-    def body_for(fields: dict[str, Any], media: dict[str, Any], task_type: str) -> tuple[JobCreate, dict[str, Any]]:
+    def body_for(
+        fields: dict[str, Any], media: dict[str, Any], task_type: str, default_seconds: str | None = DEFAULT_SECONDS
+    ) -> tuple[JobCreate, dict[str, Any]]:
         model = fields.pop("model", None)
         if model not in (None, "", config.model_id):
             raise ApiError(400, f"unknown model {str(model)[:80]!r}; GET /v1/models lists: {config.model_id}")
-        seconds = str(fields.pop("seconds", None) or DEFAULT_SECONDS)
+        seconds = fields.pop("seconds", None)
+        if seconds not in (None, "") and fields.get("num_frames") not in (None, ""):
+            raise ApiError(400, "give seconds or num_frames, not both")
+        if seconds in (None, "") and fields.get("num_frames") in (None, ""):
+            seconds = default_seconds
         size = fields.pop("size", None)
         data: dict[str, Any] = {**fields, **media, "task_type": task_type}
         data["fps"] = data.get("fps", fps)
@@ -112,9 +129,17 @@ def video_router(service: Service) -> APIRouter:
             frame_rate = float(data["fps"])
         except (TypeError, ValueError):
             raise ApiError(400, f"fps must be a number, got {str(data['fps'])[:40]!r}") from None
-        data["num_frames"] = frames_for(parse_seconds(seconds), frame_rate)
-        meta = {"model": config.model_id, "seconds": seconds, "size": str(size) if size is not None else None}
-        return service.parse_body(data), meta
+        if seconds not in (None, ""):
+            data["num_frames"] = frames_for(parse_seconds(str(seconds)), frame_rate)
+            if data["num_frames"] > MAX_FRAMES:
+                raise ApiError(
+                    400, f"seconds={str(seconds)[:20]} gives {data['num_frames']} frames; at most {MAX_FRAMES} here"
+                )
+        body = service.parse_body(data)
+        if seconds in (None, ""):  # num_frames given (or an edit's default): report what it asks for
+            seconds = f"{round(body.num_frames / max(body.fps, 1e-9), 3):g}"
+        meta = {"model": config.model_id, "seconds": str(seconds), "size": str(size) if size is not None else None}
+        return body, meta
 
     def extra_fields(fields: dict[str, Any]) -> dict[str, Any]:
         unknown = [k for k in fields if k not in JobCreate.model_fields and k not in ("model", "seconds", "size")]
@@ -168,7 +193,7 @@ def video_router(service: Service) -> APIRouter:
         fields.setdefault("size", None)
         if fields["size"] is None:
             fields.pop("size")
-        body, meta = body_for(extra_fields(fields), {"video": [file_id]}, "v2v")
+        body, meta = body_for(extra_fields(fields), {"video": [file_id]}, "v2v", default_seconds=None)
         meta["remixed_from_video_id"] = meta_source
         row, _ = await run_in_threadpool(service.submit, body, idempotency_key, meta)
         return video_view(row, config.model_id)
@@ -204,8 +229,8 @@ def video_router(service: Service) -> APIRouter:
 
     @router.delete("/videos/{video_id}", response_model=VideoDeleted)
     def delete_video(video_id: str) -> VideoDeleted:
-        """Cancels an unfinished video (a running one stops at its next step) and removes a finished one's output."""
-        service.cancel(video_id)
+        """Removes the video: it is no longer listed or found, and a running one stops at its next step."""
+        service.delete(video_id)
         return VideoDeleted(id=video_id, deleted=True)
 
     return router

@@ -103,7 +103,7 @@ def serve(args: argparse.Namespace, token: str | None, pipe: Any, link: Any = No
 
     from .app import create_app
     from .service import Service, ServiceConfig
-    from .store import Store, redact_url
+    from .store import DATABASE_ERRORS, Store, failure_detail, redact_url
     from .worker import Worker, WorkerSettings
 
     output_dir = Path(args.output_dir).expanduser().resolve()
@@ -111,7 +111,10 @@ def serve(args: argparse.Namespace, token: str | None, pipe: Any, link: Any = No
     url = args.db or f"sqlite:///{output_dir / 'queue.db'}"
     store = Store(url)
     worker_id = args.worker_id or f"{socket.gethostname()}:{args.port}"
-    interrupted = store.recover(worker_id, args.stale_after)
+    try:
+        interrupted = store.recover(worker_id, args.stale_after)
+    except DATABASE_ERRORS as exc:
+        raise BerniniError(f"cannot use the queue database {redact_url(url)}: {failure_detail(exc)}") from None
     for job_id in interrupted:
         logger.warning("job %s was running when its server stopped; marked failed", job_id)
     config = ServiceConfig(

@@ -33,6 +33,7 @@ ERROR_TYPES = {
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "invalid_request_error",
+    503: "service_unavailable_error",
 }
 
 
@@ -161,6 +162,12 @@ class Service:
             return self.job(job_id)
         cancelled = self.store.cancel(job_id)
         return cancelled or row
+
+    def delete(self, job_id: str) -> None:
+        """Remove the job altogether (the OpenAI ``DELETE /videos``): it is then unknown, and a run stops."""
+        self.job(job_id)
+        self.store.delete(job_id)
+        shutil.rmtree(job_folder(self.config.output_dir, job_id), ignore_errors=True)
 
 
 def job_view(row: JobRow) -> JobView:

@@ -5,17 +5,24 @@ the oldest queued job with ``SELECT … FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQ
 and ignores the clause) followed by an update guarded by ``state = 'queued'``, so a job is claimed once.
 Uploads and outputs are stored in the database too, so any server of a shared queue can run any job
 and answer any download.
+
+A database that fails while the server runs (read-only, full, unreachable) raises SQLAlchemy's errors,
+which the front end answers with one line (:func:`describe_failure`). An SQLite file deleted or replaced
+under a running server raises :class:`StoreUnavailable` instead of writing into the unlinked file, and a
+restart refuses to create an empty queue where one existed (the ``FILE.created`` marker beside it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -26,12 +33,13 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, deferred, mapped_column, sessionmaker
 
 from ..errors import BerniniError
@@ -111,6 +119,35 @@ class IdempotencyConflict(BerniniError):
     """An Idempotency-Key reused with a different request."""
 
 
+class StoreUnavailable(Exception):
+    """The queue database cannot be used while the server runs (its SQLite file was deleted or replaced)."""
+
+
+DATABASE_ERRORS = (SQLAlchemyError, StoreUnavailable)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong with the database, in words a client may see (no paths, hosts or SQL)."""
+    if isinstance(exc, StoreUnavailable):
+        return "its file was deleted or replaced while the server ran"
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if "readonly" in text or "read-only" in text or "read only" in text:
+        return "it is read-only"
+    if "full" in text or "no space" in text or "quota" in text:
+        return "it is full (no space left)"
+    if "locked" in text or "busy" in text:
+        return "it is locked by another process"
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return "its tables are missing"
+    return "it cannot be reached"
+
+
+def failure_detail(exc: BaseException) -> str:
+    """The driver's own first line, for the server's log."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
@@ -135,6 +172,9 @@ class Store:
         if self.dialect not in ("sqlite", "postgresql"):
             raise BerniniError(f"--db must be sqlite:///FILE or postgresql://…, got a {self.dialect} URL")
         connect_args = {"timeout": 30, "check_same_thread": False} if self.dialect == "sqlite" else {}
+        self.file = sqlite_file(url) if self.dialect == "sqlite" else None
+        if self.file is not None:
+            check_not_deleted(self.file)
         try:
             self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
             if self.dialect == "sqlite":
@@ -143,7 +183,22 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - driver errors span many classes; report one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BerniniError(f"cannot open the queue database {redact_url(url)}: {first}") from None
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.identity = None
+        if self.file is not None:
+            self.identity = _identity(self.file)
+            marker = created_marker(self.file)
+            if not marker.exists():
+                try:
+                    marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()), encoding="utf-8")
+                except OSError:  # a read-only folder: the first write to the queue says so in its own words
+                    pass
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def sessions(self) -> Session:
+        """A new session, after checking that an SQLite file is still the one opened."""
+        if self.file is not None and _identity(self.file) != self.identity:
+            raise StoreUnavailable(f"the queue database {self.file} was deleted or replaced while the server ran")
+        return self._sessions()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -260,14 +315,15 @@ class Store:
         return self.get_job(candidate) if taken == 1 else None
 
     def progress(self, job_id: str, step: int, total: int, phase: str) -> bool:
-        """Record progress (and a heartbeat); returns whether a cancel was requested."""
+        """Record progress (and a heartbeat); returns whether the job should stop (cancelled or deleted)."""
         with self.session() as session:
             session.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id)
                 .values(step=step, total=total, phase=phase, heartbeat_at=time.time())
             )
-            return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
+            flag = session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id))
+            return flag is None or bool(flag)  # a job deleted while it runs stops too
 
     def heartbeat(self, job_id: str) -> None:
         with self.session() as session:
@@ -281,10 +337,14 @@ class Store:
         output: bytes | None = None,
         output_name: str | None = None,
         sidecar: str | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
+        """End a running job; ``meta`` (the job's meta with what was rendered) replaces the stored one."""
         values: dict[str, Any] = {"state": state, "error": error, "finished_at": time.time(), "phase": "done"}
         if output is not None:
             values.update(output=output, output_name=output_name, sidecar=sidecar, output_bytes=len(output))
+        if meta is not None:
+            values["meta"] = json.dumps(meta)
         with self.session() as session:
             session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.state == "running").values(**values))
 
@@ -301,6 +361,11 @@ class Store:
                 update(JobRow).where(JobRow.id == job_id, JobRow.state == "running").values(cancel_requested=True)
             )
         return self.get_job(job_id)
+
+    def delete(self, job_id: str) -> bool:
+        """Remove the job's row (its output with it); a worker running it stops at its next step."""
+        with self.session() as session:
+            return session.execute(delete(JobRow).where(JobRow.id == job_id)).rowcount > 0
 
     def expire(self, job_id: str) -> None:
         """Drop a finished job's output (a DELETE or the retention limits)."""
@@ -359,6 +424,39 @@ class Store:
         for job_id in drop:
             self.expire(job_id)
         return drop
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of an SQLite URL (None: in memory or a ``file:`` URI)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute()
+
+
+def created_marker(file: Path) -> Path:
+    """Written beside an SQLite queue when it is created: the file existed, so its absence is a loss."""
+    return file.with_name(file.name + ".created")
+
+
+def check_not_deleted(file: Path) -> None:
+    marker = created_marker(file)
+    if marker.exists() and not file.exists():
+        raise BerniniError(
+            f"the queue database {file} is missing, but {marker.name} beside it says one was created there "
+            f"({marker.read_text(encoding='utf-8', errors='replace').strip()[:40]}): restore it (jobs accepted "
+            f"before are in it), or delete {marker} to start an empty queue"
+        )
+
+
+def _identity(file: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(file)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

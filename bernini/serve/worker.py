@@ -21,7 +21,7 @@ from ..errors import BerniniError
 from ..parallel.groups import RankZeroChannel
 from ..plan import GenerationPlan, ModelDefaults, make_plan
 from ..request import GenerationRequest
-from .store import JobRow, Store
+from .store import DATABASE_ERRORS, JobRow, Store, describe_failure, failure_detail
 
 logger = logging.getLogger("bernini.serve")
 
@@ -93,6 +93,13 @@ class Worker:
         self.enhancer = enhancer
         self.link = link or RankZeroChannel()
         self.stopping = threading.Event()
+        self.database_down: str | None = None  # the failure last logged, so a long outage is one line
+
+    def _database_failed(self, what: str, exc: BaseException) -> None:
+        detail = failure_detail(exc)
+        if detail != self.database_down:
+            logger.warning("the queue database failed (%s): %s", what, detail)
+        self.database_down = detail
 
     # ------------------------------------------------------------------ rank 0
     def serve_forever(self) -> None:
@@ -101,7 +108,13 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 job = self.store.claim(self.settings.worker_id)
-            except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
+                if self.database_down is not None:
+                    logger.warning("the queue database answers again")
+                    self.database_down = None
+            except DATABASE_ERRORS as exc:  # an outage must not end the worker
+                self._database_failed("claiming a job", exc)
+                job = None
+            except Exception:  # noqa: BLE001 - nor anything else
                 logger.exception("cannot claim a job; retrying")
                 job = None
             if job is None:
@@ -113,7 +126,10 @@ class Worker:
                     last_ping = time.monotonic()
                 self.stopping.wait(self.settings.poll_s)
                 continue
-            self.run(job)
+            try:
+                self.run(job)
+            except DATABASE_ERRORS as exc:  # recording the job's end failed too
+                self._database_failed(f"recording the end of job {job.id}", exc)
             last_ping = time.monotonic()
         if self.link.enabled:
             self.link.broadcast({"kind": "shutdown"})
@@ -123,6 +139,8 @@ class Worker:
         try:
             for job_id in self.store.recover(self.settings.worker_id, self.settings.stale_after_s):
                 logger.warning("job %s: its server stopped; marked failed", job_id)
+        except DATABASE_ERRORS as exc:
+            self._database_failed("sweeping for interrupted jobs", exc)
         except Exception:  # noqa: BLE001
             logger.exception("cannot sweep for interrupted jobs")
 
@@ -150,8 +168,13 @@ class Worker:
                 output=output.read_bytes(),
                 output_name=output.name,
                 sidecar=json.dumps(sidecar, indent=2, ensure_ascii=False),
+                meta={**job.loads("meta"), "rendered": rendered(sidecar)},
             )
             logger.info("job %s succeeded", job.id)
+        except DATABASE_ERRORS as exc:  # the job cannot be recorded: say so once, and keep serving
+            shutil.rmtree(folder / "output", ignore_errors=True)
+            self._database_failed(f"running job {job.id}", exc)
+            self._finish_quietly(job.id, f"the queue database failed while this job ran: {describe_failure(exc)}")
         except JobStopped as exc:
             shutil.rmtree(folder / "output", ignore_errors=True)
             state = "failed" if self.stopping.is_set() else "cancelled"
@@ -168,8 +191,20 @@ class Worker:
             self.store.finish(job.id, "failed", error=_one_line(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             ticker.set()
-        for dropped in self.store.prune(self.settings.keep_jobs, self.settings.keep_bytes):
-            shutil.rmtree(job_folder(self.settings.output_dir, dropped), ignore_errors=True)
+        try:
+            dropped = self.store.prune(self.settings.keep_jobs, self.settings.keep_bytes)
+        except DATABASE_ERRORS as exc:
+            self._database_failed("removing old outputs", exc)
+            dropped = []
+        for job_id in dropped:
+            shutil.rmtree(job_folder(self.settings.output_dir, job_id), ignore_errors=True)
+
+    def _finish_quietly(self, job_id: str, error: str) -> None:
+        """Mark a job failed if the database takes it now (it may not: then a restart's recovery does)."""
+        try:
+            self.store.finish(job_id, "failed", error=_one_line(error))
+        except DATABASE_ERRORS:
+            pass
 
     def plan(self, job: JobRow, folder: Path) -> GenerationPlan:
         inputs = local_inputs(self.store, job.loads("media"), self.settings.output_dir / "uploads")
@@ -232,6 +267,12 @@ class Worker:
                 logger.info("rank %d: job ended: %s", self.link.rank, exc)
             except Exception:  # noqa: BLE001
                 logger.exception("rank %d: job crashed", self.link.rank)
+
+
+def rendered(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """What the output holds, from the run's record: frames, width, height and frame rate."""
+    resolved = sidecar.get("resolved") or {}
+    return {key: resolved.get(key) for key in ("frames", "width", "height")} | {"fps": sidecar.get("fps")}
 
 
 def _input_bytes(plan: GenerationPlan) -> dict[str, bytes]:
