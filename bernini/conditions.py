@@ -119,8 +119,11 @@ class LatentCodec:
         return self.vae.decode(z.to(self.device, self.dtype), return_dict=False)[0].float()
 
 
-def source_geometry_adjustments(plan: GenerationPlan, frames: int, height: int, width: int) -> list[Adjustment]:
-    """What the source media changed from the geometry asked for (before snapping to the latent grid)."""
+def source_geometry_adjustments(
+    plan: GenerationPlan, frames: int, height: int, width: int, source_size: tuple[int, int] | None = None
+) -> list[Adjustment]:
+    """What the source media changed from the geometry asked for (before snapping to the latent grid), and, on the
+    full model, where its shipped settings render at another size than the source's (``source_size``)."""
     asked = plan.geometry
     media = plan.media
     if media.video:
@@ -131,6 +134,13 @@ def source_geometry_adjustments(plan: GenerationPlan, frames: int, height: int, 
         source, adjustments = "the source image", []
     else:
         return []
+    if asked.fixed_size and asked.shipped and source_size is not None:
+        why = (
+            f"the full model's shipped {plan.task.name} settings ({plan.planner.version}) render "
+            f"{asked.width}x{asked.height}, not {source}'s size; --height 0 --width 0 keep it"
+        )
+        used, own = {"height": height, "width": width}, dict(zip(("height", "width"), source_size, strict=True))
+        return adjustments + [a for side in asked.shipped for a in changed(side, own[side], used[side], why)]
     if asked.fixed_size or asked.height == asked.width == 0:  # the size asked for is what runs, or "the source's"
         return adjustments
     why = f"taken from {source} (at most --max_image_size {media.max_image_size})"

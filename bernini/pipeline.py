@@ -340,6 +340,7 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
         conditions = Conditions()
         previews: list[np.ndarray] = []
         frames, height, width = plan.geometry.frames, plan.geometry.height, plan.geometry.width
+        source_size = None  # the first source video's, else the source image's (height, width)
         with self.placement.active(self.vae):
             for index, item in enumerate(media.video):
                 pixels = preprocess_video(
@@ -348,20 +349,23 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
                 previews.append(to_preview_frames(pixels))
                 if index == 0:
                     frames = pixels.shape[1]
+                    source_size = tuple(pixels.shape[2:4])
                     if not plan.geometry.fixed_size:
-                        height, width = pixels.shape[2:4]
+                        height, width = source_size
                 conditions.videos.append(codec.encode(pixels))
                 report("encode", len(conditions.videos), total)
             if media.image is not None:
                 pixels = preprocess_image(media.image, media.max_image_size)
-                if not media.video and not plan.geometry.fixed_size:
-                    height, width = pixels.shape[1:3]
+                if not media.video:
+                    source_size = tuple(pixels.shape[1:3])
+                    if not plan.geometry.fixed_size:
+                        height, width = source_size
                 conditions.image = codec.encode(pixels.unsqueeze(1))
                 report("encode", len(conditions.videos) + 1, total)
             for item in media.images:
                 conditions.images.append(codec.encode(preprocess_image(item, media.max_image_size).unsqueeze(1)))
                 report("encode", total - len(media.images) + len(conditions.images), total)
-        adjustments = source_geometry_adjustments(plan, frames, height, width)
+        adjustments = source_geometry_adjustments(plan, frames, height, width, source_size)
         snapped = grid.snap_frames(frames), grid.snap_side(height), grid.snap_side(width)
         multiple = grid.size_multiple
         adjustments += changed("num_frames", frames, snapped[0], f"the VAE takes {grid.temporal}k+1 frames")

@@ -106,6 +106,7 @@ class Geometry:
     height: int
     width: int
     fixed_size: bool = False
+    shipped: tuple[str, ...] = ()  # the sides (height, width) the full model's shipped settings set, not the user
 
 
 @dataclass(frozen=True)
@@ -544,6 +545,10 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         raise BerniniError(
             f"--height 0 --width 0 follow a source video or image, and task {task.name} has none; pass a size"
         )
+    shipped: tuple[str, ...] = ()
+    if version is not None and not follow_source:
+        row = full_preset(version, task.name)
+        shipped = tuple(name for name in ("height", "width") if name not in given and getattr(row, name))
     for name, value in (("height", height), ("width", width)):
         if not follow_source:
             _check_range(name, value, 16, limit, f"between 16 and {limit} pixels (or both 0: the source's size)")
@@ -572,7 +577,7 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         negative_prompt=request.neg_prompt,
         system_prompt=request.system_prompt,
         media=media,
-        geometry=Geometry(frames, height, width, fixed_size=version is not None and not follow_source),
+        geometry=Geometry(frames, height, width, version is not None and not follow_source, shipped),
         guidance=GuidancePlan(mode, weights, omega_scale, apg),
         scheduler=scheduler,
         source_id_choice=_source_id_choice(request),

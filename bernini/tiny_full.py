@@ -107,13 +107,13 @@ def qwen_config_dict(sizes: FullSizes = TINY_SIZES) -> dict:
 
 
 def bernini_config_dict(sizes: FullSizes = TINY_SIZES) -> dict:
-    """The published ``BerniniConfig`` keys that inference reads (spec §1.5), at the given sizes."""
+    """Released ``BerniniConfig`` keys (spec §1.5; all in :data:`bernini.full_config.RELEASED_KEYS`) at the given
+    sizes, the connector's widths under their released names ``out_dim_for_gen`` / ``out_dim_for_vit``."""
     return {
         "model_type": "bernini",
         "num_mask_token": 16,
         "feature_type_from_stage_one": "masked_tgt_embed_with_qwen_txt_vit_tokens",
         "clip_diff_cfg": {
-            "type": "flow_match",
             "target_channels": sizes.qwen_hidden,
             "z_channels": sizes.out_vit,
             "width": sizes.decoder_width,
@@ -121,8 +121,8 @@ def bernini_config_dict(sizes: FullSizes = TINY_SIZES) -> dict:
             "shift": 2.0,
         },
         "connector_cfg": {
-            "out_gen": sizes.out_gen,
-            "out_vit": sizes.out_vit,
+            "out_dim_for_gen": sizes.out_gen,
+            "out_dim_for_vit": sizes.out_vit,
             "gen_head_type": "zerolinear",
             "zero_init_proj_gen_last": True,
         },

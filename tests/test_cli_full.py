@@ -147,3 +147,43 @@ def test_plan_and_dry_run_print_the_planner_phase(full_bundle, capsys):
     assert main(args) == 0
     assert "planner phase" in capsys.readouterr().out
     assert full_shapes_for(str(REPO / "examples")) is None
+
+
+def test_a_shipped_size_other_than_the_sources_prints_a_note_and_is_recorded(full_bundle, full_media, tmp_path):
+    """Issue 19 item 6: i2i's shipped 512×512 from a 48×48 source is a change made on the user's behalf; at the
+    source's own size (0 × 0) or at a size the user gave, nothing is noted."""
+    image = str(full_media / "image.png")
+    entries = [{}, {"height": 0, "width": 0}, {"height": 64, "width": 64}]
+    tasks = tmp_path / "i2i.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": "a fox", "task_type": "i2i", "image": image, **e}) + "\n"
+                             for e in entries))  # fmt: skip
+    proc = run("--config", str(full_bundle), "--inputs", str(tasks), *SMALL, "--output", str(tmp_path / "o.png"),
+               cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    why = "the full model's shipped i2i settings (v1) render 512x512, not the source image's size; --height 0 --width 0"
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: height 48 -> 512: {why} keep it", f"note: width 48 -> 512: {why} keep it"]
+    records = {}
+    for path in tmp_path.glob("o_*.json"):
+        record = json.loads(path.read_text())
+        records[record["request"]["height"], record["request"]["width"]] = record["adjustments"]
+    assert [(a["name"], a["asked"], a["used"]) for a in records[512, 512]] == [("height", 48, 512), ("width", 48, 512)]
+    assert records[0, 0] == [] and records[64, 64] == []
+
+
+def test_a_bundle_with_the_old_connector_keys_is_refused_in_one_line(full_bundle, tmp_path):
+    """Bundles bernini wrote before it read the released ``out_dim_for_gen`` / ``out_dim_for_vit``: one error line."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for child in full_bundle.iterdir():
+        if child.name != "config.json":
+            (old / child.name).symlink_to(child)
+    config = json.loads((full_bundle / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**config, "connector_cfg": {"out_gen": 40, "out_vit": 48}}))
+    out = tmp_path / "o.mp4"
+    proc = run("--config", str(old), "--prompt", "a fox", "--task_type", "t2v", *SMALL, "--output", str(out),
+               cwd=tmp_path)  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and not out.exists()
+    assert lines[-1].startswith("error: ") and "out_dim_for_gen / out_dim_for_vit" in lines[-1]
+    assert "bernini tiny-bundle --layout full" in lines[-1]

@@ -288,5 +288,7 @@ def test_the_full_model_renders_at_a_given_size_and_follows_the_source_at_zero(f
     assert not [a for a in sized.parameters["adjustments"] if a["name"] in ("height", "width")]
     image = full_pipe(PROMPT, task_type="i2i", image=str(media / "image.png"), **FAST)
     assert image.frames.shape == (1, 512, 512, 3)
+    noted = [(a["name"], a["asked"], a["used"]) for a in image.parameters["adjustments"]]
+    assert noted == [("height", 48, 512), ("width", 48, 512)]  # the shipped size, not the 48² source's
     assert image.parameters["resolved"]["planner"]["target_slots"] == 64  # spec §2.4: 512² → 64
     one_line_error(full_pipe, PROMPT, task_type="t2v", height=0, width=0, match="task t2v has none")

@@ -17,6 +17,17 @@ def test_real_size_names_shapes_and_count_on_meta():
     assert shapes["pred_vit.3.weight"] == (3584,) and shapes["pred_vit.4.weight"] == (3584, 3584)
 
 
+def test_pred_vit_layers_after_the_first_are_out_vit_wide_when_it_differs_from_in_dim():
+    with torch.device("meta"):
+        connector = MLPConnector(in_dim=64, out_gen=40, out_vit=48)
+    shapes = {name: tuple(t.shape) for name, t in connector.state_dict().items()}
+    assert shapes["pred_vit.0.weight"] == (48, 64) and shapes["pred_vit.0.bias"] == (48,)  # the reference's widths
+    assert shapes["pred_vit.2.weight"] == (48, 48) and shapes["pred_vit.3.weight"] == (48,)
+    assert shapes["pred_vit.4.weight"] == (48, 48) and shapes["pred_vit.4.bias"] == (48,)
+    assert shapes["proj_gen.0.weight"] == (40, 64) and shapes["proj_gen.2.weight"] == (40,)
+    assert shapes["proj_gen.3.weight"] == (40, 40)
+
+
 def test_widths_differ_and_math_is_exact_gelu_then_rmsnorm():
     connector = MLPConnector(in_dim=64, out_gen=40, out_vit=48)
     g = torch.Generator().manual_seed(0)
@@ -31,6 +42,11 @@ def test_widths_differ_and_math_is_exact_gelu_then_rmsnorm():
     x = 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))  # exact-erf GELU (the tanh form differs by ~1e-3)
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
     assert torch.allclose(connector.generation_context(hidden), last(x), atol=1e-5)
+    first, second, norm, last = (connector.pred_vit[i] for i in (0, 2, 3, 4))
+    x = first(hidden)
+    x = second(0.5 * x * (1 + torch.erf(x / math.sqrt(2))))
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    assert torch.allclose(connector.vit_condition(hidden), last(x), atol=1e-4)
 
 
 def test_rmsnorm_runs_in_fp32_for_half_inputs():

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from bernini.errors import WeightsError
-from bernini.full_config import is_full_bundle
+from bernini.full_config import (
+    OLD_CONNECTOR_KEYS,
+    RELEASED_KEYS,
+    UNRELEASED_KEYS,
+    is_full_bundle,
+    planner_widths,
+    renderer_config_from,
+)
 from bernini.planner.loading import FullBundle, load_planner, load_renderer_parts, qwen_key
+from bernini.planner.presets import detect_version
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +102,95 @@ def test_renderer_parts_come_from_the_checkpoint_over_the_t5_folder(full_bundle,
     folder = load_file(str(next((full_bundle / "t5_text_encoder").glob("*.safetensors"))))
     assert not torch.equal(encoder["shared.weight"], folder["shared.weight"])  # bernini/ wins, as upstream
     assert parts["transformer"].config.text_dim == encoder["shared.weight"].shape[1] == 40
+
+
+def _dotted(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in data.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _dotted(value, f"{prefix}{key}.")
+    return keys
+
+
+def test_the_tiny_bundle_writes_the_released_keys_with_out_vit_not_the_qwen_width(full_bundle, written):
+    config = json.loads((full_bundle / "config.json").read_text())
+    qwen = json.loads((full_bundle / "mllm" / "config.json").read_text())
+    hidden = qwen.get("hidden_size") or qwen["text_config"]["hidden_size"]
+    widths = config["connector_cfg"]
+    gen, vit = widths["out_dim_for_gen"], widths["out_dim_for_vit"]
+    assert "out_gen" not in widths and "out_vit" not in widths
+    assert len({hidden, gen, vit}) == 3  # every mix-up of the three widths shows as a shape error
+    assert _dotted(config) <= RELEASED_KEYS, _dotted(config) - RELEASED_KEYS
+    shapes = {k[len("connector.") :]: tuple(v.shape) for k, v in written.items() if k.startswith("connector.")}
+    assert shapes["pred_vit.0.weight"] == (vit, hidden) and shapes["pred_vit.2.weight"] == (vit, vit)
+    assert shapes["pred_vit.3.weight"] == (vit,) and shapes["pred_vit.4.weight"] == (vit, vit)
+    assert shapes["proj_gen.0.weight"] == (gen, hidden) and shapes["proj_gen.3.weight"] == (gen, gen)
+    planner = load_planner(FullBundle.open(full_bundle), torch.float32)
+    assert planner.connector.vit_condition(torch.zeros(1, 3, hidden)).shape == (1, 3, vit)
+    assert planner.connector.generation_context(torch.zeros(1, 3, hidden)).shape == (1, 3, gen)
+
+
+class _Recording(dict):
+    """A config that records every key read from it (``get``, ``[]``, ``in``), nested sections dotted."""
+
+    def __init__(self, data: dict, seen: set[str], prefix: str = "") -> None:
+        wrapped = {k: _Recording(v, seen, f"{prefix}{k}.") if isinstance(v, dict) else v for k, v in data.items()}
+        super().__init__(wrapped)
+        self.seen, self.prefix = seen, prefix
+
+    def get(self, key, default=None):
+        self.seen.add(self.prefix + key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.seen.add(self.prefix + key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.seen.add(self.prefix + key)
+        return super().__contains__(key)
+
+
+def test_every_full_config_key_read_is_a_released_one_or_listed_as_not_released(full_bundle):
+    seen: set[str] = set()
+    config = _Recording(json.loads((full_bundle / "config.json").read_text()), seen)
+    path = full_bundle / "config.json"
+    renderer_config_from(config, path, full_bundle)
+    planner_widths(config, 64, path)
+    detect_version(config, str(full_bundle))
+    assert {"connector_cfg.out_dim_for_gen", "connector_cfg.out_dim_for_vit", "clip_diff_cfg.z_channels"} <= seen
+    refused = {f"connector_cfg.{k}" for k in OLD_CONNECTOR_KEYS}  # looked for only to refuse them
+    allowed = RELEASED_KEYS | set(UNRELEASED_KEYS) | refused
+    assert seen <= allowed, seen - allowed
+    package = Path(__file__).resolve().parents[1] / "bernini"
+    readers = {"full_config.py", "tiny_full.py"}  # the reader, and the tiny bundle's writer
+    for source in package.rglob("*.py"):
+        if source.name not in readers:
+            text = source.read_text(encoding="utf-8")
+            pattern = r"[\"'](connector_cfg|clip_diff_cfg|out_dim_for_\w+)[\"']"  # a read of these keys
+            assert not re.search(pattern, text), source  # only full_config reads the full config's sections
+    documented = (package.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for key in RELEASED_KEYS | set(UNRELEASED_KEYS):
+        assert f"`{key}`" in documented, key
+
+
+@pytest.mark.parametrize(
+    "connector, match",
+    [
+        ({"out_gen": 40, "out_vit": 48}, "out_dim_for_gen / out_dim_for_vit"),
+        ({"out_dim_for_gen": 40, "out_dim_for_vit": "48"}, "connector_cfg.out_dim_for_vit must be a positive integer"),
+    ],
+)
+def test_old_or_bad_connector_widths_are_one_line_errors(full_bundle, tmp_path, one_line_error, connector, match):
+    bundle = tmp_path / "old"
+    bundle.mkdir()
+    for child in full_bundle.iterdir():
+        if child.name != "config.json":
+            (bundle / child.name).symlink_to(child)
+    config = json.loads((full_bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, "connector_cfg": connector}))
+    one_line_error(load_planner, FullBundle.open(bundle), torch.float32, match=match)
 
 
 def test_broken_bundles_are_one_line_errors(full_bundle, tmp_path):

@@ -75,7 +75,7 @@ def shapes_for(config: str | None, experts: int | None = None):
 def full_shapes_for(config: str | None):
     """The full model's module configs when ``config`` is a local full Bernini bundle (its ``mllm/`` Qwen config,
     connector and decoder widths from ``config.json``, the decoder depth from the checkpoint), else None."""
-    from ..full_config import is_full_bundle
+    from ..full_config import is_full_bundle, planner_widths
     from ..memory_plan import Shapes
     from ..planner.loading import FullBundle
     from ..planner.memory import FullShapes
@@ -86,7 +86,7 @@ def full_shapes_for(config: str | None):
     bundle = FullBundle.open(root)
     qwen = _config(root / "mllm") or {}
     hidden = int(qwen.get("hidden_size") or qwen.get("text_config", {}).get("hidden_size"))
-    connector, decoder = bundle.config.get("connector_cfg", {}), bundle.config.get("clip_diff_cfg", {})
+    connector, decoder = planner_widths(bundle.config, hidden, root / "config.json")
     renderer = Shapes(
         json.loads((root / "transformer_config.json").read_text(encoding="utf-8")),
         _config(root / "t5_text_encoder"),
@@ -95,17 +95,8 @@ def full_shapes_for(config: str | None):
     )
     return FullShapes(
         qwen=qwen,
-        connector={
-            "in_dim": hidden,
-            "out_gen": connector.get("out_gen", 4096),
-            "out_vit": connector.get("out_vit", hidden),
-        },
-        decoder={
-            "target_channels": decoder.get("target_channels", hidden),
-            "z_channels": decoder.get("z_channels", hidden),
-            "width": decoder.get("width", 4096),
-            "depth": bundle.decoder_depth(),
-        },
+        connector=connector,
+        decoder={**decoder, "depth": bundle.decoder_depth()},
         renderer=renderer,
     )
 

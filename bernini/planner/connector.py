@@ -22,8 +22,10 @@ class FP32RMSNorm(nn.Module):
 
 
 class MLPConnector(nn.Module):
-    """``proj_gen``: Linear → GELU → RMSNorm → Linear (planner width → DiT text width);
-    ``pred_vit``: Linear → GELU → Linear → RMSNorm → Linear (planner width → ViT-decoder condition width)."""
+    """``proj_gen``: Linear → GELU → RMSNorm → Linear (planner width ``in_dim`` → DiT text width ``out_gen``);
+    ``pred_vit``: Linear → GELU → Linear → RMSNorm → Linear (``in_dim`` → ViT-decoder condition width ``out_vit``;
+    every layer after the first is ``out_vit`` wide, as the reference's). The widths are the released config's
+    ``connector_cfg.out_dim_for_gen`` / ``out_dim_for_vit`` (:func:`bernini.full_config.planner_widths`)."""
 
     def __init__(self, in_dim: int = 3584, out_gen: int = 4096, out_vit: int = 3584) -> None:
         super().__init__()
@@ -31,11 +33,11 @@ class MLPConnector(nn.Module):
             nn.Linear(in_dim, out_gen), nn.GELU(), FP32RMSNorm(out_gen), nn.Linear(out_gen, out_gen)
         )
         self.pred_vit = nn.Sequential(
-            nn.Linear(in_dim, in_dim),
-            nn.GELU(),
-            nn.Linear(in_dim, in_dim),
-            FP32RMSNorm(in_dim),
             nn.Linear(in_dim, out_vit),
+            nn.GELU(),
+            nn.Linear(out_vit, out_vit),
+            FP32RMSNorm(out_vit),
+            nn.Linear(out_vit, out_vit),
         )
 
     def _own(self, hidden: torch.Tensor, branch: nn.Sequential) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from ..config import read_json
 from ..errors import WeightsError
 from ..expert_weights import place_weight
-from ..full_config import MODEL_TYPE, full_renderer_config, full_version, is_full_bundle
+from ..full_config import MODEL_TYPE, full_renderer_config, full_version, is_full_bundle, planner_widths
 from ..loading import ModelSource, fetch_repo, looks_like_repo_id
 from ..safetensors_stream import TensorEntry, iter_tensors, read_header
 
@@ -166,22 +166,11 @@ def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
     skipped = (f"language_model.layers.{layers - 1}.", "language_model.norm.", "lm_head.")
     stream_into(qwen, entries, dtype, "planner (mllm)", ignore=skipped)
 
-    cfg = bundle.config
-    connector_cfg, decoder_cfg = cfg.get("connector_cfg", {}), cfg.get("clip_diff_cfg", {})
-    hidden = int(text.hidden_size)
-    connector = _meta(
-        lambda: MLPConnector(hidden, int(connector_cfg.get("out_gen", 4096)), int(connector_cfg.get("out_vit", hidden)))
-    )
+    connector_widths, decoder_widths = planner_widths(bundle.config, int(text.hidden_size), bundle.root / "config.json")
+    connector = _meta(lambda: MLPConnector(**connector_widths))
     # the reference casts connector and decoder to the compute dtype for planning; load them in it directly
     stream_into(connector, bundle.keys_under("connector."), dtype, "connector")
-    decoder = _meta(
-        lambda: VitDecoder(
-            int(decoder_cfg.get("target_channels", hidden)),
-            int(decoder_cfg.get("z_channels", hidden)),
-            int(decoder_cfg.get("width", 4096)),
-            bundle.decoder_depth(),
-        )
-    )
+    decoder = _meta(lambda: VitDecoder(**decoder_widths, depth=bundle.decoder_depth()))
     stream_into(decoder, bundle.keys_under("vit_decoder."), dtype, "ViT decoder")
     mask = bundle.entries.get("mask_tokens")
     if mask is None:
