@@ -19,7 +19,11 @@ def add_plan_parser(sub) -> argparse.ArgumentParser:
     from ..request import GenerationRequest
 
     defaults = GenerationRequest()
-    plan = sub.add_parser("plan", help="print the placement and expected peak device/host memory per phase")
+    plan = sub.add_parser(
+        "plan",
+        help="print the placement and expected peak device/host memory per phase of a size given by flags "
+        "(generate --dry_run sizes a run from its media)",
+    )
     plan.add_argument(
         "--config",
         "--model",
