@@ -119,6 +119,42 @@ class LatentCodec:
         return self.vae.decode(z.to(self.device, self.dtype), return_dict=False)[0].float()
 
 
+def run_geometry(
+    plan: GenerationPlan, grid: LatentGrid, video: tuple[int, int, int] | None, image: tuple[int, int] | None
+) -> tuple[tuple[int, int, int], list[Adjustment]]:
+    """The ``(frames, height, width)`` a plan renders at, and what changed from what it asked: the first video sets
+    the frames (and, unless the size is fixed, the size), else the source image the size; then the latent grid snaps
+    them. ``video`` is the preprocessed first video's ``(frames, height, width)``, ``image`` the source image's
+    ``(height, width)`` (measured, or probed before loading: :func:`probed_geometry`)."""
+    frames, height, width = plan.geometry.frames, plan.geometry.height, plan.geometry.width
+    source_size = video[1:] if video is not None else image
+    if video is not None:
+        frames = video[0]
+    if source_size is not None and not plan.geometry.fixed_size:
+        height, width = source_size
+    adjustments = source_geometry_adjustments(plan, frames, height, width, source_size)
+    snapped = grid.snap_frames(frames), grid.snap_side(height), grid.snap_side(width)
+    multiple = grid.size_multiple
+    adjustments += changed("num_frames", frames, snapped[0], f"the VAE takes {grid.temporal}k+1 frames")
+    adjustments += changed("height", height, snapped[1], f"sides are multiples of {multiple} pixels")
+    adjustments += changed("width", width, snapped[2], f"sides are multiples of {multiple} pixels")
+    return snapped, adjustments
+
+
+def probed_geometry(plan: GenerationPlan, grid: LatentGrid) -> tuple[tuple[int, int, int], list[Adjustment]]:
+    """:func:`run_geometry` from the media's headers and first frames, before anything loads (``--dry_run``)."""
+    from .media import image_input_size, video_input_size
+
+    media = plan.media
+    video = None
+    if media.video:
+        video = video_input_size(
+            media.video[0], media.fps, plan.geometry.frames, media.max_image_size, source_fps=media.video_fps
+        )
+    image = image_input_size(media.image, media.max_image_size) if media.image is not None else None
+    return run_geometry(plan, grid, video, image)
+
+
 def source_geometry_adjustments(
     plan: GenerationPlan, frames: int, height: int, width: int, source_size: tuple[int, int] | None = None
 ) -> list[Adjustment]:

@@ -462,6 +462,41 @@ def preprocess_video(
     return _frames_to_model((frame_at(i) for i in indices), len(indices), max_size)
 
 
+def video_input_size(
+    source: VideoSource, fps: float, max_frames: int, max_size: int, source_fps: float | None = None
+) -> tuple[int, int, int]:
+    """``(frames, height, width)`` of what :func:`preprocess_video` makes of ``source``, with the same sampling and
+    resizing, from a file's header and first frame only (a header that overstates the length can give fewer frames
+    when the whole file decodes)."""
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        total = _count_frames(path)
+        with _open_video(path) as (container, stream):
+            native = source_fps or _native_fps(container, stream, total)
+            first = next(iter(_decoded_frames(container, stream, path)), None)
+            if first is None:
+                raise MediaError(f"video {path} contains no frames; re-export it")
+            height, width = _frame_rgb(first, (first.width, first.height)).shape[:2]
+        if total < MIN_FRAMES:
+            raise MediaError(f"video {path} is too short: {total} frame(s), at least {MIN_FRAMES} are needed")
+    else:
+        total, frame_at = _memory_video(source)
+        if total < MIN_FRAMES:
+            raise MediaError(f"in-memory video is too short: {total} frame(s), at least {MIN_FRAMES} are needed")
+        native = source_fps or fps
+        height, width = frame_at(0).shape[:2]
+    count = len(frame_indices(total, native, fps, max_frames))
+    new_w, new_h = resize_dims(width, height, max_size)
+    return count, new_h, new_w
+
+
+def image_input_size(source: ImageSource, max_size: int) -> tuple[int, int]:
+    """``(height, width)`` of what :func:`preprocess_image` makes of ``source``."""
+    width, height = read_image(source).size
+    new_w, new_h = resize_dims(width, height, max_size)
+    return new_h, new_w
+
+
 def video_preview_frames(frames: np.ndarray, count: int = 3) -> list[Image.Image]:
     """``count`` evenly spaced frames (first and last included) as PIL images, e.g. for a captioning model."""
     frames = np.asarray(frames)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .adjustments import Adjustment, changed
+from .adjustments import Adjustment
 from .attention import select_backend
 from .cache import step_cache
-from .conditions import Conditions, LatentCodec, LatentGrid, source_geometry_adjustments
+from .conditions import Conditions, LatentCodec, LatentGrid, run_geometry
 from .devices import parse_device, supports_float64
 from .errors import BerniniError
 from .guidance import GuidanceState, Text
@@ -339,8 +339,8 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
         codec = LatentCodec(self.vae)
         conditions = Conditions()
         previews: list[np.ndarray] = []
-        frames, height, width = plan.geometry.frames, plan.geometry.height, plan.geometry.width
-        source_size = None  # the first source video's, else the source image's (height, width)
+        video_size: tuple[int, int, int] | None = None
+        image_size: tuple[int, int] | None = None
         with self.placement.active(self.vae):
             for index, item in enumerate(media.video):
                 pixels = preprocess_video(
@@ -348,29 +348,18 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
                 )
                 previews.append(to_preview_frames(pixels))
                 if index == 0:
-                    frames = pixels.shape[1]
-                    source_size = tuple(pixels.shape[2:4])
-                    if not plan.geometry.fixed_size:
-                        height, width = source_size
+                    video_size = tuple(pixels.shape[1:4])
                 conditions.videos.append(codec.encode(pixels))
                 report("encode", len(conditions.videos), total)
             if media.image is not None:
                 pixels = preprocess_image(media.image, media.max_image_size)
-                if not media.video:
-                    source_size = tuple(pixels.shape[1:3])
-                    if not plan.geometry.fixed_size:
-                        height, width = source_size
+                image_size = tuple(pixels.shape[1:3])
                 conditions.image = codec.encode(pixels.unsqueeze(1))
                 report("encode", len(conditions.videos) + 1, total)
             for item in media.images:
                 conditions.images.append(codec.encode(preprocess_image(item, media.max_image_size).unsqueeze(1)))
                 report("encode", total - len(media.images) + len(conditions.images), total)
-        adjustments = source_geometry_adjustments(plan, frames, height, width, source_size)
-        snapped = grid.snap_frames(frames), grid.snap_side(height), grid.snap_side(width)
-        multiple = grid.size_multiple
-        adjustments += changed("num_frames", frames, snapped[0], f"the VAE takes {grid.temporal}k+1 frames")
-        adjustments += changed("height", height, snapped[1], f"sides are multiples of {multiple} pixels")
-        adjustments += changed("width", width, snapped[2], f"sides are multiples of {multiple} pixels")
+        snapped, adjustments = run_geometry(plan, grid, video_size, image_size)
         return EncodedConditions(conditions, *snapped, previews, adjustments)
 
     def text_adjustments(self, positive: str, negative: str) -> list[Adjustment]:

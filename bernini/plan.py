@@ -403,14 +403,50 @@ def _preset(request: GenerationRequest) -> Preset | None:
     preset = PRESETS.get(request.preset)
     if preset is None:
         raise BerniniError(f"unknown preset {request.preset!r}; choose one of: {', '.join(PRESETS)}")
-    if request.guidance_mode not in (None, preset.guidance_mode):
-        raise BerniniError(
-            f"preset {preset.name} samples with guidance_mode {preset.guidance_mode}; drop --guidance_mode "
-            f"{request.guidance_mode} or the preset"
-        )
     if request.use_unipc and preset.scheduler != "unipc":
         raise BerniniError(f"preset {preset.name} uses the {preset.scheduler} scheduler; drop --use_unipc")
     return preset
+
+
+def _preset_mode(preset: Preset, request: GenerationRequest, task: TaskSpec, given: frozenset[str]):
+    """The guidance mode under a preset, and the note when it is not the preset's: a mode the user gave wins, a
+    task in ``preset.guided_tasks`` keeps its own (or its case's), any other case's mode yields to the preset."""
+    asked = request.guidance_mode
+    if asked is not None and "guidance_mode" in given:
+        why = f"given explicitly, it wins over preset {preset.name}'s"
+        return asked, changed("guidance_mode", preset.guidance_mode, asked, why)
+    if task.name in preset.guided_tasks:
+        mode = asked or task.guidance_mode
+        why = (
+            f"preset {preset.name} keeps {task.name}'s reference guidance (the 4-step LoRAs were distilled for "
+            "text-to-video; without guidance the references lose their identity)"
+        )
+        return mode, changed("guidance_mode", preset.guidance_mode, mode, why)
+    why = f"preset {preset.name} samples without guidance; the case's mode yields (pass --guidance_mode to keep it)"
+    return preset.guidance_mode, changed("guidance_mode", asked, preset.guidance_mode, why) if asked else []
+
+
+def _preset_schedule(
+    preset: Preset, steps: int, flow_shift: float, given: frozenset[str]
+) -> tuple[int, SchedulerChoice, list[Adjustment]]:
+    """The preset's steps, timesteps and shift, except those the user gave (each yields with a note)."""
+    adjustments: list[Adjustment] = []
+    sigmas: tuple[float, ...] | None = preset.sigmas
+    if "num_inference_steps" in given and steps != preset.num_inference_steps:
+        why = (
+            f"given explicitly, it wins over preset {preset.name}'s; its {preset.num_inference_steps} distilled "
+            f"timesteps are dropped and {preset.scheduler} spaces {steps} steps itself"
+        )
+        adjustments += changed("num_inference_steps", preset.num_inference_steps, steps, why)
+        sigmas = None
+    else:
+        steps = preset.num_inference_steps
+    if "flow_shift" in given and flow_shift != preset.flow_shift:
+        why = f"given explicitly, it wins over preset {preset.name}'s"
+        adjustments += changed("flow_shift", preset.flow_shift, flow_shift, why)
+    else:
+        flow_shift = preset.flow_shift
+    return steps, SchedulerChoice(preset.scheduler, flow_shift, sigmas), adjustments
 
 
 def _cache(request: GenerationRequest) -> CachePlan | None:
@@ -473,7 +509,10 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
         )
     preset = _preset(request)
     registry = FULL_MODEL_MODES if version is not None else GUIDANCE_MODES
-    mode_name = preset.guidance_mode if preset else request.guidance_mode or task.guidance_mode
+    mode_name = request.guidance_mode or task.guidance_mode
+    if preset is not None:
+        mode_name, preset_adjustments = _preset_mode(preset, request, task, given)
+        model_adjustments = model_adjustments + preset_adjustments
     if defaults is None and mode_name not in registry and mode_name in FULL_MODEL_MODES:
         registry = FULL_MODEL_MODES  # the model is not known yet: the pipeline plans again for the one it loads
     if mode_name not in registry:
@@ -556,8 +595,8 @@ def make_plan(request: GenerationRequest, defaults: ModelDefaults | None = None)
     cache = _cache(request)
     scheduler = SchedulerChoice(_scheduler_name(request.use_unipc), flow_shift)
     if preset is not None:
-        steps = preset.num_inference_steps
-        scheduler = SchedulerChoice(preset.scheduler, preset.flow_shift, preset.sigmas)
+        steps, scheduler, preset_adjustments = _preset_schedule(preset, steps, flow_shift, given)
+        model_adjustments = model_adjustments + preset_adjustments
     if (frames - 1) // 4 + 1 > MAX_LATENT_POSITIONS:
         raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1}")
     if task.single_frame:

@@ -5,6 +5,10 @@ scheduler shifts into its timesteps, the scheduler and its shift, and the guidan
 and the lightx2v 4-step distillation LoRAs denoise at t = 1000, 750, 500, 250 before the shift of 5, i.e.
 sigmas 1, 0.9375, 0.833, 0.625: two steps on the high-noise expert and two on the low-noise one, with
 guidance distilled away (one forward per step).
+
+A preset yields to what the user set (steps, shift, guidance mode), with a note; a case file's guidance mode
+yields to the preset, with a note. ``guided_tasks`` keep their own guidance under the preset: the 4-step LoRAs
+were distilled for text-to-video, and without the reference branches r2v / rv2v lose the reference's identity.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class Preset:
     flow_shift: float
     guidance_mode: str
     description: str
+    guided_tasks: tuple[str, ...] = ()  # tasks that keep their own (or the case's) guidance mode
 
 
 PRESETS: dict[str, Preset] = {
@@ -31,7 +36,10 @@ PRESETS: dict[str, Preset] = {
         scheduler="flow_match_euler",
         flow_shift=5.0,
         guidance_mode="none",
-        description="4 distilled steps (Wan2.2-Lightning / lightx2v LoRAs), flow-match Euler, shift 5, no guidance",
+        description="4 distilled steps (Wan2.2-Lightning / lightx2v LoRAs), flow-match Euler, shift 5, no guidance "
+        "(r2v and rv2v keep their reference guidance); --num_inference_steps, --flow_shift or --guidance_mode "
+        "given win over it, each with a note",
+        guided_tasks=("r2v", "rv2v"),
     )
 }
 

@@ -61,7 +61,12 @@ def reference_flow_sigmas(num_inference_steps: int, num_train_timesteps: int = 1
 def set_timesteps(scheduler, num_inference_steps: int, device=None, sigmas=None) -> None:
     """``scheduler.set_timesteps`` with the reference's flow sigmas where the scheduler takes custom sigmas.
 
-    ``sigmas`` (a preset's, before the shift) replace them; the scheduler applies its shift."""
+    ``sigmas`` (a preset's, before the shift) replace them; the scheduler applies its shift.
+
+    The loop starts at step 0 (``set_begin_index``): diffusers otherwise finds the first step by its timestep and,
+    when the integer timesteps repeat at the start (UniPC at shift 5 from about 300 steps: 999, 999, ...), takes
+    the second match, so every later step is one ahead and the last one fails (``this_order > 0``). With distinct
+    timesteps the first match is step 0 anyway, so nothing else changes."""
     config = scheduler.config
     takes_sigmas = "sigmas" in inspect.signature(scheduler.set_timesteps).parameters
     if sigmas is not None:
@@ -77,3 +82,5 @@ def set_timesteps(scheduler, num_inference_steps: int, device=None, sigmas=None)
         scheduler.set_timesteps(num_inference_steps, device=device, sigmas=sigmas)
     else:
         scheduler.set_timesteps(num_inference_steps, device=device)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)

@@ -397,6 +397,17 @@ def test_flow_shift_reaches_the_scheduler(tiny_bundle: Path, tmp_path: Path, cap
     assert all(a <= b for a, b in zip(timesteps[3.0], timesteps[5.0], strict=True))  # more shift, noisier steps
 
 
+def test_400_unipc_steps_run_to_the_end(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    """Issue 19 item 8: the default UniPC at 400 steps (shift 5) died in diffusers (``this_order > 0``)."""
+    out = tmp_path / "many.png"
+    args = ["--prompt", PROMPT, "--config", str(tiny_bundle), *TINY, "--task_type", "t2i", "--guidance_mode", "none"]
+    rc = main(["generate", *args, "--num_inference_steps", "400", "--output", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    resolved = sidecar(out)["resolved"]
+    assert resolved["scheduler"] == "unipc" and resolved["timesteps"] == _unipc_timesteps(5.0, 400)
+    assert resolved["high_noise_steps"] + resolved["low_noise_steps"] == 400
+
+
 def test_save_frames_writes_every_frame(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     out, frames_dir = tmp_path / "o.mp4", tmp_path / "frames"
     rc = main(

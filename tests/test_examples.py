@@ -141,6 +141,36 @@ def test_example_case_runs(name: str, tiny_bundle: Path, tmp_path: Path, monkeyp
         assert len(record["request"]["video"]) == 2
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_case_runs_with_lightning4(name: str, tiny_bundle: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Issue 19 item 4: every example runs with ``--preset lightning4``; a case's guidance mode yields to the preset
+    with a note, except on r2v / rv2v, which keep their reference guidance (also with a note)."""
+    from bernini.guidance import GUIDANCE_MODES
+    from bernini.presets import PRESETS
+
+    preset = PRESETS["lightning4"]
+    task, case_mode, *_ = EXPECTED[name]
+    monkeypatch.chdir(tmp_path)
+    fast = FAST[2:]  # no --num_inference_steps: the preset's 4 steps
+    case = ["--case", str(EXAMPLES / f"{name}.json"), "--config", str(tiny_bundle)]
+    rc = run_cli(*case, *fast, "--preset", "lightning4", "--output", "o.mp4")
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    record = sidecar(tmp_path / ("o.png" if EXPECTED[name][2] == 1 else "o.mp4"))
+    resolved, request = record["resolved"], record["request"]
+    mode = case_mode if task in preset.guided_tasks else "none"
+    assert resolved["guidance_mode"] == request["guidance_mode"] == mode
+    assert resolved["forwards"] == 4 * GUIDANCE_MODES[mode].forwards_per_step
+    assert len(resolved["timesteps"]) == request["num_inference_steps"] == 4
+    assert resolved["scheduler"] == "flow_match_euler" and request["flow_shift"] == 5.0
+    if mode != "none":
+        why = f"preset lightning4 keeps {task}'s reference guidance"
+        assert f"note: guidance_mode none -> {mode}: {why}" in err
+    elif json.loads((EXAMPLES / f"{name}.json").read_text()).get("guidance_mode"):
+        assert f"note: guidance_mode {case_mode} -> none: preset lightning4 samples without guidance" in err
+        assert {"name": "guidance_mode", "asked": case_mode, "used": "none"}.items() <= record["adjustments"][0].items()
+
+
 @pytest.mark.parametrize("name", ["t2i", "i2i"])
 def test_image_tasks_write_one_frame_pngs_without_num_frames(
     name: str, tiny_bundle: Path, tmp_path: Path, capsys

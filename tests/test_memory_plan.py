@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,5 +99,64 @@ def test_plan_command_and_dry_run(tiny_bundle, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "task 0: t2v 5x32x48" in proc.stdout and "placement" in proc.stdout
+    assert "task 1/1: t2v 5x32x48" in proc.stdout and "placement" in proc.stdout
     assert not output.exists()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def dry_run_size(argv: list[str], capsys) -> tuple[int, int, int]:
+    from bernini.cli import main
+
+    assert main([*argv, "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    size = re.search(r"^task 1/1: \w+ (\d+)x(\d+)x(\d+)$", out, re.M)
+    assert size, out
+    return tuple(int(v) for v in size.groups())
+
+
+def test_dry_run_sizes_a_v2v_case_from_its_video_as_the_run_does(tiny_bundle, tmp_path, monkeypatch, capsys):
+    """Issue 19 item 5: the dry run printed the flags' 81x480x848; the run took 33 frames at the source's size."""
+    from bernini.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["generate", "--case", str(EXAMPLES / "v2v_case1.json"), "--config", str(tiny_bundle)]
+    assert dry_run_size(argv, capsys) == (33, 96, 160)  # the 160x96 clip: 2 s at 16 fps, 4k+1
+    argv += ["--max_image_size", "64", "--num_frames", "11", "--num_inference_steps", "1", "--output", "o.mp4"]
+    planned = dry_run_size(argv, capsys)
+    assert not (tmp_path / "o.mp4").exists()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    resolved = json.loads((tmp_path / "o.mp4.json").read_text())["resolved"]
+    assert planned == (resolved["frames"], resolved["height"], resolved["width"]) == (9, 32, 64)
+    assert "note: num_frames 11 -> 9: the VAE takes 4k+1 frames" in err
+
+
+def test_dry_run_on_a_full_bundle_follows_the_source(full_bundle, tmp_path, monkeypatch, capsys):
+    """The full model's v2v follows the source (0 x 0): the dry run printed 81x0x0."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["generate", "--case", str(EXAMPLES / "v2v_case1.json"), "--config", str(full_bundle)]
+    assert dry_run_size(argv, capsys) == (33, 96, 160)
+
+
+def test_dry_run_numbers_tasks_as_generate_does(tiny_bundle, tmp_path, monkeypatch, capsys):
+    from bernini.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    tasks = [{"prompt": "a fox", "num_frames": 5, "height": 32, "width": 48}, {"prompt": "x", "video": "missing.mp4"}]
+    (tmp_path / "tasks.jsonl").write_text("\n".join(json.dumps(t) for t in tasks))
+    assert main(["generate", "--inputs", "tasks.jsonl", "--config", str(tiny_bundle), "--dry_run"]) == 1
+    captured = capsys.readouterr()
+    assert "task 1/2: t2v 5x32x48" in captured.out
+    assert re.search(r"^error: task 2/2: video file \S*missing.mp4 not found$", captured.err, re.M), captured.err
+
+
+def test_plan_and_generate_share_the_default_size():
+    from bernini.cli import build_parser
+    from bernini.request import GenerationRequest
+
+    plan, generate = build_parser().parse_args(["plan"]), build_parser().parse_args(["generate"])
+    defaults = GenerationRequest()
+    assert (plan.num_frames, plan.height, plan.width) == (defaults.num_frames, defaults.height, defaults.width)
+    assert (generate.num_frames, generate.height, generate.width) == (plan.num_frames, plan.height, plan.width)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -24,9 +25,60 @@ def test_preset_plan_pins_steps_scheduler_and_guidance(one_line_error):
     assert plan.guidance.mode.name == "none"
     assert plan.scheduler.name == "flow_match_euler" and plan.scheduler.sigmas == (1.0, 0.75, 0.5, 0.25)
     assert plan.request_record()["preset"] == "lightning4"
-    one_line_error(make_plan, GenerationRequest(prompt="x", preset="lightning4", guidance_mode="t2v"), match="drop")
     one_line_error(make_plan, GenerationRequest(prompt="x", preset="lightning4", use_unipc=True), match="drop")
     one_line_error(make_plan, GenerationRequest(prompt="x", preset="turbo"), match="unknown preset")
+
+
+def test_preset_yields_to_what_the_user_gave_and_says_so():
+    """Issue 19 item 4: values the user gave win over the preset, each with a note naming the preset's value."""
+    given = frozenset({"preset", "num_inference_steps", "flow_shift", "guidance_mode"})
+    request = GenerationRequest(
+        prompt="a fox", preset="lightning4", num_inference_steps=6, flow_shift=3.0, guidance_mode="t2v", explicit=given
+    )
+    plan = make_plan(request)
+    assert plan.num_inference_steps == 6 and plan.guidance.mode.name == "t2v"
+    assert plan.scheduler.name == "flow_match_euler" and plan.scheduler.flow_shift == 3.0
+    assert plan.scheduler.sigmas is None  # the 4 distilled sigmas do not fit 6 steps
+    assert [(a.name, a.asked, a.used) for a in plan.adjustments] == [
+        ("guidance_mode", "none", "t2v"),
+        ("num_inference_steps", 4, 6),
+        ("flow_shift", 5.0, 3.0),
+    ]
+    assert all("preset lightning4" in a.why for a in plan.adjustments)
+    record = plan.request_record()
+    assert (record["num_inference_steps"], record["flow_shift"], record["guidance_mode"]) == (6, 3.0, "t2v")
+    shift_only = make_plan(replace(request, explicit=frozenset({"preset", "flow_shift"})))
+    assert shift_only.num_inference_steps == 4 and shift_only.scheduler.sigmas == PRESETS["lightning4"].sigmas
+    assert shift_only.guidance.mode.name == "none" and shift_only.scheduler.flow_shift == 3.0
+
+
+@pytest.mark.parametrize(("task", "media"), [("r2v", {"images": ["ref.png"]}), ("rv2v", {"video": ["v.mp4"]})])
+def test_reference_tasks_keep_their_guidance_under_the_preset(task, media, tmp_path, monkeypatch):
+    from bernini.tasks import TASKS
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("ref.png", "v.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    extra = {"images": ["ref.png"]} if task == "rv2v" else {}
+    plan = make_plan(GenerationRequest(prompt="a fox", preset="lightning4", task_type=task, **media, **extra))
+    assert plan.guidance.mode.name == TASKS[task].guidance_mode != "none"
+    assert plan.num_inference_steps == 4 and plan.scheduler.sigmas == PRESETS["lightning4"].sigmas
+    (note,) = plan.adjustments
+    assert (note.name, note.asked, note.used) == ("guidance_mode", "none", TASKS[task].guidance_mode)
+
+
+def test_explicit_steps_and_shift_win_on_the_command_line(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    argv = ["generate", "--config", str(tiny_bundle), "--prompt", "a fox", "--preset", "lightning4", "--output"]
+    argv += [str(out), "--task_type", "t2i", "--height", "16", "--width", "16"]
+    assert main([*argv, "--num_inference_steps", "3", "--flow_shift", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "note: num_inference_steps 4 -> 3: given explicitly, it wins over preset lightning4's" in err
+    assert "note: flow_shift 5.0 -> 3.0: given explicitly, it wins over preset lightning4's" in err
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert (sidecar["request"]["num_inference_steps"], sidecar["request"]["flow_shift"]) == (3, 3.0)
+    assert len(sidecar["resolved"]["timesteps"]) == 3 and sidecar["resolved"]["flow_shift"] == 3.0
+    assert [a["name"] for a in sidecar["adjustments"]][:2] == ["num_inference_steps", "flow_shift"]
 
 
 def test_no_guidance_is_one_branch_with_everything_and_the_prompt():

@@ -108,3 +108,24 @@ def test_combos_and_ids():
     assert [s.source_id for s in many.combo(Combo.IMAGES, SourceIdPolicy(max_trained=8))] == list(
         map(float, range(1, 9))
     )
+
+
+@pytest.mark.parametrize("steps", [300, 400])
+def test_many_unipc_steps_walk_every_sigma_from_the_first(monkeypatch, steps):
+    """Issue 19 item 8: from about 300 steps at shift 5 the first integer timesteps repeat (999, 999, ...);
+    diffusers then started at step 1 and died on the last one (``this_order > 0``). Every sigma is used once, in
+    order, from the first."""
+    sigmas = []
+    original = GuidanceMode.combine
+
+    def spy(self, predictions, latents, sigma, weights, state):
+        sigmas.append(float(sigma))
+        return original(self, predictions, latents, sigma, weights, state)
+
+    monkeypatch.setattr(GuidanceMode, "combine", spy)
+    unipc, runner = scheduler(5.0), RecordingRunner()
+    latents = sample(Experts(high="high", low="low", boundary=875.0), unipc, make_inputs("t2v"), steps, runner=runner)
+    assert unipc.timesteps[0] == unipc.timesteps[1]  # the repeated start that tripped diffusers
+    assert len(runner.calls) == steps and unipc.step_index == steps
+    assert sigmas == unipc.sigmas[:steps].tolist()
+    assert torch.isfinite(latents).all()

@@ -201,7 +201,8 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default=None,
         choices=sorted(PRESETS),
-        help="; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()) + " (sets steps, timesteps, guidance)",
+        help="sets steps, timesteps, scheduler and guidance (see docs/fast.md); "
+        + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()),
     )
     fast.add_argument(
         "--cache",

@@ -1,9 +1,13 @@
-"""``bernini plan`` and ``bernini generate --dry_run``: the memory plan printed before anything loads."""
+"""``bernini plan`` and ``bernini generate --dry_run``: the memory plan printed before anything loads.
+
+``--dry_run`` sizes each task as the run would: its media are probed (header and first frame) and go through the
+same geometry rule as the conditions stage (:func:`bernini.conditions.run_geometry`), on the bundle's latent grid."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +16,14 @@ GIB = 1024**3
 
 
 def add_plan_parser(sub) -> argparse.ArgumentParser:
-    plan = sub.add_parser("plan", help="print the placement and expected peak device/host memory per phase")
+    from ..request import GenerationRequest
+
+    defaults = GenerationRequest()
+    plan = sub.add_parser(
+        "plan",
+        help="print the placement and expected peak device/host memory per phase of a size given by flags "
+        "(generate --dry_run sizes a run from its media)",
+    )
     plan.add_argument(
         "--config",
         "--model",
@@ -20,9 +31,9 @@ def add_plan_parser(sub) -> argparse.ArgumentParser:
         default=None,
         help="bundle (default: A14B shapes); a full Bernini bundle adds its planner phase",
     )
-    plan.add_argument("--num_frames", type=int, default=81, help="frames of the target")
-    plan.add_argument("--height", type=int, default=480, help="target height in pixels")
-    plan.add_argument("--width", type=int, default=832, help="target width in pixels")
+    plan.add_argument("--num_frames", type=int, default=defaults.num_frames, help="frames of the target")
+    plan.add_argument("--height", type=int, default=defaults.height, help="target height in pixels")
+    plan.add_argument("--width", type=int, default=defaults.width, help="target width in pixels")
     plan.add_argument("--source_videos", type=int, default=1, help="videos packed beside the target (v2v: 1)")
     plan.add_argument("--images", type=int, default=0, help="reference images packed beside the target")
     plan.add_argument(
@@ -150,27 +161,59 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def dry_run(args: argparse.Namespace, tasks: list, log: Callable[[str], None] = print) -> int:
-    """``generate --dry_run``: the plan of each planned task, from its geometry and media; nothing loads."""
+def latent_grid(shapes):
+    """The latent grid of a bundle's VAE and expert configs, read without loading (AutoencoderKLWan's defaults fill
+    what the VAE config leaves out, as when it loads)."""
+    import inspect
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKLWan
+
+    from ..conditions import LatentCodec
+
+    parameters = inspect.signature(AutoencoderKLWan.__init__).parameters.values()
+    vae = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    return LatentCodec.grid(SimpleNamespace(**{**vae, **shapes.vae}), shapes.transformer.get("patch_size", (1, 2, 2)))
+
+
+def dry_run(
+    args: argparse.Namespace,
+    tasks: list,
+    log: Callable[[str], None] = print,
+    error: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> int:
+    """``generate --dry_run``: each planned task sized from its probed media as the run sizes it (the same notes),
+    and its memory plan; tasks numbered as ``generate`` numbers them; nothing loads."""
     import torch
 
+    from ..conditions import probed_geometry
     from ..devices import parse_dtype
     from ..errors import BerniniError
     from ..memory_plan import Request, plan_memory
     from .options import default_config
 
-    shapes = shapes_for(args.config or default_config())
+    config = args.config or default_config()
+    shapes = shapes_for(config)
+    full = full_shapes_for(config)
+    grid = latent_grid(full.renderer if full is not None else shapes)
+    dtype = parse_dtype(args.dtype if args.dtype != "auto" else "bf16", torch.device("cpu"))
     failures = 0
     for index, task in enumerate(tasks):
-        if isinstance(task, BerniniError):
-            log(f"task {index}: error: {task}")
+        label = f"task {index + 1}/{len(tasks)}"
+        try:
+            if isinstance(task, BerniniError):
+                raise task
+            (frames, height, width), adjustments = probed_geometry(task, grid)
+        except BerniniError as exc:
+            error(f"error: {label}: {exc}")
             failures += 1
             continue
-        media, geometry = task.media, task.geometry
-        request = Request(geometry.frames, geometry.height, geometry.width, len(media.video), media.references)
-        dtype = parse_dtype(args.dtype if args.dtype != "auto" else "bf16", torch.device("cpu"))
-        log(f"task {index}: {task.task.name} {geometry.frames}x{geometry.height}x{geometry.width}")
-        if print_full_plan(args.config or default_config(), request, dtype, log):
+        media = task.media
+        request = Request(frames, height, width, len(media.video), media.references)
+        log(f"{label}: {task.task.name} {frames}x{height}x{width}")
+        for adjustment in (*task.adjustments, *adjustments):
+            log(adjustment.note())
+        if print_full_plan(config, request, dtype, log):
             continue
         plan = plan_memory(
             request,
