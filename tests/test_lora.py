@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -72,6 +75,12 @@ def make_lora(expert: torch.nn.Module, fmt: str, seed: int) -> tuple[dict[str, t
     return tensors, recipe
 
 
+def recorded(path, expert: str, scale: float) -> dict:
+    """What the sidecar records of one LoRA: the path as given and absolute, the expert, the scale, the file's hash."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"path": str(path), "absolute": str(Path(path).absolute()), "expert": expert, "scale": scale, "sha256": digest}
+
+
 def hand_merge(expert: torch.nn.Module, recipe: list, scale: float) -> None:
     params = dict(expert.named_parameters())
     with torch.no_grad():
@@ -107,7 +116,7 @@ def test_each_format_equals_the_hand_merge(fmt, tiny_bundle, plain, tmp_path):
     baseline = plain("a fox", **KWARGS)
     assert torch.allclose(ours.latents, reference.latents, atol=1e-5, rtol=0)
     assert (ours.latents - baseline.latents).abs().max() > 1e-3  # the LoRA does something
-    assert ours.parameters["model"]["loras"] == [{"path": str(path), "expert": "both", "scale": scale}]
+    assert ours.parameters["model"]["loras"] == [recorded(path, "both", scale)]
 
 
 def test_high_and_low_scales_act_on_their_own_expert(tiny_bundle, plain, tmp_path):
@@ -174,8 +183,5 @@ def test_command_line_flags_reach_the_pipeline_and_the_sidecar(tiny_bundle, plai
     argv += ["--height", "16", "--width", "16", "--num_inference_steps", "1"]
     assert main([*argv, "--lora_high", f"{path}:0.5", "--lora", str(path)]) == 0
     loras = json.loads(out.with_name(out.name + ".json").read_text())["model"]["loras"]
-    assert loras == [
-        {"path": str(path), "expert": "both", "scale": 1.0},
-        {"path": str(path), "expert": "high", "scale": 0.5},
-    ]
+    assert loras == [recorded(path, "both", 1.0), recorded(path, "high", 0.5)]
     assert main([*argv, "--lora", str(tmp_path / "missing.safetensors")]) != 0

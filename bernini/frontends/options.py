@@ -390,7 +390,7 @@ def lora_specs(args: argparse.Namespace) -> list:
     """``--lora`` / ``--lora_high`` / ``--lora_low PATH[:SCALE]`` as :class:`~bernini.lora.LoraSpec` values."""
     from ..lora import LoraSpec
 
-    specs = []
+    specs = list(getattr(args, "replayed_loras", None) or [])  # a replay's, in the recorded order
     for flag, expert in (("lora", "both"), ("lora_high", "high"), ("lora_low", "low")):
         specs += [LoraSpec.parse(value, expert) for value in getattr(args, flag, None) or []]
     return specs
