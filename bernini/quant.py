@@ -88,8 +88,8 @@ class QuantLinear(torch.nn.Linear):
         return F.linear(x, self.dequantized(x.dtype), bias)
 
     def merge_delta(self, delta: torch.Tensor) -> None:
-        """``W += delta`` on the weight the layer stands for: dequantised to float32, added, and quantised again
-        in the layer's own format with fresh per-row scales (one rounding of the exact sum)."""
+        """``W += delta`` (a LoRA) on the weight the layer stands for: dequantised to float32, added, and quantised
+        again in the layer's format with fresh per-row scales (one rounding of the exact sum; fp8 as e4m3)."""
         merged = self.dequantized(torch.float32) + delta.to(self.weight.device, torch.float32)
         stored, scale = quantize_rows(merged, self.mode)
         self.weight = torch.nn.Parameter(stored, requires_grad=False)

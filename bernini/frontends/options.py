@@ -118,7 +118,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default="none",
         choices=("none", "fp8", "int8"),
         help="weight-only quantise the experts' block linears on load (fp8 e4m3 or int8, per-channel scales); "
-        "fp8/int8 checkpoints stay as stored either way",
+        "fp8/int8 checkpoints and GGUF files stay as stored (another mode with them is refused)",
     )
     group.add_argument(
         "--gpu_memory",
