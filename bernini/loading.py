@@ -353,6 +353,15 @@ def check_expert_config(
                 )
 
 
+def refuse_quantize_gguf(quantize: str, files: list[Path]) -> None:
+    gguf = [f.name for f in files if f.suffix == ".gguf"]
+    if quantize != "none" and gguf:
+        raise WeightsError(
+            f"--quantize {quantize} does not apply to the GGUF checkpoint {gguf[0]} (GGUF weights keep their own "
+            "quantisation); drop --quantize, or pass a safetensors checkpoint to quantise"
+        )
+
+
 def load_expert(
     config_dir: Path,
     files: list[Path],
@@ -371,11 +380,7 @@ def load_expert(
     if len(files) == 1 and files[0].suffix == ".gguf":
         from .gguf_file import load_gguf_expert
 
-        if quantize != "none":
-            raise WeightsError(
-                f"--quantize {quantize} does not apply to the GGUF checkpoint {files[0].name} (GGUF weights keep "
-                "their own quantisation); drop --quantize, or pass a safetensors checkpoint to quantise"
-            )
+        refuse_quantize_gguf(quantize, files)
 
         model = empty_expert(config_dir)
         load_gguf_expert(model, files[0], expert=expert, dtype=dtype)
@@ -462,12 +467,7 @@ def load_components(
         if name in separate:
             source.transformer_files[name] = checkpoint_files(separate[name], name)
             source.separate_checkpoints[name] = str(separate[name])
-    gguf = [f.name for name in experts for f in source.transformer_files[name] if f.suffix == ".gguf"]
-    if quantize != "none" and gguf:  # before any expert loads
-        raise WeightsError(
-            f"--quantize {quantize} does not apply to the GGUF checkpoint {gguf[0]} (GGUF weights keep their own "
-            "quantisation); drop --quantize, or pass safetensors checkpoints to quantise"
-        )
+    refuse_quantize_gguf(quantize, [f for name in experts for f in source.transformer_files[name]])  # before loading
     for index, name in enumerate(experts):
         loaded[name] = load_expert(
             components / name,
