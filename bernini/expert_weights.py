@@ -9,6 +9,7 @@ import torch
 
 from . import quant
 from .config import read_json
+from .errors import WeightsError
 from .transformer import BerniniTransformer
 
 
@@ -52,6 +53,12 @@ def place_weight(
     linear_weight = attr == "weight" and isinstance(model.get_submodule(module_name), torch.nn.Linear)
     stored_quantized = tensor.dtype in quant.QUANT_DTYPES
     if stored_quantized and linear_weight:
+        stored = "int8" if tensor.dtype == torch.int8 else "fp8"
+        if quantize not in ("none", stored):
+            raise WeightsError(
+                f"--quantize {quantize}: the checkpoint stores {name} as {stored}, and stored weights load as "
+                f"stored; drop --quantize (or pass --quantize {stored})"
+            )
         quant.install(model, name, tensor, scale, device)
         return
     if quantize != "none" and linear_weight and quant.quantizable(name, tuple(tensor.shape)):

@@ -5,6 +5,9 @@ The file is memory-mapped by ``gguf.GGUFReader``; quantised linear weights becom
 stay in their stored blocks (backed by the mapping) until used. Names are the original Wan ones of the
 community files (or diffusers names). ComfyUI-GGUF's ``comfy.gguf.orig_shape.<name>`` rule (a tensor
 flattened to rows of 256 so that it quantises) is undone; such tensors are dequantised at load.
+
+A LoRA's low-rank pairs stay beside a GGUF layer (:class:`LoraGGUFLinear`: ``y = W·x + B·(A·x)``, exact for
+every GGUF type; ``gguf`` cannot re-quantise the K-quants); full deltas on a GGUF weight are refused.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from diffusers.quantizers.gguf.utils import GGUFLinear
 
-from .errors import WeightsError
+from .errors import BerniniError, WeightsError
 from .expert_weights import few, place_weight
 from .wan_keys import diffusers_to_native, is_native, native_to_diffusers
 
@@ -29,6 +34,40 @@ def _gguf():
     except ImportError:
         raise WeightsError("GGUF files need the gguf package: pip install gguf") from None
     return gguf
+
+
+class LoraGGUFLinear(GGUFLinear):
+    """diffusers' ``GGUFLinear`` plus the low-rank LoRA pairs merged into it (``lora_up`` × ``lora_down``, the
+    scale folded into ``lora_up``), added to the quantised layer's output at each forward."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("lora_up", None, persistent=False)
+        self.register_buffer("lora_down", None, persistent=False)
+
+    def merge_low_rank(self, up: torch.Tensor, down: torch.Tensor) -> None:
+        dtype = self.compute_dtype or torch.float32
+        up, down = up.to(self.weight.device, dtype), down.to(self.weight.device, dtype)
+        if self.lora_up is not None:
+            up, down = torch.cat([self.lora_up, up], dim=1), torch.cat([self.lora_down, down], dim=0)
+        self.lora_up, self.lora_down = up, down
+
+    def merge_delta(self, delta: torch.Tensor) -> None:
+        raise BerniniError(
+            f"a full-rank LoRA delta (.diff) cannot be merged into a GGUF {self.weight.quant_type.name} weight; "
+            "load the safetensors checkpoint for this LoRA (with --quantize fp8 or int8 to save memory)"
+        )
+
+    def low_rank_weight(self) -> torch.Tensor | None:
+        """The float32 ``up @ down`` the LoRA pairs add to the weight (None without any)."""
+        return None if self.lora_up is None else self.lora_up.float() @ self.lora_down.float()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        output = super().forward(inputs)
+        if self.lora_up is None:
+            return output
+        dtype = output.dtype
+        return output + F.linear(F.linear(inputs.to(dtype), self.lora_down.to(dtype)), self.lora_up.to(dtype))
 
 
 def _orig_shapes(reader) -> dict[str, tuple[int, ...]]:
@@ -47,7 +86,7 @@ def _as_torch(array: np.ndarray) -> torch.Tensor:
 
 def load_gguf_expert(model: torch.nn.Module, path: Path, *, expert: str, dtype: torch.dtype) -> None:
     """Fill a meta-device expert from one GGUF file."""
-    from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES, GGUFLinear, GGUFParameter
+    from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES, GGUFParameter
 
     gguf = _gguf()
     try:
@@ -94,7 +133,9 @@ def load_gguf_expert(model: torch.nn.Module, path: Path, *, expert: str, dtype: 
                 raise WeightsError(
                     f"{expert} tensor {name} in {path.name} has shape {tuple(weight.quant_shape)}, expected {expected}"
                 )
-            layer = GGUFLinear(module.in_features, module.out_features, module.bias is not None, compute_dtype=dtype)
+            layer = LoraGGUFLinear(
+                module.in_features, module.out_features, module.bias is not None, compute_dtype=dtype
+            )
             layer.weight = weight
             layer.bias = module.bias
             parent, _, child = module_name.rpartition(".")

@@ -59,7 +59,9 @@ class ModelSource:
     transformer_files: dict[str, list[Path]] = field(default_factory=dict)
     separate_checkpoints: dict[str, str] = field(default_factory=dict)
     base_weights: list[str] = field(default_factory=list)  # experts running base Wan2.2 weights (opted in)
-    quantize: str = "none"
+    quantize: str = "none"  # what the experts' block linears hold: --quantize, or a pre-quantised checkpoint's
+    quantize_requested: str = "none"  # the --quantize that ran (a replay passes it again)
+    expert_weights: dict[str, dict[str, int]] = field(default_factory=dict)  # per expert: linears per format
     planner_version: str | None = None  # v1 / v2 for a full Bernini bundle (planner included)
 
     def describe(self) -> dict[str, object]:
@@ -71,6 +73,8 @@ class ModelSource:
             "separate_checkpoints": dict(self.separate_checkpoints),
             "base_weights": list(self.base_weights),
             "quantize": self.quantize,
+            "quantize_requested": self.quantize_requested,
+            "expert_weights": {name: dict(kinds) for name, kinds in self.expert_weights.items()},
             "full_bernini": self.planner_version,
         }
 
@@ -349,6 +353,15 @@ def check_expert_config(
                 )
 
 
+def refuse_quantize_gguf(quantize: str, files: list[Path]) -> None:
+    gguf = [f.name for f in files if f.suffix == ".gguf"]
+    if quantize != "none" and gguf:
+        raise WeightsError(
+            f"--quantize {quantize} does not apply to the GGUF checkpoint {gguf[0]} (GGUF weights keep their own "
+            "quantisation); drop --quantize, or pass a safetensors checkpoint to quantise"
+        )
+
+
 def load_expert(
     config_dir: Path,
     files: list[Path],
@@ -366,6 +379,8 @@ def load_expert(
     quantize = quant.check_mode(quantize)
     if len(files) == 1 and files[0].suffix == ".gguf":
         from .gguf_file import load_gguf_expert
+
+        refuse_quantize_gguf(quantize, files)
 
         model = empty_expert(config_dir)
         load_gguf_expert(model, files[0], expert=expert, dtype=dtype)
@@ -436,7 +451,7 @@ def load_components(
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     quantize = quant.check_mode(quantize)
-    source.quantize = quantize
+    source.quantize_requested = quantize
     components = source.components
     loaded: dict[str, object] = {"transformer": None, "transformer_2": None}
     separate = checkpoint_flags(source.renderer, high_noise_ckpt, low_noise_ckpt)
@@ -448,18 +463,23 @@ def load_components(
             on_progress("load", done, total)
 
     report(0)
-    for index, name in enumerate(experts):
-        config_dir = components / name
+    for name in experts:
         if name in separate:
-            files = checkpoint_files(separate[name], name)
-            source.transformer_files[name] = files
+            source.transformer_files[name] = checkpoint_files(separate[name], name)
             source.separate_checkpoints[name] = str(separate[name])
-        else:
-            files = source.transformer_files[name]
+    refuse_quantize_gguf(quantize, [f for name in experts for f in source.transformer_files[name]])  # before loading
+    for index, name in enumerate(experts):
         loaded[name] = load_expert(
-            config_dir, files, expert=name, dtype=dtype, separate=name in separate, quantize=quantize
+            components / name,
+            source.transformer_files[name],
+            expert=name,
+            dtype=dtype,
+            separate=name in separate,
+            quantize=quantize,
         )
+        source.expert_weights[name] = quant.storage(loaded[name])
         report(index + 1)
+    source.quantize = quant.effective_mode(quantize, list(source.expert_weights.values()))
     try:
         loaded["tokenizer"] = AutoTokenizer.from_pretrained(components / "tokenizer")
         loaded["text_encoder"] = UMT5EncoderModel.from_pretrained(components / "text_encoder", dtype=dtype).eval()

@@ -156,7 +156,7 @@ class PipelineLoadingMixin:
         state_dict = read_lora(spec.path)
         for target in self._lora_targets(spec.expert):
             merge_lora(target, state_dict, spec.scale)
-        self.loras.append(spec)
+        self.loras.append(spec.hashed())
 
     def unload_lora_weights(self) -> None:
         """Unmerge every loaded LoRA, last first (subtracting the same deltas: exact up to the weights' rounding)."""

@@ -87,6 +87,14 @@ class QuantLinear(torch.nn.Linear):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized(x.dtype), bias)
 
+    def merge_delta(self, delta: torch.Tensor) -> None:
+        """``W += delta`` (a LoRA) on the weight the layer stands for: dequantised to float32, added, and quantised
+        again in the layer's format with fresh per-row scales (one rounding of the exact sum; fp8 as e4m3)."""
+        merged = self.dequantized(torch.float32) + delta.to(self.weight.device, torch.float32)
+        stored, scale = quantize_rows(merged, self.mode)
+        self.weight = torch.nn.Parameter(stored, requires_grad=False)
+        self.weight_scale = scale.to(self.weight.device)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weight={self.mode}"
 
@@ -112,14 +120,16 @@ def install(
 
 
 def dequantize_weight(module: torch.nn.Module) -> torch.Tensor:
-    """The dense float32 weight a linear (quantised or not, GGUF included) stands for."""
+    """The dense float32 weight a linear (quantised or not, GGUF included, LoRA pairs beside it added) stands for."""
     if isinstance(module, QuantLinear):
         return module.dequantized(torch.float32)
     weight = module.weight
     if getattr(weight, "quant_type", None) is not None:
         from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
 
-        return dequantize_gguf_tensor(weight).to(torch.float32)
+        dense = dequantize_gguf_tensor(weight).to(torch.float32)
+        low_rank = getattr(module, "low_rank_weight", lambda: None)()  # LoRA pairs kept beside the layer
+        return dense if low_rank is None else dense + low_rank.to(dense.device)
     return weight.detach().to(torch.float32)
 
 
@@ -131,6 +141,33 @@ def dense_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         module = model.get_submodule(module_name)
         out[name] = dequantize_weight(module) if attr == "weight" else param.detach().to(torch.float32)
     return out
+
+
+def storage(model: torch.nn.Module) -> dict[str, int]:
+    """How many of an expert's linear layers hold each weight format: ``fp8`` / ``int8`` (QuantLinear),
+    ``gguf Q8_0`` and the other GGUF types, or a dense dtype (``bf16``, ``fp32``)."""
+    kinds: dict[str, int] = {}
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        quant_type = getattr(module.weight, "quant_type", None)
+        if isinstance(module, QuantLinear):
+            kind = module.mode
+        elif quant_type is not None:
+            kind = f"gguf {quant_type.name}"
+        else:
+            kind = str(module.weight.dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float", "fp")
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def effective_mode(requested: str, storages: list[dict[str, int]]) -> str:
+    """The ``--quantize`` mode the experts ran in: the one requested, else that of a pre-quantised checkpoint
+    (the one fp8 / int8 format of every expert's quantised linears), else ``none``."""
+    if requested != "none":
+        return requested
+    modes = {tuple(k for k in kinds if k in STORAGE_DTYPES) for kinds in storages}
+    return modes.pop()[0] if len(modes) == 1 and len(next(iter(modes))) == 1 else "none"
 
 
 def stored_bytes(model: torch.nn.Module) -> int:

@@ -136,3 +136,29 @@ def test_broken_gguf_is_a_one_line_error(tiny_bundle, tmp_path, one_line_error):
     bad = tmp_path / "bad_high.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 10)
     one_line_error(BerniniPipeline.from_pretrained, tiny_bundle, high_noise_ckpt=bad, low_noise_ckpt=bad, match="GGUF")
+
+
+def test_quantize_with_a_gguf_checkpoint_is_refused_not_ignored(tiny_bundle, gguf_files, tmp_path, one_line_error):
+    from bernini import BerniniPipeline
+    from bernini.convert import convert
+
+    high, low = gguf_files["Q8_0"][:2]
+    match = f"--quantize int8 does not apply to the GGUF checkpoint {high.name}"
+    one_line_error(
+        BerniniPipeline.from_pretrained,
+        tiny_bundle,
+        high_noise_ckpt=high,
+        low_noise_ckpt=low,
+        quantize="int8",
+        match=match,
+    )
+    one_line_error(
+        convert,
+        tiny_bundle,
+        tmp_path / "out",
+        "diffusers",
+        high_noise_ckpt=high,
+        low_noise_ckpt=low,
+        quantize="int8",
+        match=match,
+    )

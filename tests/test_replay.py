@@ -110,3 +110,95 @@ def test_replay_of_an_enhanced_run_uses_the_enhanced_prompt_without_calling_the_
     proc = run_cli([*args, "--output", "plain.mp4", *SMALL], tmp_path, None)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "plain.mp4").read_bytes() != (tmp_path / "enhanced.mp4").read_bytes()
+
+
+def write_lora(bundle: Path, path: Path, seed: int = 0) -> Path:
+    """A ComfyUI-named LoRA (rank 4, alpha 2) over every block linear of the bundle's high-noise expert."""
+    import torch
+    from community_files import diffusers_expert, is_block_linear, wan_name
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for key, value in diffusers_expert(bundle / "transformer").items():
+        if is_block_linear(key, value):
+            stem = "diffusion_model." + wan_name(key)[: -len(".weight")]
+            tensors[f"{stem}.lora_down.weight"] = torch.randn(4, value.shape[1], generator=generator) * 0.3
+            tensors[f"{stem}.lora_up.weight"] = torch.randn(value.shape[0], 4, generator=generator) * 0.3
+            tensors[f"{stem}.alpha"] = torch.tensor(2.0)
+    save_file(tensors, str(path))
+    return path
+
+
+def one_error(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_replay_merges_the_recorded_loras_and_quantize_and_refuses_a_changed_or_missing_lora(
+    tiny_bundle, tmp_path, capsys
+):
+    lora = write_lora(tiny_bundle, tmp_path / "style.safetensors")
+    out = tmp_path / "run.mp4"
+    args = ["generate", "--config", str(tiny_bundle), "--prompt", "a fox", "--seed", "3", *SMALL]
+    assert (
+        main([*args, "--output", str(out), "--lora_high", f"{lora}:0.7", "--lora", str(lora), "--quantize", "int8"])
+        == 0
+    )
+    model = read(tmp_path / "run.mp4.json")["model"]
+    assert (model["quantize"], model["quantize_requested"]) == ("int8", "int8")
+    assert [(entry["expert"], entry["scale"]) for entry in model["loras"]] == [("both", 1.0), ("high", 0.7)]
+    assert main([*args, "--output", str(tmp_path / "plain.mp4")]) == 0  # what a replay dropping them would give
+    assert (tmp_path / "plain.mp4").read_bytes() != out.read_bytes()
+
+    assert main(["generate", "--replay", str(tmp_path / "run.mp4.json")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "run_replay.mp4").read_bytes() == out.read_bytes()
+    assert read(tmp_path / "run_replay.mp4.json")["model"]["loras"] == model["loras"]
+
+    write_lora(tiny_bundle, lora, seed=1)  # another file under the same name
+    capsys.readouterr()
+    replay = ["generate", "--replay", str(tmp_path / "run.mp4.json"), "--output", str(tmp_path / "again.mp4")]
+    assert main(replay) == 2
+    assert "has changed since the run" in one_error(capsys)
+    lora.unlink()
+    assert main(replay) == 2
+    assert f"the run's LoRA file {lora} is gone" in one_error(capsys)
+    assert not (tmp_path / "again.mp4").exists()
+
+
+def test_replay_of_a_gguf_run_with_a_lora_and_quantize_refused_for_gguf(tiny_bundle, tmp_path, capsys):
+    from community_files import diffusers_expert, write_gguf
+
+    high, low = tmp_path / "high_noise_Q8_0.gguf", tmp_path / "low_noise_Q8_0.gguf"
+    write_gguf(diffusers_expert(tiny_bundle / "transformer"), high, "Q8_0")
+    write_gguf(diffusers_expert(tiny_bundle / "transformer_2"), low, "Q8_0")
+    lora = write_lora(tiny_bundle, tmp_path / "style.safetensors")
+    args = ["generate", "--config", str(tiny_bundle), "--high_noise_ckpt", str(high), "--low_noise_ckpt", str(low)]
+    args += ["--prompt", "a fox", "--lora", f"{lora}:0.6", *SMALL]
+    assert main([*args, "--output", str(tmp_path / "run.mp4"), "--quantize", "fp8"]) == 2
+    assert "--quantize fp8 does not apply to the GGUF checkpoint high_noise_Q8_0.gguf" in one_error(capsys)
+    assert main([*args, "--output", str(tmp_path / "run.mp4")]) == 0, capsys.readouterr().err
+    model = read(tmp_path / "run.mp4.json")["model"]
+    assert model["quantize"] == "none" and model["expert_weights"]["transformer"]["gguf Q8_0"] == 20
+    assert main(["generate", "--replay", str(tmp_path / "run.mp4.json")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "run_replay.mp4").read_bytes() == (tmp_path / "run.mp4").read_bytes()
+
+
+def test_a_pre_quantised_bundle_records_its_quantisation_and_replays(tiny_bundle, tmp_path, capsys):
+    import torch
+
+    from bernini.convert import convert
+
+    bundle = tmp_path / "fp8-bundle"
+    convert(tiny_bundle, bundle, "diffusers", dtype=torch.float32, quantize="fp8")
+    args = ["generate", "--config", str(bundle), "--prompt", "a fox", *SMALL]
+    assert main([*args, "--output", str(tmp_path / "run.mp4")]) == 0, capsys.readouterr().err
+    model = read(tmp_path / "run.mp4.json")["model"]
+    assert (model["quantize"], model["quantize_requested"]) == ("fp8", "none")
+    assert model["expert_weights"]["transformer"]["fp8"] == 20
+    assert main(["generate", "--replay", str(tmp_path / "run.mp4.json")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "run_replay.mp4").read_bytes() == (tmp_path / "run.mp4").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--output", str(tmp_path / "int8.mp4"), "--quantize", "int8"]) == 2
+    assert "--quantize int8: the checkpoint stores" in one_error(capsys)

@@ -122,7 +122,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default="none",
         choices=("none", "fp8", "int8"),
         help="weight-only quantise the experts' block linears on load (fp8 e4m3 or int8, per-channel scales); "
-        "fp8/int8 checkpoints stay as stored either way",
+        "fp8/int8 checkpoints and GGUF files stay as stored (another mode with them is refused)",
     )
     group.add_argument(
         "--gpu_memory",
@@ -395,7 +395,7 @@ def lora_specs(args: argparse.Namespace) -> list:
     """``--lora`` / ``--lora_high`` / ``--lora_low PATH[:SCALE]`` as :class:`~bernini.lora.LoraSpec` values."""
     from ..lora import LoraSpec
 
-    specs = []
+    specs = list(getattr(args, "replayed_loras", None) or [])  # a replay's, in the recorded order
     for flag, expert in (("lora", "both"), ("lora_high", "high"), ("lora_low", "low")):
         specs += [LoraSpec.parse(value, expert) for value in getattr(args, flag, None) or []]
     return specs

@@ -3,7 +3,8 @@
 The sidecar holds the request as it ran (seed, every parameter, the model's resolved choices, the prompt
 actually used, enhanced or not) and every path as given and absolute. A replay takes all of it, uses the
 absolute paths (so it works from any working directory), never calls the prompt enhancer again, and
-loads the recorded model with the recorded dtype unless ``--config`` / ``--dtype`` say otherwise.
+loads the recorded model with the recorded dtype and ``--quantize`` unless ``--config`` / ``--dtype`` /
+``--quantize`` say otherwise, merging the recorded LoRAs (each checked against its recorded sha256).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from ..errors import BerniniError
 from ..request import GenerationRequest
 
-CONFLICTS = ("prompt", "case", "inputs", "video", "image", "images")
+CONFLICTS = ("prompt", "case", "inputs", "video", "image", "images", "lora", "lora_high", "lora_low")
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
@@ -65,9 +66,27 @@ def _default_output(record: dict[str, Any], sidecar: Path) -> str:
     return str(written.with_name(f"{written.stem}_replay{written.suffix}"))
 
 
+def _loras(model: dict[str, Any]) -> list:
+    """The recorded LoRAs, in the order they were merged, refused in one line when a file is gone or changed."""
+    from ..lora import LoraSpec, file_sha256
+
+    specs = []
+    for entry in model.get("loras") or []:
+        path = entry.get("absolute") or entry["path"]
+        if not Path(path).is_file():
+            raise BerniniError(f"--replay: the run's LoRA file {path} is gone; restore it to replay the run")
+        if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+            raise BerniniError(
+                f"--replay: the LoRA file {path} has changed since the run (its sha256 differs from the sidecar's); "
+                "restore the file the run used"
+            )
+        specs.append(LoraSpec(path, entry.get("expert", "both"), float(entry.get("scale", 1.0))).checked())
+    return specs
+
+
 def replay_requests(args: argparse.Namespace) -> list[GenerationRequest]:
-    """The recorded request, ready to plan; sets ``args.config`` / checkpoints / dtype from the sidecar
-    where the command line left them open."""
+    """The recorded request, ready to plan; sets ``args.config`` / checkpoints / dtype / quantize / LoRAs from
+    the sidecar where the command line left them open."""
     given = [f"--{name}" for name in CONFLICTS if getattr(args, name, None) not in (None, [])]
     if given:
         raise BerniniError(f"--replay takes the run from its sidecar; drop {', '.join(given)}")
@@ -88,5 +107,9 @@ def replay_requests(args: argparse.Namespace) -> list[GenerationRequest]:
             setattr(args, flag, entry["absolute"] if isinstance(entry, dict) else entry)
     if getattr(args, "dtype", "auto") == "auto" and record.get("dtype"):
         args.dtype = record["dtype"]
+    model = record.get("model") or {}
+    if getattr(args, "quantize", "none") == "none":
+        args.quantize = model.get("quantize_requested", model.get("quantize", "none"))
+    args.replayed_loras = _loras(model)
     args.replayed = {"sidecar": str(Path(args.replay).absolute()), "prompt_enhancer": record.get("prompt_enhancer")}
     return [GenerationRequest(**values)]
