@@ -8,6 +8,7 @@ import argparse
 import errno
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -299,6 +300,33 @@ def test_real_full_tmpfs(tiny_bundle, tmp_path):
         assert sorted(p.name for p in mount.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:  # in the child: writes past ``limit`` bytes fail with EFBIG instead of killing it
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
+def test_file_too_large_while_encoding_the_mp4_says_free_some_space(tiny_bundle, tmp_path):
+    """Not simulated: the encoder's own write fails (EFBIG from a 2 KiB file size limit) halfway through the MP4."""
+    out = tmp_path / "o.mp4"
+    command = [
+        sys.executable, "-m", "bernini.cli", "generate", "--config", str(tiny_bundle), "--prompt", PROMPT,
+        "--task_type", "t2v", "--num_inference_steps", "1", "--num_frames", "9", "--height", "64", "--width", "96",
+        "--output", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, preexec_fn=_file_size_limit(2048)
+    )
+    errors = [line for line in lines_of(proc.stderr) if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "File too large" in errors[0] and "free some space" in errors[0] and ".mp4 path" not in errors[0]
+    assert list(tmp_path.iterdir()) == [], "no partial MP4, temporary file or sidecar"
 
 
 # --------------------------------------------------------------------------------- item 11: SIGTERM
