@@ -332,7 +332,9 @@ def test_file_too_large_while_encoding_the_mp4_says_free_some_space(tiny_bundle,
 # --------------------------------------------------------------------------------- item 11: SIGTERM
 
 
-def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle, tmp_path):
+def _signal_mid_run(tiny_bundle: Path, tmp_path: Path, *signums: int, preexec_fn=None) -> tuple[int, str]:
+    """Start a long generation, send each of ``signums`` (a second apart) once it is denoising; its exit status and
+    the stderr after the first signal."""
     out = tmp_path / "o.mp4"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     command = [
@@ -340,18 +342,47 @@ def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle, tmp_path):
         "--task_type", "t2v", "--num_frames", "17", "--height", "64", "--width", "96",
         "--num_inference_steps", "5000", "--no-use_unipc", "--output", str(out),
     ]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     seen = ""
     deadline = time.monotonic() + 180
     while "loaded" not in seen and time.monotonic() < deadline:
         seen += proc.stderr.readline()
-    time.sleep(1.0)  # well inside the 5000 steps
-    proc.send_signal(signal.SIGTERM)
+    for signum in signums:
+        time.sleep(1.0)  # well inside the 5000 steps
+        assert proc.poll() is None, "still running when the signal is sent"
+        proc.send_signal(signum)
     rest = proc.stderr.read()
-    code = proc.wait(timeout=60)
+    return proc.wait(timeout=60), rest
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle, tmp_path):
+    code, rest = _signal_mid_run(tiny_bundle, tmp_path, signal.SIGTERM)
     last = rest.replace("\r", "\n").strip().splitlines()[-1]  # may follow the progress bar on its line
     assert code == 143 and last.endswith("terminated (SIGTERM); no partial output was kept"), rest
     assert "Traceback" not in rest and list(tmp_path.iterdir()) == [], "no output, sidecar or temporary file"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_cleans_up_like_sigterm(tiny_bundle, tmp_path):
+    """Closing the terminal (or losing the SSH session) mid-run: exit 128 + 1, nothing partial left."""
+    code, rest = _signal_mid_run(tiny_bundle, tmp_path, signal.SIGHUP)
+    last = rest.replace("\r", "\n").strip().splitlines()[-1]
+    assert code == 129 and last.endswith("terminated (SIGHUP); no partial output was kept"), rest
+    assert "Traceback" not in rest and list(tmp_path.iterdir()) == [], "no output, sidecar or temporary file"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_stays_ignored_under_nohup(tiny_bundle, tmp_path):
+    """``nohup`` ignores SIGHUP so that the run outlives the terminal: the hang-up changes nothing, SIGTERM still ends
+    it."""
+
+    def nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    code, rest = _signal_mid_run(tiny_bundle, tmp_path, signal.SIGHUP, signal.SIGTERM, preexec_fn=nohup)
+    last = rest.replace("\r", "\n").strip().splitlines()[-1]
+    assert code == 143 and last.endswith("terminated (SIGTERM); no partial output was kept"), rest
+    assert "SIGHUP" not in rest and list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------- item 11: hostile JSON
