@@ -70,6 +70,39 @@ def test_every_parser_rejects_abbreviations():
     assert check.layouts == "1:1"
 
 
+# ------------------------------------------------------------- issue 19 item 10: values no run can use
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "--gpu_memory", "0"], "argument --gpu_memory: must be a positive number, got 0"),
+        (["generate", "--gpu_memory=-4"], "argument --gpu_memory: must be a positive number, got -4"),
+        (["generate", "--gpu_memory", "nan"], "argument --gpu_memory: must be a positive number, got nan"),
+        (["plan", "--gpu_memory", "0"], "argument --gpu_memory: must be a positive number, got 0"),
+        (["generate", "--ulysses", "0"], "argument --ulysses: must be at least 1, got 0"),
+        (["generate", "--ulysses=-2"], "argument --ulysses: must be at least 1, got -2"),
+    ],
+)
+def test_a_budget_or_degree_no_run_can_use_is_refused(argv, message, tmp_path, capsys):
+    """``--ulysses 0`` on one process used to run as if it were 1; ``--gpu_memory 0`` planned for an empty device."""
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--config", str(tmp_path / "no-bundle")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {message};"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_and_the_service_refuse_them_too():
+    from bernini.serve.server import build_parser as serve_parser
+
+    for parser in (demo_parser(), serve_parser()):
+        for bad in (["--ulysses", "0"], ["--gpu_memory", "0"]):
+            with pytest.raises(SystemExit):
+                parser.parse_args(bad)
+        assert parser.parse_args(["--ulysses", "2", "--gpu_memory", "0.5"]).gpu_memory == 0.5
+
+
 # ------------------------------------------------------------------------------------ item 7: help
 
 
