@@ -330,6 +330,7 @@ def test_real_full_tmpfs(tiny_bundle, tmp_path):
         lines = lines_of(proc.stderr)
         errors = [line for line in lines if line.startswith("error:")]
         assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr
+        assert "No space left on device" in errors[0] and "free some space" in errors[0], errors
         assert sorted(p.name for p in mount.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", str(mount)], check=False)
