@@ -35,7 +35,7 @@ from bernini.enhancer import (
     enhancer_available,
     parse_rewritten_text,
 )
-from bernini.enhancer.client import MAX_REPLY_BYTES
+from bernini.enhancer.client import MAX_REPLY_BYTES, ReplyTooLarge
 
 SECRET = "sk-test-ZQX9-very-distinctive-key-4242"
 
@@ -471,6 +471,25 @@ def test_a_reply_over_the_size_bound_falls_back_without_a_retry(server: ChatServ
     server.default = reply("A" * (MAX_REPLY_BYTES - 4096))  # just under the bound (with the JSON around it)
     result = enhance_prompt("a dog", "t2v", config_for(server))
     assert result.enhanced and result.prompt == "A" * (MAX_REPLY_BYTES - 4096)
+
+
+def test_a_reply_over_the_bound_is_recognised_inside_an_older_sdks_connection_error() -> None:
+    """openai 1.x wraps whatever its HTTP client raises in APIConnectionError (retryable: "cannot connect"). That SDK
+    is not installed here, so a stand-in client raises what it would."""
+    import openai
+
+    def create(**request: Any) -> Any:
+        try:
+            raise ReplyTooLarge(MAX_REPLY_BYTES)
+        except ReplyTooLarge as exc:
+            raise openai.APIConnectionError(request=None) from exc  # type: ignore[arg-type]
+
+    class Client:
+        chat = type("Chat", (), {"completions": type("Completions", (), {"create": staticmethod(create)})})
+
+    result = enhance_prompt("a dog", "t2v", config_for("http://127.0.0.1:9/v1"), client_factory=lambda **_: Client())
+    assert not result.enhanced and result.prompt == "a dog" and result.attempts == 1
+    assert result.warning == "prompt enhancer failed (reply larger than 1 MiB); using the original prompt"
 
 
 def test_401_falls_back_immediately(server: ChatServer) -> None:
