@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "bernini demo") -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
-    previous = {}
+    previous: dict[int, Any] = {}
     for signum in _ENDING_SIGNALS if _main_thread() else ():
         if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
             previous[signum] = signal.signal(signum, _interrupt)
