@@ -285,11 +285,20 @@ def _forwards(count: int) -> str:
 
 
 class Terminated(BaseException):
-    """SIGTERM, raised where the process is so it unwinds like Ctrl-C: temporary files go, nothing partial stays."""
+    """SIGTERM or SIGHUP, raised where the process is so it unwinds like Ctrl-C: temporary files go, nothing partial
+    stays. The exit status is ``128 + signum``, as if the signal had killed the process."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated()
+    raise Terminated(signum)
+
+
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+"""Handled like Ctrl-C: SIGHUP too, so closing the terminal (or losing the SSH session) leaves nothing partial."""
 
 
 def main(argv: Sequence[str] | None = None, upstream_script: str | None = None) -> int:
@@ -313,18 +322,23 @@ def main(argv: Sequence[str] | None = None, upstream_script: str | None = None) 
     args.upstream_script = upstream_script
     args.command_line = command_line
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:  # a signal already ignored stays ignored (``nohup`` ignores SIGHUP so that the run outlives the terminal)
+        previous = {
+            signum: signal.signal(signum, _terminate)
+            for signum in TERMINATING_SIGNALS
+            if signal.getsignal(signum) is not signal.SIG_IGN
+        }
     except ValueError:  # not the main thread (an embedding application): leave its handlers alone
         return run_command(args)
     try:
         return run_command(args)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the parsed command; user errors exit 2, Ctrl-C 130, SIGTERM 143, each with one line."""
+    """Run the parsed command; user errors exit 2, Ctrl-C 130, SIGTERM 143, SIGHUP 129, each with one line."""
     try:
         if args.command == "tiny-bundle":
             from .tiny import write_tiny_bundle
@@ -357,9 +371,12 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _stderr("interrupted; no partial output was kept")
         return 130
-    except Terminated:
-        _stderr("terminated (SIGTERM); no partial output was kept")
-        return 143
+    except Terminated as exc:
+        try:  # after a hang-up the terminal may be gone: the exit status still says what happened
+            _stderr(f"terminated ({signal.Signals(exc.signum).name}); no partial output was kept")
+        except OSError:
+            pass
+        return 128 + exc.signum
 
 
 def upstream_script_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

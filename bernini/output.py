@@ -211,6 +211,8 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, crf: int = 8) 
                     frame.pts = index
                     container.mux(stream.encode(frame))
                 container.mux(stream.encode(None))
+        except OSError:  # disk full, file too large (PyAV's errno errors are OSErrors): atomic_write says so
+            raise
         except (av.FFmpegError, ValueError) as exc:
             raise MediaError(f"cannot write video {target}: {' '.join(str(exc).split())}; use an .mp4 path") from exc
     return target

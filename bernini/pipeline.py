@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -434,8 +434,7 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
         if callback is not None:
 
             def step_callback(index: int, t: int, latents: torch.Tensor) -> torch.Tensor | None:
-                returned = callback(self, index, t, {"latents": latents})
-                return returned.get("latents") if isinstance(returned, dict) else None
+                return replacement_latents(callback(self, index, t, {"latents": latents}), latents)
 
         experts = self.make_experts()
         runner = self.branch_runner
@@ -527,6 +526,36 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
 
 def _silent(phase: str, done: int, total: int) -> None:
     pass
+
+
+def replacement_latents(returned: Any, latents: torch.Tensor) -> torch.Tensor | None:
+    """What a step callback returned (diffusers: ``{"latents": tensor}``; None or no ``latents`` keeps them), checked
+    against the current ``latents``: a tensor of their shape, floating point; it takes their dtype and device."""
+    if returned is None:
+        return None
+    if not isinstance(returned, Mapping):
+        raise BerniniError(
+            f"a step callback returned a {type(returned).__name__}; return a dict such as "
+            "{'latents': tensor} (or None to keep the latents)"
+        )
+    replacement = returned.get("latents")
+    if replacement is None:
+        return None
+    if not isinstance(replacement, torch.Tensor):
+        raise BerniniError(
+            f"a step callback returned latents of type {type(replacement).__name__}; return a torch.Tensor"
+        )
+    if tuple(replacement.shape) != tuple(latents.shape):
+        raise BerniniError(
+            f"a step callback returned latents of shape {tuple(replacement.shape)}; they must keep the shape "
+            f"{tuple(latents.shape)}"
+        )
+    if not replacement.is_floating_point():
+        raise BerniniError(
+            f"a step callback returned latents of dtype {str(replacement.dtype).replace('torch.', '')}; "
+            f"return floating-point latents (they are {str(latents.dtype).replace('torch.', '')})"
+        )
+    return replacement.to(device=latents.device, dtype=latents.dtype)
 
 
 class _StepReport:

@@ -4,6 +4,7 @@ device-memory budget."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -66,6 +67,8 @@ class PipelineLoadingMixin:
         one ``bernini/`` checkpoint) loads the planner too; ``bernini_version`` (``v1`` / ``v2``) overrides which
         release's shipped per-task settings apply (default: detected, see :mod:`bernini.planner.presets`).
         """
+        if gpu_memory is not None and not (math.isfinite(gpu_memory) and gpu_memory > 0):
+            raise BerniniError(f"gpu_memory must be a positive number of GiB, got {gpu_memory}")
         with _library_bars(progress):
             pipe = cls._load(
                 pretrained_model_name_or_path,

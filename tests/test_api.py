@@ -4,10 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from bernini import GUIDANCE_MODES, TASKS, load_case, tasks_table
+from bernini import GUIDANCE_MODES, TASKS, BerniniPipeline, load_case, tasks_table
 from bernini.cli import main as cli_main
+from bernini.errors import BerniniError
 from bernini.media import read_video_frames
 from bernini.output import write_image, write_video
 
@@ -132,6 +134,52 @@ def test_callback_sees_every_step(tiny_pipe):
         callback_on_step_end=lambda pipe, i, t, state: seen.append((i, t, tuple(state["latents"].shape))),
     )
     assert [i for i, _, _ in seen] == [0, 1, 2] and seen[0][2] == (1, 16, 1, 4, 6)
+
+
+SMALL_KITE = dict(task_type="t2i", height=32, width=48, num_inference_steps=2, output_type="latent")
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        (lambda latents: latents, r"returned a Tensor; return a dict such as \{'latents': tensor\}"),
+        (lambda latents: {"latents": latents.numpy()}, r"latents of type ndarray; return a torch.Tensor"),
+        (lambda latents: {"latents": latents[..., :-1]}, r"latents of shape \(1, 16, 1, 4, 5\); .* \(1, 16, 1, 4, 6\)"),
+        (lambda latents: {"latents": latents.round().long()}, r"latents of dtype int64; return floating-point"),
+    ],
+    ids=["bare-tensor", "numpy", "shape", "integer"],
+)
+def test_wrong_replacement_latents_from_a_callback_stop_with_one_clear_error(tiny_pipe, replace, message):
+    """Before, a bare tensor was ignored without a word and the others failed later, deep inside a step."""
+    calls = []
+
+    def callback(pipe, step, timestep, tensors):
+        calls.append(step)
+        return replace(tensors["latents"])
+
+    with pytest.raises(BerniniError, match=message):
+        tiny_pipe("a kite", callback_on_step_end=callback, **SMALL_KITE)
+    assert calls == [0], "refused at the step that returned it"
+
+
+def test_replacement_latents_of_another_float_dtype_take_the_latents_dtype(tiny_pipe):
+    plain = tiny_pipe("a kite", **SMALL_KITE).latents
+
+    def to_ones(pipe, step, timestep, tensors):
+        return {"latents": torch.ones(tensors["latents"].shape, dtype=torch.float64)} if step == 1 else None
+
+    replaced = tiny_pipe("a kite", callback_on_step_end=to_ones, **SMALL_KITE).latents
+    assert (
+        replaced.dtype == plain.dtype
+        and replaced.device == plain.device
+        and torch.equal(replaced, torch.ones_like(plain))
+    )
+
+
+def test_a_device_budget_of_zero_is_refused_before_loading(tiny_bundle):
+    for budget in (0, -1.0, float("nan")):
+        with pytest.raises(BerniniError, match=r"gpu_memory must be a positive number of GiB"):
+            BerniniPipeline.from_pretrained(tiny_bundle, device="cpu", gpu_memory=budget)
 
 
 def test_a_list_of_pil_frames_is_one_video_as_in_diffusers(tiny_pipe, media):

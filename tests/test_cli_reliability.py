@@ -8,6 +8,7 @@ import argparse
 import errno
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -67,6 +68,39 @@ def test_every_parser_rejects_abbreviations():
         check_parse_args(["--layo", "1:1", "--prompt", PROMPT])
     check, _ = check_parse_args(["--layouts", "1:1", "--prompt", PROMPT])
     assert check.layouts == "1:1"
+
+
+# ------------------------------------------------------------- issue 19 item 10: values no run can use
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "--gpu_memory", "0"], "argument --gpu_memory: must be a positive number, got 0"),
+        (["generate", "--gpu_memory=-4"], "argument --gpu_memory: must be a positive number, got -4"),
+        (["generate", "--gpu_memory", "nan"], "argument --gpu_memory: must be a positive number, got nan"),
+        (["plan", "--gpu_memory", "0"], "argument --gpu_memory: must be a positive number, got 0"),
+        (["generate", "--ulysses", "0"], "argument --ulysses: must be at least 1, got 0"),
+        (["generate", "--ulysses=-2"], "argument --ulysses: must be at least 1, got -2"),
+    ],
+)
+def test_a_budget_or_degree_no_run_can_use_is_refused(argv, message, tmp_path, capsys):
+    """``--ulysses 0`` on one process used to run as if it were 1; ``--gpu_memory 0`` planned for an empty device."""
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--config", str(tmp_path / "no-bundle")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {message};"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_and_the_service_refuse_them_too():
+    from bernini.serve.server import build_parser as serve_parser
+
+    for parser in (demo_parser(), serve_parser()):
+        for bad in (["--ulysses", "0"], ["--gpu_memory", "0"]):
+            with pytest.raises(SystemExit):
+                parser.parse_args(bad)
+        assert parser.parse_args(["--ulysses", "2", "--gpu_memory", "0.5"]).gpu_memory == 0.5
 
 
 # ------------------------------------------------------------------------------------ item 7: help
@@ -296,15 +330,45 @@ def test_real_full_tmpfs(tiny_bundle, tmp_path):
         lines = lines_of(proc.stderr)
         errors = [line for line in lines if line.startswith("error:")]
         assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr
+        assert "No space left on device" in errors[0] and "free some space" in errors[0], errors
         assert sorted(p.name for p in mount.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", str(mount)], check=False)
 
 
+def _file_size_limit(limit: int):
+    def apply() -> None:  # in the child: writes past ``limit`` bytes fail with EFBIG instead of killing it
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
+def test_file_too_large_while_encoding_the_mp4_says_free_some_space(tiny_bundle, tmp_path):
+    """Not simulated: the encoder's own write fails (EFBIG from a 2 KiB file size limit) halfway through the MP4."""
+    out = tmp_path / "o.mp4"
+    command = [
+        sys.executable, "-m", "bernini.cli", "generate", "--config", str(tiny_bundle), "--prompt", PROMPT,
+        "--task_type", "t2v", "--num_inference_steps", "1", "--num_frames", "9", "--height", "64", "--width", "96",
+        "--output", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, preexec_fn=_file_size_limit(2048)
+    )
+    errors = [line for line in lines_of(proc.stderr) if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "File too large" in errors[0] and "free some space" in errors[0] and ".mp4 path" not in errors[0]
+    assert list(tmp_path.iterdir()) == [], "no partial MP4, temporary file or sidecar"
+
+
 # --------------------------------------------------------------------------------- item 11: SIGTERM
 
 
-def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle, tmp_path):
+def _signal_mid_run(tiny_bundle: Path, tmp_path: Path, *signums: int, preexec_fn=None) -> tuple[int, str]:
+    """Start a long generation, send each of ``signums`` (a second apart) once it is denoising; its exit status and
+    the stderr after the first signal."""
     out = tmp_path / "o.mp4"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     command = [
@@ -312,18 +376,47 @@ def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle, tmp_path):
         "--task_type", "t2v", "--num_frames", "17", "--height", "64", "--width", "96",
         "--num_inference_steps", "5000", "--no-use_unipc", "--output", str(out),
     ]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     seen = ""
     deadline = time.monotonic() + 180
     while "loaded" not in seen and time.monotonic() < deadline:
         seen += proc.stderr.readline()
-    time.sleep(1.0)  # well inside the 5000 steps
-    proc.send_signal(signal.SIGTERM)
+    for signum in signums:
+        time.sleep(1.0)  # well inside the 5000 steps
+        assert proc.poll() is None, "still running when the signal is sent"
+        proc.send_signal(signum)
     rest = proc.stderr.read()
-    code = proc.wait(timeout=60)
+    return proc.wait(timeout=60), rest
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle, tmp_path):
+    code, rest = _signal_mid_run(tiny_bundle, tmp_path, signal.SIGTERM)
     last = rest.replace("\r", "\n").strip().splitlines()[-1]  # may follow the progress bar on its line
     assert code == 143 and last.endswith("terminated (SIGTERM); no partial output was kept"), rest
     assert "Traceback" not in rest and list(tmp_path.iterdir()) == [], "no output, sidecar or temporary file"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_cleans_up_like_sigterm(tiny_bundle, tmp_path):
+    """Closing the terminal (or losing the SSH session) mid-run: exit 128 + 1, nothing partial left."""
+    code, rest = _signal_mid_run(tiny_bundle, tmp_path, signal.SIGHUP)
+    last = rest.replace("\r", "\n").strip().splitlines()[-1]
+    assert code == 129 and last.endswith("terminated (SIGHUP); no partial output was kept"), rest
+    assert "Traceback" not in rest and list(tmp_path.iterdir()) == [], "no output, sidecar or temporary file"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_stays_ignored_under_nohup(tiny_bundle, tmp_path):
+    """``nohup`` ignores SIGHUP so that the run outlives the terminal: the hang-up changes nothing, SIGTERM still ends
+    it."""
+
+    def nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    code, rest = _signal_mid_run(tiny_bundle, tmp_path, signal.SIGHUP, signal.SIGTERM, preexec_fn=nohup)
+    last = rest.replace("\r", "\n").strip().splitlines()[-1]
+    assert code == 143 and last.endswith("terminated (SIGTERM); no partial output was kept"), rest
+    assert "SIGHUP" not in rest and list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------- item 11: hostile JSON

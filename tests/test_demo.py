@@ -670,9 +670,12 @@ def test_a_port_in_use_is_one_line_and_share_without_auth_warns(tiny_bundle, tmp
     assert "Traceback" not in result.stderr
 
 
-def test_the_temporary_save_dir_is_removed_on_exit(tiny_bundle, tmp_path):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_the_temporary_save_dir_is_removed_on_exit(tiny_bundle, tmp_path, signame):
     import signal
 
+    if not hasattr(signal, signame):
+        pytest.skip(f"no {signame} on this platform")
     port = _free_port()
     proc = subprocess.Popen(
         _demo_command(tiny_bundle, "--port", str(port)),
@@ -692,7 +695,7 @@ def test_the_temporary_save_dir_is_removed_on_exit(tiny_bundle, tmp_path):
                 time.sleep(0.3)
         made = list(tmp_path.glob("bernini_gradio_*"))
         assert len(made) == 1 and (made[0] / ".gradio").is_dir()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, signame))
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:

@@ -35,6 +35,7 @@ from bernini.enhancer import (
     enhancer_available,
     parse_rewritten_text,
 )
+from bernini.enhancer.client import MAX_REPLY_BYTES, ReplyTooLarge
 
 SECRET = "sk-test-ZQX9-very-distinctive-key-4242"
 
@@ -45,7 +46,8 @@ SECRET = "sk-test-ZQX9-very-distinctive-key-4242"
 
 @dataclass
 class Reply:
-    """One scripted reply. ``kind``: text | status | delay."""
+    """One scripted reply. ``kind``: text | status | delay | unsized (a text reply without Content-Length: its body
+    ends when the server closes the connection)."""
 
     kind: str = "text"
     content: str | None = "A rewritten prompt."
@@ -65,6 +67,10 @@ def error(status: int, message: str = "something went wrong", **headers: str) ->
 
 def delayed(seconds: float, content: str = "late reply") -> Reply:
     return Reply("delay", content=content, delay_s=seconds)
+
+
+def unsized(content: str) -> Reply:
+    return Reply("unsized", content=content)
 
 
 @dataclass
@@ -105,6 +111,8 @@ class ChatServer:
                     if reply.kind == "status":
                         payload = {"error": {"message": reply.message, "type": "test_error", "code": str(reply.status)}}
                         self._send(reply.status, payload, reply.headers)
+                    elif reply.kind == "unsized":
+                        self._send_unsized(completion(body.get("model", "?"), reply.content))
                     else:
                         content = reply.content
                         if content is not None:  # an endpoint that echoes what it was sent
@@ -122,6 +130,16 @@ class ChatServer:
                     self.send_header(key.replace("_", "-"), value)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _send_unsized(self, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                for start in range(0, len(data), 1 << 16):
+                    self.wfile.write(data[start : start + (1 << 16)])
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -440,6 +458,38 @@ def test_empty_reply_falls_back(server: ChatServer, content: str | None) -> None
     result = enhance_prompt("a dog", "t2v", config_for(server))
     assert not result.enhanced and result.prompt == "a dog" and result.attempts == 2
     assert result.warning is not None and "empty reply" in result.warning and "\n" not in result.warning
+
+
+@pytest.mark.parametrize("reply", [text, unsized], ids=["content-length", "no-content-length"])
+def test_a_reply_over_the_size_bound_falls_back_without_a_retry(server: ChatServer, reply) -> None:
+    """The SDK would read any body into memory: past MAX_REPLY_BYTES the reply is dropped, announced or not."""
+    server.default = reply("A" * MAX_REPLY_BYTES)
+    result = enhance_prompt("a dog", "t2v", config_for(server), sleep=lambda s: None)
+    assert not result.enhanced and result.prompt == "a dog" and result.attempts == 1 and len(server.requests) == 1
+    assert result.warning == "prompt enhancer failed (reply larger than 1 MiB); using the original prompt"
+    assert not result.endpoint_failed  # one runaway reply; the next task may still ask
+    server.default = reply("A" * (MAX_REPLY_BYTES - 4096))  # just under the bound (with the JSON around it)
+    result = enhance_prompt("a dog", "t2v", config_for(server))
+    assert result.enhanced and result.prompt == "A" * (MAX_REPLY_BYTES - 4096)
+
+
+def test_a_reply_over_the_bound_is_recognised_inside_an_older_sdks_connection_error() -> None:
+    """openai 1.x wraps whatever its HTTP client raises in APIConnectionError (retryable: "cannot connect"). That SDK
+    is not installed here, so a stand-in client raises what it would."""
+    import openai
+
+    def create(**request: Any) -> Any:
+        try:
+            raise ReplyTooLarge(MAX_REPLY_BYTES)
+        except ReplyTooLarge as exc:
+            raise openai.APIConnectionError(request=None) from exc  # type: ignore[arg-type]
+
+    class Client:
+        chat = type("Chat", (), {"completions": type("Completions", (), {"create": staticmethod(create)})})
+
+    result = enhance_prompt("a dog", "t2v", config_for("http://127.0.0.1:9/v1"), client_factory=lambda **_: Client())
+    assert not result.enhanced and result.prompt == "a dog" and result.attempts == 1
+    assert result.warning == "prompt enhancer failed (reply larger than 1 MiB); using the original prompt"
 
 
 def test_401_falls_back_immediately(server: ChatServer) -> None:

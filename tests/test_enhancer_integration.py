@@ -113,13 +113,18 @@ def test_echoed_key_is_masked_and_a_failed_endpoint_is_skipped_for_the_rest_of_t
     tmp_path,
 ):
     """Task 1: the endpoint echoes the Authorization header in its rewrite. Task 2: it is down (503) and the
-    time budget (from the environment) ends the retries. Task 3: skipped with a note, no request sent."""
+    time budget (from the environment) ends the retries. Task 3: skipped with a note, no request sent.
+
+    The server's Retry-After (4 s) sets the wait between attempts, and the budget (8 s) is twice it: a second attempt
+    always fits unless the first takes 3.95 s, and a third never can (it would start 4 s after the second ended).
+    So exactly two attempts, under any load short of that, where a 2.5 s budget against the 1 s default backoff
+    failed whenever the first request took 1.45 s."""
     server.push(text("A lighthouse at night. Sent with Authorization: {authorization}"))
-    server.default = error(503, "overloaded")
+    server.default = error(503, "overloaded", retry_after="4")
     tasks = [{"task_type": "t2i", "prompt": f"lighthouse {i}", "output": f"o{i}.png"} for i in range(3)]
     task_list = tmp_path / "tasks.jsonl"
     task_list.write_text("".join(json.dumps(t) + "\n" for t in tasks), encoding="utf-8")
-    env = {**os.environ, "BERNINI_PE_BASE_URL": server.base_url, "BERNINI_PE_API_KEY": KEY, "BERNINI_PE_BUDGET": "2.5"}
+    env = {**os.environ, "BERNINI_PE_BASE_URL": server.base_url, "BERNINI_PE_API_KEY": KEY, "BERNINI_PE_BUDGET": "8"}
     env.pop("OPENAI_API_KEY", None)
     proc = subprocess.run(
         [sys.executable, "-m", "bernini.cli", "generate", "--config", str(tiny_bundle), "--inputs", str(task_list)]
@@ -137,8 +142,9 @@ def test_echoed_key_is_masked_and_a_failed_endpoint_is_skipped_for_the_rest_of_t
     assert sidecars[0]["request"]["prompt"] == "A lighthouse at night. Sent with Authorization: Bearer ***"
     assert "contained the API key" in sidecars[0]["prompt_enhancer"]["warning"]
     second = sidecars[1]["prompt_enhancer"]
-    assert second["enhanced"] is False and "HTTP 503" in second["warning"] and "2.5 s time budget" in second["warning"]
-    assert 2 <= second["attempts"] < 4  # the budget, not max_attempts, ended it
+    assert second["enhanced"] is False and "HTTP 503 after 2 attempts" in second["warning"]
+    assert "8 s time budget" in second["warning"]
+    assert second["attempts"] == 2  # the budget, not max_attempts (4), ended it
     assert sidecars[2]["prompt_enhancer"]["skipped"] and sidecars[2]["request"]["prompt"] == "lighthouse 2"
     assert len(server.requests) == 1 + second["attempts"]  # nothing sent for task 3
     skipped = [line for line in proc.stderr.splitlines() if line.startswith("note: prompt enhancer skipped")]

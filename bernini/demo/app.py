@@ -146,7 +146,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "bernini demo") -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
-    previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
+    previous: dict[int, Any] = {}
+    for signum in _ENDING_SIGNALS if _main_thread() else ():
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
+            previous[signum] = signal.signal(signum, _interrupt)
     try:
         auth = parse_auth(args.auth)
         with ExitStack() as stack:
@@ -159,12 +162,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "bernini demo") -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+_ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM ends the demo like Ctrl-C: the server closes and the demo's temporary folders are removed."""
+    """SIGTERM and SIGHUP end the demo like Ctrl-C: the server closes and the demo's temporary folders are removed."""
     raise KeyboardInterrupt
 
 

@@ -103,7 +103,8 @@ def enhance_prompt(
     ``videos`` are decoded uint8 ``[T,H,W,3]`` arrays (3 frames of each are sent); ``image`` and
     ``images`` are paths, PIL images or HxWx3 uint8 arrays. ``client_factory`` builds the SDK client
     from keyword arguments ``api_key``, ``base_url``, ``timeout`` and ``max_retries`` (default
-    ``openai.OpenAI``); ``sleep`` and ``clock`` are injectable for tests. On any failure the result
+    ``openai.OpenAI`` reading at most :data:`~.client.MAX_REPLY_BYTES` of a reply; a factory of your own
+    sets its own bound); ``sleep`` and ``clock`` are injectable for tests. On any failure the result
     holds the original prompt, ``enhanced=False`` and a one-line ``warning``. ``log`` receives
     progress lines (retries, the enhanced prompt) but not the warning, which the caller shows.
     """

@@ -9,7 +9,9 @@ Other HTTP errors (400/401/403/404/422 …) fall back at once.
 
 The wall-time bound relies on the SDK's per-request timeout, which httpx applies to each network
 operation (connect, each read, write); a server trickling bytes could exceed it, which no
-OpenAI-compatible server does in practice.
+OpenAI-compatible server does in practice. The size of a reply is bounded (:data:`MAX_REPLY_BYTES`, after
+decompression): the SDK would otherwise read whatever the server sends into memory. A larger reply is a failed
+rewrite, not retried.
 
 The API key never leaves the HTTP ``Authorization`` header: :func:`scrub` masks it in every
 message built from an exception or a server reply, and :func:`safe_url` drops credentials from
@@ -18,6 +20,7 @@ URLs shown to the user.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -27,6 +30,8 @@ from typing import Any
 from .config import EnhancerConfig, safe_url
 
 __all__ = [
+    "MAX_REPLY_BYTES",
+    "ReplyTooLarge",
     "RewriteCall",
     "RewriteFailed",
     "build_request",
@@ -47,6 +52,9 @@ _MAX_BACKOFF_S = 30.0
 _MIN_ATTEMPT_S = 0.05
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 _MAX_DETAIL_CHARS = 160
+MAX_REPLY_BYTES = 1 << 20
+"""The most bytes of one HTTP reply read. A chat completion of the default 8192 tokens, even with every character
+``\\u``-escaped, stays far below it."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,13 +237,78 @@ def _classify_error(exc: BaseException, base_url: str) -> _Failure:
 
 
 # ----------------------------------------------------------------------------------------------
+# Bounded replies
+
+
+class ReplyTooLarge(Exception):
+    """The server sent (or announced) more than :data:`MAX_REPLY_BYTES`; the rest is not read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"reply larger than {limit / 2**20:g} MiB")
+
+
+def _read_at_most(response: Any, limit: int) -> bytes:
+    """The decoded body of a streamed ``response``, raising :class:`ReplyTooLarge` once it passes ``limit``."""
+    announced = response.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > limit and not response.headers.get("content-encoding"):
+        raise ReplyTooLarge(limit)
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise ReplyTooLarge(limit)
+    return bytes(body)
+
+
+def _too_large(exc: BaseException) -> ReplyTooLarge | None:
+    """The :class:`ReplyTooLarge` behind ``exc``: newer SDKs pass it through, older ones wrap it in a connection
+    error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ReplyTooLarge):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@functools.cache
+def _bounded_http_client_class() -> type:
+    """The SDK's default HTTP client, reading at most :data:`MAX_REPLY_BYTES` of each reply (built on first use:
+    importing the SDK is slow, and only ``--use_pe`` needs it)."""
+    import openai
+
+    class BoundedHttpClient(openai.DefaultHttpxClient):
+        def send(self, request: Any, *, stream: bool = False, **kwargs: Any) -> Any:
+            response = super().send(request, stream=True, **kwargs)
+            if stream:  # the caller reads the body itself (not used by the enhancer)
+                return response
+            try:
+                body = _read_at_most(response, MAX_REPLY_BYTES)
+            finally:
+                response.close()
+            unread = ("content-encoding", "content-length", "transfer-encoding")  # the body is decoded and whole
+            headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in unread]
+            return type(response)(
+                response.status_code,
+                headers=headers,
+                content=body,
+                request=request,
+                extensions=response.extensions,
+            )
+
+    return BoundedHttpClient
+
+
+# ----------------------------------------------------------------------------------------------
 # The request and its retry loop
 
 
 def _default_client_factory(**kwargs: Any) -> Any:
     import openai
 
-    return openai.OpenAI(**kwargs)
+    return openai.OpenAI(**kwargs, http_client=_bounded_http_client_class()())
 
 
 def _endpoint(config: EnhancerConfig) -> str:
@@ -333,6 +406,9 @@ class RewriteCall:
                 self.emit(f"prompt enhancer: attempt {self.attempts} failed ({last_reason}); retrying once")
                 continue
             except Exception as exc:  # every SDK/network failure must fall back
+                too_large = _too_large(exc)
+                if too_large is not None:  # one bad reply, not a failed endpoint; another draw is as long
+                    raise RewriteFailed(_with_attempts(str(too_large), self.attempts), endpoint=False) from None
                 failure = _classify_error(exc, _endpoint(config))
                 last_reason = failure.reason
                 if not failure.retryable or self.attempts >= config.max_attempts:

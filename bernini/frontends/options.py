@@ -22,6 +22,7 @@ from ..presets import CACHES, PRESETS
 from ..request import CASE_KEYS, WAN_NEGATIVE_PROMPT, GenerationRequest, load_case, load_task_list, numbered_output
 from ..tasks import TASKS
 from .help import DefaultsHelpFormatter, document
+from .values import degree, positive_number
 
 DEFAULT_OUTPUT = "outputs/output.mp4"
 DEFAULT_CONFIG = "configs/bernini_renderer_wan22"
@@ -126,7 +127,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--gpu_memory",
-        type=float,
+        type=positive_number,
         default=None,
         metavar="GB",
         help="device memory budget in GiB for --offload auto (default: the free memory)",
@@ -257,7 +258,7 @@ def add_pe_args(parser: argparse.ArgumentParser, use_help: str) -> argparse._Arg
 
 def add_parallel_args(parser: argparse.ArgumentParser) -> None:
     par = parser.add_argument_group("parallel (torchrun)")
-    par.add_argument("--ulysses", type=int, default=1, help="Ulysses sequence-parallel degree")
+    par.add_argument("--ulysses", type=degree, default=1, help="Ulysses sequence-parallel degree")
     par.add_argument(
         "--cfg_parallel",
         type=int,

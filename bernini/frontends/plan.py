@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .values import positive_number
+
 GIB = 1024**3
 
 
@@ -43,7 +45,7 @@ def add_plan_parser(sub) -> argparse.ArgumentParser:
         help="weight format of the experts' block linears",
     )
     plan.add_argument("--dtype", default="bf16", help="compute dtype of the dense weights")
-    plan.add_argument("--gpu_memory", type=float, default=None, metavar="GB", help="device budget in GiB")
+    plan.add_argument("--gpu_memory", type=positive_number, default=None, metavar="GB", help="device budget in GiB")
     plan.add_argument(
         "--offload",
         default="auto",
