@@ -210,3 +210,24 @@ def test_tasks_shows_both_models_guidance_modes():
     full = next(line for line in lines if line.startswith("guidance modes, full model"))
     assert all(f" {mode} (" in renderer for mode in GUIDANCE_MODES)
     assert all(f" {mode} (up to {m.forwards_per_step} " in full for mode, m in FULL_MODEL_MODES.items())
+
+
+TEST_REF = re.compile(r"`(tests/test_\w+\.py)?::(test_\w+)")
+
+
+def test_every_test_the_docs_name_exists():
+    """reliability.md and the other docs cite tests as ``tests/test_x.py::name`` (or ``::name`` for the file named last
+    before it); each must be a test function in that file, so a renamed or deleted test cannot leave a claim behind."""
+    defined: dict[str, set[str]] = {}
+    for path in REPO.glob("tests/test_*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined[f"tests/{path.name}"] = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    missing = []
+    for doc in [*DOCS, REPO / "README.md"]:
+        current = None
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            for match in TEST_REF.finditer(line):
+                current = match.group(1) or current
+                if current is None or match.group(2) not in defined.get(current, set()):
+                    missing.append(f"{doc.name}: {current}::{match.group(2)}")
+    assert not missing, missing
