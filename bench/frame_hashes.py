@@ -1,7 +1,7 @@
 """Hashes of the frames that every example case, every guidance mode and every full-model task render on the
 tiny bundles: the check that a refactor changed nothing, frame for frame.
 
-    python bench/frame_hashes.py --out before.json          # on the old tree
+    python bench/frame_hashes.py --write before.json        # on the old tree
     python bench/frame_hashes.py --compare before.json      # on the new tree: lists every run whose frames moved
 
 Each run is small (9 frames at most, 2 steps, 64-pixel sources) and uses the Python API, so only the
@@ -90,15 +90,15 @@ def hashes(root: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help="write the hashes here (JSON)")
+    parser.add_argument("--write", default=None, help="write the hashes here (JSON)")
     parser.add_argument("--compare", default=None, help="compare with hashes written before; exit 1 on a change")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as root:
         found = hashes(Path(root))
     for name, value in found.items():
         print(f"{value}  {name}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(found, indent=1) + "\n", encoding="utf-8")
+    if args.write:
+        Path(args.write).write_text(json.dumps(found, indent=1) + "\n", encoding="utf-8")
     if args.compare:
         before = json.loads(Path(args.compare).read_text(encoding="utf-8"))
         moved = sorted(k for k in before.keys() | found.keys() if before.get(k) != found.get(k))
