@@ -85,3 +85,22 @@ def full_media(tmp_path_factory) -> Path:
     write_image(root / "image.png", (0.5 + 0.4 * np.cos(8 * ya + 5 * xa + channel)).clip(0, 1))
     write_image(root / "ref.png", (0.5 + 0.4 * np.sin(3 * ya + 9 * xa + channel[::-1])).clip(0, 1))
     return root
+
+
+@pytest.fixture
+def bundle_with_config(tmp_path) -> Callable[..., Path]:
+    """A copy of a bundle whose ``config.json`` is the original's with some keys replaced (every other file a
+    symbolic link), for tests of what a bundle's config decides."""
+    import json
+
+    def make(source: Path, **changes) -> Path:
+        bundle = tmp_path / f"{source.name}-changed"
+        bundle.mkdir()
+        for child in source.iterdir():
+            if child.name != "config.json":
+                (bundle / child.name).symlink_to(child)
+        config = json.loads((source / "config.json").read_text())
+        (bundle / "config.json").write_text(json.dumps({**config, **changes}))
+        return bundle
+
+    return make

@@ -171,15 +171,9 @@ def test_a_shipped_size_other_than_the_sources_prints_a_note_and_is_recorded(ful
     assert records[0, 0] == [] and records[64, 64] == []
 
 
-def test_a_bundle_with_the_old_connector_keys_is_refused_in_one_line(full_bundle, tmp_path):
+def test_a_bundle_with_the_old_connector_keys_is_refused_in_one_line(full_bundle, tmp_path, bundle_with_config):
     """Bundles bernini wrote before it read the released ``out_dim_for_gen`` / ``out_dim_for_vit``: one error line."""
-    old = tmp_path / "old"
-    old.mkdir()
-    for child in full_bundle.iterdir():
-        if child.name != "config.json":
-            (old / child.name).symlink_to(child)
-    config = json.loads((full_bundle / "config.json").read_text())
-    (old / "config.json").write_text(json.dumps({**config, "connector_cfg": {"out_gen": 40, "out_vit": 48}}))
+    old = bundle_with_config(full_bundle, connector_cfg={"out_gen": 40, "out_vit": 48})
     out = tmp_path / "o.mp4"
     proc = run("--config", str(old), "--prompt", "a fox", "--task_type", "t2v", *SMALL, "--output", str(out),
                cwd=tmp_path)  # fmt: skip

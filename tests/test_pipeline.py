@@ -155,18 +155,9 @@ def test_a_swapped_in_scheduler_runs_with_the_requested_shift(tiny_bundle):
     assert explicit["scheduler"] == "unipc" and explicit["timesteps"] != euler_timesteps(2.0, 4)
 
 
-def test_bundle_config_keys_are_the_defaults(tiny_bundle, tmp_path):
+def test_bundle_config_keys_are_the_defaults(tiny_bundle, bundle_with_config):
     """``use_unipc`` and the source-id keys of the bundle's config.json decide unless a flag says otherwise."""
-    import json
-
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    for item in tiny_bundle.iterdir():
-        if item.name != "config.json":
-            (bundle / item.name).symlink_to(item)
-    config = json.loads((tiny_bundle / "config.json").read_text())
-    config |= {"use_unipc": False, "use_src_id_rotary_emb": False, "max_trained_src_id": 2}
-    (bundle / "config.json").write_text(json.dumps(config))
+    bundle = bundle_with_config(tiny_bundle, use_unipc=False, use_src_id_rotary_emb=False, max_trained_src_id=2)
     pipe = BerniniPipeline.from_pretrained(bundle, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     refs = [np.full((32, 48, 3), 60 * i, np.uint8) for i in range(3)]

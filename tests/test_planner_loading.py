@@ -182,14 +182,10 @@ def test_every_full_config_key_read_is_a_released_one_or_listed_as_not_released(
         ({"out_dim_for_gen": 40, "out_dim_for_vit": "48"}, "connector_cfg.out_dim_for_vit must be a positive integer"),
     ],
 )
-def test_old_or_bad_connector_widths_are_one_line_errors(full_bundle, tmp_path, one_line_error, connector, match):
-    bundle = tmp_path / "old"
-    bundle.mkdir()
-    for child in full_bundle.iterdir():
-        if child.name != "config.json":
-            (bundle / child.name).symlink_to(child)
-    config = json.loads((full_bundle / "config.json").read_text())
-    (bundle / "config.json").write_text(json.dumps({**config, "connector_cfg": connector}))
+def test_old_or_bad_connector_widths_are_one_line_errors(
+    full_bundle, one_line_error, connector, match, bundle_with_config
+):
+    bundle = bundle_with_config(full_bundle, connector_cfg=connector)
     one_line_error(load_planner, FullBundle.open(bundle), torch.float32, match=match)
 
 
