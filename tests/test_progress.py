@@ -90,7 +90,7 @@ def test_full_default_sizes_on_the_cpu_get_an_estimate_and_the_flags_to_shrink_i
 ):
     """The job itself is replaced (a full-size run would take minutes even on the tiny model): the note
     must come before it starts."""
-    import bernini.cli
+    import bernini.runner
 
     started: list[str] = []
 
@@ -98,7 +98,7 @@ def test_full_default_sizes_on_the_cpu_get_an_estimate_and_the_flags_to_shrink_i
         started.append(capsys.readouterr().err)
         raise BerniniError("stopped by the test before generating")
 
-    monkeypatch.setattr(bernini.cli, "run_job", job)
+    monkeypatch.setattr(bernini.runner, "run_job", job)  # the CLI imports it when it runs
     args = ["generate", "--config", str(tiny_bundle), "--prompt", "a fox", "--output", str(tmp_path / "x.mp4")]
     assert main([*args, "--device", "cpu"]) == 1
     notes = [line for line in started[0].splitlines() if line.startswith("note:")]
