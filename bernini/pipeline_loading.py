@@ -175,12 +175,10 @@ class PipelineLoadingMixin:
         self, offload: bool | str, device: torch.device, gpu_memory: float | None = None
     ) -> PlacementDecision:
         """Keep resident what fits the budget, stream the rest (see :mod:`bernini.memory_plan`)."""
-        from .memory_plan import runtime_decision
+        from .memory_plan import device_budget, runtime_decision
         from .quant import QuantLinear
 
-        budget = int(gpu_memory * 1024**3) if gpu_memory is not None else None
-        if budget is None and device.type == "cuda":
-            budget = torch.cuda.mem_get_info(device)[0]
+        budget = device_budget(gpu_memory, device)
         sizes = measured_sizes(self.experts, self.text_encoder, self.vae, self.planner_modules)
         quantized = any(isinstance(m, QuantLinear) for e in self.experts for m in e.modules())
         expert_config = dict(self.experts[0].config)

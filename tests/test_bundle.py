@@ -45,7 +45,15 @@ def test_a_full_model_run_and_its_dry_run_read_the_config_once(full_bundle, tmp_
     args = ["generate", "--config", str(full_bundle), "--prompt", "a fox", "--task_type", "t2v"]
     assert main([*args, "--dry_run"]) == 0
     assert counts[(full_bundle / "config.json").resolve()] == 1
-    small = ["--num_frames", "9", "--height", "64", "--width", "96", "--num_inference_steps", "2", "--planning_step", "2"]
+    small = [
+        "--num_frames",
+        "9",
+        "--height",
+        "64",
+        "--width",
+        "96",
+        *["--num_inference_steps", "2", "--planning_step", "2"],
+    ]
     assert main([*args, *small, "--output", str(tmp_path / "fox.mp4")]) == 0
     assert counts[(full_bundle / "config.json").resolve()] == 2
 

@@ -13,8 +13,6 @@ from pathlib import Path
 from ..bundle import BundleSpec
 from .values import positive_number
 
-GIB = 1024**3
-
 
 def add_plan_parser(sub) -> argparse.ArgumentParser:
     from ..request import GenerationRequest
@@ -124,13 +122,9 @@ def print_full_plan(shapes, request, dtype, log: Callable[[str], None] = print) 
 
 def budget_bytes(gpu_memory: float | None) -> int | None:
     """``--gpu_memory`` in GiB; by default the free memory of the current CUDA device (none without one)."""
-    if gpu_memory is not None:
-        return int(gpu_memory * GIB)
-    import torch
+    from ..memory_plan import device_budget
 
-    if torch.cuda.is_available():
-        return torch.cuda.mem_get_info()[0]
-    return None
+    return device_budget(gpu_memory)
 
 
 def print_plan(plan, log: Callable[[str], None] = print) -> None:
