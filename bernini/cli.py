@@ -26,6 +26,7 @@ from .frontends.options import (
     OneLineErrorParser,
     add_generation_args,
     add_model_args,
+    bundle_spec,
     describe_loaded,
     given_settings,
     load_pipeline,
@@ -155,14 +156,15 @@ def run_generate(args: argparse.Namespace) -> int:
         requests = replay_requests(args)
     else:
         requests = requests_from_args(args)
-    tasks = plan_tasks(requests, model_defaults(args))
+    bundle = bundle_spec(args)  # the bundle's files are read once, here, for the whole run
+    tasks = plan_tasks(requests, model_defaults(args, bundle))
     if len(tasks) == 1 and isinstance(tasks[0], BerniniError):
         raise tasks[0]
     uses_pe = args.pe_only or any(not isinstance(t, BerniniError) and t.use_pe for t in tasks)
     enhancer = EnhancerBatch(required_enhancer_config(args)) if uses_pe else None
     quiet_libraries()
     if getattr(args, "dry_run", False):
-        return dry_run(args, tasks)
+        return dry_run(args, tasks, bundle=bundle)
     if args.pe_only:
         return run_pe_only(args, tasks)
     tasks, runnable = preflight_outputs(args, tasks)
@@ -180,7 +182,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     progress, advice = ConsoleProgress(sys.stderr), SizeAdvice()
     start = time.perf_counter()
-    pipe = load_pipeline(args, on_progress=progress)
+    pipe = load_pipeline(args, on_progress=progress, bundle=bundle)
     pipe.set_progress_bar_config(disable=True)  # the console hook shows denoising instead
     _stderr(describe_loaded(pipe, time.perf_counter() - start))
 

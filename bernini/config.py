@@ -92,25 +92,14 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def is_bernini_bundle(root: Path) -> bool:
     """Whether ``root`` holds a Bernini renderer ``config.json`` (its experts are Bernini-R weights)."""
-    config_file = root / "config.json"
-    return config_file.is_file() and read_json(config_file).get("model_type") == MODEL_TYPE
+    from .bundle import BundleSpec
+
+    return BundleSpec.read(root).is_bernini
 
 
 def renderer_config_for(root: Path) -> RendererConfig | None:
-    """The renderer config of a bundle directory, derived from ``model_index.json`` for plain Wan bundles."""
-    config_file = root / "config.json"
-    if config_file.is_file():
-        data = read_json(config_file)
-        if data.get("model_type") == MODEL_TYPE:
-            return RendererConfig.from_dict(data, str(config_file))
-    index_file = root / "model_index.json"
-    if index_file.is_file():
-        index = read_json(index_file)
-        ratio = index.get("boundary_ratio")
-        has_second = isinstance(index.get("transformer_2"), list) and index["transformer_2"][0] is not None
-        return RendererConfig(
-            wan22_base=str(root),
-            skip_transformer_2=not has_second,
-            switch_dit_boundary=float(ratio) if (ratio is not None and has_second) else 0.0,
-        )
-    return None
+    """The renderer config of a bundle directory, derived from ``model_index.json`` for plain Wan bundles
+    (:meth:`bernini.bundle.BundleSpec.renderer_config`; a caller holding a spec asks it instead)."""
+    from .bundle import BundleSpec
+
+    return BundleSpec.read(root).renderer_config()

@@ -2,8 +2,9 @@
 
 The transformer dominates: per forward and block, ``2·N·P`` multiply-add FLOPs for the block's ``P``
 weights over ``N`` tokens plus ``4·N²·d`` for attention, times the guidance mode's forwards per step and
-the steps; the device's rate is measured with a short matmul in the pipeline's dtype. VAE and text
-encoder time are left out, so the figure is a lower bound.
+the steps (``N`` counted as the memory plan counts it, :func:`bernini.memory_plan.latent_tokens`); the device's
+rate is measured with a short matmul in the pipeline's dtype. VAE and text encoder time are left out, so the
+figure is a lower bound.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 import torch
 
+from .memory_plan import latent_tokens
 from .plan import GenerationPlan
 
 
@@ -23,8 +25,7 @@ def transformer_flops(pipe, plan: GenerationPlan) -> float:
     _, _, t, h, w = grid.latent_shape(
         grid.snap_frames(geometry.frames), grid.snap_side(geometry.height), grid.snap_side(geometry.width)
     )
-    p_t, p_h, p_w = expert.config.patch_size
-    tokens = (t // p_t) * (h // p_h) * (w // p_w) * (1 + len(plan.media.video))
+    tokens = latent_tokens(t, h, w, tuple(expert.config.patch_size)) * (1 + len(plan.media.video))
     block_params = sum(p.numel() for p in expert.blocks[0].parameters())
     width = expert.config.num_attention_heads * expert.config.attention_head_dim
     per_forward = len(expert.blocks) * (2 * tokens * block_params + 4 * tokens**2 * width)

@@ -23,11 +23,12 @@ def few(names: list[str], count: int = 3) -> str:
     return shown + (f" and {len(names) - count} more" if len(names) > count else "")
 
 
-def empty_expert(config_dir: Path) -> BerniniTransformer:
-    """An expert built from ``config_dir/config.json`` on the meta device (no memory for weights)."""
+def empty_expert(config_dir: Path, config: dict | None = None) -> BerniniTransformer:
+    """An expert built from ``config_dir/config.json`` (or its ``config``, already read) on the meta device (no
+    memory for weights)."""
     from accelerate import init_empty_weights
 
-    config = read_json(config_dir / "config.json")
+    config = read_json(config_dir / "config.json") if config is None else config
     with init_empty_weights():
         return BerniniTransformer.from_config(config)
 

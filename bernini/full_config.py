@@ -9,15 +9,14 @@ ViT decoder (:func:`planner_widths`). Every key read here is one the released co
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .config import RendererConfig, read_json
+from .config import RendererConfig
 from .errors import WeightsError
-from .planner.presets import VERSIONS, detect_version
+from .planner.presets import VERSIONS
 
 MODEL_TYPE = "bernini"
 
@@ -72,19 +71,16 @@ OLD_CONNECTOR_KEYS = ("out_gen", "out_vit")
 
 
 def is_full_bundle(root: Path) -> bool:
-    config = Path(root) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == MODEL_TYPE
-    except (OSError, ValueError, AttributeError):
-        return False
+    from .bundle import BundleSpec
+
+    return BundleSpec.read(root).is_full
 
 
 def full_renderer_config(root: Path) -> RendererConfig:
     """The renderer keys of a full bundle's config (``shift`` is not read: ``--flow_shift`` is, as upstream)."""
-    path = Path(root) / "config.json"
-    return renderer_config_from(read_json(path), path, root)
+    from .bundle import BundleSpec
+
+    return BundleSpec.read(root).full_renderer_config()
 
 
 def renderer_config_from(data: Mapping[str, Any], path: Path, root: Path) -> RendererConfig:
@@ -99,11 +95,17 @@ def renderer_config_from(data: Mapping[str, Any], path: Path, root: Path) -> Ren
 
 
 def full_version(root: Path, location: str, override: str | None = None) -> str:
+    from .bundle import BundleSpec
+
     if override is not None:
-        if override not in VERSIONS:
-            raise WeightsError(f"bernini_version must be one of {', '.join(VERSIONS)}, got {override!r}")
-        return override
-    return detect_version(read_json(Path(root) / "config.json"), location)
+        return check_version(override)
+    return BundleSpec.read(root).version(location)
+
+
+def check_version(override: str) -> str:
+    if override not in VERSIONS:
+        raise WeightsError(f"bernini_version must be one of {', '.join(VERSIONS)}, got {override!r}")
+    return override
 
 
 def planner_widths(data: Mapping[str, Any], hidden: int, path: Path) -> tuple[dict[str, int], dict[str, int]]:

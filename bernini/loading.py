@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from . import quant
+from .bundle import BundleSpec
 from .config import (
     BERNINI_REPO_IDS,
     DEFAULT_REPO_ID,
@@ -34,7 +35,6 @@ from .config import (
     RendererConfig,
     is_bernini_bundle,
     read_json,
-    renderer_config_for,
 )
 from .errors import WeightsError
 from .expert_weights import empty_expert, few, place_weight
@@ -138,7 +138,7 @@ def _refuse_base_weights(spec: str, experts: list[str], origin: str) -> None:
 
 
 def resolve_model(
-    spec: str | os.PathLike | None = None,
+    spec: str | os.PathLike | BundleSpec | None = None,
     *,
     separate: Collection[str] = (),
     allow_base_weights: bool = False,
@@ -152,13 +152,16 @@ def resolve_model(
     Fetching a missing component from the Hub is announced through ``note`` first.
     """
     note = note or logger.warning
-    spec = str(spec) if spec is not None else DEFAULT_REPO_ID
-    root = _local_or_fetch(spec)
-    if root.is_file():
-        if root.suffix != ".json":
-            raise WeightsError(f"{root} is a file; pass the bundle directory (or its config.json)")
-        root = root.parent
-    renderer = renderer_config_for(root)
+    bundle = spec if isinstance(spec, BundleSpec) else None
+    spec = bundle.spec if bundle is not None else (str(spec) if spec is not None else DEFAULT_REPO_ID)
+    root = bundle.root if bundle is not None else _local_or_fetch(spec)
+    named = Path(spec).expanduser() if bundle is not None else root
+    if named.is_file():
+        if named.suffix != ".json":
+            raise WeightsError(f"{named} is a file; pass the bundle directory (or its config.json)")
+        root = named.parent
+    bundle = bundle or BundleSpec.read(root, spec)
+    renderer = bundle.renderer_config()
     if renderer is None:
         raise WeightsError(
             f"{root} is not a Bernini-R or Wan2.2 diffusers bundle: it has neither a config.json with "
@@ -167,7 +170,7 @@ def resolve_model(
     experts = [name for name in expert_names(renderer) if name not in separate]
     own = {name for name in experts if (root / name / "config.json").is_file()}
     from_base = [name for name in experts if name not in own]
-    bundle_is_bernini = is_bernini_bundle(root)
+    bundle_is_bernini = bundle.is_bernini
     base_weights = [name for name in experts if name in own and not bundle_is_bernini]
     base = renderer.wan22_base
     base_is_bernini = _base_is_bernini(base) if from_base and base else None
@@ -176,7 +179,7 @@ def resolve_model(
     if base_weights and not allow_base_weights:
         _refuse_base_weights(spec, base_weights, spec if not from_base else base)
     components = root
-    if not _has_components(root):
+    if not bundle.has_components:
         if not base or Path(base).expanduser().resolve() == root.resolve():
             missing = [n for n in COMPONENT_DIRS if not (root / n).is_dir()]
             raise WeightsError(f"{root} lacks {', '.join(missing)} and names no other wan22_base to take them from")
@@ -196,8 +199,10 @@ def resolve_model(
             _refuse_base_weights(spec, base_weights, base)
     source = ModelSource(spec=spec, renderer=renderer, components=components, base_weights=base_weights)
     for name in experts:
-        own_dir = root / name if name in own else components / name
-        source.transformer_files[name] = bundle_weight_files(own_dir)
+        if name in own:
+            source.transformer_files[name] = bundle.expert_files(name)
+        else:
+            source.transformer_files[name] = bundle_weight_files(components / name)
     return source
 
 
@@ -214,29 +219,11 @@ def expert_names(renderer: RendererConfig) -> list[str]:
 
 def bundle_weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a diffusers model folder (all shards named by its index, if any)."""
-    if not folder.is_dir():
-        raise WeightsError(f"{folder} is missing")
-    indexes = sorted(folder.glob("*.safetensors.index.json"))
-    if indexes:
-        return index_files(indexes[0])
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        if list(folder.glob("*.bin")):
-            raise WeightsError(f"{folder} holds only .bin weights; convert them to .safetensors")
-        raise WeightsError(f"{folder} holds no .safetensors weights")
-    return files
+    return BundleSpec(folder.parent, str(folder.parent)).expert_files(folder.name)
 
 
 def index_files(index: Path) -> list[Path]:
-    data = read_json(index)
-    weight_map = data.get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise WeightsError(f"{index} has no weight_map")
-    files = sorted({index.parent / name for name in weight_map.values()})
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise WeightsError(f"{index} names shards that are missing: {', '.join(missing[:3])}")
-    return files
+    return BundleSpec(index.parent, str(index.parent)).index_files(index.name)
 
 
 CKPT_SUFFIXES = (".safetensors", ".gguf")
@@ -391,7 +378,7 @@ def load_expert(
         for key, entry in read_header(path).items():
             entries.setdefault(key, entry)
     check_expert_config(config, entries, expert=expert, where=config_dir / "config.json", separate=separate)
-    model = empty_expert(config_dir)
+    model = empty_expert(config_dir, config)
     model_keys = set(model.state_dict().keys())
     match = match_layout(entries, model_keys, expert, separate)
     where = files[0].parent if len(files) > 1 else files[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -115,10 +116,29 @@ class MemoryPlan:
         return out
 
 
+def element_size(dtype: torch.dtype) -> int:
+    """Bytes per element of a floating ``dtype``."""
+    return torch.finfo(dtype).bits // 8
+
+
+def free_device_bytes(device: torch.device | None = None) -> int | None:
+    """Free memory of a CUDA ``device`` (None: the current one, if any); None where there is no device limit."""
+    if device is None:
+        return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+
+
+def device_budget(gpu_memory: float | None, device: torch.device | None = None) -> int | None:
+    """The budget placement works under: ``gpu_memory`` GiB when given, else the device's free memory."""
+    if gpu_memory is not None:
+        return int(gpu_memory * GIB)
+    return free_device_bytes(device)
+
+
 def weight_bytes(module: torch.nn.Module, dtype: torch.dtype, quantize: str, keep_fp32=()) -> dict[str, int]:
     """Bytes per top-level child (``blocks.N`` separately) of a meta-device module once loaded."""
     out: dict[str, int] = {}
-    size = torch.finfo(dtype).bits // 8
+    size = element_size(dtype)
     for name, param in module.named_parameters():
         parts = name.split(".")
         group = ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
@@ -160,8 +180,7 @@ def _model_sizes(key: str, dtype: torch.dtype, quantize: str) -> tuple[ModelSize
     per = weight_bytes(transformer, dtype, quantize, tuple(transformer._keep_in_fp32_modules or ()))
     blocks = [v for k, v in per.items() if k.startswith("blocks.")]
     expert = sum(per.values())
-    size = torch.finfo(dtype).bits // 8
-    largest_linear = max(m.weight.numel() for m in transformer.modules() if isinstance(m, torch.nn.Linear)) * size
+    largest_linear = max(m.weight.numel() for m in transformer.modules() if isinstance(m, torch.nn.Linear))
     sizes = ModelSizes(
         experts=[expert] * shapes.experts,
         expert_blocks=max(blocks),
@@ -169,23 +188,53 @@ def _model_sizes(key: str, dtype: torch.dtype, quantize: str) -> tuple[ModelSize
         text_encoder=sum(weight_bytes(text, dtype, "none").values()),
         vae=sum(weight_bytes(vae, torch.float32, "none").values()),
     )
-    return sizes, (2 * largest_linear if quantize != "none" else 0)
+    return sizes, (upcast_bytes(largest_linear, dtype) if quantize != "none" else 0)
+
+
+def latent_tokens(frames: int, height: int, width: int, patch: tuple[int, int, int]) -> int:
+    """Tokens of a latent ``frames × height × width`` grid patchified by ``patch``."""
+    return (frames // patch[0]) * (height // patch[1]) * (width // patch[2])
 
 
 def packed_tokens(request: Request, patch: tuple[int, int, int] = (1, 2, 2), vae_t: int = 4, vae_s: int = 8) -> int:
     latent_frames = (request.frames - 1) // vae_t + 1
-    per_frame = (request.height // vae_s // patch[1]) * (request.width // vae_s // patch[2])
-    target = latent_frames // patch[0] * per_frame
+    height, width = request.height // vae_s, request.width // vae_s
+    per_frame = latent_tokens(1, height, width, (1, *patch[1:]))
+    target = latent_tokens(latent_frames, height, width, patch)
     return target * (1 + request.source_videos) + request.images * per_frame
 
 
+def expert_tokens(latent_elements: int, config: Any) -> int:
+    """Tokens of ``latent_elements`` latent values through an expert of ``config`` (its patch and channels)."""
+    return latent_elements // (config.in_channels * math.prod(config.patch_size))
+
+
 def expert_activation(tokens: int, dim: int, ffn: int, dtype: torch.dtype) -> int:
-    size = torch.finfo(dtype).bits // 8
+    size = element_size(dtype)
     nd = tokens * dim
     base = nd * size + 2 * nd * 4
     attention = 5 * nd * size + 2 * nd * 4
     feed_forward = nd * size + 2 * tokens * ffn * size
     return base + max(attention, feed_forward)
+
+
+def upcast_bytes(linear_params: int, dtype: torch.dtype) -> int:
+    """A quantised linear's weight dequantised for its matmul (and its temporary), in ``dtype``."""
+    return 2 * linear_params * element_size(dtype)
+
+
+def branch_batch_bytes(batch: int, tokens: int, config: Any, dtype: torch.dtype) -> int:
+    """The rough extra bytes of ``batch`` stacked branches of ``tokens`` tokens through an expert: two FFN-wide
+    activations and four attention-wide ones per token (the widest a block holds)."""
+    width = 2 * config.ffn_dim + 4 * config.num_attention_heads * config.attention_head_dim
+    return batch * tokens * width * element_size(dtype)
+
+
+def branch_batch_fits(batch: int, latent_elements: int, config: Any, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether ``batch`` stacked branches of ``latent_elements`` latent values fit in the device's free memory
+    (always without a device limit)."""
+    free = free_device_bytes(device)
+    return free is None or branch_batch_bytes(batch, expert_tokens(latent_elements, config), config, dtype) < free
 
 
 def vae_workspace(request: Request, vae_config: dict[str, Any], tiled: bool) -> int:
@@ -200,6 +249,42 @@ def text_activation(shapes: Shapes) -> int:
     return 2 * length * (cfg["d_model"] * 4 * 4 + cfg["d_ff"] * 2 * 2) + 2 * cfg["num_heads"] * length * length * 4
 
 
+@dataclass(frozen=True)
+class Activations:
+    """The live bytes placement provisions beside the weights: an expert forward over the packed ``tokens``, the
+    VAE's whole-frame and tiled workspaces, and a UMT5 forward."""
+
+    tokens: int
+    expert: int
+    decode: int
+    decode_tiled: int
+    text: int
+
+
+def activations(
+    request: Request,
+    transformer: dict[str, Any],
+    vae: dict[str, Any],
+    dtype: torch.dtype,
+    upcast: int = 0,
+    text: Shapes | None = None,
+) -> Activations:
+    """What :func:`fit` provisions for ``request`` with an expert of config ``transformer`` (``upcast``: the
+    dequantised linear of a quantised expert) and UMT5 of ``text`` (default: UMT5-XXL)."""
+    tokens = packed_tokens(request, tuple(transformer.get("patch_size", (1, 2, 2))))
+    dim = transformer["num_attention_heads"] * transformer["attention_head_dim"]
+    expert = expert_activation(tokens, dim, transformer["ffn_dim"], dtype) + upcast
+    workspace = {tiled: vae_workspace(request, vae, tiled) for tiled in (False, True)}
+    return Activations(tokens, expert, workspace[False], workspace[True], text_activation(text or Shapes()))
+
+
+def fit(budget: int | None, sizes: ModelSizes, acts: Activations, mode: str = "auto") -> PlacementDecision:
+    """Keep resident what fits ``budget`` bytes (the rule of :func:`bernini.placement.choose_placement`)."""
+    return choose_placement(
+        budget, sizes, acts.expert, acts.decode, acts.decode_tiled, acts.text, DEVICE_OVERHEAD, mode
+    )
+
+
 def plan_memory(
     request: Request,
     *,
@@ -212,14 +297,10 @@ def plan_memory(
     """Placement and per-phase peaks for ``request`` under a device budget of ``gpu_memory`` bytes."""
     shapes = shapes or Shapes()
     sizes, upcast = model_sizes(shapes, dtype, quantize)
-    tokens = packed_tokens(request, tuple(shapes.transformer.get("patch_size", (1, 2, 2))))
-    dim = shapes.transformer["num_attention_heads"] * shapes.transformer["attention_head_dim"]
-    activation = expert_activation(tokens, dim, shapes.transformer["ffn_dim"], dtype) + upcast
-    workspace = {tiled: vae_workspace(request, shapes.vae, tiled) for tiled in (False, True)}
-    t5_act = text_activation(shapes)
-    decision = choose_placement(
-        gpu_memory, sizes, activation, workspace[False], workspace[True], t5_act, DEVICE_OVERHEAD, mode
-    )
+    acts = activations(request, shapes.transformer, shapes.vae, dtype, upcast, shapes)
+    tokens, activation, t5_act = acts.tokens, acts.expert, acts.text
+    workspace = {False: acts.decode, True: acts.decode_tiled}
+    decision = fit(gpu_memory, sizes, acts, mode)
     resident = sum(sizes.experts) + sizes.text_encoder + sizes.vae if decision.mode == "none" else 0
     if decision.mode == "none":
         expert_peak = resident + activation
@@ -263,14 +344,7 @@ def runtime_decision(
     from .placement import decide_offload
 
     if isinstance(offload, bool) or (device.type != "cuda" and budget is None):
-        return PlacementDecision(decide_offload(offload, device, [], []), budget=budget, reason="no device budget")
-    tokens = packed_tokens(NOMINAL_REQUEST, tuple(expert_config.get("patch_size", (1, 2, 2))))
+        return PlacementDecision(decide_offload(offload), budget=budget, reason="no device budget")
     dim = expert_config["num_attention_heads"] * expert_config["attention_head_dim"]
-    size = torch.finfo(dtype).bits // 8
-    upcast = 2 * dim * expert_config["ffn_dim"] * size if quantized else 0
-    activation = expert_activation(tokens, dim, expert_config["ffn_dim"], dtype) + upcast
-    workspace = {tiled: vae_workspace(NOMINAL_REQUEST, vae_config, tiled) for tiled in (False, True)}
-    t5_act = text_activation(Shapes())
-    return choose_placement(
-        budget, sizes, activation, workspace[False], workspace[True], t5_act, DEVICE_OVERHEAD, offload
-    )
+    upcast = upcast_bytes(dim * expert_config["ffn_dim"], dtype) if quantized else 0
+    return fit(budget, sizes, activations(NOMINAL_REQUEST, expert_config, vae_config, dtype, upcast), offload)

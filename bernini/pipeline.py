@@ -8,7 +8,6 @@ conditions → (prompt enhancer) → text → sampler ⇄ renderer → decode, t
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -473,18 +472,11 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
         return [sum(c is expert for c in chosen) for expert in self.experts]
 
     def batch_fits(self, batch: int, latent_elements: int) -> bool:
-        """Whether ``batch`` stacked branches of ``latent_elements`` latent values fit next to the weights.
+        """Whether ``batch`` stacked branches of ``latent_elements`` latent values fit next to the weights
+        (:func:`bernini.memory_plan.branch_batch_fits`: always on the CPU)."""
+        from .memory_plan import branch_batch_fits
 
-        On the CPU (no device limit) always; on a GPU, a rough activation estimate (two FFN-wide activations
-        per token, the widest a block holds) against the free device memory."""
-        if self.device.type != "cuda":
-            return True
-        config = self.experts[0].config
-        tokens = latent_elements // (config.in_channels * math.prod(config.patch_size))
-        element = torch.finfo(self.dtype).bits // 8
-        need = batch * tokens * (2 * config.ffn_dim + 4 * config.num_attention_heads * config.attention_head_dim)
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return need * element < free
+        return branch_batch_fits(batch, latent_elements, self.experts[0].config, self.dtype, self.device)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, output_type: str = "np", on_progress: OnProgress | None = None) -> Any:

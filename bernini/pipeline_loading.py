@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
+from .bundle import BundleSpec
 from .devices import device_from_map, parse_device, parse_dtype
 from .errors import BerniniError
 from .loading import load_components, resolve_model
 from .lora import LoraSpec, merge_lora, read_lora
 from .placement import Placement, PlacementDecision, measured_sizes
-from .planner.loading import full_bundle_root, load_full_model, refuse_for_full_model
+from .planner.loading import full_bundle, load_full_model, refuse_for_full_model
 
 if TYPE_CHECKING:
     from .transformer import BerniniTransformer
@@ -33,7 +34,7 @@ class PipelineLoadingMixin:
     @classmethod
     def from_pretrained(
         cls: type[Pipeline],
-        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        pretrained_model_name_or_path: str | os.PathLike | BundleSpec | None = None,
         *,
         dtype: str | torch.dtype | None = None,
         torch_dtype: str | torch.dtype | None = None,
@@ -52,7 +53,8 @@ class PipelineLoadingMixin:
         on_progress: OnProgress | None = None,
         bernini_version: str | None = None,
     ) -> Pipeline:
-        """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B).
+        """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B), or a
+        :class:`~bernini.bundle.BundleSpec` a front end has already read.
 
         ``device_map`` takes one device as diffusers does (``"cuda"``); ``dtype`` / ``torch_dtype`` alike.
         A config or bundle without Bernini-R weights (a plain Wan2.2 bundle, a config directory without
@@ -117,12 +119,12 @@ class PipelineLoadingMixin:
             raise BerniniError("pass either device or device_map, not both")
         target = parse_device(device if device_map is None else device_from_map(device_map))
         weight_dtype = parse_dtype(dtype if dtype is not None else torch_dtype, target)
-        full_root = full_bundle_root(pretrained_model_name_or_path)
-        if full_root is not None:
+        bundle = BundleSpec.find(pretrained_model_name_or_path)  # read once, here or by the front end
+        name = bundle.spec if bundle is not None else pretrained_model_name_or_path
+        full = full_bundle(bundle if bundle is not None else pretrained_model_name_or_path)
+        if full is not None:
             refuse_for_full_model(high_noise_ckpt, low_noise_ckpt, quantize)
-            modules, source = load_full_model(
-                full_root, str(pretrained_model_name_or_path), weight_dtype, bernini_version
-            )
+            modules, source = load_full_model(full, str(name), weight_dtype, bernini_version)
         else:
             if bernini_version is not None:
                 raise BerniniError("--bernini_version names a full Bernini release; this model is Bernini-R")
@@ -130,7 +132,7 @@ class PipelineLoadingMixin:
                 name for name, ckpt in (("transformer", high_noise_ckpt), ("transformer_2", low_noise_ckpt)) if ckpt
             }
             source = resolve_model(
-                pretrained_model_name_or_path, separate=separate, allow_base_weights=allow_base_weights
+                bundle if bundle is not None else name, separate=separate, allow_base_weights=allow_base_weights
             )
             modules = load_components(
                 source, weight_dtype, high_noise_ckpt, low_noise_ckpt, quantize, on_progress=on_progress
@@ -173,12 +175,10 @@ class PipelineLoadingMixin:
         self, offload: bool | str, device: torch.device, gpu_memory: float | None = None
     ) -> PlacementDecision:
         """Keep resident what fits the budget, stream the rest (see :mod:`bernini.memory_plan`)."""
-        from .memory_plan import runtime_decision
+        from .memory_plan import device_budget, runtime_decision
         from .quant import QuantLinear
 
-        budget = int(gpu_memory * 1024**3) if gpu_memory is not None else None
-        if budget is None and device.type == "cuda":
-            budget = torch.cuda.mem_get_info(device)[0]
+        budget = device_budget(gpu_memory, device)
         sizes = measured_sizes(self.experts, self.text_encoder, self.vae, self.planner_modules)
         quantized = any(isinstance(m, QuantLinear) for e in self.experts for m in e.modules())
         expert_config = dict(self.experts[0].config)

@@ -78,15 +78,8 @@ class PlanningMixin:
                 self.placement.activate(module, False)
 
     def planner_batch_fits(self, branches: int, tokens: int) -> bool:
-        """Whether ``branches`` padded Qwen passes of ``tokens`` tokens fit in the device's free memory: per token
-        and layer the residual, q/k/v and the MLP's three ``intermediate`` tensors, plus the fp32 attention scores
-        of one layer (``heads × tokens²``) and the additive mask, with half the free memory kept spare."""
-        if self.device.type != "cuda":
-            return True
-        config = self.planner.qwen.config
-        text = getattr(config, "text_config", config)
-        size = torch.finfo(self.dtype).bits // 8
-        per_token = (4 * text.hidden_size + 3 * text.intermediate_size) * size
-        scores = (text.num_attention_heads * 4 + size) * tokens * tokens
-        need = branches * (tokens * per_token + scores)
-        return need * 2 <= torch.cuda.mem_get_info(self.device)[0]
+        """Whether ``branches`` padded Qwen passes of ``tokens`` tokens fit in the device's free memory
+        (:func:`bernini.planner.memory.planner_batch_fits`: always on the CPU)."""
+        from .planner.memory import planner_batch_fits
+
+        return planner_batch_fits(branches, tokens, self.planner.qwen.config, self.dtype, self.device)

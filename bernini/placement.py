@@ -3,7 +3,7 @@
 ``none`` keeps everything on the execution device; ``model`` keeps idle models on the CPU and brings
 each one over while it works (one expert resident at a time); ``blocks`` streams each expert block by
 block through diffusers' group offloading, for GPUs smaller than one expert. ``auto`` picks by the
-device's memory.
+device's memory budget, with the estimates of :mod:`bernini.memory_plan`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from .errors import BerniniError
 
 OFFLOAD_MODES = ("auto", "none", "model", "blocks")
 SAFETY_MARGIN = 0.05  # of the budget, for the allocator's fragmentation and estimates that run short
-ACTIVATION_HEADROOM = 8 * 1024**3  # activations of a ~67k-token packed sequence, the VAE decode workspace
 
 
 def module_bytes(module: torch.nn.Module) -> int:
@@ -46,26 +45,14 @@ def measured_sizes(
     )
 
 
-def decide_offload(
-    offload: bool | str, device: torch.device, modules: Sequence[torch.nn.Module], experts: Sequence[torch.nn.Module]
-) -> str:
-    """The offload mode for ``offload`` (a mode name, ``auto`` or a bool) on ``device`` (whole-card rule)."""
+def decide_offload(offload: bool | str) -> str:
+    """The mode ``offload`` names (a mode name or a bool) where there is no device budget to place under: ``auto``
+    keeps everything where it is (``none``); with a budget :func:`choose_placement` decides."""
     if isinstance(offload, bool):
         return "model" if offload else "none"
     if offload not in OFFLOAD_MODES:
         raise BerniniError(f"unknown offload {offload!r}; choose one of: {', '.join(OFFLOAD_MODES)}")
-    if offload != "auto":
-        return offload
-    if device.type != "cuda":
-        return "none"
-    everything = sum(module_bytes(m) for m in modules)
-    expert = max(module_bytes(e) for e in experts)
-    total = torch.cuda.get_device_properties(device).total_memory
-    if everything * 1.1 + ACTIVATION_HEADROOM < total:
-        return "none"
-    if expert * 1.1 + ACTIVATION_HEADROOM < total:
-        return "model"
-    return "blocks"
+    return "none" if offload == "auto" else offload
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import read_json, renderer_config_for
+from ..bundle import BundleSpec
+from ..config import read_json
 from ..errors import BerniniError, WeightsError
-from ..full_config import is_full_bundle
 from ..parallel.layout import LaunchEnv, Layout, check_degrees
 from ..runner import Hold
 from .options import default_config, describe_loaded, load_pipeline
@@ -63,10 +63,11 @@ def _local_expert_configs(spec: str) -> list[Path] | None:
     """The experts' config files of a local bundle or config dir, found without importing torch."""
     root = Path(spec).expanduser()
     root = root.parent if root.is_file() else root
-    if root.is_dir() and is_full_bundle(root):  # the full model keeps both experts' configs beside its config.json
+    bundle = BundleSpec.read(root) if root.is_dir() else None
+    if bundle is not None and bundle.is_full:  # the full model keeps both experts' configs beside its config.json
         files = [root / "transformer_config.json", root / "transformer_2_config.json"]
         return files if all(f.is_file() for f in files) else None
-    renderer = renderer_config_for(root) if root.is_dir() else None
+    renderer = bundle.renderer_config() if bundle is not None else None
     if renderer is None:
         return None
     components = root

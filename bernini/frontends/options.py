@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..config import renderer_config_for
+from ..bundle import BundleSpec
 from ..errors import BerniniError
-from ..full_config import full_renderer_config, full_version, is_full_bundle
 from ..guidance import MODE_NAMES
 from ..plan import ModelDefaults
 from ..presets import CACHES, PRESETS
@@ -354,28 +353,33 @@ def default_config() -> str | None:
     return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_dir() else None
 
 
-def model_defaults(args: argparse.Namespace) -> ModelDefaults | None:
-    """The bundle's defaults when its config is on disk (read without torch); else the pipeline fills them."""
+def bundle_spec(args: argparse.Namespace) -> BundleSpec | None:
+    """The local bundle ``--config`` names, read once for the whole run (None: a repo id, or no config)."""
     spec = args.config or default_config()
-    if spec is None:
+    return BundleSpec.find(spec) if spec is not None else None
+
+
+def model_defaults(args: argparse.Namespace, bundle: BundleSpec | None = None) -> ModelDefaults | None:
+    """The bundle's defaults when its config is on disk (read without torch); else the pipeline fills them."""
+    bundle = bundle if bundle is not None else bundle_spec(args)
+    if bundle is None or not bundle.root.is_dir():
         return None
-    root = Path(spec).expanduser()
-    root = root.parent if root.is_file() else root
     try:
-        if root.is_dir() and is_full_bundle(root):
-            version = full_version(root, str(spec), getattr(args, "bernini_version", None))
-            return ModelDefaults.from_renderer_config(full_renderer_config(root), version)
-        config = renderer_config_for(root) if root.is_dir() else None
+        if bundle.is_full:
+            version = bundle.version(override=getattr(args, "bernini_version", None))
+            return ModelDefaults.from_renderer_config(bundle.full_renderer_config(), version)
+        config = bundle.renderer_config()
     except BerniniError:
         return None  # the loader reports a broken config in its own words
     return ModelDefaults.from_renderer_config(config) if config is not None else None
 
 
-def load_pipeline(args: argparse.Namespace, device: str | None = None, on_progress=None):
+def load_pipeline(args: argparse.Namespace, device: str | None = None, on_progress=None, bundle=None):
+    """The pipeline ``args`` name; ``bundle``: the :class:`~bernini.bundle.BundleSpec` the run already read."""
     from ..pipeline import BerniniPipeline
 
     return BerniniPipeline.from_pretrained(
-        args.config or default_config(),
+        bundle if bundle is not None else args.config or default_config(),
         dtype=args.dtype,
         device=device or args.device,
         high_noise_ckpt=args.high_noise_ckpt,

@@ -6,15 +6,12 @@ same geometry rule as the conditions stage (:func:`bernini.conditions.run_geomet
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from ..bundle import BundleSpec
 from .values import positive_number
-
-GIB = 1024**3
 
 
 def add_plan_parser(sub) -> argparse.ArgumentParser:
@@ -55,29 +52,27 @@ def add_plan_parser(sub) -> argparse.ArgumentParser:
     return plan
 
 
-def _config(folder: Path) -> dict[str, Any] | None:
-    path = folder / "config.json"
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return {
-        k: v for k, v in data.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")
-    }
+def _local(config: str | BundleSpec | None) -> BundleSpec | None:
+    """The bundle ``config`` names when it is a local directory (read once), else None."""
+    if isinstance(config, BundleSpec):
+        return config if Path(config.spec).expanduser().is_dir() else None
+    root = Path(config).expanduser() if config else None
+    return BundleSpec.read(root, str(config)) if root is not None and root.is_dir() else None
 
 
-def shapes_for(config: str | None, experts: int | None = None):
+def shapes_for(config: str | BundleSpec | None, experts: int | None = None):
     """The bundle's module configs when ``config`` is a local bundle, else the published A14B shapes."""
-    from ..config import renderer_config_for
     from ..memory_plan import Shapes
 
-    root = Path(config).expanduser() if config else None
-    if root is None or not root.is_dir():
+    bundle = _local(config)
+    if bundle is None:
         return Shapes()
-    renderer = renderer_config_for(root)
-    base = root
-    if renderer is not None and not (root / "vae").is_dir() and renderer.wan22_base:
+    renderer = bundle.renderer_config()
+    parts_from = bundle
+    if renderer is not None and not (bundle.root / "vae").is_dir() and renderer.wan22_base:
         base = Path(renderer.wan22_base).expanduser()
-    parts = {name: _config(base / name) for name in ("transformer", "text_encoder", "vae")}
+        parts_from = BundleSpec(base, str(base))  # only its module configs are read
+    parts = {name: parts_from.module_config(name) for name in ("transformer", "text_encoder", "vae")}
     if any(v is None for v in parts.values()):
         return Shapes()
     if experts is None:
@@ -85,40 +80,39 @@ def shapes_for(config: str | None, experts: int | None = None):
     return Shapes(parts["transformer"], parts["text_encoder"], parts["vae"], experts)
 
 
-def full_shapes_for(config: str | None):
+def full_shapes_for(config: str | BundleSpec | None):
     """The full model's module configs when ``config`` is a local full Bernini bundle (its ``mllm/`` Qwen config,
     connector and decoder widths from ``config.json``, the decoder depth from the checkpoint), else None."""
-    from ..full_config import is_full_bundle, planner_widths
     from ..memory_plan import Shapes
     from ..planner.loading import FullBundle
     from ..planner.memory import FullShapes
 
-    root = Path(config).expanduser() if config else None
-    if root is None or not root.is_dir() or not is_full_bundle(root):
+    bundle = _local(config)
+    if bundle is None or not bundle.is_full:
         return None
-    bundle = FullBundle.open(root)
-    qwen = _config(root / "mllm") or {}
+    full = FullBundle.open(bundle)
+    qwen = bundle.module_config("mllm") or {}
     hidden = int(qwen.get("hidden_size") or qwen.get("text_config", {}).get("hidden_size"))
-    connector, decoder = planner_widths(bundle.config, hidden, root / "config.json")
+    connector, decoder = bundle.planner_widths(hidden)
     renderer = Shapes(
-        json.loads((root / "transformer_config.json").read_text(encoding="utf-8")),
-        _config(root / "t5_text_encoder"),
-        _config(root / "vae"),
+        bundle.json("transformer_config.json"),
+        bundle.module_config("t5_text_encoder"),
+        bundle.module_config("vae"),
         2,
     )
     return FullShapes(
         qwen=qwen,
         connector=connector,
-        decoder={**decoder, "depth": bundle.decoder_depth()},
+        decoder={**decoder, "depth": full.decoder_depth()},
         renderer=renderer,
     )
 
 
-def print_full_plan(config: str | None, request, dtype, log: Callable[[str], None] = print) -> bool:
-    """The planner and render phases of a full bundle (True), or nothing when ``config`` is not one (False)."""
+def print_full_plan(shapes, request, dtype, log: Callable[[str], None] = print) -> bool:
+    """The planner and render phases of a full bundle (``shapes``: its :func:`full_shapes_for`; True), or nothing
+    when there is none (False)."""
     from ..planner.memory import plan_full_memory
 
-    shapes = full_shapes_for(config)
     if shapes is None:
         return False
     for line in plan_full_memory(request, shapes, dtype).lines():
@@ -128,13 +122,9 @@ def print_full_plan(config: str | None, request, dtype, log: Callable[[str], Non
 
 def budget_bytes(gpu_memory: float | None) -> int | None:
     """``--gpu_memory`` in GiB; by default the free memory of the current CUDA device (none without one)."""
-    if gpu_memory is not None:
-        return int(gpu_memory * GIB)
-    import torch
+    from ..memory_plan import device_budget
 
-    if torch.cuda.is_available():
-        return torch.cuda.mem_get_info()[0]
-    return None
+    return device_budget(gpu_memory)
 
 
 def print_plan(plan, log: Callable[[str], None] = print) -> None:
@@ -149,11 +139,12 @@ def run_plan(args: argparse.Namespace) -> int:
     from ..memory_plan import Request, plan_memory
 
     request = Request(args.num_frames, args.height, args.width, args.source_videos, args.images)
-    if print_full_plan(args.config, request, parse_dtype(args.dtype, torch.device("cuda"))):
+    bundle = _local(args.config)  # read once for both questions
+    if print_full_plan(full_shapes_for(bundle), request, parse_dtype(args.dtype, torch.device("cuda"))):
         return 0
     plan = plan_memory(
         request,
-        shapes=shapes_for(args.config),
+        shapes=shapes_for(bundle),
         dtype=parse_dtype(args.dtype, torch.device("cuda")),
         quantize=args.quantize,
         gpu_memory=budget_bytes(args.gpu_memory),
@@ -183,6 +174,7 @@ def dry_run(
     tasks: list,
     log: Callable[[str], None] = print,
     error: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    bundle: BundleSpec | None = None,
 ) -> int:
     """``generate --dry_run``: each planned task sized from its probed media as the run sizes it (the same notes),
     and its memory plan; tasks numbered as ``generate`` numbers them; nothing loads."""
@@ -195,8 +187,10 @@ def dry_run(
     from .options import default_config
 
     config = args.config or default_config()
-    shapes = shapes_for(config)
-    full = full_shapes_for(config)
+    if bundle is None or bundle.spec != config:
+        bundle = _local(config)
+    shapes = shapes_for(bundle)
+    full = full_shapes_for(bundle)
     grid = latent_grid(full.renderer if full is not None else shapes)
     dtype = parse_dtype(args.dtype if args.dtype != "auto" else "bf16", torch.device("cpu"))
     failures = 0
@@ -215,7 +209,7 @@ def dry_run(
         log(f"{label}: {task.task.name} {frames}x{height}x{width}")
         for adjustment in (*task.adjustments, *adjustments):
             log(adjustment.note())
-        if print_full_plan(config, request, dtype, log):
+        if print_full_plan(full, request, dtype, log):
             continue
         plan = plan_memory(
             request,

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from ..config import read_json
+from ..bundle import BundleSpec
 from ..errors import WeightsError
 from ..expert_weights import place_weight
-from ..full_config import MODEL_TYPE, full_renderer_config, full_version, is_full_bundle, planner_widths
+from ..full_config import MODEL_TYPE
 from ..loading import ModelSource, fetch_repo, looks_like_repo_id
 from ..safetensors_stream import TensorEntry, iter_tensors, read_header
 
@@ -41,11 +41,17 @@ class FullBundle:
     root: Path
     config: dict[str, Any]
     entries: dict[str, TensorEntry] = field(default_factory=dict)
+    spec: BundleSpec | None = None
+
+    @property
+    def bundle(self) -> BundleSpec:
+        return self.spec or BundleSpec(self.root, str(self.root), self.config)
 
     @classmethod
-    def open(cls, root: str | Path) -> FullBundle:
-        root = Path(root).expanduser()
-        config = read_json(root / "config.json")
+    def open(cls, root: str | Path | BundleSpec) -> FullBundle:
+        spec = root if isinstance(root, BundleSpec) else BundleSpec.read(Path(root).expanduser())
+        root = spec.root
+        config = spec.json("config.json") if spec.config is None else spec.config  # raises as read_json did
         if config.get("model_type") != MODEL_TYPE:
             raise WeightsError(f"{root} is not a full Bernini bundle (config.json model_type is not 'bernini')")
         missing = [name for name in REQUIRED if not (root / name).is_dir()]
@@ -54,13 +60,10 @@ class FullBundle:
         if missing:
             raise WeightsError(f"full Bernini bundle {root} lacks {', '.join(missing)}")
         index = root / "bernini" / "model.safetensors.index.json"
-        if index.is_file():
-            files = sorted({root / "bernini" / n for n in read_json(index).get("weight_map", {}).values()})
-        else:
-            files = sorted((root / "bernini").glob("*.safetensors"))
+        files = spec.full_shards()
         if not files:
             raise WeightsError(f"{root / 'bernini'} holds no .safetensors shards")
-        bundle = cls(root, config)
+        bundle = cls(root, config, spec=spec)
         for path in files:
             if not path.is_file():
                 raise WeightsError(f"{index} names a shard that is missing: {path.name}")
@@ -166,7 +169,7 @@ def load_planner(bundle: FullBundle, dtype: torch.dtype) -> PlannerModules:
     skipped = (f"language_model.layers.{layers - 1}.", "language_model.norm.", "lm_head.")
     stream_into(qwen, entries, dtype, "planner (mllm)", ignore=skipped)
 
-    connector_widths, decoder_widths = planner_widths(bundle.config, int(text.hidden_size), bundle.root / "config.json")
+    connector_widths, decoder_widths = bundle.bundle.planner_widths(int(text.hidden_size))
     connector = _meta(lambda: MLPConnector(**connector_widths))
     # the reference casts connector and decoder to the compute dtype for planning; load them in it directly
     stream_into(connector, bundle.keys_under("connector."), dtype, "connector")
@@ -191,7 +194,7 @@ def load_renderer_parts(bundle: FullBundle, dtype: torch.dtype) -> dict[str, Any
 
     parts: dict[str, Any] = {}
     for name in ("transformer", "transformer_2"):
-        config = read_json(bundle.root / f"{name}_config.json")
+        config = bundle.bundle.json(f"{name}_config.json")
         expert = _meta(lambda config=config: BerniniTransformer.from_config(config))
         parts[name] = stream_into(expert, bundle.keys_under(PREFIXES[name]), dtype, name)
     t5_config = AutoConfig.from_pretrained(bundle.root / "t5_text_encoder")
@@ -209,19 +212,24 @@ def load_renderer_parts(bundle: FullBundle, dtype: torch.dtype) -> dict[str, Any
     return parts
 
 
-def full_bundle_root(spec: str | os.PathLike | None) -> Path | None:
-    """The local root of a full Bernini bundle named by ``spec`` (a directory, its config.json, or a repo id
+def full_bundle(spec: str | os.PathLike | BundleSpec | None) -> BundleSpec | None:
+    """The full Bernini bundle named by ``spec`` (a directory, its config.json, a spec already read, or a repo id
     whose config.json says ``model_type: bernini``: then the whole repo is fetched), else None."""
     if spec is None:
         return None
-    path = Path(spec).expanduser()
-    if path.exists():
-        root = path.parent if path.is_file() else path
-        return root if is_full_bundle(root) else None
+    local = BundleSpec.find(spec)
+    if local is not None:
+        return local if local.is_full else None
     if looks_like_repo_id(str(spec)):
         probe = fetch_repo(str(spec), allow_patterns=["config.json"])
-        return fetch_repo(str(spec)) if is_full_bundle(probe) else None
+        return BundleSpec.read(fetch_repo(str(spec)), str(spec)) if BundleSpec.read(probe).is_full else None
     return None
+
+
+def full_bundle_root(spec: str | os.PathLike | None) -> Path | None:
+    """The local root of a full Bernini bundle named by ``spec`` (see :func:`full_bundle`), else None."""
+    found = full_bundle(spec)
+    return found.root if found is not None else None
 
 
 def refuse_for_full_model(high_noise_ckpt: Any, low_noise_ckpt: Any, quantize: str) -> None:
@@ -235,15 +243,15 @@ def refuse_for_full_model(high_noise_ckpt: Any, low_noise_ckpt: Any, quantize: s
 
 
 def load_full_model(
-    root: Path, spec: str, dtype: torch.dtype, version: str | None = None
+    root: Path | BundleSpec, spec: str, dtype: torch.dtype, version: str | None = None
 ) -> tuple[dict[str, Any], ModelSource]:
     """Every module of a full bundle (renderer parts and planner) and where it came from."""
     bundle = FullBundle.open(root)
     source = ModelSource(
         spec=spec,
-        renderer=full_renderer_config(root),
-        components=root,
-        planner_version=full_version(root, spec, version),
+        renderer=bundle.bundle.full_renderer_config(),
+        components=bundle.root,
+        planner_version=bundle.bundle.version(spec, version),
     )
     shards = sorted({entry.path for entry in bundle.entries.values()})
     source.transformer_files = {name: shards for name in ("transformer", "transformer_2")}

@@ -33,6 +33,7 @@ from ..memory_plan import (
     NOMINAL_REQUEST,
     Request,
     Shapes,
+    element_size,
     model_sizes,
     plan_memory,
     vae_workspace,
@@ -171,7 +172,7 @@ def _planner_sizes(key: str, dtype: torch.dtype) -> PlannerSizes:
     shapes = FullShapes(**{**raw, "renderer": Shapes(**raw["renderer"])})
     qwen, checkpoint = qwen_meta(shapes.qwen), qwen_meta(shapes.qwen, truncated=False)
     connector, decoder = planner_meta(shapes)
-    size = torch.finfo(dtype).bits // 8
+    size = element_size(dtype)
     hidden = int(qwen_config(shapes.qwen)[1].hidden_size)
     return PlannerSizes(
         qwen_params=params(qwen),
@@ -188,9 +189,29 @@ def _planner_sizes(key: str, dtype: torch.dtype) -> PlannerSizes:
     )
 
 
+def planner_batch_bytes(branches: int, tokens: int, config: Any, dtype: torch.dtype) -> int:
+    """``branches`` padded Qwen passes of ``tokens`` tokens (``config``: the Qwen's, or its text part): per token and
+    layer the residual, q/k/v and the MLP's three ``intermediate`` tensors, plus the fp32 attention scores of one
+    layer (``heads × tokens²``) and the additive mask."""
+    text = getattr(config, "text_config", config)
+    size = element_size(dtype)
+    per_token = (4 * text.hidden_size + 3 * text.intermediate_size) * size
+    scores = (text.num_attention_heads * 4 + size) * tokens * tokens
+    return branches * (tokens * per_token + scores)
+
+
+def planner_batch_fits(branches: int, tokens: int, config: Any, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether :func:`planner_batch_bytes` fits the device's free memory with as much again kept spare (always
+    without a device limit)."""
+    from .. import memory_plan  # the one free-memory check, looked up when asked
+
+    free = memory_plan.free_device_bytes(device)
+    return free is None or planner_batch_bytes(branches, tokens, config, dtype) * 2 <= free
+
+
 def layer_activation(rows: int, hidden: int, kv: int, ffn: int, dtype: torch.dtype) -> int:
     """One transformer layer's live bytes over ``rows`` tokens: residual + norm, then attention or the MLP."""
-    size = torch.finfo(dtype).bits // 8
+    size = element_size(dtype)
     base = 2 * rows * hidden * size
     attention = rows * (2 * hidden + 2 * kv) * size + 2 * rows * hidden * 4
     mlp = 3 * rows * ffn * size
@@ -198,7 +219,7 @@ def layer_activation(rows: int, hidden: int, kv: int, ffn: int, dtype: torch.dty
 
 
 def planner_activation(shapes: FullShapes, dtype: torch.dtype = torch.bfloat16) -> int:
-    size = torch.finfo(dtype).bits // 8
+    size = element_size(dtype)
     _, cfg, vision = qwen_config(shapes.qwen)
     rows, length = shapes.branches * shapes.planner_tokens, shapes.planner_tokens
     kv = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
