@@ -166,10 +166,9 @@ def redact_url(url: str) -> str:
 
 class Store:
     """The queue's database: ``url`` is an SQLAlchemy URL (``sqlite:///…`` or ``postgresql://…``); ``files`` is
-    the folder uploads are written to (``files/uploads``)."""
+    the folder uploads are written to (``files/uploads``; by default the SQLite file's folder)."""
 
     def __init__(self, url: str, files: Path | None = None) -> None:
-        self.files = files
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
@@ -177,13 +176,14 @@ class Store:
             raise BerniniError(f"--db must be sqlite:///FILE or postgresql://…, got a {self.dialect} URL")
         connect_args = {"timeout": 30, "check_same_thread": False} if self.dialect == "sqlite" else {}
         self.file = sqlite_file(url) if self.dialect == "sqlite" else None
+        self.files = files if files is not None or self.file is None else self.file.parent
         if self.file is not None:
             check_not_deleted(self.file)
         try:
             self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
             if self.dialect == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            migrate(self.engine, _create_tables, files)
+            migrate(self.engine, _create_tables, self.files)
         except BerniniError:
             raise
         except Exception as exc:  # noqa: BLE001 - driver errors span many classes; report one line
@@ -228,8 +228,12 @@ class Store:
             created_at=time.time(),
             path=str(path),
         )
-        with self.session() as session:
-            session.add(row)
+        try:
+            with self.session() as session:
+                session.add(row)
+        except BaseException:
+            path.unlink(missing_ok=True)  # no row names it: it would never be removed
+            raise
         return row
 
     def get_file(self, file_id: str) -> FileRow | None:
