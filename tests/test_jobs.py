@@ -147,6 +147,14 @@ def test_an_asyncio_follower_is_woken_by_a_publish_from_another_thread():
     assert time.monotonic() - started < 10
 
 
+def test_the_board_keeps_a_finished_state_against_a_late_publish():
+    board = EventBoard()
+    board.publish("job-1", state="queued")
+    board.publish("job-1", state="cancelled")
+    board.publish("job-1", state="running", step=1)  # a worker thread that lost the race
+    assert board.latest("job-1")[1] == {"state": "cancelled", "step": 1}
+
+
 def test_the_board_forgets_the_oldest_jobs_beyond_its_bound():
     board = EventBoard(keep=2)
     for job in ("a", "b", "c"):

@@ -52,9 +52,19 @@ class EventBoard:
         return channel
 
     def publish(self, job_id: str, **event: Any) -> None:
-        """Record the job's new state / progress (a dict merged into the last one) and wake its followers."""
+        """Record the job's new state / progress (a dict merged into the last one) and wake its followers.
+
+        A state the state machine does not allow after the last one (a late ``running`` from another thread
+        after ``cancelled``) is not taken: followers never see a finished job move again.
+        """
         with self._lock:
             channel = self._channel(job_id)
+            before = (channel.event or {}).get("state")
+            if before is not None and "state" in event and event["state"] != before:
+                try:
+                    check_transition(before, event["state"])
+                except ValueError:
+                    event = {k: v for k, v in event.items() if k != "state"}
             channel.version += 1
             channel.event = {**(channel.event or {}), **event}
             waiters, channel.waiters = channel.waiters, []
