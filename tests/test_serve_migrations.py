@@ -170,3 +170,28 @@ def test_a_fresh_queue_starts_at_the_latest_version(tmp_path):
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT version FROM bernini_schema")).scalar_one() == LATEST
     assert store.files == tmp_path  # uploads go beside an SQLite queue unless told otherwise
+
+
+def test_a_migration_cut_short_is_finished_by_the_next_start(tmp_path):
+    """SQLite's driver commits each ALTER as it runs: a start killed after adding the path columns (and dropping
+    the outputs' blob) left no version row; the next start must finish the move, not fail on the columns."""
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    old_queue(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for statement in (
+            "ALTER TABLE bernini_files ADD COLUMN path TEXT",
+            "ALTER TABLE bernini_jobs ADD COLUMN output_path TEXT",
+            "ALTER TABLE bernini_jobs ADD COLUMN sidecar_path TEXT",
+            "UPDATE bernini_jobs SET output_path = 'kept.png' WHERE id = 'job-done'",
+            "ALTER TABLE bernini_jobs DROP COLUMN output",
+            "ALTER TABLE bernini_jobs DROP COLUMN sidecar",
+        ):
+            conn.execute(text(statement))
+    engine.dispose()
+    store = Store(url, files=tmp_path / "out")
+    assert Path(store.get_file("file-1").path).read_bytes() == VIDEO
+    assert store.get_job("job-done").output_path == "kept.png"
+    with store.engine.connect() as conn:
+        assert "data" not in {c["name"] for c in inspect(conn).get_columns("bernini_files")}
+        assert conn.execute(text("SELECT version FROM bernini_schema")).scalar_one() == LATEST

@@ -24,22 +24,27 @@ class SchemaTooNew(BerniniError):
 
 
 def _files_on_disk(conn: Connection, files: Path | None) -> None:
-    """Version 2: uploads and outputs leave the database for files; the rows keep their paths."""
-    for statement in (
-        "ALTER TABLE bernini_files ADD COLUMN path TEXT",
-        "ALTER TABLE bernini_jobs ADD COLUMN output_path TEXT",
-        "ALTER TABLE bernini_jobs ADD COLUMN sidecar_path TEXT",
-    ):
-        conn.execute(text(statement))
-    blobs = conn.execute(text("SELECT count(*) FROM bernini_files")).scalar_one()
-    blobs += conn.execute(text("SELECT count(*) FROM bernini_jobs WHERE output IS NOT NULL")).scalar_one()
+    """Version 2: uploads and outputs leave the database for files; the rows keep their paths.
+
+    Each step checks what is done already: SQLite's driver commits DDL as it goes, so a migration cut short
+    is finished by the next start.
+    """
+    for table, column in (("bernini_files", "path"), ("bernini_jobs", "output_path"), ("bernini_jobs", "sidecar_path")):
+        if column not in _columns(conn, table):
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"))
+    has_data = "data" in _columns(conn, "bernini_files")
+    has_output = "output" in _columns(conn, "bernini_jobs")  # a start cut short may have dropped either
+    blobs = conn.execute(text("SELECT count(*) FROM bernini_files")).scalar_one() if has_data else 0
+    if has_output:
+        blobs += conn.execute(text("SELECT count(*) FROM bernini_jobs WHERE output IS NOT NULL")).scalar_one()
     if blobs and files is None:
         raise BerniniError("the queue database holds files to move to disk; open it with its output folder")
-    for (file_id,) in conn.execute(text("SELECT id FROM bernini_files")).all():
+    for (file_id,) in conn.execute(text("SELECT id FROM bernini_files")).all() if has_data else []:
         suffix, data = conn.execute(text("SELECT suffix, data FROM bernini_files WHERE id = :i"), {"i": file_id}).one()
         path = write_file(files / "uploads" / f"{file_id}{suffix}", bytes(data or b""))  # type: ignore[operator]
         conn.execute(text("UPDATE bernini_files SET path = :p WHERE id = :i"), {"p": str(path), "i": file_id})
-    for (job_id,) in conn.execute(text("SELECT id FROM bernini_jobs WHERE output IS NOT NULL")).all():
+    outputs = text("SELECT id FROM bernini_jobs WHERE output IS NOT NULL")
+    for (job_id,) in conn.execute(outputs).all() if has_output else []:
         name, output, sidecar = conn.execute(
             text("SELECT output_name, output, sidecar FROM bernini_jobs WHERE id = :i"), {"i": job_id}
         ).one()
@@ -50,12 +55,13 @@ def _files_on_disk(conn: Connection, files: Path | None) -> None:
             text("UPDATE bernini_jobs SET output_path = :o, sidecar_path = :s WHERE id = :i"),
             {"o": str(out), "s": str(side), "i": job_id},
         )
-    for statement in (
-        "ALTER TABLE bernini_files DROP COLUMN data",
-        "ALTER TABLE bernini_jobs DROP COLUMN output",
-        "ALTER TABLE bernini_jobs DROP COLUMN sidecar",
-    ):
-        conn.execute(text(statement))
+    for table, column in (("bernini_jobs", "output"), ("bernini_jobs", "sidecar"), ("bernini_files", "data")):
+        if column in _columns(conn, table):
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+
+
+def _columns(conn: Connection, table: str) -> set[str]:
+    return {column["name"] for column in inspect(conn).get_columns(table)}
 
 
 Migration = Callable[[Connection, "Path | None"], None]
