@@ -148,11 +148,13 @@ class Service:
 
     def finished_output(self, job_id: str) -> JobRow:
         row = self.job(job_id)
-        if row.expired or not row.output_path or not Path(row.output_path).is_file():
+        if row.expired:
             raise ApiError(410, f"the output of {job_id} was removed (retention limit or DELETE)")
         if row.state != "succeeded":
             detail = f": {row.error}" if row.error else ""
             raise ApiError(409, f"job {job_id} is {row.state}{detail}; it has no output")
+        if not row.output_path or not Path(row.output_path).is_file():
+            raise ApiError(410, f"the output file of {job_id} is gone from the server's disk")
         return row
 
     def cancel(self, job_id: str) -> JobRow:
