@@ -91,9 +91,13 @@ def test_a_read_only_or_full_sqlite_gets_the_json_503_and_recovers(tmp_path, cap
         event.listen(store.engine, "connect", restrict)
         store.engine.dispose()
         assert_unavailable(http.post("/v1/jobs", json=BIG_JOB), reason)
-        assert_unavailable(http.post("/v1/files", files={"file": ("a.png", PNG)}), reason)
+        upload = http.post("/v1/files", files={"file": ("a.png", PNG)})
         if reason == "read-only":
+            assert_unavailable(upload, reason)
+            assert not list((tmp_path / "uploads").iterdir())  # the file of a refused upload does not stay
             assert_unavailable(http.delete(f"/v1/jobs/{first.json()['id']}"), reason)
+        else:  # the upload is a file on disk now: its small row still fits the full database
+            assert upload.status_code == 201 and (tmp_path / "uploads" / f"{upload.json()['id']}.png").is_file()
         assert http.get(f"/v1/jobs/{first.json()['id']}").json()["state"] == "queued"  # reads still answer
         event.remove(store.engine, "connect", restrict)
         store.engine.dispose()

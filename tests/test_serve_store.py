@@ -103,18 +103,22 @@ def test_recover_fails_this_workers_running_jobs_and_silent_servers_only(store):
     assert store.get_job(waiting.id).state == "queued"
 
 
-def test_retention_keeps_the_newest_outputs_by_count_and_bytes(store):
+def test_retention_keeps_the_newest_outputs_by_count_and_bytes(store, tmp_path):
     ids = []
     for i, size in enumerate([100, 200, 300, 400]):
         row, _ = store.create_job(job(i))
         store.claim("w")
-        store.finish(row.id, "succeeded", output=b"x" * size, output_name="output.mp4", sidecar="{}")
+        output = tmp_path / row.id / "output.mp4"
+        output.parent.mkdir()
+        output.write_bytes(b"x" * size)
+        store.finish(row.id, "succeeded", output=output, sidecar=output.with_name("output.mp4.json"))
         ids.append(row.id)
         time.sleep(0.01)
     assert store.prune(keep_jobs=3, keep_bytes=None) == [ids[0]]
-    assert store.get_job(ids[0]).expired and store.get_job(ids[0], with_output=True).output is None
+    assert store.get_job(ids[0]).expired and store.get_job(ids[0]).output_path is None
     assert sorted(store.prune(keep_jobs=None, keep_bytes=650)) == sorted([ids[1], ids[2]])  # 400 + 300 > 650
-    assert not store.get_job(ids[3]).expired and store.get_job(ids[3], with_output=True).output == b"x" * 400
+    kept = store.get_job(ids[3])
+    assert not kept.expired and kept.output_bytes == 400 and kept.output_path == str(tmp_path / ids[3] / "output.mp4")
 
 
 def test_a_bad_url_is_one_line_without_the_password(tmp_path):

@@ -1,11 +1,11 @@
-"""Running demo requests on every rank: the rank-0 → all broadcast, the worker loop, Stop and keep-alive.
+"""Running demo requests on every rank: a thin adapter over the job engine's group protocol.
 
 Rank 0 (the UI) calls :meth:`DemoBackend.submit`, which broadcasts the request (a plain dict) and runs
-it; every other rank sits in :func:`worker_loop` and runs the same :meth:`DemoBackend.execute` call.
-On one process the broadcast is a no-op.
+it; every other rank sits in :func:`worker_loop` and runs the same :meth:`DemoBackend.execute` call
+(:class:`bernini.jobs.JobGroup`: broadcast, follow, keep-alive, Stop at the next step). On one process
+the broadcast is a no-op.
 """
 
-import logging
 import secrets
 import threading
 from collections.abc import Callable
@@ -13,20 +13,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BerniniError
+from ..jobs import JobGroup, JobStopped
 from ..parallel.groups import RankZeroChannel
 
 if TYPE_CHECKING:
     from ..runner import JobResult
     from .settings import DemoSettings
 
-logger = logging.getLogger("bernini.demo")
-
 KEEPALIVE_S = 600.0
-
-
-class GenerationCancelled(Exception):
-    """Raised from the step callback when the user pressed Stop."""
+GenerationCancelled = JobStopped  # raised from the step callback when the user pressed Stop
 
 
 def output_path(save_dir: Path, task: str, frames: int) -> Path:
@@ -46,15 +41,19 @@ def output_path(save_dir: Path, task: str, frames: int) -> Path:
 
 
 class DemoBackend:
-    """Runs demo requests through :func:`run_job`; shared by the UI (rank 0) and the worker ranks."""
+    """Runs demo requests through the job engine; shared by the UI (rank 0) and the worker ranks."""
 
     def __init__(self, pipe: Any, settings: "DemoSettings", collective: RankZeroChannel | None = None) -> None:
         self.pipe = pipe
         self.settings = settings
-        self.collective = collective or RankZeroChannel()
-        self.lock = threading.Lock()  # a cancelled job keeps its thread until its next step; never overlap
+        self.group = JobGroup(collective)
+        self.lock = self.group.lock  # a cancelled job keeps its thread until its next step; never overlap
         self.cancel_flags: dict[str, threading.Event] = {}
         self._session_dirs: dict[str, Path] = {}
+
+    @property
+    def collective(self) -> RankZeroChannel:
+        return self.group.channel
 
     def session_dir(self, session: str) -> Path:
         """This browser session's output folder: an unguessable name under the save dir, so no other client
@@ -79,7 +78,7 @@ class DemoBackend:
             if any(target.with_suffix(taken).exists() for taken in (".png", ".mp4")):  # taken while this one waited
                 frames = 1 if target.suffix == ".png" else 2
                 payload = {**payload, "plan": plan.with_output(str(output_path(target.parent, plan.task.name, frames)))}
-            self.collective.broadcast({"kind": "generate", **payload})
+            self.group.announce("generate", payload)
             return self.execute(payload, progress=progress, cancel=cancel)
 
     def execute(
@@ -88,69 +87,31 @@ class DemoBackend:
         progress: Callable[[int, int], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> "JobResult":
-        """Every rank: run the broadcast plan through :func:`run_job` (rank 0 writes)."""
+        """Every rank: run the broadcast plan (rank 0 writes; rank 0's Stop reaches every rank at its next step)."""
         from dataclasses import replace
-
-        from ..runner import run_job
 
         plan = payload["plan"]
         if payload.get("use_pe"):
             plan = replace(plan, use_pe=True, pe_model=self.settings.pe_model or plan.pe_model)
-        total = plan.num_inference_steps
-        collective = self.collective
-
-        def on_step(_pipe: Any, index: int, _t: Any, _state: dict) -> None:
-            stop = bool(cancel is not None and cancel.is_set())
-            if collective.enabled:
-                stop = bool(collective.broadcast(stop))
-            if stop:
-                raise GenerationCancelled("stopped by the user")
-            if progress is not None:
-                progress(index + 1, total)
-
-        return run_job(
+        return self.group.run(
             self.pipe,
             plan,
+            check=(lambda _done, _total: cancel.is_set()) if cancel is not None else None,
+            progress=progress,
+            reason="stopped by the user",
             enhancer=self.settings.enhancer,
-            write=collective.rank == 0,
-            log=lambda line: logger.info("%s", line),
-            share=collective.share if collective.enabled else None,
             extra_record=payload.get("extra_record"),
-            callback=on_step,
         )
 
     def keep_alive(self, interval_s: float = KEEPALIVE_S) -> threading.Event:
         """Ping the waiting ranks now and then, so an idle demo never hits the control group's timeout."""
-        stopped = threading.Event()
-
-        def ping() -> None:
-            while not stopped.wait(interval_s):
-                with self.lock:
-                    if not stopped.is_set():
-                        self.collective.broadcast({"kind": "ping"})
-
-        if self.collective.enabled:
-            threading.Thread(target=ping, name="bernini-demo-keepalive", daemon=True).start()
-        return stopped
+        return self.group.keep_alive(interval_s)
 
     def shutdown(self) -> None:
         """Rank 0: tell the other ranks to leave :func:`worker_loop` (after any running request)."""
-        with self.lock:
-            self.collective.broadcast({"kind": "shutdown"})
+        self.group.shutdown()
 
 
 def worker_loop(backend: DemoBackend) -> int:
     """Ranks other than 0: run every broadcast request until the "shutdown" message."""
-    while True:
-        message = backend.collective.broadcast(None)
-        kind = message.get("kind") if isinstance(message, dict) else None
-        if kind == "ping":
-            continue
-        if kind != "generate":
-            return 0
-        try:
-            backend.execute(message)
-        except (BerniniError, GenerationCancelled) as exc:
-            logger.info("rank %d: request ended: %s", backend.collective.rank, exc)
-        except Exception:
-            logger.exception("rank %d: request failed", backend.collective.rank)
+    return backend.group.follow("generate", lambda message: backend.execute(message))

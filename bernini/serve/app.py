@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -28,8 +28,19 @@ from ..guidance import FULL_MODEL_MODES, GUIDANCE_MODES
 from ..tasks import TASKS
 from .bodies import multipart_job, read_form, read_json, store_upload
 from .openai_routes import video_router
-from .schemas import FINISHED, ErrorResponse, FileView, Health, JobCreate, JobList, JobView, ModelCard, ModelList
-from .service import ApiError, Service, error_body, job_view, validation_message
+from .schemas import (
+    FINISHED,
+    ErrorResponse,
+    FileView,
+    Health,
+    JobCreate,
+    JobList,
+    JobView,
+    ModelCard,
+    ModelList,
+    Progress,
+)
+from .service import ApiError, Service, error_body, job_view, sidecar_text, validation_message
 from .sidecar import public_sidecar
 from .store import DATABASE_ERRORS, describe_failure, failure_detail
 from .uploads import UploadRejected
@@ -167,12 +178,12 @@ def create_app(service: Service) -> FastAPI:
         name = row.output_name or "output"
         media_type = "image/png" if name.endswith(".png") else "video/mp4"
         disposition = f'attachment; filename="{row.id}{name[name.rfind(".") :]}"'
-        return Response(row.output, media_type=media_type, headers={"Content-Disposition": disposition})
+        return FileResponse(row.output_path or "", media_type=media_type, headers={"Content-Disposition": disposition})
 
     @api.get("/jobs/{job_id}/sidecar", tags=["jobs"])
     def get_sidecar(job_id: str) -> Response:
         row = service.finished_output(job_id)
-        text = public_sidecar(row.sidecar, [str(config.output_dir), os.getcwd()])
+        text = public_sidecar(sidecar_text(row), [str(config.output_dir), os.getcwd()])
         return Response(text, media_type="application/json")
 
     @api.get("/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse)
@@ -201,19 +212,32 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
-async def event_stream(service: Service, job_id: str, interval_s: float = 0.1) -> AsyncIterator[str]:
+async def event_stream(service: Service, job_id: str, recheck_s: float = 2.0) -> AsyncIterator[str]:
+    """The job's changes as they are published in this server's memory (:class:`~bernini.jobs.EventBoard`).
+
+    The stored job is read at the start and when its state changes; progress steps come from memory. A
+    job no event arrives for within ``recheck_s`` (queued, or run by another server of a shared queue) is
+    read again then, so a follower costs the database at most one query per ``recheck_s``.
+    """
+    board = service.events
     last = None
     idle = 0.0
+    version, event = board.latest(job_id)  # before the first read: no change in between is missed
+    reread = True
     while True:
-        try:
-            row = await run_in_threadpool(service.store.get_job, job_id)
-        except DATABASE_ERRORS as exc:  # the stream has started: end it with the error as its last event
-            status, message = database_error(exc, f"events of {job_id}")
-            yield f"event: error\ndata: {json.dumps(error_body(status, message))}\n\n"
-            return
-        if row is None:
-            return
-        view = job_view(row)
+        if reread:
+            try:
+                row = await run_in_threadpool(service.store.get_job, job_id)
+            except DATABASE_ERRORS as exc:  # the stream has started: end it with the error as its last event
+                status, message = database_error(exc, f"events of {job_id}")
+                yield f"event: error\ndata: {json.dumps(error_body(status, message))}\n\n"
+                return
+            if row is None:
+                return
+            view = job_view(row)
+        elif event is not None and view.state == "running":
+            step = Progress(step=event.get("step", 0), total=event.get("total", 0), phase=event.get("phase", "encode"))
+            view = view.model_copy(update={"progress": step})
         key = (view.state, view.progress.step, view.progress.phase, view.cancel_requested)
         if key != last:
             last, idle = key, 0.0
@@ -224,8 +248,20 @@ async def event_stream(service: Service, job_id: str, interval_s: float = 0.1) -
         if view.state in FINISHED:
             yield f"event: end\ndata: {view.model_dump_json()}\n\n"
             return
-        await asyncio.sleep(interval_s)
-        idle += interval_s
+        started = asyncio.get_running_loop().time()
+        seen, event = await board.next(job_id, version, recheck_s)
+        idle += asyncio.get_running_loop().time() - started
+        changed = seen != version
+        version = seen
+        reread = not changed or event is None or _state_changed(view, event)
+
+
+def _state_changed(view: JobView, event: dict[str, Any]) -> bool:
+    """Whether a published event means the stored job changed beyond its progress (re-read it then)."""
+    if event.get("ended") or event.get("deleted"):
+        return True
+    state = event.get("state")
+    return (state is not None and state != view.state) or bool(event.get("cancel_requested")) != view.cancel_requested
 
 
 def database_error(exc: BaseException, what: str) -> tuple[int, str]:

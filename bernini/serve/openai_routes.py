@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -186,7 +188,8 @@ def video_router(service: Service) -> APIRouter:
             done = await run_in_threadpool(service.finished_output, meta_source)
             if (done.output_name or "").endswith(".png"):
                 raise ApiError(400, f"{meta_source} is an image, not a video")
-            stored = await run_in_threadpool(service.store.add_file, f"{done.id}.mp4", "video", ".mp4", done.output)
+            data = await run_in_threadpool(Path(done.output_path or "").read_bytes)
+            stored = await run_in_threadpool(service.store.add_file, f"{done.id}.mp4", "video", ".mp4", data)
             file_id = stored.id
         else:
             raise ApiError(400, "video must be an uploaded video or {'id': ...} of a completed video")
@@ -225,7 +228,7 @@ def video_router(service: Service) -> APIRouter:
             raise ApiError(400, f"variant {variant[:40]!r} is not produced here; use variant=video")
         row = service.finished_output(video_id)
         media_type = "image/png" if (row.output_name or "").endswith(".png") else "video/mp4"
-        return Response(row.output, media_type=media_type)
+        return FileResponse(row.output_path or "", media_type=media_type)
 
     @router.delete("/videos/{video_id}", response_model=VideoDeleted)
     def delete_video(video_id: str) -> VideoDeleted:

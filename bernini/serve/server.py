@@ -101,6 +101,7 @@ def serve(args: argparse.Namespace, token: str | None, pipe: Any, link: Any = No
     """Rank 0: open the queue, start the worker thread and the HTTP server; returns at shutdown."""
     import uvicorn
 
+    from ..jobs import EventBoard
     from .app import create_app
     from .service import Service, ServiceConfig
     from .store import DATABASE_ERRORS, Store, failure_detail, redact_url
@@ -109,7 +110,7 @@ def serve(args: argparse.Namespace, token: str | None, pipe: Any, link: Any = No
     output_dir = Path(args.output_dir).expanduser().resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     url = args.db or f"sqlite:///{output_dir / 'queue.db'}"
-    store = Store(url)
+    store = Store(url, files=output_dir)
     worker_id = args.worker_id or f"{socket.gethostname()}:{args.port}"
     try:
         interrupted = store.recover(worker_id, args.stale_after)
@@ -134,10 +135,11 @@ def serve(args: argparse.Namespace, token: str | None, pipe: Any, link: Any = No
         stale_after_s=args.stale_after,
     )
     enhancer = enhancer_config(args)
-    worker = Worker(store, pipe, settings, pipe.model_defaults, enhancer, link)
+    events = EventBoard()
+    worker = Worker(store, pipe, settings, pipe.model_defaults, enhancer, link, events)
     thread = threading.Thread(target=worker.serve_forever, name="bernini-serve-worker", daemon=True)
     thread.start()
-    app = create_app(Service(store, config))
+    app = create_app(Service(store, config, events))
     print(
         f"serving {config.model_id} on http://{args.host}:{args.port} (queue {redact_url(url)}, worker {worker_id}, "
         f"auth {'on' if token else 'off'}, {len(interrupted)} interrupted job(s) marked failed)",

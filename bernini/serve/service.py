@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from ..errors import BerniniError
+from ..jobs import EventBoard
 from ..plan import ModelDefaults
 from .schemas import FILE_ID, FINISHED, JobCreate, JobView, Progress, Timings, job_params
 from .store import IdempotencyConflict, JobRow, NewJob, Store
@@ -82,6 +83,7 @@ class ServiceConfig:
 class Service:
     store: Store
     config: ServiceConfig
+    events: EventBoard = field(default_factory=EventBoard)  # shared with this server's worker
 
     def parse_body(self, data: Any) -> JobCreate:
         if not isinstance(data, dict):
@@ -121,7 +123,7 @@ class Service:
         digests = media.pop("digests")
         params = job_params(body)
         try:
-            inputs = local_inputs(self.store, media, self.config.uploads)
+            inputs = local_inputs(self.store, media)
             planned = plan_tasks([request_for(params, inputs, "output.mp4")], self.config.defaults)[0]
         except BerniniError as exc:
             planned = exc
@@ -138,19 +140,21 @@ class Service:
         except IdempotencyConflict as exc:
             raise ApiError(409, str(exc)) from None
 
-    def job(self, job_id: str, with_output: bool = False) -> JobRow:
-        row = self.store.get_job(job_id, with_output) if len(job_id) <= 40 else None
+    def job(self, job_id: str) -> JobRow:
+        row = self.store.get_job(job_id) if len(job_id) <= 40 else None
         if row is None:
             raise ApiError(404, f"no job {job_id[:48]!r}; GET /v1/jobs lists them")
         return row
 
     def finished_output(self, job_id: str) -> JobRow:
-        row = self.job(job_id, with_output=True)
+        row = self.job(job_id)
         if row.expired:
             raise ApiError(410, f"the output of {job_id} was removed (retention limit or DELETE)")
         if row.state != "succeeded":
             detail = f": {row.error}" if row.error else ""
             raise ApiError(409, f"job {job_id} is {row.state}{detail}; it has no output")
+        if not row.output_path or not Path(row.output_path).is_file():
+            raise ApiError(410, f"the output file of {job_id} is gone from the server's disk")
         return row
 
     def cancel(self, job_id: str) -> JobRow:
@@ -160,14 +164,24 @@ class Service:
             self.store.expire(job_id)
             shutil.rmtree(job_folder(self.config.output_dir, job_id), ignore_errors=True)
             return self.job(job_id)
-        cancelled = self.store.cancel(job_id)
-        return cancelled or row
+        cancelled = self.store.cancel(job_id) or row
+        self.events.publish(job_id, state=cancelled.state, cancel_requested=bool(cancelled.cancel_requested))
+        return cancelled
 
     def delete(self, job_id: str) -> None:
         """Remove the job altogether (the OpenAI ``DELETE /videos``): it is then unknown, and a run stops."""
         self.job(job_id)
         self.store.delete(job_id)
+        self.events.publish(job_id, deleted=True)
         shutil.rmtree(job_folder(self.config.output_dir, job_id), ignore_errors=True)
+
+
+def sidecar_text(row: JobRow) -> str:
+    """A finished job's sidecar file (``{}`` when it is gone)."""
+    try:
+        return Path(row.sidecar_path or "").read_text(encoding="utf-8")
+    except OSError:
+        return "{}"
 
 
 def job_view(row: JobRow) -> JobView:

@@ -3,8 +3,9 @@
 SQLite (one file, one server) or PostgreSQL (any number of servers sharing the queue). A worker claims
 the oldest queued job with ``SELECT … FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite serialises writers
 and ignores the clause) followed by an update guarded by ``state = 'queued'``, so a job is claimed once.
-Uploads and outputs are stored in the database too, so any server of a shared queue can run any job
-and answer any download.
+Uploads and outputs are files on disk; the rows hold their paths, so servers sharing a queue must see
+one another's output folders at the same paths (one machine, or a shared mount). The schema carries a
+version and is migrated in place at start (:mod:`bernini.serve.migrations`).
 
 A database that fails while the server runs (read-only, full, unreachable) raises SQLAlchemy's errors,
 which the front end answers with one line (:func:`describe_failure`). An SQLite file deleted or replaced
@@ -27,9 +28,9 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    Connection,
     Float,
     Integer,
-    LargeBinary,
     String,
     Text,
     create_engine,
@@ -40,9 +41,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, deferred, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from ..errors import BerniniError
+from .migrations import migrate, write_file
 
 INTERRUPTED_BY_RESTART = "interrupted: the server restarted while this job ran; it was not re-run (submit it again)"
 INTERRUPTED_STALE = "interrupted: its server stopped sending heartbeats for {seconds:.0f} s; it was not re-run"
@@ -63,7 +65,7 @@ class FileRow(Base):
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
-    data: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class JobRow(Base):
@@ -92,8 +94,8 @@ class JobRow(Base):
     expired: Mapped[bool] = mapped_column(Boolean, default=False)
     output_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
     output_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    output: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, nullable=True))
-    sidecar: Mapped[str | None] = deferred(mapped_column(Text, nullable=True))
+    output_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sidecar_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     def loads(self, column: str) -> Any:
         return json.loads(getattr(self, column))
@@ -163,9 +165,10 @@ def redact_url(url: str) -> str:
 
 
 class Store:
-    """The queue's database: ``url`` is an SQLAlchemy URL (``sqlite:///…`` or ``postgresql://…``)."""
+    """The queue's database: ``url`` is an SQLAlchemy URL (``sqlite:///…`` or ``postgresql://…``); ``files`` is
+    the folder uploads are written to (``files/uploads``; by default the SQLite file's folder)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, files: Path | None = None) -> None:
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
@@ -173,13 +176,16 @@ class Store:
             raise BerniniError(f"--db must be sqlite:///FILE or postgresql://…, got a {self.dialect} URL")
         connect_args = {"timeout": 30, "check_same_thread": False} if self.dialect == "sqlite" else {}
         self.file = sqlite_file(url) if self.dialect == "sqlite" else None
+        self.files = files if files is not None or self.file is None else self.file.parent
         if self.file is not None:
             check_not_deleted(self.file)
         try:
             self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
             if self.dialect == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
+            migrate(self.engine, _create_tables, self.files)
+        except BerniniError:
+            raise
         except Exception as exc:  # noqa: BLE001 - driver errors span many classes; report one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BerniniError(f"cannot open the queue database {redact_url(url)}: {first}") from None
@@ -207,26 +213,32 @@ class Store:
 
     # ------------------------------------------------------------------ files
     def add_file(self, filename: str, kind: str, suffix: str, data: bytes) -> FileRow:
+        """Write an upload to ``files/uploads/ID.SUFFIX`` and record it."""
+        if self.files is None:
+            raise BerniniError("this queue has no folder for uploads")
+        file_id = new_id("file")
+        path = write_file(self.files / "uploads" / f"{file_id}{suffix}", data)
         row = FileRow(
-            id=new_id("file"),
+            id=file_id,
             filename=filename[:255],
             kind=kind,
             suffix=suffix,
             size=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
             created_at=time.time(),
-            data=data,
+            path=str(path),
         )
-        with self.session() as session:
-            session.add(row)
+        try:
+            with self.session() as session:
+                session.add(row)
+        except BaseException:
+            path.unlink(missing_ok=True)  # no row names it: it would never be removed
+            raise
         return row
 
-    def get_file(self, file_id: str, with_data: bool = False) -> FileRow | None:
+    def get_file(self, file_id: str) -> FileRow | None:
         with self.sessions() as session:
-            row = session.scalar(select(FileRow).where(FileRow.id == file_id))
-            if row is not None and with_data:
-                _ = row.data
-            return row
+            return session.scalar(select(FileRow).where(FileRow.id == file_id))
 
     # ------------------------------------------------------------------ jobs
     def create_job(self, job: NewJob) -> tuple[JobRow, bool]:
@@ -270,12 +282,9 @@ class Store:
             raise IdempotencyConflict("this Idempotency-Key was used for a different request; use a new key")
         return row
 
-    def get_job(self, job_id: str, with_output: bool = False) -> JobRow | None:
+    def get_job(self, job_id: str) -> JobRow | None:
         with self.sessions() as session:
-            row = session.scalar(select(JobRow).where(JobRow.id == job_id))
-            if row is not None and with_output:
-                _ = row.output, row.sidecar
-            return row
+            return session.scalar(select(JobRow).where(JobRow.id == job_id))
 
     def list_jobs(self, limit: int, after: str | None) -> tuple[list[JobRow], bool]:
         """Newest first; ``after`` is the last id of the previous page."""
@@ -334,15 +343,20 @@ class Store:
         job_id: str,
         state: str,
         error: str | None = None,
-        output: bytes | None = None,
-        output_name: str | None = None,
-        sidecar: str | None = None,
+        output: Path | None = None,
+        sidecar: Path | None = None,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        """End a running job; ``meta`` (the job's meta with what was rendered) replaces the stored one."""
+        """End a running job; ``output`` / ``sidecar`` are its files; ``meta`` (the job's meta with what was rendered)
+        replaces the stored one."""
         values: dict[str, Any] = {"state": state, "error": error, "finished_at": time.time(), "phase": "done"}
         if output is not None:
-            values.update(output=output, output_name=output_name, sidecar=sidecar, output_bytes=len(output))
+            values.update(
+                output_path=str(output),
+                output_name=output.name,
+                sidecar_path=str(sidecar) if sidecar is not None else None,
+                output_bytes=output.stat().st_size,
+            )
         if meta is not None:
             values["meta"] = json.dumps(meta)
         with self.session() as session:
@@ -368,12 +382,12 @@ class Store:
             return session.execute(delete(JobRow).where(JobRow.id == job_id)).rowcount > 0
 
     def expire(self, job_id: str) -> None:
-        """Drop a finished job's output (a DELETE or the retention limits)."""
+        """Forget a finished job's output (a DELETE or the retention limits; the caller removes its files)."""
         with self.session() as session:
             session.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.state.in_(("succeeded", "failed", "cancelled")))
-                .values(expired=True, output=None, sidecar=None, output_bytes=0)
+                .values(expired=True, output_path=None, sidecar_path=None, output_bytes=0)
             )
 
     def recover(self, worker: str, stale_after_s: float) -> list[str]:
@@ -424,6 +438,10 @@ class Store:
         for job_id in drop:
             self.expire(job_id)
         return drop
+
+
+def _create_tables(conn: Connection) -> None:
+    Base.metadata.create_all(conn)
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -1,9 +1,11 @@
-"""Running queued jobs: claim one, plan it, run it through :func:`bernini.runner.run_job`, store the result.
+"""Running queued jobs: claim one, plan it, run it through the job engine, record where its output is.
 
-One worker thread per server. Progress comes from the pipeline's step callback, which also stops a job
-whose cancel was requested (it raises before the next step, so a cancelled job never writes output).
-Under torchrun the server (rank 0) broadcasts each plan to the whole group (:class:`RankZeroChannel`), every
-rank runs it and rank 0's stop decision reaches all ranks at each step.
+One worker thread per server, a thin adapter over :class:`bernini.jobs.JobGroup`. Progress comes from the
+pipeline's step callback: it is recorded (with a heartbeat), published in memory on the server's
+:class:`~bernini.jobs.EventBoard` for the clients that follow the job, and it stops a job whose cancel was
+requested (before the next step, so a cancelled job never writes output). Under torchrun the server
+(rank 0) broadcasts each plan to the whole group, every rank runs it and rank 0's stop decision reaches
+all ranks at each step.
 """
 
 from __future__ import annotations
@@ -18,16 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BerniniError
+from ..jobs import EventBoard, JobGroup, JobStopped
 from ..parallel.groups import RankZeroChannel
 from ..plan import GenerationPlan, ModelDefaults, make_plan
 from ..request import GenerationRequest
 from .store import DATABASE_ERRORS, JobRow, Store, describe_failure, failure_detail
 
 logger = logging.getLogger("bernini.serve")
-
-
-class JobStopped(Exception):
-    """Raised from the step callback: the job was cancelled, or the server is stopping."""
 
 
 @dataclass(frozen=True)
@@ -42,20 +41,16 @@ class WorkerSettings:
     keepalive_s: float = 60.0
 
 
-def local_inputs(store: Store, media: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """The job's uploaded files as local paths (written from the database when this server lacks them)."""
+def local_inputs(store: Store, media: dict[str, Any]) -> dict[str, Any]:
+    """The job's uploaded files as the local paths the database records."""
 
     def path_of(file_id: str) -> str:
-        row = store.get_file(file_id, with_data=True)
+        row = store.get_file(file_id)
         if row is None:
             raise BerniniError(f"uploaded file {file_id} no longer exists")
-        path = folder / f"{row.id}{row.suffix}"
-        if not path.is_file() or path.stat().st_size != row.size:
-            folder.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".part")
-            partial.write_bytes(row.data)
-            partial.replace(path)
-        return str(path)
+        if not row.path or not Path(row.path).is_file() or Path(row.path).stat().st_size != row.size:
+            raise BerniniError(f"uploaded file {file_id} is missing from this server's disk; upload it again")
+        return row.path
 
     return {
         "video": [path_of(i) for i in media.get("video", [])],
@@ -87,11 +82,13 @@ class Worker:
         defaults: ModelDefaults | None = None,
         enhancer: Any = None,
         link: RankZeroChannel | None = None,
+        events: EventBoard | None = None,
     ) -> None:
         self.store, self.pipe, self.settings = store, pipe, settings
         self.defaults = defaults
         self.enhancer = enhancer
-        self.link = link or RankZeroChannel()
+        self.group = JobGroup(link)
+        self.events = events or EventBoard()
         self.stopping = threading.Event()
         self.database_down: str | None = None  # the failure last logged, so a long outage is one line
 
@@ -121,8 +118,8 @@ class Worker:
                 if time.monotonic() - last_sweep > self.settings.stale_after_s / 4:
                     last_sweep = time.monotonic()
                     self._sweep()
-                if self.link.enabled and time.monotonic() - last_ping > self.settings.keepalive_s:
-                    self.link.broadcast({"kind": "ping"})
+                if self.group.enabled and time.monotonic() - last_ping > self.settings.keepalive_s:
+                    self.group.ping()
                     last_ping = time.monotonic()
                 self.stopping.wait(self.settings.poll_s)
                 continue
@@ -131,8 +128,7 @@ class Worker:
             except DATABASE_ERRORS as exc:  # recording the job's end failed too
                 self._database_failed(f"recording the end of job {job.id}", exc)
             last_ping = time.monotonic()
-        if self.link.enabled:
-            self.link.broadcast({"kind": "shutdown"})
+        self.group.shutdown()
 
     def _sweep(self) -> None:
         """Fail the jobs of servers that stopped sending heartbeats (this one runs nothing while idle)."""
@@ -151,23 +147,25 @@ class Worker:
         """Run one claimed job to its final state (never raises for the job's own problems)."""
         folder = job_folder(self.settings.output_dir, job.id)
         ticker = threading.Event()
-        threading.Thread(target=self._heartbeat, args=(job.id, ticker), daemon=True).start()
+        threading.Thread(target=self._heartbeat, args=(job.id, ticker), name="bernini-heartbeat", daemon=True).start()
+        self.events.publish(job.id, state="running", step=0, total=job.total, phase="encode")
         try:
             plan = self.plan(job, folder)
-            if self.link.enabled:
-                self.link.broadcast({"kind": "job", "plan": plan, "inputs": _input_bytes(plan)})
-            result = self.execute(plan, job.id)
+            with self.group.lock:
+                if self.group.enabled:
+                    self.group.announce("job", {"plan": plan, "inputs": _input_bytes(plan)})
+                result = self.execute(plan, job.id)
             if self.store.progress(job.id, plan.num_inference_steps, plan.num_inference_steps, "done"):
                 raise JobStopped("cancelled while the output was being written")
-            output = Path(result.output)
-            sidecar = json.loads(Path(result.sidecar).read_text(encoding="utf-8"))
+            output, sidecar_file = Path(result.output), Path(result.sidecar)
+            sidecar = json.loads(sidecar_file.read_text(encoding="utf-8"))
             sidecar["output"] = output.name
+            sidecar_file.write_text(json.dumps(sidecar, indent=2, ensure_ascii=False), encoding="utf-8")
             self.store.finish(
                 job.id,
                 "succeeded",
-                output=output.read_bytes(),
-                output_name=output.name,
-                sidecar=json.dumps(sidecar, indent=2, ensure_ascii=False),
+                output=output,
+                sidecar=sidecar_file,
                 meta={**job.loads("meta"), "rendered": rendered(sidecar)},
             )
             logger.info("job %s succeeded", job.id)
@@ -191,6 +189,7 @@ class Worker:
             self.store.finish(job.id, "failed", error=_one_line(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             ticker.set()
+            self.events.publish(job.id, ended=True)  # its followers read the final state stored
         try:
             dropped = self.store.prune(self.settings.keep_jobs, self.settings.keep_bytes)
         except DATABASE_ERRORS as exc:
@@ -207,7 +206,7 @@ class Worker:
             pass
 
     def plan(self, job: JobRow, folder: Path) -> GenerationPlan:
-        inputs = local_inputs(self.store, job.loads("media"), self.settings.output_dir / "uploads")
+        inputs = local_inputs(self.store, job.loads("media"))
         single = job.task_type in ("t2i", "i2i")
         output = folder / "output" / ("output.png" if single else "output.mp4")
         return make_plan(request_for(job.loads("params"), inputs, str(output)), self.defaults)
@@ -222,51 +221,29 @@ class Worker:
     # ------------------------------------------------------------------ every rank
     def execute(self, plan: GenerationPlan, job_id: str | None) -> Any:
         """Run ``plan`` (rank 0 passes its job id and writes; the other ranks pass None)."""
-        from ..runner import run_job
 
-        total = plan.num_inference_steps
-        link = self.link
+        def check(done: int, total: int) -> bool:
+            if job_id is None:
+                return False
+            phase = "decode" if done == total else "denoise"
+            stop = self.store.progress(job_id, done, total, phase) or self.stopping.is_set()
+            self.events.publish(job_id, step=done, total=total, phase=phase)
+            return stop
 
-        def on_step(_pipe: Any, index: int, _t: Any, _state: dict) -> None:
-            stop = False
-            if job_id is not None:
-                phase = "decode" if index + 1 == total else "denoise"
-                stop = self.store.progress(job_id, index + 1, total, phase) or self.stopping.is_set()
-            if link.enabled:
-                stop = bool(link.broadcast(stop))
-            if stop:
-                raise JobStopped("cancelled while running")
-
-        return run_job(
-            self.pipe,
-            plan,
-            enhancer=self.enhancer,
-            write=link.rank == 0,
-            log=lambda line: logger.info("%s", line),
-            share=link.share if link.enabled else None,
-            callback=on_step,
-        )
+        return self.group.run(self.pipe, plan, check=check, reason="cancelled while running", enhancer=self.enhancer)
 
     def follow(self) -> int:
         """Ranks other than 0: run every broadcast job until the shutdown message."""
-        while True:
-            message = self.link.broadcast(None)
-            kind = message.get("kind") if isinstance(message, dict) else None
-            if kind == "ping":
-                continue
-            if kind != "job":
-                return 0
+
+        def run(message: dict[str, Any]) -> Any:
             for path, data in message.get("inputs", {}).items():
                 target = Path(path)
                 if not target.is_file():
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
-            try:
-                self.execute(message["plan"], None)
-            except (BerniniError, JobStopped) as exc:
-                logger.info("rank %d: job ended: %s", self.link.rank, exc)
-            except Exception:  # noqa: BLE001
-                logger.exception("rank %d: job crashed", self.link.rank)
+            return self.execute(message["plan"], None)
+
+        return self.group.follow("job", run)
 
 
 def rendered(sidecar: dict[str, Any]) -> dict[str, Any]:
