@@ -840,3 +840,22 @@ def test_every_other_task_runs_through_the_demo_on_the_full_model(full_pipe, cli
     sources = len(media.get("videos", [])) + ("image" in media) + len(media.get("gallery", []))
     assert len(planner["source_tokens"]) == sources and sum(planner["reveal_counts"]) == planner["target_slots"]
     assert record["resolved"]["frames"] == (1 if task in ("t2i", "i2i") else 5)
+
+
+def test_the_demo_plans_a_bernini_r_request_once_for_the_loaded_model(tmp_path, monkeypatch):
+    """The page's plan is made for the loaded model's defaults, so the pipeline's ``with_model_defaults`` only
+    checks it (it used to be made without them and planned again from the request inside ``generate``)."""
+    import bernini.plan as plan_module
+    from bernini.demo import build_request
+    from bernini.plan import ModelDefaults, SourceIdPolicy
+
+    defaults = ModelDefaults("flow_match_euler", SourceIdPolicy(True, False, 3))
+    values = {"num_frames": 5, "num_inference_steps": 3, "height": 32, "width": 48}
+    media = {"video": [], "image": None, "images": []}
+    plan = build_request(DemoSettings(save_dir=tmp_path), "a dog", "t2v", "", media, values, "o.mp4", defaults)
+    assert plan.for_model == "bernini-r" and plan.resolved
+    assert plan.scheduler.name == "flow_match_euler" and plan.source_ids == SourceIdPolicy(True, False, 3)
+    calls: list[object] = []
+    real = plan_module.make_plan
+    monkeypatch.setattr(plan_module, "make_plan", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert plan.with_model_defaults(defaults) == plan and calls == []

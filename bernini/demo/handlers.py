@@ -178,7 +178,7 @@ def build_request(
         **numbers,
         explicit=explicit,
     )
-    return make_plan(request, defaults) if full else make_plan(request)
+    return make_plan(request, defaults)  # planned once, for the loaded model (None: planned again once it is known)
 
 
 # The library's errors name command-line flags; the page has uploads and sliders instead.

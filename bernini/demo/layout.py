@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 from ..guidance import FULL_MODEL_MODES, GUIDANCE_MODES
 from ..planner.presets import FULL_PRESETS
 from ..request import GenerationRequest
+from ..settings import Slider, spec_of
 from ..tasks import TASKS
 from .backend import DemoBackend
 from .handlers import TASK_CHOICES, TASK_INPUTS, make_generate_handler, make_stop_handler
@@ -14,15 +15,13 @@ if TYPE_CHECKING:
     import gradio as gr
 
 DEFAULT_TASK = "t2v"
-DEFAULT_FRAMES = 81
+BLANK = GenerationRequest()  # the built-in defaults the controls start from
+DEFAULT_FRAMES = BLANK.num_frames
+SLIDERS: dict[str, Slider] = {f.name: spec_of(f).slider for f in GenerationRequest.settings() if spec_of(f).slider}
+"""Each setting's control (range, step, label), from its declaration on :class:`GenerationRequest`."""
 # Guidance defaults a task change puts back (the frame count depends on the task too).
 GUIDANCE_DEFAULTS: dict[str, float] = {
-    "omega_vid": 1.25,
-    "omega_img": 4.5,
-    "omega_txt": 4.0,
-    "omega_scale": 0.8,
-    "eta": 0.5,
-    "momentum": 0.0,
+    name: getattr(BLANK, name) for name in ("omega_vid", "omega_img", "omega_txt", "omega_scale", "eta", "momentum")
 }
 
 
@@ -64,11 +63,8 @@ def full_task_values(task: str, version: str) -> dict[str, Any]:
 
 
 PLANNER_SLIDERS: dict[str, tuple[float, float, float, str]] = {
-    "omega_tgt": (0, 10, 0.05, "ω tgt (plan tokens)"),
-    "planning_step": (1, 100, 1, "Planning steps"),
-    "vit_denoising_step": (1, 20, 1, "ViT denoising steps"),
-    "vit_txt_cfg": (0, 5, 0.05, "ViT text CFG"),
-    "vit_img_cfg": (0, 5, 0.05, "ViT image CFG"),
+    name: (SLIDERS[name].low, SLIDERS[name].high, SLIDERS[name].step, SLIDERS[name].label)
+    for name in ("omega_tgt", "planning_step", "vit_denoising_step", "vit_txt_cfg", "vit_img_cfg")
 }
 """The planner's controls, in the generate endpoint's order: (minimum, maximum, step, label)."""
 
@@ -110,7 +106,7 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
     import gradio as gr
 
     settings = backend.settings
-    max_frames = min(360, settings.max_frames)
+    max_frames = min(int(SLIDERS["num_frames"].high), settings.max_frames)
     default_frames = min(DEFAULT_FRAMES, max_frames)
     generate = make_generate_handler(backend)
     stop = make_stop_handler(backend)
@@ -120,10 +116,15 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
     full = version is not None
     modes = FULL_MODEL_MODES if full else GUIDANCE_MODES
     start = full_task_values(DEFAULT_TASK, version) if full else {}
-    blank = GenerationRequest()
+    blank = BLANK
 
     def initial(name: str, fallback: Any) -> Any:
         return start.get(name, fallback)
+
+    def slider(name: str, value: Any, elem_id: str | None = None, **kwargs: Any) -> "gr.Slider":
+        """The setting's declared control."""
+        s = SLIDERS[name]
+        return gr.Slider(s.low, s.high, value=value, step=s.step, label=s.label, elem_id=elem_id or name, **kwargs)
 
     title = f"Bernini ({version})" if full else "Bernini-R"
     with gr.Blocks(title=title, analytics_enabled=False) as app:
@@ -164,63 +165,40 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
                     info=None if settings.use_pe else "start the demo with --use_pe to enable",
                     elem_id="enhance",
                 )
-                max_image_size = gr.Slider(256, 1280, value=848, step=16, label="Max image size", elem_id="max_size")
+                max_image_size = slider("max_image_size", blank.max_image_size, "max_size")
                 num_frames = gr.Slider(
-                    1,
+                    SLIDERS["num_frames"].low,
                     max_frames,
                     value=min(initial("num_frames", default_frames), max_frames),
-                    step=4,
-                    label="Frames",
+                    step=SLIDERS["num_frames"].step,
+                    label=SLIDERS["num_frames"].label,
                     elem_id="num_frames",
                 )
-                steps = gr.Slider(
-                    1,
-                    50,
-                    value=initial("num_inference_steps", 40),
-                    step=1,
-                    label="Steps",
+                steps = slider(
+                    "num_inference_steps",
+                    initial("num_inference_steps", blank.num_inference_steps),
+                    "steps",
                     info="10–50 is the usual range",
-                    elem_id="steps",
                 )
-                flow_shift = gr.Slider(0, 12, value=settings.flow_shift, step=0.1, label="Flow shift", elem_id="shift")
+                flow_shift = slider("flow_shift", settings.flow_shift, "shift")
                 with gr.Row():
-                    seed = gr.Number(value=42, label="Seed", precision=0, minimum=0, elem_id="seed")
-                    fps = gr.Slider(1, 30, value=16, step=1, label="FPS", elem_id="fps")
+                    seed = gr.Number(value=blank.seed, label="Seed", precision=0, minimum=0, elem_id="seed")
+                    fps = slider("fps", blank.fps)
                 with gr.Row():
-                    height = gr.Slider(
-                        16, 1280, value=initial("height", 480), step=16, label="Height", elem_id="height"
-                    )
-                    width = gr.Slider(16, 1280, value=initial("width", 848), step=16, label="Width", elem_id="width")
+                    height = slider("height", initial("height", blank.height))
+                    width = slider("width", initial("width", blank.width))
                 with gr.Accordion("Advanced", open=False):
-                    omega_vid = gr.Slider(
-                        0, 10, value=initial("omega_vid", 1.25), step=0.05, label="ω vid (ω_V)", elem_id="omega_vid"
-                    )
-                    omega_img = gr.Slider(
-                        0, 10, value=initial("omega_img", 4.5), step=0.05, label="ω img (ω_I)", elem_id="omega_img"
-                    )
-                    omega_txt = gr.Slider(
-                        0, 10, value=initial("omega_txt", 4.0), step=0.05, label="ω txt (ω_TI)", elem_id="omega_txt"
-                    )
-                    omega_scale = gr.Slider(
-                        0, 2, value=initial("omega_scale", 0.8), step=0.05, label="omega_scale", elem_id="omega_scale"
-                    )
+                    omega_vid = slider("omega_vid", initial("omega_vid", blank.omega_vid))
+                    omega_img = slider("omega_img", initial("omega_img", blank.omega_img))
+                    omega_txt = slider("omega_txt", initial("omega_txt", blank.omega_txt))
+                    omega_scale = slider("omega_scale", initial("omega_scale", blank.omega_scale))
                     # APG's eta and momentum: the full model's modes do not read them
-                    eta = gr.Slider(0, 2, value=0.5, step=0.05, label="eta", elem_id="eta", visible=not full)
-                    momentum = gr.Slider(
-                        -2, 2, value=0.0, step=0.05, label="momentum", elem_id="momentum", visible=not full
-                    )
+                    eta = slider("eta", blank.eta, visible=not full)
+                    momentum = slider("momentum", blank.momentum, visible=not full)
                 with gr.Accordion("Planner (full Bernini)", open=True, visible=full):
                     planner = {
-                        name: gr.Slider(
-                            low,
-                            high,
-                            value=initial(name, getattr(blank, name)),
-                            step=step,
-                            label=label,
-                            elem_id=name,
-                            visible=full,
-                        )
-                        for name, (low, high, step, label) in PLANNER_SLIDERS.items()
+                        name: slider(name, initial(name, getattr(blank, name)), visible=full)
+                        for name in PLANNER_SLIDERS
                     }
                     if settings.use_unipc:
                         gr.Markdown("Note: under UniPC (the default) the flow-shift slider has no effect.")

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import argparse
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ..bundle import BundleSpec
 from ..errors import BerniniError
-from ..guidance import MODE_NAMES
 from ..plan import ModelDefaults
-from ..presets import CACHES, PRESETS
-from ..request import CASE_KEYS, WAN_NEGATIVE_PROMPT, GenerationRequest, load_case, load_task_list, numbered_output
-from ..tasks import TASKS
+from ..request import (
+    CASE_KEYS,
+    DEFAULT_OUTPUT,
+    GenerationRequest,
+    load_case,
+    load_task_list,
+    numbered_output,
+)
+from ..settings import default_of, spec_of, unwrap_optional
 from .help import DefaultsHelpFormatter, document
 from .values import degree, positive_number
 
-DEFAULT_OUTPUT = "outputs/output.mp4"
 DEFAULT_CONFIG = "configs/bernini_renderer_wan22"
 EXPLICIT_OVER_CASE = ("task_type", "guidance_mode", "prompt", "video", "image", "images", "output")
 
@@ -62,27 +67,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="run base Wan2.2 weights on purpose: a plain Wan2.2 bundle, or a config directory without "
         "--high_noise_ckpt/--low_noise_ckpt (refused otherwise)",
     )
-    group.add_argument(
-        "--use_unipc",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="UniPC or flow-match Euler with --no-use_unipc (default: the bundle's use_unipc, upstream on)",
-    )
-    group.add_argument(
-        "--use_src_tgt_id",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="segment-aware source-id RoPE phase (default: the bundle's use_src_id_rotary_emb, upstream on)",
-    )
-    group.add_argument(
-        "--interpolate_src_id",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="fractional ids linspace(1, max) for more than --max_trained_src_id conditions (default: the bundle's)",
-    )
-    group.add_argument(
-        "--max_trained_src_id", type=int, default=None, help="(default: the bundle's max_trained_src_id, upstream 5)"
-    )
+    add_setting_flags(group, "use_unipc", "use_src_tgt_id", "interpolate_src_id", "max_trained_src_id")
     group.add_argument(
         "--device",
         default="auto",
@@ -133,62 +118,64 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_setting_flags(group: argparse._ActionsContainer, *names: str, given_only: bool = False, **helps: str) -> None:
+    """The flags of the request settings ``names``, generated from their declarations on
+    :class:`GenerationRequest`. ``given_only``: default None (the case file's keys, whose flags must tell
+    "not given" from a value); ``helps``: a front end's own help text for a setting."""
+    declared = {f.name: f for f in GenerationRequest.settings()}
+    types = GenerationRequest.setting_types()
+    for name in names:
+        spec = spec_of(declared[name])
+        kind, optional = unwrap_optional(types[name])
+        kwargs: dict[str, Any] = {"default": None if given_only else default_of(declared[name])}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction if optional else "store_true"
+        elif typing.get_origin(kind) is list:
+            kwargs["nargs"] = "+"
+            item = typing.get_args(kind)[0]
+            if item in (int, float):
+                kwargs["type"] = item
+        elif kind in (int, float):
+            kwargs["type"] = kind
+        flags = spec.flags or (f"--{name}",)
+        group.add_argument(*flags, dest=name, help=helps.get(name, spec.help), **kwargs, **spec.cli)
+
+
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
-    defaults = GenerationRequest()
     group = parser.add_argument_group("inputs")
-    group.add_argument("--prompt", default=None)
-    group.add_argument(
-        "--task_type", default=None, choices=sorted(TASKS), help="default: the case's, else inferred from the media"
+    add_setting_flags(
+        group, "prompt", "task_type", "guidance_mode", "video", "image", "images", "output", given_only=True
     )
-    group.add_argument(
-        "--guidance_mode",
-        default=None,
-        choices=list(MODE_NAMES),
-        help="default: the case's, else the task's default (the full model's: its shipped per-task settings)",
-    )
-    group.add_argument("--video", nargs="+", default=None)
-    group.add_argument("--image", default=None)
-    group.add_argument("--images", nargs="+", default=None)
-    group.add_argument("--output", default=None, help=f"output file (default {DEFAULT_OUTPUT}; .png for one frame)")
     group.add_argument("--case", default=None, help="a case file (JSON object)")
     group.add_argument("--inputs", default=None, help="a task list (.jsonl or .json array)")
     group.add_argument("--save_frames", default=None, metavar="DIR", help="also write every frame as PNG into DIR")
     group.add_argument("--skip_existing", action="store_true", help="skip tasks whose output and sidecar exist")
     group.add_argument("--overwrite", action="store_true", help="replace existing outputs (refused otherwise)")
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--seed", type=int, default=defaults.seed)
-    gen.add_argument("--num_frames", type=int, default=defaults.num_frames)
-    gen.add_argument("--num_inference_steps", type=int, default=defaults.num_inference_steps)
-    gen.add_argument("--flow_shift", type=float, default=defaults.flow_shift)
-    gen.add_argument("--omega_vid", "--omega_V", dest="omega_vid", type=float, default=defaults.omega_vid)
-    gen.add_argument("--omega_img", "--omega_I", dest="omega_img", type=float, default=defaults.omega_img)
-    gen.add_argument("--omega_txt", "--omega_TI", dest="omega_txt", type=float, default=defaults.omega_txt)
-    gen.add_argument("--omega_scale", type=float, default=defaults.omega_scale)
-    gen.add_argument("--eta", type=float, default=defaults.eta)
-    gen.add_argument("--norm_threshold", type=float, nargs="+", default=list(defaults.norm_threshold))
-    gen.add_argument("--momentum", type=float, default=defaults.momentum)
-    gen.add_argument("--fps", type=float, default=defaults.fps)
-    gen.add_argument("--max_image_size", type=int, default=defaults.max_image_size)
-    gen.add_argument("--height", type=int, default=defaults.height)
-    gen.add_argument("--width", type=int, default=defaults.width)
-    gen.add_argument("--neg_prompt", default=WAN_NEGATIVE_PROMPT)
-    gen.add_argument("--system_prompt", default="", help="T5 prefix (default: the task's)")
+    add_setting_flags(
+        gen,
+        "seed",
+        "num_frames",
+        "num_inference_steps",
+        "flow_shift",
+        "omega_vid",
+        "omega_img",
+        "omega_txt",
+        "omega_scale",
+        "eta",
+        "norm_threshold",
+        "momentum",
+        "fps",
+        "max_image_size",
+        "height",
+        "width",
+        "neg_prompt",
+        "system_prompt",
+    )
     full = parser.add_argument_group(
         "full Bernini (planner)", "read by a full bundle only; its shipped per-task settings fill what is not given"
     )
-    full.add_argument("--omega_tgt", type=float, default=defaults.omega_tgt, help="ω of the plan's target tokens")
-    full.add_argument(
-        "--planning_step", type=int, default=defaults.planning_step, help="masked-planning rounds (Qwen passes ×3)"
-    )
-    full.add_argument(
-        "--vit_denoising_step", type=int, default=defaults.vit_denoising_step, help="flow steps of the ViT decoder"
-    )
-    full.add_argument(
-        "--vit_txt_cfg", type=float, default=defaults.vit_txt_cfg, help="planner guidance toward the visual sources"
-    )
-    full.add_argument(
-        "--vit_img_cfg", type=float, default=defaults.vit_img_cfg, help="planner guidance toward the prompt text"
-    )
+    add_setting_flags(full, "omega_tgt", "planning_step", "vit_denoising_step", "vit_txt_cfg", "vit_img_cfg")
     full.add_argument(
         "--bernini_version",
         choices=("v1", "v2"),
@@ -197,39 +184,7 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
         "path ending in -v2, else v1)",
     )
     fast = parser.add_argument_group("fast paths")
-    fast.add_argument(
-        "--preset",
-        default=None,
-        choices=sorted(PRESETS),
-        help="sets steps, timesteps, scheduler and guidance (see docs/fast.md); "
-        + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()),
-    )
-    fast.add_argument(
-        "--cache",
-        default=None,
-        choices=sorted(CACHES),
-        help="skip forwards whose result barely changes (off by default): "
-        + "; ".join(f"{c.name}: {c.description}" for c in CACHES.values()),
-    )
-    fast.add_argument(
-        "--cache_threshold",
-        type=float,
-        default=None,
-        help="larger skips more (default: " + ", ".join(f"{c.name} {c.threshold:g}" for c in CACHES.values()) + ")",
-    )
-    fast.add_argument(
-        "--cache_calibration",
-        default=None,
-        metavar="FILE",
-        help="magcache: per-step magnitude ratios (JSON; a missing FILE is written by calibrating this run); "
-        "teacache: optional rescale coefficients (JSON); see docs/fast.md",
-    )
-    fast.add_argument(
-        "--batch_branches",
-        action="store_true",
-        help="run guidance branches of equal packed layout as one batched forward when memory allows (the full "
-        "model's planner: its three Qwen passes per round as one padded batch)",
-    )
+    add_setting_flags(fast, "preset", "cache", "cache_threshold", "cache_calibration", "batch_branches")
     pe = add_pe_args(parser, "rewrite prompts with an OpenAI-compatible model")
     pe.add_argument("--pe_only", action="store_true", help="print the enhanced prompt (or case) and stop")
     parser.add_argument(
@@ -241,8 +196,7 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
 
 def add_pe_args(parser: argparse.ArgumentParser, use_help: str) -> argparse._ArgumentGroup:
     pe = parser.add_argument_group("prompt enhancer")
-    pe.add_argument("--use_pe", action="store_true", help=use_help)
-    pe.add_argument("--pe_model", default=None, help="model name (default: $BERNINI_PE_MODEL or the built-in one)")
+    add_setting_flags(pe, "use_pe", "pe_model", use_pe=use_help)
     pe.add_argument(
         "--pe_timeout", type=float, default=None, help="seconds per request (default: $BERNINI_PE_TIMEOUT, else 60)"
     )

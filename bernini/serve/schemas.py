@@ -2,109 +2,57 @@
 
 A job body holds the fields of a case file (without ``output``: the server picks a per-job folder) and
 every generation parameter of :class:`~bernini.request.GenerationRequest`; media are ids from
-``POST /v1/files`` or files uploaded with the job, never paths.
+``POST /v1/files`` or files uploaded with the job, never paths. :data:`JobCreate` is generated from the
+request's declarations (each setting's ``service`` description and bounds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..request import WAN_NEGATIVE_PROMPT, GenerationRequest
+from ..request import GenerationRequest
+from ..settings import MAX_FPS, MAX_FRAMES, MAX_MEDIA, MAX_SIDE, MAX_STEPS, MAX_TEXT, spec_of  # noqa: F401 (bounds)
 
-_DEFAULTS = GenerationRequest()
 FILE_ID = r"^file-[0-9a-f]{32}$"
-# The service's upper bounds (the planner checks the lower ones): one request must not hold a server for days
-# or exhaust its memory. Frames: 30 s at 16 fps; steps: the schedulers' 1000 training timesteps.
-MAX_SIDE = 2048
-MAX_FRAMES = 481
-MAX_STEPS = 1000
-MAX_FPS = 120.0
-MAX_TEXT = 10_000
-MAX_MEDIA = 16
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
-class JobCreate(BaseModel):
-    """A generation job: the case-file fields plus generation parameters (defaults: upstream's CLI)."""
+def _job_fields() -> dict[str, Any]:
+    """The job body's fields, generated from the request settings that declare a service description."""
+    types = GenerationRequest.setting_types()
+    out: dict[str, Any] = {}
+    for f in GenerationRequest.settings():
+        spec = spec_of(f)
+        if spec.service is None:
+            continue
+        annotation = spec.service_type or types[f.name]
+        if spec.required:
+            out[f.name] = (annotation, Field(description=spec.service, **spec.bounds))
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = (
+                annotation,
+                Field(default_factory=f.default_factory, description=spec.service, **spec.bounds),
+            )
+        else:
+            out[f.name] = (annotation, Field(f.default, description=spec.service, **spec.bounds))
+    return out
 
+
+class _JobBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(
-        description="What to generate or how to edit the source media.", min_length=1, max_length=MAX_TEXT
-    )
-    task_type: str | None = Field(
-        None, description="t2i, i2i, t2v, v2v, mv2v, rv2v, r2v or ads2v; default: inferred from the media given."
-    )
-    guidance_mode: str | None = Field(
-        None, description="Guidance mode (GET /v1/models lists them); default: the task's."
-    )
-    video: list[str] = Field(
-        default_factory=list,
-        description="Source video(s): ids from POST /v1/files (or files uploaded with the job).",
-        max_length=MAX_MEDIA,
-    )
-    image: str | None = Field(None, description="Source or reference image: an id from POST /v1/files.")
-    images: list[str] = Field(
-        default_factory=list, description="Reference images: ids from POST /v1/files.", max_length=MAX_MEDIA
-    )
-    seed: int = Field(_DEFAULTS.seed, description="Noise seed (0 ≤ seed < 2**63).")
-    num_frames: int = Field(
-        _DEFAULTS.num_frames, description="Frames to generate; snapped to 4k+1 (1 for images).", le=MAX_FRAMES
-    )
-    num_inference_steps: int = Field(_DEFAULTS.num_inference_steps, description="Denoising steps.", le=MAX_STEPS)
-    flow_shift: float = Field(_DEFAULTS.flow_shift, description="Scheduler shift.")
-    omega_vid: float = Field(_DEFAULTS.omega_vid, description="Guidance weight of the source video.")
-    omega_img: float = Field(_DEFAULTS.omega_img, description="Guidance weight of the reference images.")
-    omega_txt: float = Field(_DEFAULTS.omega_txt, description="Guidance weight of the text.")
-    omega_scale: float = Field(_DEFAULTS.omega_scale, description="One-time scale of the weights at the expert switch.")
-    omega_tgt: float = Field(
-        _DEFAULTS.omega_tgt, description="Full model: guidance weight of the plan's target tokens."
-    )
-    planning_step: int = Field(_DEFAULTS.planning_step, description="Full model: masked-planning rounds.", le=MAX_STEPS)
-    vit_txt_cfg: float = Field(_DEFAULTS.vit_txt_cfg, description="Full model: planner guidance toward the sources.")
-    vit_img_cfg: float | None = Field(
-        _DEFAULTS.vit_img_cfg, description="Full model: planner guidance toward the text."
-    )
-    vit_denoising_step: int = Field(
-        _DEFAULTS.vit_denoising_step, description="Full model: ViT-decoder flow steps.", le=MAX_STEPS
-    )
-    eta: float = Field(_DEFAULTS.eta, description="APG: weight of the parallel component.")
-    norm_threshold: list[float] = Field(
-        default_factory=lambda: list(_DEFAULTS.norm_threshold),
-        description="APG: norm thresholds per guidance delta.",
-        max_length=8,
-    )
-    momentum: float = Field(_DEFAULTS.momentum, description="APG: momentum.")
-    fps: float = Field(
-        _DEFAULTS.fps, description="Frame rate media are resampled to and the output is written at.", le=MAX_FPS
-    )
-    video_fps: float | None = Field(None, description="Override the source video's own frame rate.", le=MAX_FPS)
-    max_image_size: int = Field(
-        _DEFAULTS.max_image_size, description="Longest side of the inputs after resizing.", le=MAX_SIDE
-    )
-    height: int = Field(
-        _DEFAULTS.height, description="Output height in pixels (a source video's geometry wins).", le=MAX_SIDE
-    )
-    width: int = Field(
-        _DEFAULTS.width, description="Output width in pixels (a source video's geometry wins).", le=MAX_SIDE
-    )
-    neg_prompt: str = Field(WAN_NEGATIVE_PROMPT, description="Negative prompt (default: Wan's).", max_length=MAX_TEXT)
-    system_prompt: str = Field("", description="T5 prefix; default: the task's.", max_length=MAX_TEXT)
-    use_unipc: bool | None = Field(None, description="UniPC (true) or flow-match Euler (false); default: the model's.")
-    use_src_tgt_id: bool | None = Field(None, description="Segment-aware source-id RoPE phase; default: the model's.")
-    interpolate_src_id: bool | None = Field(None, description="Fractional source ids; default: the model's.")
-    max_trained_src_id: int | None = Field(
-        None, description="Most source ids seen in training; default: the model's.", le=64
-    )
-    use_pe: bool = Field(False, description="Rewrite the prompt with the server's prompt enhancer first.")
-    pe_model: str | None = Field(None, description="Prompt-enhancer model (default: the server's).")
-    preset: str | None = Field(None, description="Sampling preset, e.g. lightning4 (with a distillation LoRA).")
-    cache: str | None = Field(None, description="Step cache: firstblock, teacache or magcache; default: off.")
-    cache_threshold: float | None = Field(None, description="Step-cache threshold; default: the cache's own.")
-    batch_branches: bool = Field(False, description="Run guidance branches of equal length as one batched forward.")
+
+JobCreate = create_model(
+    "JobCreate",
+    __base__=_JobBase,
+    __doc__="A generation job: the case-file fields plus generation parameters (defaults: upstream's CLI).",
+    __module__=__name__,
+    **_job_fields(),
+)
 
 
 class Progress(BaseModel):
