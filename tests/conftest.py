@@ -15,7 +15,8 @@ from __future__ import annotations
 import inspect
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ INTEGRATION_HELPERS = frozenset({"serve_support.postgres_database"})
 # Audit events (docs.python.org/3/library/audit_events.html) that start a process.
 PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork",
                             "os.forkpty", "pty.spawn"})
+_unit_test: str | None = None  # the node id of the unmarked test now in setup or call, if any
+_hooked = False
 
 
 def _methods(cls: type) -> list[Any]:
@@ -106,7 +109,10 @@ def pytest_configure(config: pytest.Config) -> None:
     selected = config.option.markexpr or config.option.keyword or config.args_source != config.ArgsSource.TESTPATHS
     if not selected:
         config.option.markexpr = f"not {INTEGRATION}"
-    sys.addaudithook(_refuse_unmarked_processes)
+    global _hooked
+    if not _hooked:  # an audit hook stays for the life of the interpreter; a nested session must not add another
+        sys.addaudithook(_refuse_unmarked_processes)
+        _hooked = True
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -122,13 +128,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(INTEGRATION)
 
 
-_unit_test: str | None = None  # the node id of the unmarked test now running, if any
-
-
 def _refuse_unmarked_processes(event: str, args: tuple) -> None:
     if _unit_test is not None and event in PROCESS_EVENTS:
         raise RuntimeError(f"{_unit_test} starts a process ({event} {str(args[:2])[:120]}) but is not marked "
                            f"{INTEGRATION}: add @pytest.mark.{INTEGRATION} (tests/conftest.py explains the tiers)")
+
+
+@contextmanager
+def _guard(item: pytest.Item) -> Iterator[None]:
+    global _unit_test
+    _unit_test = None if item.get_closest_marker(INTEGRATION) else item.nodeid
+    try:
+        yield
+    finally:
+        _unit_test = None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -141,19 +154,6 @@ def pytest_runtest_setup(item: pytest.Item):
 def pytest_runtest_call(item: pytest.Item):
     with _guard(item):
         return (yield)
-
-
-class _guard:
-    def __init__(self, item: pytest.Item) -> None:
-        self.node = None if item.get_closest_marker(INTEGRATION) else item.nodeid
-
-    def __enter__(self) -> None:
-        global _unit_test
-        _unit_test = self.node
-
-    def __exit__(self, *exc: object) -> None:
-        global _unit_test
-        _unit_test = None
 
 
 @pytest.fixture(scope="session")

@@ -25,10 +25,13 @@ class Collected:
 def collect(monkeypatch, *args: str) -> list[str]:
     """Node ids ``python -m pytest ARGS`` would run from the repository root, with ``testpaths`` cut to FILES."""
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(conftest, "_unit_test", None)  # the inner session's plugins may start processes (git)
-    collected = Collected()
-    code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-o", f"testpaths={' '.join(FILES)}", *args],
-                       plugins=[collected])
+    collected, running = Collected(), conftest._unit_test
+    conftest._unit_test = None  # the inner session's plugins may start processes (git)
+    try:
+        code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-o", f"testpaths={' '.join(FILES)}",
+                            *args], plugins=[collected])
+    finally:
+        conftest._unit_test = running
     assert code in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED), code
     return collected.ids
 
