@@ -1,13 +1,14 @@
 """Shared fixtures: tiny random bundles in every published layout, written once per test session.
 
 Also the two test tiers. A test is ``integration`` when it starts a process (a CLI subprocess, torchrun, chromium,
-``bernini serve``, another interpreter) or uses PostgreSQL; everything else is the unit tier. Tests are marked
+``bernini serve``, another interpreter) or uses PostgreSQL, and ``slow`` when it runs long in one process (marked
+by hand where a run of ``--durations`` shows it); everything else is the unit tier. ``integration`` is marked
 automatically: :func:`integration_reason` reads the code of the test, of the fixtures it uses and of the helpers
 and classes from ``tests/`` they call. An explicit ``@pytest.mark.integration`` (or module ``pytestmark``, or a
 ``pytest.param(..., marks=pytest.mark.integration)`` of a parametrised fixture) is honoured as is. The bare
-``python -m pytest`` runs the unit tier; ``-m integration`` the rest; naming files, ``-k`` or ``-m`` selects
-explicitly. In every tier, a test that is not marked and starts a process fails at once (an audit hook), so a test
-the reading misses cannot hide in the unit tier.
+``python -m pytest`` runs the unit tier (``-m "not integration and not slow"``); ``-m "integration or slow"`` runs
+the rest; naming files, ``-k`` or ``-m`` selects explicitly. In every tier, a test that is not marked integration
+and starts a process fails at once (an audit hook), so a test the reading misses cannot hide in the unit tier.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import pytest
 from _pytest.mark.structures import ParameterSet
 
 INTEGRATION = "integration"
+SLOW = "slow"
+UNIT_TIER = f"not {INTEGRATION} and not {SLOW}"
+OTHER_TIER = f"{INTEGRATION} or {SLOW}"
 TESTS = Path(__file__).resolve().parent
 # Names whose use in a test's code makes it integration: modules that start processes, and the PostgreSQL helper.
 PROCESS_MODULES = frozenset({"subprocess", "multiprocessing"})
@@ -105,10 +109,9 @@ def integration_reason(item: pytest.Item) -> str | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", f"{INTEGRATION}: starts a process or uses PostgreSQL (set by tests/conftest.py)")
     selected = config.option.markexpr or config.option.keyword or config.args_source != config.ArgsSource.TESTPATHS
     if not selected:
-        config.option.markexpr = f"not {INTEGRATION}"
+        config.option.markexpr = UNIT_TIER
     global _hooked
     if not _hooked:  # an audit hook stays for the life of the interpreter; a nested session must not add another
         sys.addaudithook(_refuse_unmarked_processes)
@@ -116,8 +119,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    if config.option.markexpr == f"not {INTEGRATION}":
-        return "tier: unit (run the integration tier with: python -m pytest -q -m integration)"
+    if config.option.markexpr == UNIT_TIER:
+        return f"tier: unit (run the other tier with: python -m pytest -q -m '{OTHER_TIER}')"
     return f"tier: as selected ({config.option.markexpr or 'all'})"
 
 

@@ -10,19 +10,23 @@ import conftest
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Mixed files: a PostgreSQL param of a fixture, a subprocess check next to in-process tests, torchrun launches.
-FILES = ("tests/test_serve_store.py", "tests/test_layers.py", "tests/test_parallel.py")
+# Mixed files: a PostgreSQL param of a fixture, a subprocess check next to in-process tests, torchrun launches,
+# slow in-process runs.
+FILES = ("tests/test_serve_store.py", "tests/test_layers.py", "tests/test_parallel.py", "tests/test_layouts.py")
 
 
 class Collected:
     def __init__(self) -> None:
         self.ids: list[str] = []
+        self.marked: set[str] = set()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.ids = [item.nodeid for item in session.items]
+        self.marked = {item.nodeid for item in session.items
+                       if item.get_closest_marker(conftest.INTEGRATION) or item.get_closest_marker(conftest.SLOW)}
 
 
-def collect(monkeypatch, *args: str) -> list[str]:
+def collect(monkeypatch, *args: str) -> Collected:
     """Node ids ``python -m pytest ARGS`` would run from the repository root, with ``testpaths`` cut to FILES."""
     monkeypatch.chdir(ROOT)
     collected, running = Collected(), conftest._unit_test
@@ -33,24 +37,27 @@ def collect(monkeypatch, *args: str) -> list[str]:
     finally:
         conftest._unit_test = running
     assert code in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED), code
-    return collected.ids
+    return collected
 
 
 def test_the_bare_command_is_the_unit_tier_and_both_tiers_run_every_test_once(monkeypatch):
-    unit, integration = collect(monkeypatch), collect(monkeypatch, "-m", "integration")
-    every = collect(monkeypatch, *FILES)
+    unit, other = collect(monkeypatch).ids, collect(monkeypatch, "-m", conftest.OTHER_TIER).ids
+    everything = collect(monkeypatch, *FILES)
+    every = everything.ids
     assert len(set(every)) == len(every) and every
-    assert sorted(unit + integration) == sorted(every), "the bare command and -m integration together run every test"
-    assert not set(unit) & set(integration)
+    assert sorted(unit + other) == sorted(every), "the bare command and the other tier together run every test"
+    assert set(other) == everything.marked
     store = "tests/test_serve_store.py::test_claims_follow_submission_order"
-    assert f"{store}[sqlite]" in unit and f"{store}[postgres]" in integration
+    assert f"{store}[sqlite]" in unit and f"{store}[postgres]" in other
     imports = [i for i in every if "::test_light_modules_import_without_heavy_libraries[" in i]
-    assert imports and set(imports) <= set(integration)
+    assert imports and set(imports) <= set(other)
     assert "tests/test_layers.py::test_the_package_has_no_import_cycle" in unit
     launches = [i for i in every if i.startswith("tests/test_parallel.py::test_ulysses_and_cfg_parallel_match")]
-    assert launches and set(launches) <= set(integration)
+    assert launches and set(launches) <= set(other)
     assert "tests/test_parallel.py::test_layout_puts_ulysses_innermost_then_cfg_then_dp" in unit
-    assert collect(monkeypatch, "-k", "light_modules") == [i for i in every if "light_modules" in i]
+    slow = "tests/test_layouts.py::test_fp16_files_generate_the_same_frames_as_the_bundle_rounded_to_fp16"
+    assert slow in other and "tests/test_layouts.py::test_fp8_files_are_within_fp8_rounding_of_the_bundle" in unit
+    assert collect(monkeypatch, "-k", "light_modules").ids == [i for i in every if "light_modules" in i]
 
 
 SAMPLES = '''
