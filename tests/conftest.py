@@ -1,12 +1,162 @@
-"""Shared fixtures: tiny random bundles in every published layout, written once per test session."""
+"""Shared fixtures: tiny random bundles in every published layout, written once per test session.
+
+Also the two test tiers. A test is ``integration`` when it starts a process (a CLI subprocess, torchrun, chromium,
+``bernini serve``, another interpreter) or uses PostgreSQL, and ``slow`` when it runs long in one process (marked
+by hand where a run of ``--durations`` shows it); everything else is the unit tier. ``integration`` is marked
+automatically: :func:`integration_reason` reads the code of the test, of the fixtures it uses and of the helpers
+and classes from ``tests/`` they call. An explicit ``@pytest.mark.integration`` (or module ``pytestmark``, or a
+``pytest.param(..., marks=pytest.mark.integration)`` of a parametrised fixture) is honoured as is. The bare
+``python -m pytest`` runs the unit tier (``-m "not integration and not slow"``); ``-m "integration or slow"`` runs
+the rest; naming files, ``-k`` or ``-m`` selects explicitly. In every tier, a test that is not marked integration
+and starts a process fails at once (an audit hook), so a test the reading misses cannot hide in the unit tier.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import sys
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.mark.structures import ParameterSet
+
+INTEGRATION = "integration"
+SLOW = "slow"
+UNIT_TIER = f"not {INTEGRATION} and not {SLOW}"
+OTHER_TIER = f"{INTEGRATION} or {SLOW}"
+TESTS = Path(__file__).resolve().parent
+# Names whose use in a test's code makes it integration: modules that start processes, and the PostgreSQL helper.
+PROCESS_MODULES = frozenset({"subprocess", "multiprocessing"})
+INTEGRATION_HELPERS = frozenset({"serve_support.postgres_database"})
+# Audit events (docs.python.org/3/library/audit_events.html) that start a process.
+PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork",
+                            "os.forkpty", "pty.spawn"})
+_unit_test: str | None = None  # the node id of the unmarked test now in setup or call, if any
+_hooked = False
+
+
+def _methods(cls: type) -> list[Any]:
+    members = [m.fget if isinstance(m, property) else getattr(m, "__func__", m) for m in vars(cls).values()]
+    return [m for m in members if inspect.isfunction(m)]
+
+
+def _in_tests(obj: Any) -> bool:
+    """Whether ``obj`` (a function or class) is the tests' own code, which the reading follows."""
+    if isinstance(obj, type):
+        return any(_in_tests(method) for method in _methods(obj))
+    code = getattr(inspect.unwrap(obj), "__code__", None)
+    return code is not None and Path(code.co_filename).resolve().is_relative_to(TESTS)
+
+
+def _code_objects(code: types.CodeType):
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def code_reason(obj: Any, seen: set[int] | None = None) -> str | None:
+    """Why ``obj`` (a function or class from ``tests/``) is integration, or None; follows the tests' own helpers."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return None
+    seen.add(id(obj))
+    obj = inspect.unwrap(obj)
+    if isinstance(obj, type):
+        return next((why for method in _methods(obj) if (why := code_reason(method, seen))), None)
+    code, scope = getattr(obj, "__code__", None), getattr(obj, "__globals__", {})
+    if code is None:
+        return None
+    for inner in _code_objects(code):
+        for name in inner.co_names:
+            if name in PROCESS_MODULES:
+                return f"{obj.__qualname__} uses {name}"
+            value = scope.get(name)
+            if value is None:
+                continue
+            if f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}" in INTEGRATION_HELPERS:
+                return f"{obj.__qualname__} uses {name}"
+            if getattr(value, "__module__", None) in PROCESS_MODULES:
+                return f"{obj.__qualname__} uses {value.__module__}.{name}"
+            if (inspect.isfunction(value) or isinstance(value, type)) and _in_tests(value):
+                if why := code_reason(value, seen):
+                    return why
+    return None
+
+
+def _declares_tiers(fixturedef: Any) -> bool:
+    """A parametrised fixture whose params carry the marker tiers its own params; its body is not read."""
+    return any(isinstance(param, ParameterSet) and any(m.name == INTEGRATION for m in param.marks)
+               for param in fixturedef.params or ())
+
+
+def integration_reason(item: pytest.Item) -> str | None:
+    """Why ``item`` belongs to the integration tier by its code (the test, its fixtures, their helpers), or None."""
+    seen: set[int] = set()
+    function = getattr(item, "function", None)
+    if function is not None and (why := code_reason(function, seen)):
+        return why
+    for name in getattr(item, "fixturenames", ()):
+        for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):
+            if not _declares_tiers(fixturedef) and _in_tests(fixturedef.func):
+                if why := code_reason(fixturedef.func, seen):
+                    return f"fixture {name}: {why}"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    selected = config.option.markexpr or config.option.keyword or config.args_source != config.ArgsSource.TESTPATHS
+    if not selected:
+        config.option.markexpr = UNIT_TIER
+    global _hooked
+    if not _hooked:  # an audit hook stays for the life of the interpreter; a nested session must not add another
+        sys.addaudithook(_refuse_unmarked_processes)
+        _hooked = True
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if config.option.markexpr == UNIT_TIER:
+        return f"tier: unit (run the other tier with: python -m pytest -q -m '{OTHER_TIER}')"
+    return f"tier: as selected ({config.option.markexpr or 'all'})"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker(INTEGRATION) is None and integration_reason(item):
+            item.add_marker(INTEGRATION)
+
+
+def _refuse_unmarked_processes(event: str, args: tuple) -> None:
+    if _unit_test is not None and event in PROCESS_EVENTS:
+        raise RuntimeError(f"{_unit_test} starts a process ({event} {str(args[:2])[:120]}) but is not marked "
+                           f"{INTEGRATION}: add @pytest.mark.{INTEGRATION} (tests/conftest.py explains the tiers)")
+
+
+@contextmanager
+def _guard(item: pytest.Item) -> Iterator[None]:
+    global _unit_test
+    _unit_test = None if item.get_closest_marker(INTEGRATION) else item.nodeid
+    try:
+        yield
+    finally:
+        _unit_test = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    with _guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    with _guard(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -370,6 +370,7 @@ def _unipc_timesteps(shift: float, steps: int) -> list[int]:
 SWITCH_TABLE = {3.0: (12, 28, 874), 5.0: (17, 23, 870)}
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_flow_shift_reaches_the_scheduler(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     timesteps = {}
     for shift, (high, low, first_low) in SWITCH_TABLE.items():
@@ -397,6 +398,7 @@ def test_flow_shift_reaches_the_scheduler(tiny_bundle: Path, tmp_path: Path, cap
     assert all(a <= b for a, b in zip(timesteps[3.0], timesteps[5.0], strict=True))  # more shift, noisier steps
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_400_unipc_steps_run_to_the_end(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     """Issue 19 item 8: the default UniPC at 400 steps (shift 5) died in diffusers (``this_order > 0``)."""
     out = tmp_path / "many.png"

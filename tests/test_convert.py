@@ -49,6 +49,7 @@ def test_quantize_on_load_keeps_block_linears_quantised_per_channel(tiny_bundle,
     assert pipe.source.describe()["quantize"] == mode
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_quantized_frames_stay_close_to_full_precision(tiny_pipe, tiny_bundle):
     reference = frames(tiny_pipe)
     fp8 = frames(load(tiny_bundle, quantize="fp8"))
@@ -64,6 +65,7 @@ def test_quantize_rows_matches_an_independent_formula():
     assert torch.equal(stored, torch.round(weight / expected_scale[:, None]).to(torch.int8))
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_pre_quantised_bundle_round_trips(tiny_bundle, tmp_path):
     on_the_fly = load(tiny_bundle, quantize="fp8")
     out = tmp_path / "fp8-bundle"

@@ -121,6 +121,7 @@ def test_worker_ranks_run_every_broadcast_request_until_shutdown(tmp_path, monke
     assert [c["plan"] for c in calls] == ["a", "b"]
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe, tmp_path, monkeypatch):
     import threading
 
@@ -819,7 +820,7 @@ def test_full_model_runs_through_the_handler_with_every_control_explicit(full_pi
     assert len(again["resolved"]["planner"]["reveal_counts"]) == 3
 
 
-@pytest.mark.parametrize("task", ["t2i", "i2i", "mv2v", "ads2v", "r2v", "rv2v"])
+@pytest.mark.parametrize("task", ["t2i", "i2i", "mv2v", "ads2v", pytest.param("r2v", marks=pytest.mark.slow), "rv2v"])
 def test_every_other_task_runs_through_the_demo_on_the_full_model(full_pipe, clips, tmp_path, task):
     """The remaining tasks through the same handler: the planner sees every routed source."""
     from bernini.output import write_image

@@ -141,6 +141,7 @@ def test_example_case_runs(name: str, tiny_bundle: Path, tmp_path: Path, monkeyp
         assert len(record["request"]["video"]) == 2
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example_case_runs_with_lightning4(name: str, tiny_bundle: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """Issue 19 item 4: every example runs with ``--preset lightning4``; a case's guidance mode yields to the preset
@@ -201,6 +202,7 @@ def test_image_tasks_write_one_frame_pngs_without_num_frames(
     assert sidecar(png)["request"]["num_frames"] == 1
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_three_second_30fps_clip_gives_49_frames(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     """3 s at 30 fps resampled to 16 fps is 48 frames, snapped to 4k+1 = 49 (below the 81 cap); size kept."""
     t = np.arange(90)[:, None, None]
@@ -232,6 +234,7 @@ def test_three_second_30fps_clip_gives_49_frames(tiny_bundle: Path, tmp_path: Pa
     assert sidecar(output)["resolved"]["frames"] == 49
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_full_hd_source_image_gives_848x480_png(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     ys, xs = np.mgrid[0:1080, 0:1920]
     pixels = np.stack([xs * 255 // 1919, ys * 255 // 1079, np.full_like(xs, 128)], axis=-1).astype(np.uint8)

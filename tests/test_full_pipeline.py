@@ -79,6 +79,7 @@ def frames_of(pipe, media, **changes) -> np.ndarray:
     return pipe(settings.pop("prompt", PROMPT), **settings).frames
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_each_planner_input_moves_the_frames(full_pipe, media):
     """The prompt, --planning_step, --vit_txt_cfg, --omega_tgt and the planner's own weights each reach the
     pixels (the renderer's inputs alone would not move them through the planner's contexts)."""
@@ -196,6 +197,7 @@ def test_planner_settings_on_bernini_r_are_refused(tiny_pipe, one_line_error):
     one_line_error(tiny_pipe, PROMPT, task_type="t2v", planning_step=10, match="only affect the full Bernini model")
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_one_forward_per_distinct_branch_and_source_ids_follow_the_flag(full_pipe, media):
     """t2x: e_I = b is the same forward, so 3 of the 4 branches run per step (B4); --no-use_src_tgt_id puts
     every source at id 0 (B8)."""
@@ -277,6 +279,7 @@ def test_the_four_contexts_are_cropped_t5_rows_then_planner_rows_then_zeros(full
     assert any(torch.equal(slot_rows, full[i : i + slots]) for i in range(n_p, n_p + tokens["cond"] - slots + 1))
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_the_full_model_renders_at_a_given_size_and_follows_the_source_at_zero(full_pipe, media, one_line_error):
     """As its reference: editing tasks default to 0 × 0 (the source video's size); a positive size given explicitly
     is the target's, beside the source latents at their own size; i2i renders at its shipped 512²."""

@@ -81,6 +81,7 @@ def test_fp8_files_are_within_fp8_rounding_of_the_bundle(experts, written):
             assert error.max() <= scale * 16, key  # the spacing is 32 in the top binade [256, 448]
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_fp16_files_generate_the_same_frames_as_the_bundle_rounded_to_fp16(tiny_bundle, written):
     high, low, _, _ = written["fp16"]
     community = frames(pipe_from(tiny_bundle, high, low))
@@ -92,6 +93,7 @@ def test_fp16_files_generate_the_same_frames_as_the_bundle_rounded_to_fp16(tiny_
     np.testing.assert_array_equal(community, frames(reference))
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 @pytest.mark.parametrize("kind", ["fp8_scaled", "kijai"])
 def test_fp8_files_generate_close_to_the_bundle(tiny_pipe, tiny_bundle, written, kind):
     high, low, _, _ = written[kind]

@@ -12,6 +12,7 @@ from bernini.tasks import t5_prefix
 SMALL = dict(num_frames=9, height=64, width=96, num_inference_steps=4)
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_t2v_mode_reproduces_diffusers_wan_pipeline(tiny_bundle, tiny_pipe):
     from diffusers import UniPCMultistepScheduler, WanPipeline
 
@@ -43,6 +44,7 @@ def test_t2v_mode_reproduces_diffusers_wan_pipeline(tiny_bundle, tiny_pipe):
     assert ours.frames.std() > 0.01
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_seed_prompt_and_media_change_the_result(tiny_pipe):
     base = tiny_pipe("a boat", task_type="t2v", seed=1, **SMALL).frames
     assert not np.allclose(base, tiny_pipe("a boat", task_type="t2v", seed=2, **SMALL).frames, atol=1e-3)
@@ -55,6 +57,7 @@ def test_seed_prompt_and_media_change_the_result(tiny_pipe):
     assert not np.allclose(a, b, atol=1e-3)
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_api_tasks_and_media_types(tiny_pipe):
     rng = np.random.default_rng(1)
     video = rng.integers(0, 255, (17, 64, 96, 3), dtype=np.uint8)
@@ -78,6 +81,7 @@ def test_api_tasks_and_media_types(tiny_pipe):
     assert tuple(pt.frames.shape) == (1, 3, 64, 96)
 
 
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
 def test_latent_output_decodes_to_the_same_frames(tiny_pipe):
     latent = tiny_pipe("a kite", task_type="t2v", seed=5, output_type="latent", **SMALL)
     frames = tiny_pipe("a kite", task_type="t2v", seed=5, **SMALL).frames

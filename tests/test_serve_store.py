@@ -14,7 +14,7 @@ from bernini.errors import BerniniError  # noqa: E402
 from bernini.serve.store import INTERRUPTED_BY_RESTART, IdempotencyConflict, NewJob, Store  # noqa: E402
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
 def store(request, tmp_path):
     if request.param == "sqlite":
         yield Store(f"sqlite:///{tmp_path / 'queue.db'}")

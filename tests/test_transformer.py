@@ -107,6 +107,7 @@ def test_bf16_keeps_fp32_modules():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 
+@pytest.mark.integration  # torch.compile runs the C++ compiler (g++) in processes of its own
 def test_compiled_blocks_match_eager():
     """``--compile`` compiles the repeated blocks; the packed forward must give the eager result."""
     reference = tiny_transformer(seed=3)
