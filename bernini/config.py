@@ -88,18 +88,3 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise WeightsError(f"{path} must hold a JSON object")
     return data
-
-
-def is_bernini_bundle(root: Path) -> bool:
-    """Whether ``root`` holds a Bernini renderer ``config.json`` (its experts are Bernini-R weights)."""
-    from .bundle import BundleSpec
-
-    return BundleSpec.read(root).is_bernini
-
-
-def renderer_config_for(root: Path) -> RendererConfig | None:
-    """The renderer config of a bundle directory, derived from ``model_index.json`` for plain Wan bundles
-    (:meth:`bernini.bundle.BundleSpec.renderer_config`; a caller holding a spec asks it instead)."""
-    from .bundle import BundleSpec
-
-    return BundleSpec.read(root).renderer_config()

@@ -70,19 +70,6 @@ OLD_CONNECTOR_KEYS = ("out_gen", "out_vit")
 """The connector widths' names in bundles written by bernini before it read the released keys."""
 
 
-def is_full_bundle(root: Path) -> bool:
-    from .bundle import BundleSpec
-
-    return BundleSpec.read(root).is_full
-
-
-def full_renderer_config(root: Path) -> RendererConfig:
-    """The renderer keys of a full bundle's config (``shift`` is not read: ``--flow_shift`` is, as upstream)."""
-    from .bundle import BundleSpec
-
-    return BundleSpec.read(root).full_renderer_config()
-
-
 def renderer_config_from(data: Mapping[str, Any], path: Path, root: Path) -> RendererConfig:
     if data.get("model_type") != MODEL_TYPE:
         raise WeightsError(f"{path} is not a full Bernini config (model_type is not 'bernini')")
@@ -92,14 +79,6 @@ def renderer_config_from(data: Mapping[str, Any], path: Path, root: Path) -> Ren
     if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= 4096:
         raise WeightsError(f"{path}: t5_max_sequence_length must be an integer from 1 to 4096, got {length!r}")
     return replace(renderer, max_sequence_length=length, wan22_base=str(root))
-
-
-def full_version(root: Path, location: str, override: str | None = None) -> str:
-    from .bundle import BundleSpec
-
-    if override is not None:
-        return check_version(override)
-    return BundleSpec.read(root).version(location)
 
 
 def check_version(override: str) -> str:

@@ -33,7 +33,6 @@ from .config import (
     DEFAULT_REPO_ID,
     WAN22_BASE_REPO_ID,
     RendererConfig,
-    is_bernini_bundle,
     read_json,
 )
 from .errors import WeightsError
@@ -121,7 +120,7 @@ def _base_is_bernini(base: str) -> bool | None:
     without fetching; None for another repo id (decided once it is fetched)."""
     path = Path(base).expanduser()
     if path.exists():
-        return is_bernini_bundle(path)
+        return BundleSpec.read(path).is_bernini
     if base in BERNINI_REPO_IDS:
         return True
     return None if looks_like_repo_id(base) and base != WAN22_BASE_REPO_ID else False
@@ -193,7 +192,7 @@ def resolve_model(
         if not _has_components(components):
             missing = [n for n in COMPONENT_DIRS if not (components / n).is_dir()]
             raise WeightsError(f"wan22_base {base} lacks {', '.join(missing)}")
-    if from_base and base_is_bernini is None and not is_bernini_bundle(components):
+    if from_base and base_is_bernini is None and not BundleSpec.read(components).is_bernini:
         base_weights += from_base
         if not allow_base_weights:
             _refuse_base_weights(spec, base_weights, base)

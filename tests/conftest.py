@@ -33,8 +33,9 @@ TESTS = Path(__file__).resolve().parent
 PROCESS_MODULES = frozenset({"subprocess", "multiprocessing"})
 INTEGRATION_HELPERS = frozenset({"serve_support.postgres_database"})
 # Audit events (docs.python.org/3/library/audit_events.html) that start a process.
-PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork",
-                            "os.forkpty", "pty.spawn"})
+PROCESS_EVENTS = frozenset(
+    {"subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork", "os.forkpty", "pty.spawn"}
+)
 _unit_test: str | None = None  # the node id of the unmarked test now in setup or call, if any
 _hooked = False
 
@@ -90,8 +91,10 @@ def code_reason(obj: Any, seen: set[int] | None = None) -> str | None:
 
 def _declares_tiers(fixturedef: Any) -> bool:
     """A parametrised fixture whose params carry the marker tiers its own params; its body is not read."""
-    return any(isinstance(param, ParameterSet) and any(m.name == INTEGRATION for m in param.marks)
-               for param in fixturedef.params or ())
+    return any(
+        isinstance(param, ParameterSet) and any(m.name == INTEGRATION for m in param.marks)
+        for param in fixturedef.params or ()
+    )
 
 
 def integration_reason(item: pytest.Item) -> str | None:
@@ -133,8 +136,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _refuse_unmarked_processes(event: str, args: tuple) -> None:
     if _unit_test is not None and event in PROCESS_EVENTS:
-        raise RuntimeError(f"{_unit_test} starts a process ({event} {str(args[:2])[:120]}) but is not marked "
-                           f"{INTEGRATION}: add @pytest.mark.{INTEGRATION} (tests/conftest.py explains the tiers)")
+        raise RuntimeError(
+            f"{_unit_test} starts a process ({event} {str(args[:2])[:120]}) but is not marked "
+            f"{INTEGRATION}: add @pytest.mark.{INTEGRATION} (tests/conftest.py explains the tiers)"
+        )
 
 
 @contextmanager

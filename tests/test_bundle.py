@@ -10,7 +10,7 @@ import pytest
 
 from bernini.bundle import BundleSpec
 from bernini.cli import main
-from bernini.config import renderer_config_for
+from bernini.config import RendererConfig
 from bernini.errors import WeightsError
 
 TINY = ["--num_inference_steps", "1", "--num_frames", "5", "--height", "16", "--width", "16"]
@@ -61,7 +61,8 @@ def test_a_full_model_run_and_its_dry_run_read_the_config_once(full_bundle, tmp_
 def test_the_spec_says_what_the_readers_said(bundles, full_bundle):
     spec = BundleSpec.read(bundles["diffusers"])
     assert spec.layout == "renderer" and spec.is_bernini and not spec.is_full
-    assert spec.renderer_config() == renderer_config_for(bundles["diffusers"])
+    root_config = json.loads((bundles["diffusers"] / "config.json").read_text())
+    assert spec.renderer_config() == RendererConfig.from_dict(root_config)
     assert spec.expert_files("transformer") == sorted((bundles["diffusers"] / "transformer").glob("*.safetensors"))
     assert BundleSpec.read(bundles["wan22"]).layout == "wan22"
     assert BundleSpec.read(bundles["wan22"]).renderer_config().wan22_base == str(bundles["wan22"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bernini import BerniniPipeline
-from bernini.full_config import full_version
+from bernini.bundle import BundleSpec
 from bernini.plan import ModelDefaults, make_plan
 from bernini.planner.geometry import target_grid
 from bernini.planner.presets import ENGLISH_NEGATIVE_PROMPT, FULL_PRESETS
@@ -161,9 +161,10 @@ def test_a_plan_made_before_the_model_was_known_is_planned_again_for_it(full_pip
 
 
 def test_version_detection(full_bundle):
-    assert full_version(full_bundle, str(full_bundle)) == "v1"
-    assert full_version(full_bundle, "ByteDance/Bernini-Diffusers-v2") == "v2"
-    assert full_version(full_bundle, str(full_bundle), "v2") == "v2"
+    spec = BundleSpec.read(full_bundle)
+    assert spec.version(str(full_bundle)) == "v1"
+    assert spec.version("ByteDance/Bernini-Diffusers-v2") == "v2"
+    assert spec.version(str(full_bundle), "v2") == "v2"
 
 
 @pytest.mark.parametrize(

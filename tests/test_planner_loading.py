@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bernini.bundle import BundleSpec
 from bernini.errors import WeightsError
 from bernini.full_config import (
     OLD_CONNECTOR_KEYS,
     RELEASED_KEYS,
     UNRELEASED_KEYS,
-    is_full_bundle,
     planner_widths,
     renderer_config_from,
 )
@@ -34,7 +34,7 @@ def written(full_bundle):
 
 
 def test_layout_is_the_published_one(full_bundle, written):
-    assert is_full_bundle(full_bundle) and not is_full_bundle(full_bundle / "vae")
+    assert BundleSpec.read(full_bundle).is_full and not BundleSpec.read(full_bundle / "vae").is_full
     for name in ("config.json", "transformer_config.json", "transformer_2_config.json"):
         assert (full_bundle / name).is_file()
     for name in ("bernini", "mllm", "t5_text_encoder", "t5_tokenizer", "vae", "scheduler"):

@@ -22,8 +22,11 @@ class Collected:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.ids = [item.nodeid for item in session.items]
-        self.marked = {item.nodeid for item in session.items
-                       if item.get_closest_marker(conftest.INTEGRATION) or item.get_closest_marker(conftest.SLOW)}
+        self.marked = {
+            item.nodeid
+            for item in session.items
+            if item.get_closest_marker(conftest.INTEGRATION) or item.get_closest_marker(conftest.SLOW)
+        }
 
 
 def collect(monkeypatch, *args: str) -> Collected:
@@ -32,8 +35,10 @@ def collect(monkeypatch, *args: str) -> Collected:
     collected, running = Collected(), conftest._unit_test
     conftest._unit_test = None  # the inner session's plugins may start processes (git)
     try:
-        code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-o", f"testpaths={' '.join(FILES)}",
-                            *args], plugins=[collected])
+        code = pytest.main(
+            ["--collect-only", "-q", "-p", "no:cacheprovider", "-o", f"testpaths={' '.join(FILES)}", *args],
+            plugins=[collected],
+        )
     finally:
         conftest._unit_test = running
     assert code in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED), code
@@ -60,7 +65,7 @@ def test_the_bare_command_is_the_unit_tier_and_both_tiers_run_every_test_once(mo
     assert collect(monkeypatch, "-k", "light_modules").ids == [i for i in every if "light_modules" in i]
 
 
-SAMPLES = '''
+SAMPLES = """
 import subprocess
 from subprocess import run
 from serve_support import postgres_database
@@ -78,14 +83,24 @@ def through_a_class(): return Launcher
 def postgres():
     with postgres_database() as url: return url
 def in_process(): return len("subprocess")
-'''
+"""
 
 
 def test_a_process_or_postgres_anywhere_in_a_tests_code_makes_it_integration():
     scope: dict = {"__name__": "tiers_samples"}
     exec(compile(SAMPLES, str(conftest.TESTS / "tiers_samples.py"), "exec"), scope)  # a file under tests/
-    reasons = {name: conftest.code_reason(scope[name]) for name in (
-        "direct", "imported_name", "local_import", "through_a_helper", "through_a_class", "postgres", "in_process")}
+    reasons = {
+        name: conftest.code_reason(scope[name])
+        for name in (
+            "direct",
+            "imported_name",
+            "local_import",
+            "through_a_helper",
+            "through_a_class",
+            "postgres",
+            "in_process",
+        )
+    }
     assert reasons == {
         "direct": "direct uses subprocess",
         "imported_name": "imported_name uses subprocess.run",
