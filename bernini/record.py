@@ -86,34 +86,31 @@ class RunPaths:
         return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
 
-_WHEN_SET = {"optional": True}  # a key the JSON holds only when set (the job's, or the record's extras)
-
-
 @dataclass
 class RunRecord:
     """The sidecar: what reproduces a generation and explains what ran. The pipeline fills the run's part
-    (:func:`run_record`, ``BerniniOutput.parameters`` is its JSON), the job adds the written output and its paths
+    (:func:`run_record`; ``BerniniOutput.parameters`` is its JSON), the job adds the written output and its paths
     and the front end its ``context`` (command line, parallel layout, the demo's settings…), and ``--replay`` reads
-    it back. :meth:`to_json` keeps the key order of the file; :meth:`from_json` takes older sidecars, which lack
-    the later keys."""
+    it back. :meth:`to_json` writes the keys in the file's order, leaving out those not set; :meth:`from_json`
+    takes older sidecars, which lack the later keys (they stay None)."""
 
     bernini_version: str | None = None
-    model: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
     device: str | None = None
     dtype: str | None = None
     attention_backend: str | None = None
-    request: dict[str, Any] = field(default_factory=dict)
-    resolved: dict[str, Any] = field(default_factory=dict)
+    request: dict[str, Any] | None = None
+    resolved: dict[str, Any] | None = None
     prompt_enhancer: dict[str, Any] | None = None
-    adjustments: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    output: str | None = field(default=None, metadata=_WHEN_SET)
-    fps: float | None = field(default=None, metadata=_WHEN_SET)
-    created: str | None = field(default=None, metadata=_WHEN_SET)
-    versions: dict[str, str | None] | None = field(default=None, metadata=_WHEN_SET)
-    paths: RunPaths | None = field(default=None, metadata=_WHEN_SET)
+    adjustments: list[dict[str, Any]] | None = None
+    timings: dict[str, float] | None = None
+    output: str | None = None
+    fps: float | None = None
+    created: str | None = None
+    versions: dict[str, str | None] | None = None
+    paths: RunPaths | None = None
     context: dict[str, Any] = field(default_factory=dict)  # the front end's keys, written at the top level
-    frames_dir: str | None = field(default=None, metadata=_WHEN_SET)
+    frames_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -121,10 +118,8 @@ class RunRecord:
             value = getattr(self, item.name)
             if item.name == "context":
                 data.update(value)
-            elif item.name == "paths" and value is not None:
-                data["paths"] = value.to_json()
-            elif value is not None or not item.metadata.get("optional"):
-                data[item.name] = value
+            elif value is not None:
+                data[item.name] = value.to_json() if isinstance(value, RunPaths) else value
         return data
 
     @classmethod

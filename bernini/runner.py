@@ -153,7 +153,7 @@ def run_job(
     result = pipe.generate(
         plan, enhance=enhance, callback=callback, output_type="np" if write else "latent", **generate_kwargs
     )
-    record = result.record if result.record is not None else RunRecord.from_json(result.parameters)
+    record = getattr(result, "record", None) or RunRecord.from_json(result.parameters)
     prompt = record.request["prompt"]
     if enhance is not None and log is not None:
         log(f"prompt used: {prompt}")
@@ -163,7 +163,7 @@ def run_job(
     report("write", 0, 1)
     frames = to_uint8_frames(result.frames)
     target, output_adjustments = output_path(plan.output, len(frames))
-    record = replace(record, adjustments=[*record.adjustments, *(a.record() for a in output_adjustments)])
+    record = replace(record, adjustments=[*(record.adjustments or []), *(a.record() for a in output_adjustments)])
     if log is not None:
         for adjustment in record.adjustments:
             log(Adjustment(**adjustment).note())
