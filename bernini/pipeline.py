@@ -1,78 +1,107 @@
 """``BerniniPipeline``: the one code path under the command line, the scripts, the demo and the service.
 
-Loading mirrors diffusers (``from_pretrained``, ``.to``, component attributes). :meth:`~BerniniPipeline.generate`
-takes a :class:`~bernini.plan.GenerationPlan` and reads as the stages of ``docs/architecture.md``:
-conditions → (prompt enhancer) → text → sampler ⇄ renderer → decode, then the run record.
+Loading mirrors diffusers (``from_pretrained``, ``.to``, component attributes). The pipeline is composed, not
+mixed in: it owns its :class:`~bernini.stages.components.Components` (the loaded modules) and its
+:class:`~bernini.stages.components.Runtime` (device, dtype, placement, attention, how branches and planning run);
+the diffusers attribute names (``pipe.transformer``, ``pipe.device``, ``pipe.placement``…) read and write them.
+:meth:`~BerniniPipeline.generate` takes a :class:`~bernini.plan.GenerationPlan` and passes one
+:class:`~bernini.stages.batch.RenderBatch` through the stages of ``docs/architecture.md`` (:mod:`bernini.stages`):
+media → (prompt enhancer) → text → (planner) → denoise → decode, then the run record.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from .adjustments import Adjustment
-from .attention import select_backend
-from .cache import step_cache
-from .conditions import Conditions, LatentCodec, LatentGrid, run_geometry
-from .devices import parse_device, supports_float64
+from . import pipeline_loading as loading
+from .conditions import LatentGrid
+from .devices import parse_device
 from .errors import BerniniError
-from .guidance import GuidanceState, Text
+from .guidance import Text
 from .loading import ModelSource
-from .pipeline_loading import OnProgress, PipelineLoadingMixin
-from .pipeline_planning import PlanningMixin
 from .placement import Placement, PlacementDecision
 from .plan import GenerationPlan, ModelDefaults, make_plan
-from .record import RunFacts, Timings, run_record
+from .record import RunRecord, run_record
 from .request import GenerationRequest
-from .sampler import BatchedBranchRunner, BranchRunner, Experts, SamplingInputs, SamplingStats, sample
-from .schedulers import build_scheduler, scheduler_name, set_timesteps
-from .text import encode_text, token_counts
+from .sampler import Experts, SamplingInputs
+from .schedulers import scheduler_name
+from .stages import decode as decoding
+from .stages import denoise as denoising
+from .stages import planning
+from .stages import text as prompts
+from .stages.batch import Enhance, OnProgress, RenderBatch
+from .stages.components import Components, Runtime
+from .stages.media import encode_media
+from .stages.text import encode_text, enhance_prompt
 from .transformer import BerniniTransformer
 
 if TYPE_CHECKING:
-    from .lora import LoraSpec
     from .planner.loading import PlannerModules
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-Enhance = Callable[[GenerationPlan, list[np.ndarray]], tuple[str, dict[str, Any]]]
-"""A prompt-enhancer hook: (plan, preview frames of each source video) → (new prompt, record)."""
 Share = Callable[[Callable[[], Any]], Any]
 """Runs a call once for the group of ranks working on one task and hands every rank its result (see
 :meth:`~bernini.frontends.launch.ParallelContext.share`); alone, it just calls."""
-
-
-def _call_here(call: Callable[[], Any]) -> Any:
-    return call()
+__all__ = ["BerniniOutput", "BerniniPipeline", "Enhance", "OUTPUT_TYPES", "OnProgress", "Share"]
 
 
 @dataclass
 class BerniniOutput:
-    """What a call returns: frames (per ``output_type``), the final latents and the resolved run record."""
+    """What a call returns: frames (per ``output_type``), the final latents and the resolved run record (as the
+    sidecar's JSON object in ``parameters``; typed in ``record``)."""
 
     frames: Any
     latents: torch.Tensor
     parameters: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord | None = None
 
 
-@dataclass
-class EncodedConditions:
-    conditions: Conditions
-    frames: int
-    height: int
-    width: int
-    previews: list[np.ndarray]
-    adjustments: list[Adjustment] = field(default_factory=list)
+class _Part:
+    """A pipeline attribute kept in one of its parts (``components`` or ``runtime``), read and written through."""
+
+    def __init__(self, part: str, name: str | None = None) -> None:
+        self.part, self.name = part, name
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = self.name or name
+
+    def __get__(self, pipe: Any, owner: type | None = None) -> Any:
+        if pipe is None:
+            return self
+        return getattr(getattr(pipe, self.part), self.name)
+
+    def __set__(self, pipe: Any, value: Any) -> None:
+        setattr(getattr(pipe, self.part), self.name, value)
 
 
-class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
+class BerniniPipeline:
     """Bernini-R renderer pipeline (two Wan2.2 experts, UMT5, Wan VAE) in the diffusers idiom."""
+
+    transformer = _Part("components")
+    transformer_2 = _Part("components")
+    vae = _Part("components")
+    text_encoder = _Part("components")
+    tokenizer = _Part("components")
+    scheduler = _Part("components")
+    source = _Part("components")
+    planner = _Part("components")
+    loras = _Part("components")
+    device = _Part("runtime")
+    dtype = _Part("runtime")
+    placement = _Part("runtime")
+    placement_decision = _Part("runtime")
+    attention_backend = _Part("runtime")
+    branch_runner = _Part("runtime")
+    share_planning = _Part("runtime")
+    _interrupt = _Part("runtime", "interrupt")
 
     def __init__(
         self,
@@ -90,27 +119,26 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
         attention: str = "auto",
         planner: PlannerModules | None = None,
     ) -> None:
-        self.transformer = transformer
-        self.transformer_2 = transformer_2
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-        self.scheduler = scheduler
-        self._loaded_scheduler = scheduler
-        self.source = source
-        self.renderer_config = source.renderer
-        self.device = device
-        self.dtype = dtype
-        self.attention_preference = attention
-        self.branch_runner: BranchRunner = BranchRunner()
-        self.loras: list[LoraSpec] = []
-        self._progress_bar_config: dict[str, Any] = {"disable": True}  # no bar unless asked
-        self._interrupt = False
-        self.planner = planner
-        self.share_planning: Share = _call_here
-        self.placement = Placement(offload, device, self.experts)
-        self.placement_decision = PlacementDecision(offload)
-        self._configure_attention()
+        self.components = Components(
+            transformer=transformer,
+            transformer_2=transformer_2,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            source=source,
+            planner=planner,
+        )
+        self.runtime = Runtime(
+            device=device,
+            dtype=dtype,
+            placement=Placement(offload, device, self.components.experts),
+            placement_decision=PlacementDecision(offload),
+            attention_preference=attention,
+        )
+        self.runtime.configure_attention(self.components.experts)
+
+    from_pretrained = classmethod(loading.from_pretrained)
 
     def compile(self) -> None:
         """Regional ``torch.compile`` of the repeated transformer blocks (shapes vary per combo: not fullgraph,
@@ -124,34 +152,35 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
 
     @property
     def experts(self) -> list[BerniniTransformer]:
-        return [e for e in (self.transformer, self.transformer_2) if e is not None]
+        return self.components.experts
 
-    def _modules(self) -> list[torch.nn.Module]:
-        renderer = [m for m in (self.transformer, self.transformer_2, self.text_encoder, self.vae) if m is not None]
-        return renderer + self.planner_modules
+    @property
+    def renderer_config(self):
+        return self.components.renderer_config
 
-    def _configure_attention(self) -> None:
-        self.attention_backend = select_backend(self.device, self.attention_preference, self.dtype)
-        for expert in self.experts:
-            expert.configure(attention=self.attention_backend, execution_device=self.device)
+    @property
+    def planner_modules(self) -> list[torch.nn.Module]:
+        return self.components.planner_modules
 
     def to(self, device: str | torch.device) -> BerniniPipeline:
-        self.device = parse_device(device)
-        self.placement = Placement(self.placement.mode, self.device, self.experts, self.placement.on_cpu)
-        self.placement.settle(self._modules())
-        self._configure_attention()
+        runtime = self.runtime
+        runtime.device = parse_device(device)
+        runtime.placement = Placement(runtime.placement.mode, runtime.device, self.experts, runtime.placement.on_cpu)
+        runtime.placement.settle(self.components.modules())
+        runtime.configure_attention(self.experts)
         return self
 
     @property
     def latent_grid(self) -> LatentGrid:
-        return LatentCodec.grid(self.vae.config, self.experts[0].config.patch_size)
+        return self.components.latent_grid
 
     @property
     def model_defaults(self) -> ModelDefaults:
         """What a plan leaves open is decided by the bundle's config, or by a scheduler the user set."""
-        defaults = ModelDefaults.from_renderer_config(self.renderer_config, self.source.planner_version)
-        if self.scheduler is not self._loaded_scheduler:
-            defaults = replace(defaults, scheduler=scheduler_name(self.scheduler))
+        components = self.components
+        defaults = ModelDefaults.from_renderer_config(components.renderer_config, components.source.planner_version)
+        if components.scheduler is not components.loaded_scheduler:
+            defaults = replace(defaults, scheduler=scheduler_name(components.scheduler))
         return defaults
 
     def __repr__(self) -> str:
@@ -175,22 +204,37 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """tqdm settings for the denoising bar, as in diffusers; the bar is off until asked for (``disable=False``,
         or ``from_pretrained(progress=True)``), so a library call draws nothing on stderr."""
-        self._progress_bar_config = kwargs
+        self.runtime.progress_bar_config = kwargs
 
     def progress_bar(self, iterable=None, total: int | None = None):
-        from tqdm.auto import tqdm
-
-        config = {"desc": "denoising", "unit": "step", "leave": False, **self._progress_bar_config}
-        return tqdm(iterable, total=total, **config)
+        return self.runtime.progress_bar(iterable, total=total)
 
     @property
     def interrupt(self) -> bool:
         """Set ``pipe._interrupt = True`` (or ``pipe.interrupt = True``) from a step callback to stop early."""
-        return self._interrupt
+        return self.runtime.interrupt
 
     @interrupt.setter
     def interrupt(self, value: bool) -> None:
-        self._interrupt = bool(value)
+        self.runtime.interrupt = bool(value)
+
+    def load_lora_weights(self, path: str | os.PathLike, expert: str = "both", scale: float = 1.0) -> None:
+        """Merge a LoRA file into the ``high``- or ``low``-noise expert or ``both``, every delta × ``scale``
+        (see :mod:`bernini.lora`); :meth:`unload_lora_weights` takes all of them out again."""
+        loading.load_lora_weights(self.components, path, expert, scale)
+
+    def unload_lora_weights(self) -> None:
+        """Unmerge every loaded LoRA, last first (subtracting the same deltas: exact up to the weights' rounding)."""
+        loading.unload_lora_weights(self.components)
+
+    def decide_placement(
+        self, offload: bool | str, device: torch.device, gpu_memory: float | None = None
+    ) -> PlacementDecision:
+        """Keep resident what fits the budget, stream the rest (see :mod:`bernini.memory_plan`)."""
+        return loading.decide_placement(self.components, self.runtime, offload, device, gpu_memory)
+
+    def apply_placement(self, decision: PlacementDecision) -> None:
+        loading.apply_placement(self.components, self.runtime, decision)
 
     # ------------------------------------------------------------------- calls
     def __call__(
@@ -263,304 +307,86 @@ class BerniniPipeline(PipelineLoadingMixin, PlanningMixin):
         if output_type not in OUTPUT_TYPES:
             raise BerniniError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         plan = plan.with_model_defaults(self.model_defaults)
-        self._interrupt = False
-        timings = Timings()
-        report = on_progress or _silent
-        with timings.phase("encode_media"):
-            encoded = self.encode_conditions(plan, report)
-        enhancement: dict[str, Any] = {}
-        if enhance is not None:
-            with timings.phase("enhance"):
-                prompt, enhancement = enhance(plan, encoded.previews)
-            plan = plan.with_prompt(prompt)
-        with timings.phase("encode_text"):
-            report("text", 0, 1)
-            text = self.encode_prompts(plan.t5_text, plan.t5_negative_text)
-            text_adjustments = self.text_adjustments(plan.t5_text, plan.t5_negative_text)
-            report("text", 1, 1)
-        planning: dict[str, Any] | None = None
-        if plan.full_model:
-            with timings.phase("plan"):
-                report("plan", 0, 1)
-                contexts, planning = self.share_planning(
-                    lambda: self.plan_contexts(plan, text, (encoded.height, encoded.width))
-                )
-                text = {**text, **contexts}
-                report("plan", 1, 1)
-        inputs = self.sampling_inputs(plan, encoded, text, generator)
-        stats = SamplingStats()
-        with timings.phase("denoise"):
-            latents = self.denoise(plan, inputs, stats, callback, report)
-        frames: Any = latents
-        if output_type != "latent":
-            with timings.phase("decode"):
-                frames = self.decode(latents, output_type, report)
-        config = self.renderer_config
-        facts = RunFacts(
-            frames=encoded.frames,
-            height=encoded.height,
-            width=encoded.width,
-            latent_shape=list(inputs.latents.shape),
-            source_ids={combo: [s.source_id for s in segments] for combo, segments in inputs.combos.items()},
-            forwards=stats.forwards,
-            high_noise_steps=stats.high_steps,
-            low_noise_steps=stats.low_steps,
-            timesteps=stats.timesteps,
-            boundary_timestep=config.boundary_timestep if config.two_experts else None,
-            scheduler=plan.scheduler.name,
-            interrupted=stats.interrupted,
-            enhancement=enhancement,
-            skipped_forwards=stats.skipped_forwards,
-            batched_forwards=stats.batched_forwards,
-            adjustments=[*plan.adjustments, *encoded.adjustments, *text_adjustments],
-            planning=planning,
-        )
-        record = run_record(
-            plan,
-            facts,
-            model={**self.source.describe(), "loras": [spec.describe() for spec in self.loras]},
-            device=str(self.device),
-            dtype=str(self.dtype).replace("torch.", ""),
-            attention=self.attention_backend.name,
-            timings=timings.finish(),
-        )
-        return BerniniOutput(frames=frames, latents=latents, parameters=record)
-
-    # ------------------------------------------------------------------ stages
-    def encode_conditions(self, plan: GenerationPlan, on_progress: OnProgress | None = None) -> EncodedConditions:
-        """Preprocess and VAE-encode every visual input; the first video (else the image) sets the geometry."""
-        from .media import preprocess_image, preprocess_video, to_preview_frames
-
-        media, grid = plan.media, self.latent_grid
-        total = len(media.video) + (media.image is not None) + len(media.images)
-        report = on_progress if on_progress is not None and total else _silent
-        report("encode", 0, total)
-        codec = LatentCodec(self.vae)
-        conditions = Conditions()
-        previews: list[np.ndarray] = []
-        video_size: tuple[int, int, int] | None = None
-        image_size: tuple[int, int] | None = None
-        with self.placement.active(self.vae):
-            for index, item in enumerate(media.video):
-                pixels = preprocess_video(
-                    item, media.fps, plan.geometry.frames, media.max_image_size, source_fps=media.video_fps
-                )
-                previews.append(to_preview_frames(pixels))
-                if index == 0:
-                    video_size = tuple(pixels.shape[1:4])
-                conditions.videos.append(codec.encode(pixels))
-                report("encode", len(conditions.videos), total)
-            if media.image is not None:
-                pixels = preprocess_image(media.image, media.max_image_size)
-                image_size = tuple(pixels.shape[1:3])
-                conditions.image = codec.encode(pixels.unsqueeze(1))
-                report("encode", len(conditions.videos) + 1, total)
-            for item in media.images:
-                conditions.images.append(codec.encode(preprocess_image(item, media.max_image_size).unsqueeze(1)))
-                report("encode", total - len(media.images) + len(conditions.images), total)
-        snapped, adjustments = run_geometry(plan, grid, video_size, image_size)
-        return EncodedConditions(conditions, *snapped, previews, adjustments)
-
-    def text_adjustments(self, positive: str, negative: str) -> list[Adjustment]:
-        """Prompts longer than the text encoder reads are cut; say by how much."""
-        limit = self.renderer_config.max_sequence_length
-        counts = token_counts([positive, negative], self.tokenizer)
-        why = f"the text encoder reads at most {limit} tokens; the rest was cut"
-        return [
-            Adjustment(f"{name} tokens", count, limit, why)
-            for name, count in zip(("prompt", "neg_prompt"), counts, strict=True)
-            if count > limit
-        ]
-
-    def encode_prompts(self, positive: str, negative: str) -> dict[Text, torch.Tensor]:
-        with self.placement.active(self.text_encoder):
-            device = next(self.text_encoder.parameters()).device
-            embeds = encode_text(
-                [positive, negative],
-                self.tokenizer,
-                self.text_encoder,
-                self.renderer_config.max_sequence_length,
-                device,
-            )
-        return {Text.PROMPT: embeds[:1].cpu(), Text.NEGATIVE: embeds[1:].cpu()}
-
-    def sampling_inputs(
-        self,
-        plan: GenerationPlan,
-        encoded: EncodedConditions,
-        text: dict[Text, torch.Tensor],
-        generator: torch.Generator | None,
-    ) -> SamplingInputs:
-        """Seeded noise, the combos with their source ids, all placed once on the execution device."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        if generator is None:
-            generator = torch.Generator("cpu").manual_seed(plan.seed)
-        shape = self.latent_grid.latent_shape(encoded.frames, encoded.height, encoded.width)
-        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
-        guidance = plan.guidance
-        inputs = SamplingInputs(
-            latents=noise,
-            combos=encoded.conditions.combos(plan.source_ids, tuple(b.combo for b in guidance.mode.branches)),
-            text=text,
-            mode=guidance.mode,
-            weights=guidance.weights,
-            omega_scale=guidance.omega_scale,
-            state=GuidanceState(guidance.apg, float64=supports_float64(self.device)),
-        )
-        return inputs.placed(self.device, self.experts[0].patch_embedding.weight.dtype)
-
-    def make_scheduler(self, plan: GenerationPlan):
-        return build_scheduler(
-            plan.scheduler.name, plan.scheduler.flow_shift, self.scheduler, self._loaded_scheduler.config
-        )
-
-    def make_experts(self) -> Experts:
-        config = self.renderer_config
-        high = self.transformer if self.transformer is not None else self.transformer_2
-        low = self.transformer_2 if (self.transformer is not None and config.two_experts) else None
-        return Experts(high=high, low=low, boundary=config.boundary_timestep, on_switch=self.placement.swap)
-
-    def denoise(
-        self,
-        plan: GenerationPlan,
-        inputs: SamplingInputs,
-        stats: SamplingStats,
-        callback: Callable[..., Any] | None = None,
-        on_progress: OnProgress | None = None,
-    ) -> torch.Tensor:
-        step_callback = None
+        self.runtime.interrupt = False
+        batch = RenderBatch(plan, generator=generator, enhance=enhance, output_type=output_type)
+        if on_progress is not None:
+            batch.report = on_progress
         if callback is not None:
 
             def step_callback(index: int, t: int, latents: torch.Tensor) -> torch.Tensor | None:
-                return replacement_latents(callback(self, index, t, {"latents": latents}), latents)
+                return denoising.replacement_latents(callback(self, index, t, {"latents": latents}), latents)
 
-        experts = self.make_experts()
-        runner = self.branch_runner
-        if plan.batch_branches and type(runner) is BranchRunner:
-            runner = BatchedBranchRunner(self.batch_fits)
-        self.placement.activate(experts.high, True)
-        try:
-            steps = self.steps_per_expert(plan) if plan.cache is not None else None
-            with step_cache(self.experts, plan.cache, steps) as computed:
-                latents = sample(
-                    experts,
-                    self.make_scheduler(plan),
-                    inputs,
-                    plan.num_inference_steps,
-                    runner=runner,
-                    callback=step_callback,
-                    progress=lambda total: _StepReport(self.progress_bar(total=total), total, on_progress or _silent),
-                    stats=stats,
-                    interrupted=lambda: self._interrupt,
-                    sigmas=plan.scheduler.sigmas,
-                )
-                if computed is not None:
-                    stats.skipped_forwards = computed.skipped(stats.forwards)
-            stats.batched_forwards = getattr(runner, "batched_calls", 0)
-            return latents
-        finally:
-            for expert in self.experts:
-                self.placement.activate(expert, False)
+            batch.step_callback = step_callback
+        parts = self.components, self.runtime
+        timings = batch.timings
+        with timings.phase("encode_media"):
+            batch = encode_media(batch, *parts)
+        if enhance is not None:
+            with timings.phase("enhance"):
+                batch = enhance_prompt(batch)
+        with timings.phase("encode_text"):
+            batch = encode_text(batch, *parts)
+        if batch.plan.full_model:
+            with timings.phase("plan"):
+                batch = planning.plan_stage(batch, *parts)
+        batch = denoising.prepare_latents(batch, *parts)
+        with timings.phase("denoise"):
+            batch = denoising.denoise(batch, *parts)
+        batch.output = batch.latents
+        if output_type != "latent":
+            with timings.phase("decode"):
+                batch = decoding.decode(batch, *parts)
+        return self._output(batch)
 
-    def steps_per_expert(self, plan: GenerationPlan) -> list[int]:
-        """How many of the plan's sampling steps each of ``self.experts`` runs (sizes MagCache's ratios)."""
-        scheduler = self.make_scheduler(plan)
-        set_timesteps(scheduler, plan.num_inference_steps, torch.device("cpu"), plan.scheduler.sigmas)
-        experts = self.make_experts()
-        chosen = [experts.for_timestep(float(t))[0] for t in scheduler.timesteps]
-        return [sum(c is expert for c in chosen) for expert in self.experts]
+    def _output(self, batch: RenderBatch) -> BerniniOutput:
+        config, components = self.renderer_config, self.components
+        record = run_record(
+            batch.plan,
+            batch.facts(config.boundary_timestep if config.two_experts else None),
+            model={**components.source.describe(), "loras": [spec.describe() for spec in components.loras]},
+            device=str(self.device),
+            dtype=str(self.dtype).replace("torch.", ""),
+            attention=self.attention_backend.name,
+            timings=batch.timings.finish(),
+        )
+        return BerniniOutput(frames=batch.output, latents=batch.latents, parameters=record.to_json(), record=record)
+
+    # ------------------------------------------- single stages, for tests and tools
+    def encode_conditions(self, plan: GenerationPlan, on_progress: OnProgress | None = None) -> RenderBatch:
+        """The media stage alone: a batch holding the plan's encoded conditions and its snapped geometry."""
+        batch = RenderBatch(plan)
+        if on_progress is not None:
+            batch.report = on_progress
+        return encode_media(batch, self.components, self.runtime)
+
+    def encode_prompts(self, positive: str, negative: str) -> dict[Text, torch.Tensor]:
+        return prompts.encode_prompts(self.components, self.runtime, positive, negative)
+
+    def plan_contexts(
+        self, plan: GenerationPlan, text: dict[Text, torch.Tensor], size: tuple[int, int] | None = None
+    ) -> tuple[dict[Text, torch.Tensor], dict[str, Any]]:
+        """The full model's planner stage alone (see :func:`bernini.stages.planning.plan_contexts`)."""
+        return planning.plan_contexts(self.components, self.runtime, plan, text, size)
+
+    def planner_batch_fits(self, branches: int, tokens: int) -> bool:
+        return planning.planner_batch_fits(self.components, self.runtime, branches, tokens)
+
+    def sampling_inputs(
+        self, plan: GenerationPlan, encoded: RenderBatch, text: dict[Text, torch.Tensor], generator=None
+    ) -> SamplingInputs:
+        """Seeded noise and the combos of ``encoded`` (from :meth:`encode_conditions`) placed on the device."""
+        batch = replace(encoded, plan=plan, text=text, generator=generator)
+        return denoising.prepare_latents(batch, self.components, self.runtime).inputs
+
+    def make_experts(self) -> Experts:
+        return self.components.make_experts(self.placement.swap)
 
     def batch_fits(self, batch: int, latent_elements: int) -> bool:
-        """Whether ``batch`` stacked branches of ``latent_elements`` latent values fit next to the weights
-        (:func:`bernini.memory_plan.branch_batch_fits`: always on the CPU)."""
-        from .memory_plan import branch_batch_fits
+        return denoising.batch_fits(self.components, self.runtime, batch, latent_elements)
 
-        return branch_batch_fits(batch, latent_elements, self.experts[0].config, self.dtype, self.device)
+    def steps_per_expert(self, plan: GenerationPlan) -> list[int]:
+        return denoising.steps_per_expert(self.components, plan)
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor, output_type: str = "np", on_progress: OnProgress | None = None) -> Any:
-        """Latents → frames as ``np`` ([T, H, W, 3] in [0, 1]), ``pil`` (list) or ``pt`` ([T, 3, H, W]).
-
-        ``on_progress`` hears ``decode`` per call of the VAE's decoder (one per latent frame, or per tile).
-        """
-        from diffusers.video_processor import VideoProcessor
-
-        report = on_progress or _silent
-        total = int(latents.shape[2])
-        calls = [0]
-
-        def chunk_done(*_: Any) -> None:
-            calls[0] += 1
-            if calls[0] < total:
-                report("decode", calls[0], total)
-
-        report("decode", 0, total)
-        handle = self.vae.decoder.register_forward_hook(chunk_done)
-        try:
-            with self.placement.active(self.vae):
-                pixels = LatentCodec(self.vae).decode(latents)
-        finally:
-            handle.remove()
-        processor = VideoProcessor(vae_scale_factor=self.latent_grid.spatial)
-        if output_type == "pt":
-            video = processor.postprocess_video(pixels, output_type="pt")[0]
-            report("decode", total, total)
-            return video
-        video = processor.postprocess_video(pixels, output_type="np")[0]
-        if output_type == "pil":
-            from PIL import Image
-
-            video = [Image.fromarray((frame * 255).round().astype(np.uint8)) for frame in video]
-        report("decode", total, total)
-        return video
-
-
-def _silent(phase: str, done: int, total: int) -> None:
-    pass
-
-
-def replacement_latents(returned: Any, latents: torch.Tensor) -> torch.Tensor | None:
-    """What a step callback returned (diffusers: ``{"latents": tensor}``; None or no ``latents`` keeps them), checked
-    against the current ``latents``: a tensor of their shape, floating point; it takes their dtype and device."""
-    if returned is None:
-        return None
-    if not isinstance(returned, Mapping):
-        raise BerniniError(
-            f"a step callback returned a {type(returned).__name__}; return a dict such as "
-            "{'latents': tensor} (or None to keep the latents)"
-        )
-    replacement = returned.get("latents")
-    if replacement is None:
-        return None
-    if not isinstance(replacement, torch.Tensor):
-        raise BerniniError(
-            f"a step callback returned latents of type {type(replacement).__name__}; return a torch.Tensor"
-        )
-    if tuple(replacement.shape) != tuple(latents.shape):
-        raise BerniniError(
-            f"a step callback returned latents of shape {tuple(replacement.shape)}; they must keep the shape "
-            f"{tuple(latents.shape)}"
-        )
-    if not replacement.is_floating_point():
-        raise BerniniError(
-            f"a step callback returned latents of dtype {str(replacement.dtype).replace('torch.', '')}; "
-            f"return floating-point latents (they are {str(latents.dtype).replace('torch.', '')})"
-        )
-    return replacement.to(device=latents.device, dtype=latents.dtype)
-
-
-class _StepReport:
-    """The denoising bar (``pipe.progress_bar``) plus ``on_progress("denoise", …)`` for every step."""
-
-    def __init__(self, bar: Any, total: int, report: OnProgress) -> None:
-        self.bar, self.total, self.report, self.done = bar, total, report, 0
-        report("denoise", 0, total)
-
-    def update(self, n: int = 1) -> None:
-        self.bar.update(n)
-        self.done += n
-        self.report("denoise", self.done, self.total)
-
-    def close(self) -> None:
-        self.bar.close()
+        """Latents → frames (see :mod:`bernini.stages.decode`)."""
+        return decoding.decode_latents(self.components, self.runtime, latents, output_type, on_progress)

@@ -8,7 +8,7 @@ import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,78 @@ class RunFacts:
     planning: dict[str, Any] | None = None  # the full model's planner: settings, reveal counts, context rows
 
 
+PathEntry = dict[str, str] | str | None
+"""A path as given and as absolute (``{"given", "absolute"}``), an in-memory medium's description, or none."""
+
+
+@dataclass
+class RunPaths:
+    """Every path of a run as given and absolute, so a replay works from any working directory. Read back from a
+    sidecar, a key it lacks stays None."""
+
+    output: PathEntry = None
+    video: list[PathEntry] | None = None
+    image: PathEntry = None
+    images: list[PathEntry] | None = None
+    model: PathEntry = None
+    checkpoints: dict[str, PathEntry] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunPaths:
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+@dataclass
+class RunRecord:
+    """The sidecar: what reproduces a generation and explains what ran. The pipeline fills the run's part
+    (:func:`run_record`; ``BerniniOutput.parameters`` is its JSON), the job adds the written output and its paths
+    and the front end its ``context`` (command line, parallel layout, the demo's settings…), and ``--replay`` reads
+    it back. :meth:`to_json` writes the keys in the file's order, leaving out those not set; :meth:`from_json`
+    takes older sidecars, which lack the later keys (they stay None)."""
+
+    bernini_version: str | None = None
+    model: dict[str, Any] | None = None
+    device: str | None = None
+    dtype: str | None = None
+    attention_backend: str | None = None
+    request: dict[str, Any] | None = None
+    resolved: dict[str, Any] | None = None
+    prompt_enhancer: dict[str, Any] | None = None
+    adjustments: list[dict[str, Any]] | None = None
+    timings: dict[str, float] | None = None
+    output: str | None = None
+    fps: float | None = None
+    created: str | None = None
+    versions: dict[str, str | None] | None = None
+    paths: RunPaths | None = None
+    context: dict[str, Any] = field(default_factory=dict)  # the front end's keys, written at the top level
+    frames_dir: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "context":
+                data.update(value)
+            elif value is not None:
+                data[item.name] = value.to_json() if isinstance(value, RunPaths) else value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        names = {item.name for item in fields(cls)} - {"context"}
+        values = {name: data[name] for name in names if name in data}
+        if isinstance(values.get("paths"), dict):
+            values["paths"] = RunPaths.from_json(values["paths"])
+        else:
+            values.pop("paths", None)
+        context = {key: value for key, value in data.items() if key not in names}
+        return cls(**values, context=context)
+
+
 def run_record(
     plan: GenerationPlan,
     facts: RunFacts,
@@ -71,8 +143,8 @@ def run_record(
     dtype: str,
     attention: str,
     timings: dict[str, float],
-) -> dict[str, Any]:
-    """The sidecar's content (without the output path and fps, which the job adds)."""
+) -> RunRecord:
+    """The run's part of the sidecar (without the output, its paths and fps, which the job adds)."""
     resolved = {
         "task_type": plan.task.name,
         "guidance_mode": plan.guidance.mode.name,
@@ -101,18 +173,18 @@ def run_record(
         resolved["interrupted"] = True
     if facts.planning is not None:
         resolved["planner"] = {"version": plan.planner.version, **facts.planning}
-    return {
-        "bernini_version": __version__,
-        "model": model,
-        "device": device,
-        "dtype": dtype,
-        "attention_backend": attention,
-        "request": plan.request_record(),
-        "resolved": resolved,
-        "prompt_enhancer": facts.enhancement,
-        "adjustments": [a.record() for a in facts.adjustments],
-        "timings": timings,
-    }
+    return RunRecord(
+        bernini_version=__version__,
+        model=model,
+        device=device,
+        dtype=dtype,
+        attention_backend=attention,
+        request=plan.request_record(),
+        resolved=resolved,
+        prompt_enhancer=facts.enhancement,
+        adjustments=[a.record() for a in facts.adjustments],
+        timings=timings,
+    )
 
 
 VERSIONED = ("torch", "diffusers", "transformers", "numpy", "av", "safetensors", "openai")
@@ -141,20 +213,20 @@ def path_pair(value: object) -> dict[str, str] | str | None:
     return str(value)
 
 
-def run_paths(plan: GenerationPlan, written: Path, *, model: str | None, checkpoints: dict[str, str]) -> dict:
+def run_paths(plan: GenerationPlan, written: Path, *, model: str | None, checkpoints: dict[str, str]) -> RunPaths:
     """Every path of a run as given and absolute, so a replay works from any working directory."""
     from .request import describe_media
 
     media = plan.media
     local_model = model if model is not None and Path(model).expanduser().exists() else None
-    return {
-        "output": {"given": plan.output, "absolute": str(Path(written).absolute())},
-        "video": [path_pair(describe_media(v)) for v in media.video],
-        "image": path_pair(describe_media(media.image)) if media.image is not None else None,
-        "images": [path_pair(describe_media(v)) for v in media.images],
-        "model": path_pair(local_model) if local_model else model,
-        "checkpoints": {name: path_pair(path) for name, path in checkpoints.items()},
-    }
+    return RunPaths(
+        output={"given": plan.output, "absolute": str(Path(written).absolute())},
+        video=[path_pair(describe_media(v)) for v in media.video],
+        image=path_pair(describe_media(media.image)) if media.image is not None else None,
+        images=[path_pair(describe_media(v)) for v in media.images],
+        model=path_pair(local_model) if local_model else model,
+        checkpoints={name: path_pair(path) for name, path in checkpoints.items()},
+    )
 
 
 def timestamp() -> str:

@@ -19,7 +19,7 @@ from .adjustments import Adjustment
 from .errors import BerniniError
 from .output import output_path, sidecar_path, to_uint8_frames, write_frames, write_output, write_sidecar
 from .plan import GenerationPlan, ModelDefaults, make_plan
-from .record import library_versions, run_paths, timestamp
+from .record import RunRecord, library_versions, run_paths, timestamp
 from .request import GenerationRequest
 
 Log = Callable[[str], None]
@@ -153,7 +153,8 @@ def run_job(
     result = pipe.generate(
         plan, enhance=enhance, callback=callback, output_type="np" if write else "latent", **generate_kwargs
     )
-    prompt = result.parameters["request"]["prompt"]
+    record = getattr(result, "record", None) or RunRecord.from_json(result.parameters)
+    prompt = record.request["prompt"]
     if enhance is not None and log is not None:
         log(f"prompt used: {prompt}")
     if not write:
@@ -162,39 +163,36 @@ def run_job(
     report("write", 0, 1)
     frames = to_uint8_frames(result.frames)
     target, output_adjustments = output_path(plan.output, len(frames))
-    record = dict(result.parameters)
-    record["adjustments"] = [*record.get("adjustments", []), *(a.record() for a in output_adjustments)]
+    record = replace(record, adjustments=[*(record.adjustments or []), *(a.record() for a in output_adjustments)])
     if log is not None:
-        for adjustment in record["adjustments"]:
+        for adjustment in record.adjustments:
             log(Adjustment(**adjustment).note())
-    record["output"] = None
-    record["fps"] = plan.media.fps
-    record["created"] = timestamp()
-    record["versions"] = library_versions()
+    record.fps = plan.media.fps
+    record.created = timestamp()
+    record.versions = library_versions()
     source = getattr(pipe, "source", None)
-    record["paths"] = run_paths(
+    record.paths = run_paths(
         plan,
         target,
         model=getattr(source, "spec", None),
         checkpoints=dict(getattr(source, "separate_checkpoints", {}) or {}),
     )
-    if extra_record:
-        record.update(extra_record)
+    record.context = {**record.context, **(extra_record or {})}
     created: list[Path] = []
     try:  # all or nothing: a failed frame folder or sidecar takes this job's output with it
         written = write_output(target, frames, plan.media.fps)
         created.append(written)
-        record["output"] = str(written)
+        record.output = str(written)
         if save_frames:
-            record["frames_dir"] = str(save_frames)
+            record.frames_dir = str(save_frames)
             created += write_frames(save_frames, frames)
-        sidecar = write_sidecar(written, record)
+        sidecar = write_sidecar(written, record.to_json())
     except BaseException:
         for path in created:
             path.unlink(missing_ok=True)
         raise
     report("write", 1, 1)
-    return JobResult(written, sidecar, prompt, record, frames)
+    return JobResult(written, sidecar, prompt, record.to_json(), frames)
 
 
 def final_output(plan: GenerationPlan) -> Path:

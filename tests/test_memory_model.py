@@ -21,9 +21,9 @@ from bernini.memory_plan import (
     plan_memory,
     runtime_decision,
 )
-from bernini.pipeline import BerniniPipeline
-from bernini.pipeline_planning import PlanningMixin
 from bernini.planner.memory import planner_batch_bytes
+from bernini.stages.denoise import batch_fits
+from bernini.stages.planning import planner_batch_fits
 
 EXPERT = SimpleNamespace(in_channels=16, patch_size=(1, 2, 2), ffn_dim=64, num_attention_heads=2, attention_head_dim=8)
 QWEN = SimpleNamespace(text_config=SimpleNamespace(hidden_size=32, intermediate_size=48, num_attention_heads=4))
@@ -38,27 +38,28 @@ def free(monkeypatch):
 
 
 def test_branch_batching_asks_the_model_on_a_device(free):
-    pipe = SimpleNamespace(experts=[SimpleNamespace(config=EXPERT)], dtype=torch.bfloat16, device=torch.device("cuda"))
+    components = SimpleNamespace(experts=[SimpleNamespace(config=EXPERT)])
+    runtime = SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda"))
     latent = 16 * 3 * 8 * 8  # 3 latent frames of 8x8: 48 tokens
     need = 2 * 48 * (2 * 64 + 4 * 2 * 8) * 2  # two branches, two FFN-wide and four attention-wide rows, bf16
     assert branch_batch_bytes(2, 48, EXPERT, torch.bfloat16) == need
     free["bytes"] = need
-    assert not BerniniPipeline.batch_fits(pipe, 2, latent)  # strictly less than the free memory
+    assert not batch_fits(components, runtime, 2, latent)  # strictly less than the free memory
     free["bytes"] = need + 1
-    assert BerniniPipeline.batch_fits(pipe, 2, latent)
+    assert batch_fits(components, runtime, 2, latent)
     free["bytes"] = None  # the CPU: no device limit
-    assert BerniniPipeline.batch_fits(pipe, 64, latent * 1000)
+    assert batch_fits(components, runtime, 64, latent * 1000)
 
 
 def test_planner_batching_asks_the_model_with_half_kept_spare(free):
-    pipe = SimpleNamespace(planner=SimpleNamespace(qwen=SimpleNamespace(config=QWEN)), dtype=torch.float32)
-    pipe.device = torch.device("cuda")
+    components = SimpleNamespace(planner=SimpleNamespace(qwen=SimpleNamespace(config=QWEN)))
+    runtime = SimpleNamespace(dtype=torch.float32, device=torch.device("cuda"))
     need = 3 * (100 * (4 * 32 + 3 * 48) * 4 + (4 * 4 + 4) * 100 * 100)
     assert planner_batch_bytes(3, 100, QWEN, torch.float32) == need
     free["bytes"] = 2 * need
-    assert PlanningMixin.planner_batch_fits(pipe, 3, 100)
+    assert planner_batch_fits(components, runtime, 3, 100)
     free["bytes"] = 2 * need - 1
-    assert not PlanningMixin.planner_batch_fits(pipe, 3, 100)
+    assert not planner_batch_fits(components, runtime, 3, 100)
 
 
 def test_load_time_placement_and_the_plan_decide_alike(monkeypatch):

@@ -13,8 +13,13 @@ from test_enhancer import server, text  # noqa: F401 - the fixture is used by na
 
 from bernini.cli import main
 from bernini.output import write_video
+from bernini.record import RunPaths, RunRecord
 
 SMALL = ["--num_frames", "5", "--height", "32", "--width", "48", "--num_inference_steps", "2"]
+
+
+RUN_KEYS = ["bernini_version", "model", "device", "dtype", "attention_backend", "request", "resolved"]
+RUN_KEYS += ["prompt_enhancer", "adjustments", "timings"]
 
 
 def clip(path: Path) -> Path:
@@ -45,6 +50,11 @@ def test_sidecar_records_provenance_and_replay_is_byte_identical_from_another_fo
     assert record["paths"]["video"] == [{"given": "src.mp4", "absolute": str(work / "src.mp4")}]
     assert record["paths"]["output"] == {"given": "out/run.mp4", "absolute": str(work / "out" / "run.mp4")}
     assert record["paths"]["model"] == {"given": str(tiny_bundle), "absolute": str(tiny_bundle)}
+    # the writer and --replay share one typed record: it reads the file back whole, every key in its place
+    typed = RunRecord.from_json(record)
+    assert typed.paths.video == record["paths"]["video"] and typed.context["parallel"] == {"world": 1}
+    assert list(typed.to_json().items()) == list(record.items())
+    assert list(record)[:15] == [*RUN_KEYS, "output", "fps", "created", "versions", "paths"]
 
     monkeypatch.chdir(elsewhere)  # the relative paths no longer resolve from here: the absolute ones are used
     assert main(["generate", "--replay", str(sidecar)]) == 0, capsys.readouterr().err
@@ -202,3 +212,24 @@ def test_a_pre_quantised_bundle_records_its_quantisation_and_replays(tiny_bundle
     capsys.readouterr()
     assert main([*args, "--output", str(tmp_path / "int8.mp4"), "--quantize", "int8"]) == 2
     assert "--quantize int8: the checkpoint stores" in one_error(capsys)
+
+
+def test_the_typed_sidecar_keeps_the_file_layout_and_reads_older_sidecars():
+    """The job's keys follow the run's, the front end's context follows the paths, ``frames_dir`` comes last; a
+    sidecar written before paths were recorded reads back without them (replay then takes the request's media)."""
+    run = {key: {} for key in RUN_KEYS} | {"request": {"prompt": "a"}, "device": "cpu"}
+    written = RunRecord.from_json(run)
+    assert written.to_json() == run and written.paths is None and written.output is None
+    written.output, written.fps, written.created, written.versions = "o.mp4", 16.0, "now", {"torch": "2"}
+    written.paths = RunPaths(output={"given": "o.mp4", "absolute": "/o.mp4"}, video=[], images=[], checkpoints={})
+    written.context = {"command_line": "bernini generate", "demo": {"ui": {}}}
+    written.frames_dir = "frames"
+    data = json.loads(json.dumps(written.to_json()))
+    keys = [*RUN_KEYS, "output", "fps", "created", "versions", "paths", "command_line", "demo", "frames_dir"]
+    assert list(data) == keys
+    assert list(data["paths"]) == ["output", "video", "image", "images", "model", "checkpoints"]
+    assert data["paths"]["output"] == {"given": "o.mp4", "absolute": "/o.mp4"} and data["paths"]["image"] is None
+    assert RunRecord.from_json(data) == written
+    older = {"request": {"prompt": "a", "video": ["/v.mp4"]}, "output": "/o.mp4"}
+    read = RunRecord.from_json(older)
+    assert read.paths is None and read.output == "/o.mp4" and read.context == {}

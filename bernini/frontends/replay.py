@@ -16,24 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BerniniError
+from ..record import RunPaths, RunRecord
 from ..request import GenerationRequest
 
 CONFLICTS = ("prompt", "case", "inputs", "video", "image", "images", "lora", "lora_high", "lora_low")
 
 
-def read_sidecar(path: str | Path) -> dict[str, Any]:
+def read_sidecar(path: str | Path) -> RunRecord:
     sidecar = Path(path).expanduser()
     if sidecar.suffix != ".json" and sidecar.with_name(sidecar.name + ".json").is_file():
         sidecar = sidecar.with_name(sidecar.name + ".json")  # the output itself was named
     try:
-        record = json.loads(sidecar.read_text(encoding="utf-8"))
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BerniniError(f"--replay: {sidecar} not found; pass the OUTPUT.json written beside an output") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BerniniError(f"--replay: cannot read {sidecar}: {exc}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("request"), dict):
+    if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
         raise BerniniError(f"--replay: {sidecar} is not a bernini sidecar (no 'request')")
-    return record
+    return RunRecord.from_json(data)
 
 
 def _absolute(entry: Any, slot: str) -> str | None:
@@ -46,12 +47,12 @@ def _absolute(entry: Any, slot: str) -> str | None:
     return str(entry)
 
 
-def _media(record: dict[str, Any]) -> dict[str, Any]:
-    paths = record.get("paths") or {}
-    request = record["request"]
-    videos = paths.get("video", request.get("video") or [])
-    images = paths.get("images", request.get("images") or [])
-    image = paths["image"] if "image" in paths else request.get("image")
+def _media(record: RunRecord) -> dict[str, Any]:
+    """The media slots from the recorded paths; a sidecar written before paths were recorded has the request's."""
+    paths, request = record.paths or RunPaths(), record.request
+    videos = paths.video if paths.video is not None else request.get("video") or []
+    image = paths.image if paths.image is not None else request.get("image")
+    images = paths.images if paths.images is not None else request.get("images") or []
     return {
         "video": [_absolute(v, "video") for v in videos],
         "image": _absolute(image, "image"),
@@ -59,9 +60,9 @@ def _media(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _default_output(record: dict[str, Any], sidecar: Path) -> str:
-    written = Path(record.get("output") or sidecar.with_suffix(""))
-    absolute = ((record.get("paths") or {}).get("output") or {}).get("absolute")
+def _default_output(record: RunRecord, sidecar: Path) -> str:
+    written = Path(record.output or sidecar.with_suffix(""))
+    absolute = ((record.paths.output if record.paths else None) or {}).get("absolute")
     written = Path(absolute) if absolute else written
     return str(written.with_name(f"{written.stem}_replay{written.suffix}"))
 
@@ -92,24 +93,24 @@ def replay_requests(args: argparse.Namespace) -> list[GenerationRequest]:
         raise BerniniError(f"--replay takes the run from its sidecar; drop {', '.join(given)}")
     record = read_sidecar(args.replay)
     names = {f.name for f in fields(GenerationRequest)}
-    values = {key: value for key, value in record["request"].items() if key in names}
+    values = {key: value for key, value in record.request.items() if key in names}
     values.update(_media(record))
     values["use_pe"], values["pe_model"] = False, None  # the prompt recorded is the one that ran
     values["output"] = args.output or _default_output(record, Path(args.replay))
-    paths = record.get("paths") or {}
+    paths = record.paths or RunPaths()
+    model = record.model or {}
     if args.config is None:
-        model = paths.get("model") or (record.get("model") or {}).get("spec")
-        args.config = model["absolute"] if isinstance(model, dict) else model
-    checkpoints = paths.get("checkpoints") or (record.get("model") or {}).get("separate_checkpoints") or {}
+        spec = paths.model or model.get("spec")
+        args.config = spec["absolute"] if isinstance(spec, dict) else spec
+    checkpoints = paths.checkpoints or model.get("separate_checkpoints") or {}
     for name, flag in (("transformer", "high_noise_ckpt"), ("transformer_2", "low_noise_ckpt")):
         if getattr(args, flag, None) is None and checkpoints.get(name):
             entry = checkpoints[name]
             setattr(args, flag, entry["absolute"] if isinstance(entry, dict) else entry)
-    if getattr(args, "dtype", "auto") == "auto" and record.get("dtype"):
-        args.dtype = record["dtype"]
-    model = record.get("model") or {}
+    if getattr(args, "dtype", "auto") == "auto" and record.dtype:
+        args.dtype = record.dtype
     if getattr(args, "quantize", "none") == "none":
         args.quantize = model.get("quantize_requested", model.get("quantize", "none"))
     args.replayed_loras = _loras(model)
-    args.replayed = {"sidecar": str(Path(args.replay).absolute()), "prompt_enhancer": record.get("prompt_enhancer")}
+    args.replayed = {"sidecar": str(Path(args.replay).absolute()), "prompt_enhancer": record.prompt_enhancer}
     return [GenerationRequest(**values)]

@@ -9,6 +9,6 @@ per-branch token streams and mRoPE positions (:mod:`.packing`), loading the publ
 planning loop over the Qwen passes (:mod:`.run`; the full model's renderer modes are declared in
 :mod:`bernini.guidance`); the source items' vision-tower inputs and features and the target placeholder's item
 (:mod:`.vision`: ``planner_visuals``, ``vision_features``); the planner as a pipeline stage producing the four
-renderer contexts (:mod:`.stage`, run by ``bernini.pipeline_planning``); the shipped per-task settings
+renderer contexts (:mod:`.stage`, run by ``bernini.stages.planning``); the shipped per-task settings
 (:mod:`.presets`); and the full model's memory plan at the published sizes (:mod:`.memory`).
 """

@@ -1,0 +1,83 @@
+"""The one value the stages pass along: a :class:`RenderBatch` holds a generation's plan, the call's hooks and
+everything the stages have found so far; each stage reads what earlier ones left and fills its own fields."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..adjustments import Adjustment
+from ..conditions import Conditions
+from ..guidance import Text
+from ..plan import GenerationPlan
+from ..record import RunFacts, Timings
+from ..sampler import SamplingInputs, SamplingStats
+
+OnProgress = Callable[[str, int, int], None]
+"""``on_progress(phase, done, total)``: ``load``, ``encode`` (media), ``text``, ``denoise``, ``decode`` (per VAE
+chunk); ``done == 0`` starts a phase and ``done == total`` ends it. The library prints nothing itself."""
+StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
+"""``(step index, timestep, latents)`` → replacement latents or None, called after every sampling step."""
+Enhance = Callable[[GenerationPlan, list[np.ndarray]], tuple[str, dict[str, Any]]]
+"""A prompt-enhancer hook: (plan, preview frames of each source video) → (new prompt, record)."""
+
+
+def silent(phase: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class RenderBatch:
+    plan: GenerationPlan
+    # the call's own inputs and hooks
+    generator: torch.Generator | None = None
+    step_callback: StepCallback | None = None
+    report: OnProgress = silent
+    enhance: Enhance | None = None
+    output_type: str = "np"
+    # media stage: the encoded inputs, the snapped target geometry, the enhancer's previews
+    conditions: Conditions = field(default_factory=Conditions)
+    frames: int = 0
+    height: int = 0
+    width: int = 0
+    previews: list[np.ndarray] = field(default_factory=list)
+    adjustments: list[Adjustment] = field(default_factory=list)  # beyond the plan's own
+    enhancement: dict[str, Any] = field(default_factory=dict)
+    # text and planner stages: the contexts the guidance branches read
+    text: dict[Text, torch.Tensor] = field(default_factory=dict)
+    planning: dict[str, Any] | None = None
+    # denoising stage
+    inputs: SamplingInputs | None = None
+    stats: SamplingStats = field(default_factory=SamplingStats)
+    latents: torch.Tensor | None = None
+    # decoding stage: frames per ``output_type`` (the latents for "latent")
+    output: Any = None
+    timings: Timings = field(default_factory=Timings)
+
+    def facts(self, boundary_timestep: float | None) -> RunFacts:
+        """What the run record takes from the stages."""
+        stats, inputs = self.stats, self.inputs
+        assert inputs is not None, "the denoising stage has not run"
+        return RunFacts(
+            frames=self.frames,
+            height=self.height,
+            width=self.width,
+            latent_shape=list(inputs.latents.shape),
+            source_ids={combo: [s.source_id for s in segments] for combo, segments in inputs.combos.items()},
+            forwards=stats.forwards,
+            high_noise_steps=stats.high_steps,
+            low_noise_steps=stats.low_steps,
+            timesteps=stats.timesteps,
+            boundary_timestep=boundary_timestep,
+            scheduler=self.plan.scheduler.name,
+            interrupted=stats.interrupted,
+            enhancement=self.enhancement,
+            skipped_forwards=stats.skipped_forwards,
+            batched_forwards=stats.batched_forwards,
+            adjustments=[*self.plan.adjustments, *self.adjustments],
+            planning=self.planning,
+        )

@@ -1,0 +1,99 @@
+"""The full model's planner stage: the source items' ViT features, the planning loop and the connector, on the
+device only while they work (unless everything fits), then released; run once per task group through
+``runtime.share_planning``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import BerniniError
+from ..guidance import Text
+from ..plan import GenerationPlan
+from ..text import token_counts
+from .batch import RenderBatch
+from .components import Components, Runtime
+
+
+def plan_stage(batch: RenderBatch, components: Components, runtime: Runtime) -> RenderBatch:
+    """The planner's four contexts join the UMT5 ones; its record goes to ``batch.planning``."""
+    batch.report("plan", 0, 1)
+    size = (batch.height, batch.width)
+    contexts, batch.planning = runtime.share_planning(
+        lambda: plan_contexts(components, runtime, batch.plan, batch.text, size)
+    )
+    batch.text = {**batch.text, **contexts}
+    batch.report("plan", 1, 1)
+    return batch
+
+
+def plan_contexts(
+    components: Components,
+    runtime: Runtime,
+    plan: GenerationPlan,
+    text: dict[Text, torch.Tensor],
+    size: tuple[int, int] | None = None,
+) -> tuple[dict[Text, torch.Tensor], dict[str, Any]]:
+    """The Qwen passes, the flow decoder and the connector. ``size`` is the rendered target's, the planner's
+    target without a source video when the plan follows a source image (0 × 0)."""
+    from ..planner.run import PlannerSettings
+    from ..planner.stage import PlanningRequest, T5Rows, run_planning
+    from ..planner.vision import planner_visuals, vision_features
+
+    planner = components.planner
+    if planner is None:
+        raise BerniniError("this plan is for the full Bernini model; load a full bundle (model_type 'bernini')")
+    settings = plan.planner
+    limit = components.renderer_config.max_sequence_length
+    lengths = [min(n, limit) for n in token_counts([plan.t5_text, plan.t5_negative_text], components.tokenizer)]
+    t5 = T5Rows(text[Text.PROMPT], lengths[0], text[Text.NEGATIVE], lengths[1])
+    geometry, media = plan.geometry, plan.media
+    height, width = (geometry.height, geometry.width) if geometry.fixed_size or size is None else size
+    items = planner_visuals(
+        planner.image_processor,
+        videos=media.video,
+        image=media.image,
+        images=media.images,
+        fps=media.fps,
+        num_frames=geometry.frames,
+        height=height,
+        width=width,
+        video_fps=media.video_fps,
+    )
+    request = PlanningRequest(
+        task=plan.task.name,
+        prompt=plan.prompt,
+        negative_prompt=plan.negative_prompt,
+        sources=items.source_items,
+        target=items.target,
+        settings=PlannerSettings(
+            settings.planning_steps,
+            settings.vit_steps,
+            settings.text_scale,
+            settings.image_scale,
+            batch_branches=plan.batch_branches,
+        ),
+        seed=plan.seed,
+    )
+    modules = components.planner_modules
+    for module in modules:
+        runtime.placement.activate(module, True)
+    try:
+        features = vision_features(planner.qwen, items.sources)
+
+        def fits(branches: int, tokens: int) -> bool:
+            return planner_batch_fits(components, runtime, branches, tokens)
+
+        return run_planning(planner, request, features, t5, batch_fits=fits)
+    finally:
+        for module in modules:
+            runtime.placement.activate(module, False)
+
+
+def planner_batch_fits(components: Components, runtime: Runtime, branches: int, tokens: int) -> bool:
+    """Whether ``branches`` padded Qwen passes of ``tokens`` tokens fit in the device's free memory
+    (:func:`bernini.planner.memory.planner_batch_fits`: always on the CPU)."""
+    from ..planner.memory import planner_batch_fits as fits
+
+    return fits(branches, tokens, components.planner.qwen.config, runtime.dtype, runtime.device)
