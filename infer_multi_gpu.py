@@ -2,7 +2,7 @@
 
 import sys
 
-from bernini.cli import upstream_script_main
+from bernini.frontends.cli import upstream_script_main
 
 if __name__ == "__main__":
     sys.exit(upstream_script_main())

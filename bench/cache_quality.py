@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from diffusers import UniPCMultistepScheduler
 
-from bernini.cache import magcache_available, step_cache
-from bernini.cachefile import read_calibration
 from bernini.conditions import Conditions
-from bernini.guidance import GUIDANCE_MODES, GuidanceState, Text, Weights
-from bernini.plan import CachePlan, SourceIdPolicy
-from bernini.sampler import Experts, SamplingInputs, SamplingStats, sample
-from bernini.transformer import BerniniTransformer
+from bernini.models.transformer import BerniniTransformer
+from bernini.resolve import CacheSettings
+from bernini.resolved import SourceIdPolicy
+from bernini.sampling.cache import magcache_available, step_cache
+from bernini.sampling.cachefile import read_calibration
+from bernini.sampling.guidance import GUIDANCE_MODES, GuidanceState, Text, Weights
+from bernini.sampling.sampler import Experts, SamplingInputs, SamplingStats, sample
 
 THRESHOLDS = {"firstblock": [0.05, 0.2], "teacache": [0.1, 0.3], "magcache": [0.06, 0.2]}
 
@@ -55,7 +56,7 @@ def main() -> None:
     text = {Text.PROMPT: torch.randn(1, 64, 256), Text.NEGATIVE: torch.randn(1, 64, 256)}
     mode = GUIDANCE_MODES["t2v_apg"]
 
-    def run(cache: CachePlan | None) -> tuple[torch.Tensor, SamplingStats, float]:
+    def run(cache: CacheSettings | None) -> tuple[torch.Tensor, SamplingStats, float]:
         inputs = SamplingInputs(
             latents, Conditions().combos(SourceIdPolicy()), text, mode, Weights(1.25, 4.5, 4.0), 0.8, GuidanceState()
         )
@@ -82,17 +83,17 @@ def main() -> None:
             if not magcache_available():
                 print("| magcache | | | | | | this diffusers has no MagCache hooks |")
                 continue
-            out, cached, took = run(CachePlan("magcache", 1.0, str(calibration)))  # calibrating: skips nothing
+            out, cached, took = run(CacheSettings("magcache", 1.0, str(calibration)))  # calibrating: skips nothing
             print(
                 f"| magcache (calibration run) | | {cached.forwards} | {cached.skipped_forwards} | {took:.1f} s | "
                 f"{took / seconds:.2f}× | {psnr(reference, out):.1f} dB |"
             )
         for threshold in args.thresholds or THRESHOLDS[kind]:
-            plan = CachePlan(kind, threshold)
+            resolved = CacheSettings(kind, threshold)
             if kind == "magcache":
                 data = read_calibration(str(calibration), "magcache")
-                plan = CachePlan(kind, threshold, str(calibration), data["ratios"], data["steps"])
-            out, cached, took = run(plan)
+                resolved = CacheSettings(kind, threshold, str(calibration), data["ratios"], data["steps"])
+            out, cached, took = run(resolved)
             print(
                 f"| {kind} | {threshold:g} | {cached.forwards} | {cached.skipped_forwards} | {took:.1f} s | "
                 f"{took / seconds:.2f}× | {psnr(reference, out):.1f} dB |"

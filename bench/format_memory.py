@@ -19,8 +19,8 @@ CHILD = r"""
 import json, sys
 import torch
 from pathlib import Path
-from bernini.loading import load_expert
-from bernini.placement import module_bytes
+from bernini.loaders.loading import load_expert
+from bernini.runtime.placement import module_bytes
 from rss import PeakRss
 config = Path(sys.argv[1])
 high, low = ([Path(p) for p in arg.split(",")] for arg in sys.argv[2:4])
@@ -36,10 +36,10 @@ def write_formats(root: Path, dim: int, layers: int) -> dict[str, tuple[list[Pat
     import torch
     from safetensors.torch import save_file
 
-    from bernini.convert import comfy_state, expert_state, save_sharded
-    from bernini.gguf_file import write_gguf
-    from bernini.quant import quantizable, quantize_rows
-    from bernini.transformer import BerniniTransformer
+    from bernini.loaders.convert import comfy_state, expert_state, save_sharded
+    from bernini.loaders.gguf_file import write_gguf
+    from bernini.loaders.quant import quantizable, quantize_rows
+    from bernini.models.transformer import BerniniTransformer
 
     config = dict(
         num_attention_heads=dim // 128,

@@ -13,9 +13,9 @@ import time
 import torch
 from diffusers import WanTransformer3DModel
 
-from bernini.attention import select_backend
-from bernini.conditions import Segment
-from bernini.transformer import BerniniTransformer
+from bernini.models.attention import select_backend
+from bernini.models.segment import Segment
+from bernini.models.transformer import BerniniTransformer
 
 
 def timed(fn, repeats: int) -> float:

@@ -22,10 +22,10 @@ import numpy as np
 
 from bernini import BerniniPipeline
 from bernini.errors import BerniniError
-from bernini.guidance import FULL_MODEL_MODES, GUIDANCE_MODES
 from bernini.request import load_case
-from bernini.tiny import write_tiny_bundle
-from bernini.tiny_full import write_tiny_full_bundle
+from bernini.sampling.guidance import FULL_MODEL_MODES, GUIDANCE_MODES
+from bernini.tiny.bundle import write_tiny_bundle
+from bernini.tiny.full import write_tiny_full_bundle
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FAST = dict(num_inference_steps=2, num_frames=9, max_image_size=64, height=48, width=80, seed=7)

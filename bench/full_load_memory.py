@@ -1,6 +1,6 @@
 """Peak host RSS while loading a full Bernini bundle (planner + renderer parts) in bf16 from its fp32 shards.
 
-Writes a full bundle in the published layout (``bernini.tiny_full.write_tiny_full_bundle``) at widths that
+Writes a full bundle in the published layout (``bernini.tiny.full.write_tiny_full_bundle``) at widths that
 make its weights a few hundred MB, so the figure is not interpreter noise; then, in a fresh process,
 ``load_planner`` and ``load_renderer_parts`` with ``dtype=bf16`` and reports the peak RSS above the RSS after
 the imports, as a ratio to the bytes the loaded modules hold (bf16, with the fp32-kept connector, ViT decoder,
@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoTokenizer, UMT5EncoderModel
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
 import accelerate
-import bernini.transformer
+import bernini.models.transformer
 from bernini.planner.loading import FullBundle, load_planner, load_renderer_parts
 from bernini.planner.connector import MLPConnector
 from bernini.planner.flow import VitDecoder
@@ -47,7 +47,7 @@ print(json.dumps({"extra": probe.extra, "kept": kept, "seconds": probe.seconds})
 
 
 def main() -> None:
-    from bernini.tiny_full import TINY_SIZES, FullSizes, write_tiny_full_bundle
+    from bernini.tiny.full import TINY_SIZES, FullSizes, write_tiny_full_bundle
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tiny", action="store_true", help="spec §6.1's tiny sizes (a few MB: noise dominates)")

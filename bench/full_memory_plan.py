@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from bernini.memory_plan import Request
-from bernini.planner.memory import PLANNER_TOKENS, FullShapes, plan_full_memory
+from bernini.planner.memory import PLANNER_TOKENS, FullShapes, estimate_full_memory
+from bernini.runtime.memory import Request
 
 
 def main() -> None:
@@ -23,8 +23,8 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=1, help="source videos packed beside the target")
     args = parser.parse_args()
     request = Request(args.frames, args.height, args.width, source_videos=args.sources)
-    plan = plan_full_memory(request, FullShapes(planner_tokens=args.tokens))
-    print("\n".join(plan.lines()))
+    resolved = estimate_full_memory(request, FullShapes(planner_tokens=args.tokens))
+    print("\n".join(resolved.lines()))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from bernini.attention import KERNELS, select_backend
-from bernini.conditions import Segment
-from bernini.transformer import BerniniTransformer
+from bernini.models.attention import KERNELS, select_backend
+from bernini.models.segment import Segment
+from bernini.models.transformer import BerniniTransformer
 
 FLOOR_TFLOPS = 790.0
 SHAPES = {

@@ -31,7 +31,7 @@ def write_bundle(root: Path, dim: int, layers: int) -> tuple[Path, int]:
     import torch
     from diffusers import WanTransformer3DModel
 
-    from bernini.tiny import TINY_TRANSFORMER, write_tiny_bundle
+    from bernini.tiny.bundle import TINY_TRANSFORMER, write_tiny_bundle
 
     bundle = write_tiny_bundle(root / "bundle")
     config = {**TINY_TRANSFORMER, "num_attention_heads": dim // 128, "attention_head_dim": 128}
@@ -53,7 +53,7 @@ def worker(out: Path, cli_args: list[str]) -> int:
     import torch.distributed  # noqa: F401 - part of the baseline, as in a real run
 
     import bernini.pipeline  # noqa: F401
-    from bernini.cli import main
+    from bernini.frontends.cli import main
 
     proc = psutil.Process()
     baseline = proc.memory_info().rss
@@ -104,7 +104,7 @@ def main() -> None:
     if args.worker:
         sys.exit(worker(Path(args.worker), [a for a in rest if a != "--"]))
     with tempfile.TemporaryDirectory() as tmp:
-        from bernini.tiny import write_tiny_bundle
+        from bernini.tiny.bundle import write_tiny_bundle
 
         bundle, bf16 = write_bundle(Path(tmp), args.dim, args.layers)
         files = [f for n in ("transformer", "transformer_2") for f in (bundle / n).glob("*.safetensors")]

@@ -17,7 +17,7 @@ CHILD = r"""
 import json, sys
 import torch
 from pathlib import Path
-from bernini.loading import bundle_weight_files, load_expert
+from bernini.loaders.loading import bundle_weight_files, load_expert
 from diffusers import WanTransformer3DModel
 from rss import PeakRss
 mode, folder = sys.argv[1], sys.argv[2]

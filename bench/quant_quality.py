@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def realistic_expert(dim: int, ffn: int, layers: int, seed: int):
-    from bernini.transformer import BerniniTransformer
+    from bernini.models.transformer import BerniniTransformer
 
     torch.manual_seed(seed)
     model = BerniniTransformer(
@@ -52,7 +52,7 @@ def psnr(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 
 def run(model, inputs, steps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    from bernini.conditions import Segment
+    from bernini.models.segment import Segment
 
     source, target, text = inputs
     with torch.no_grad():
@@ -74,9 +74,9 @@ def main() -> None:
     args = parser.parse_args()
     from community_files import write_gguf as write_test_gguf
 
-    from bernini.convert import expert_state, save_sharded
-    from bernini.gguf_file import write_gguf
-    from bernini.loading import load_expert
+    from bernini.loaders.convert import expert_state, save_sharded
+    from bernini.loaders.gguf_file import write_gguf
+    from bernini.loaders.loading import load_expert
 
     bf16 = torch.bfloat16
     with tempfile.TemporaryDirectory() as tmp:

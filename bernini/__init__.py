@@ -4,27 +4,30 @@ from __future__ import annotations
 
 from ._version import __version__
 from .errors import BerniniError
-from .guidance import GUIDANCE_MODES
+from .sampling.guidance import GUIDANCE_MODES
 from .tasks import TASKS
 
 _LAZY = {
     "BerniniPipeline": "pipeline",
     "BerniniOutput": "pipeline",
     "tasks_table": "tasks",
-    "export_to_video": "output",
+    "export_to_video": "io.output",
     "load_case": "request",
     "GenerationRequest": "request",
-    "GenerationPlan": "plan",
-    "make_plan": "plan",
+    "ResolvedRequest": "resolved",
+    "resolve_request": "resolve",
 }
+_RENAMED = {"GenerationPlan": "ResolvedRequest", "make_plan": "resolve_request"}  # the names before 0.x
 
 
 def __getattr__(name: str):
     """Heavy parts (torch, diffusers) load on first use, so ``import bernini`` stays fast."""
     if name == "FORWARDS_PER_STEP":
-        from .guidance import forwards_per_step
+        from .sampling.guidance import forwards_per_step
 
         return dict(forwards_per_step())
+    if name in _RENAMED:
+        return __getattr__(_RENAMED[name])
     if name in _LAZY:
         import importlib
 
@@ -38,12 +41,12 @@ __all__ = [
     "BerniniPipeline",
     "FORWARDS_PER_STEP",
     "GUIDANCE_MODES",
-    "GenerationPlan",
+    "ResolvedRequest",
     "GenerationRequest",
     "TASKS",
     "__version__",
     "export_to_video",
     "load_case",
-    "make_plan",
+    "resolve_request",
     "tasks_table",
 ]

@@ -11,18 +11,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .adjustments import Adjustment, changed
-from .guidance import Combo
-from .plan import GenerationPlan, SourceIdPolicy
+from .models.segment import Segment
+from .resolved import ResolvedRequest, SourceIdPolicy
+from .sampling.guidance import Combo
 
 RENDERER_COMBOS = (Combo.EMPTY, Combo.VIDEO, Combo.IMAGES, Combo.ALL)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One latent segment of a packed sequence: a clean condition or the noisy target."""
-
-    latent: torch.Tensor  # [B, C, T, H, W]
-    source_id: float = 0.0
 
 
 @dataclass
@@ -120,19 +113,19 @@ class LatentCodec:
 
 
 def run_geometry(
-    plan: GenerationPlan, grid: LatentGrid, video: tuple[int, int, int] | None, image: tuple[int, int] | None
+    resolved: ResolvedRequest, grid: LatentGrid, video: tuple[int, int, int] | None, image: tuple[int, int] | None
 ) -> tuple[tuple[int, int, int], list[Adjustment]]:
     """The ``(frames, height, width)`` a plan renders at, and what changed from what it asked: the first video sets
     the frames (and, unless the size is fixed, the size), else the source image the size; then the latent grid snaps
     them. ``video`` is the preprocessed first video's ``(frames, height, width)``, ``image`` the source image's
     ``(height, width)`` (measured, or probed before loading: :func:`probed_geometry`)."""
-    frames, height, width = plan.geometry.frames, plan.geometry.height, plan.geometry.width
+    frames, height, width = resolved.geometry.frames, resolved.geometry.height, resolved.geometry.width
     source_size = video[1:] if video is not None else image
     if video is not None:
         frames = video[0]
-    if source_size is not None and not plan.geometry.fixed_size:
+    if source_size is not None and not resolved.geometry.fixed_size:
         height, width = source_size
-    adjustments = source_geometry_adjustments(plan, frames, height, width, source_size)
+    adjustments = source_geometry_adjustments(resolved, frames, height, width, source_size)
     snapped = grid.snap_frames(frames), grid.snap_side(height), grid.snap_side(width)
     multiple = grid.size_multiple
     adjustments += changed("num_frames", frames, snapped[0], f"the VAE takes {grid.temporal}k+1 frames")
@@ -141,27 +134,27 @@ def run_geometry(
     return snapped, adjustments
 
 
-def probed_geometry(plan: GenerationPlan, grid: LatentGrid) -> tuple[tuple[int, int, int], list[Adjustment]]:
+def probed_geometry(resolved: ResolvedRequest, grid: LatentGrid) -> tuple[tuple[int, int, int], list[Adjustment]]:
     """:func:`run_geometry` from the media's headers and first frames, before anything loads (``--dry_run``)."""
-    from .media import image_input_size, video_input_size
+    from .io.media import image_input_size, video_input_size
 
-    media = plan.media
+    media = resolved.media
     video = None
     if media.video:
         video = video_input_size(
-            media.video[0], media.fps, plan.geometry.frames, media.max_image_size, source_fps=media.video_fps
+            media.video[0], media.fps, resolved.geometry.frames, media.max_image_size, source_fps=media.video_fps
         )
     image = image_input_size(media.image, media.max_image_size) if media.image is not None else None
-    return run_geometry(plan, grid, video, image)
+    return run_geometry(resolved, grid, video, image)
 
 
 def source_geometry_adjustments(
-    plan: GenerationPlan, frames: int, height: int, width: int, source_size: tuple[int, int] | None = None
+    resolved: ResolvedRequest, frames: int, height: int, width: int, source_size: tuple[int, int] | None = None
 ) -> list[Adjustment]:
     """What the source media changed from the geometry asked for (before snapping to the latent grid), and, on the
     full model, where its shipped settings render at another size than the source's (``source_size``)."""
-    asked = plan.geometry
-    media = plan.media
+    asked = resolved.geometry
+    media = resolved.media
     if media.video:
         source = "the source video"
         shorter = f"{source} is shorter: it gives {frames} frames (4k+1) at {media.fps:g} fps"
@@ -172,7 +165,7 @@ def source_geometry_adjustments(
         return []
     if asked.fixed_size and asked.shipped and source_size is not None:
         why = (
-            f"the full model's shipped {plan.task.name} settings ({plan.planner.version}) render "
+            f"the full model's shipped {resolved.task.name} settings ({resolved.planner.version}) render "
             f"{asked.width}x{asked.height}, not {source}'s size; --height 0 --width 0 keep it"
         )
         used, own = {"height": height, "width": width}, dict(zip(("height", "width"), source_size, strict=True))

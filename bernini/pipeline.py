@@ -4,7 +4,7 @@ Loading mirrors diffusers (``from_pretrained``, ``.to``, component attributes). 
 mixed in: it owns its :class:`~bernini.stages.components.Components` (the loaded modules) and its
 :class:`~bernini.stages.components.Runtime` (device, dtype, placement, attention, how branches and planning run);
 the diffusers attribute names (``pipe.transformer``, ``pipe.device``, ``pipe.placement``…) read and write them.
-:meth:`~BerniniPipeline.generate` takes a :class:`~bernini.plan.GenerationPlan` and passes one
+:meth:`~BerniniPipeline.generate` takes a :class:`~bernini.resolve.ResolvedRequest` and passes one
 :class:`~bernini.stages.batch.RenderBatch` through the stages of ``docs/architecture.md`` (:mod:`bernini.stages`):
 media → (prompt enhancer) → text → (planner) → denoise → decode, then the run record.
 """
@@ -21,16 +21,18 @@ import torch
 
 from . import pipeline_loading as loading
 from .conditions import LatentGrid
-from .devices import parse_device
 from .errors import BerniniError
-from .guidance import Text
-from .loading import ModelSource
-from .placement import Placement, PlacementDecision
-from .plan import GenerationPlan, ModelDefaults, make_plan
+from .loaders.loading import ModelSource
+from .models.transformer import BerniniTransformer
 from .record import RunRecord, run_record
 from .request import GenerationRequest
-from .sampler import Experts, SamplingInputs
-from .schedulers import scheduler_name
+from .resolve import resolve_request, with_model_defaults
+from .resolved import ModelDefaults, ResolvedRequest
+from .runtime.devices import parse_device
+from .runtime.placement import Placement, PlacementDecision
+from .sampling.guidance import Text
+from .sampling.sampler import Experts, SamplingInputs
+from .sampling.schedulers import scheduler_name
 from .stages import decode as decoding
 from .stages import denoise as denoising
 from .stages import planning
@@ -39,7 +41,6 @@ from .stages.batch import Enhance, OnProgress, RenderBatch
 from .stages.components import Components, Runtime
 from .stages.media import encode_media
 from .stages.text import encode_text, enhance_prompt
-from .transformer import BerniniTransformer
 
 if TYPE_CHECKING:
     from .planner.loading import PlannerModules
@@ -220,7 +221,7 @@ class BerniniPipeline:
 
     def load_lora_weights(self, path: str | os.PathLike, expert: str = "both", scale: float = 1.0) -> None:
         """Merge a LoRA file into the ``high``- or ``low``-noise expert or ``both``, every delta × ``scale``
-        (see :mod:`bernini.lora`); :meth:`unload_lora_weights` takes all of them out again."""
+        (see :mod:`bernini.loaders.lora`); :meth:`unload_lora_weights` takes all of them out again."""
         loading.load_lora_weights(self.components, path, expert, scale)
 
     def unload_lora_weights(self) -> None:
@@ -230,7 +231,7 @@ class BerniniPipeline:
     def decide_placement(
         self, offload: bool | str, device: torch.device, gpu_memory: float | None = None
     ) -> PlacementDecision:
-        """Keep resident what fits the budget, stream the rest (see :mod:`bernini.memory_plan`)."""
+        """Keep resident what fits the budget, stream the rest (see :mod:`bernini.runtime.memory`)."""
         return loading.decide_placement(self.components, self.runtime, offload, device, gpu_memory)
 
     def apply_placement(self, decision: PlacementDecision) -> None:
@@ -280,16 +281,16 @@ class BerniniPipeline:
             explicit=given,
         )
         return self.generate(
-            self.plan(request), generator=generator, output_type=output_type, callback=callback_on_step_end
+            self.resolve(request), generator=generator, output_type=output_type, callback=callback_on_step_end
         )
 
-    def plan(self, request: GenerationRequest) -> GenerationPlan:
+    def resolve(self, request: GenerationRequest) -> ResolvedRequest:
         """Validate a request into a plan with this model's defaults."""
-        return make_plan(request, self.model_defaults)
+        return resolve_request(request, self.model_defaults)
 
     def generate(
         self,
-        plan: GenerationPlan,
+        resolved: ResolvedRequest,
         *,
         generator: torch.Generator | None = None,
         output_type: str = "np",
@@ -302,13 +303,13 @@ class BerniniPipeline:
         ``callback(pipe, step, timestep, {"latents": latents})`` may return ``{"latents": replacement}``;
         ``on_progress`` hears every phase (see :data:`OnProgress`).
         """
-        if not isinstance(plan, GenerationPlan):
-            raise BerniniError("generate takes a GenerationPlan; build one with pipe.plan(request)")
+        if not isinstance(resolved, ResolvedRequest):
+            raise BerniniError("generate takes a ResolvedRequest; build one with pipe.resolve(request)")
         if output_type not in OUTPUT_TYPES:
             raise BerniniError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        plan = plan.with_model_defaults(self.model_defaults)
+        resolved = with_model_defaults(resolved, self.model_defaults)
         self.runtime.interrupt = False
-        batch = RenderBatch(plan, generator=generator, enhance=enhance, output_type=output_type)
+        batch = RenderBatch(resolved, generator=generator, enhance=enhance, output_type=output_type)
         if on_progress is not None:
             batch.report = on_progress
         if callback is not None:
@@ -326,7 +327,7 @@ class BerniniPipeline:
                 batch = enhance_prompt(batch)
         with timings.phase("encode_text"):
             batch = encode_text(batch, *parts)
-        if batch.plan.full_model:
+        if batch.resolved.full_model:
             with timings.phase("plan"):
                 batch = planning.plan_stage(batch, *parts)
         batch = denoising.prepare_latents(batch, *parts)
@@ -341,7 +342,7 @@ class BerniniPipeline:
     def _output(self, batch: RenderBatch) -> BerniniOutput:
         config, components = self.renderer_config, self.components
         record = run_record(
-            batch.plan,
+            batch.resolved,
             batch.facts(config.boundary_timestep if config.two_experts else None),
             model={**components.source.describe(), "loras": [spec.describe() for spec in components.loras]},
             device=str(self.device),
@@ -352,9 +353,9 @@ class BerniniPipeline:
         return BerniniOutput(frames=batch.output, latents=batch.latents, parameters=record.to_json(), record=record)
 
     # ------------------------------------------- single stages, for tests and tools
-    def encode_conditions(self, plan: GenerationPlan, on_progress: OnProgress | None = None) -> RenderBatch:
+    def encode_conditions(self, resolved: ResolvedRequest, on_progress: OnProgress | None = None) -> RenderBatch:
         """The media stage alone: a batch holding the plan's encoded conditions and its snapped geometry."""
-        batch = RenderBatch(plan)
+        batch = RenderBatch(resolved)
         if on_progress is not None:
             batch.report = on_progress
         return encode_media(batch, self.components, self.runtime)
@@ -363,19 +364,19 @@ class BerniniPipeline:
         return prompts.encode_prompts(self.components, self.runtime, positive, negative)
 
     def plan_contexts(
-        self, plan: GenerationPlan, text: dict[Text, torch.Tensor], size: tuple[int, int] | None = None
+        self, resolved: ResolvedRequest, text: dict[Text, torch.Tensor], size: tuple[int, int] | None = None
     ) -> tuple[dict[Text, torch.Tensor], dict[str, Any]]:
         """The full model's planner stage alone (see :func:`bernini.stages.planning.plan_contexts`)."""
-        return planning.plan_contexts(self.components, self.runtime, plan, text, size)
+        return planning.plan_contexts(self.components, self.runtime, resolved, text, size)
 
     def planner_batch_fits(self, branches: int, tokens: int) -> bool:
         return planning.planner_batch_fits(self.components, self.runtime, branches, tokens)
 
     def sampling_inputs(
-        self, plan: GenerationPlan, encoded: RenderBatch, text: dict[Text, torch.Tensor], generator=None
+        self, resolved: ResolvedRequest, encoded: RenderBatch, text: dict[Text, torch.Tensor], generator=None
     ) -> SamplingInputs:
         """Seeded noise and the combos of ``encoded`` (from :meth:`encode_conditions`) placed on the device."""
-        batch = replace(encoded, plan=plan, text=text, generator=generator)
+        batch = replace(encoded, resolved=resolved, text=text, generator=generator)
         return denoising.prepare_latents(batch, self.components, self.runtime).inputs
 
     def make_experts(self) -> Experts:
@@ -384,8 +385,8 @@ class BerniniPipeline:
     def batch_fits(self, batch: int, latent_elements: int) -> bool:
         return denoising.batch_fits(self.components, self.runtime, batch, latent_elements)
 
-    def steps_per_expert(self, plan: GenerationPlan) -> list[int]:
-        return denoising.steps_per_expert(self.components, plan)
+    def steps_per_expert(self, resolved: ResolvedRequest) -> list[int]:
+        return denoising.steps_per_expert(self.components, resolved)
 
     def decode(self, latents: torch.Tensor, output_type: str = "np", on_progress: OnProgress | None = None) -> Any:
         """Latents → frames (see :mod:`bernini.stages.decode`)."""

@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
-from .bundle import BundleSpec
-from .devices import device_from_map, parse_device, parse_dtype
 from .errors import BerniniError
-from .loading import load_components, resolve_model
-from .lora import LoraSpec, merge_lora, read_lora
-from .placement import Placement, PlacementDecision, measured_sizes
+from .loaders.bundle import BundleSpec
+from .loaders.loading import load_components, resolve_model
+from .loaders.lora import LoraSpec, merge_lora, read_lora
 from .planner.loading import full_bundle, load_full_model, refuse_for_full_model
+from .runtime.devices import device_from_map, parse_device, parse_dtype
+from .runtime.placement import Placement, PlacementDecision, measured_sizes
 from .stages.batch import OnProgress
 from .stages.components import Components, Runtime
 
 if TYPE_CHECKING:
-    from .transformer import BerniniTransformer
+    from .models.transformer import BerniniTransformer
 
 Pipeline = TypeVar("Pipeline")  # the pipeline class (bernini.pipeline.BerniniPipeline or a subclass)
 
@@ -51,7 +51,7 @@ def from_pretrained(
     bernini_version: str | None = None,
 ) -> Pipeline:
     """Load any published layout (bundle dir, repo id, config dir + separate checkpoints, 1.3B), or a
-    :class:`~bernini.bundle.BundleSpec` a front end has already read.
+    :class:`~bernini.loaders.bundle.BundleSpec` a front end has already read.
 
     ``device_map`` takes one device as diffusers does (``"cuda"``); ``dtype`` / ``torch_dtype`` alike.
     A config or bundle without Bernini-R weights (a plain Wan2.2 bundle, a config directory without
@@ -64,7 +64,7 @@ def from_pretrained(
 
     A full Bernini bundle (``config.json`` with ``model_type: bernini``: planner, connector and renderer in
     one ``bernini/`` checkpoint) loads the planner too; ``bernini_version`` (``v1`` / ``v2``) overrides which
-    release's shipped per-task settings apply (default: detected, see :mod:`bernini.planner.presets`).
+    release's shipped per-task settings apply (default: detected, see :mod:`bernini.sampling.full_presets`).
     """
     if gpu_memory is not None and not (math.isfinite(gpu_memory) and gpu_memory > 0):
         raise BerniniError(f"gpu_memory must be a positive number of GiB, got {gpu_memory}")
@@ -175,9 +175,9 @@ def decide_placement(
     device: torch.device,
     gpu_memory: float | None = None,
 ) -> PlacementDecision:
-    """Keep resident what fits the budget, stream the rest (see :mod:`bernini.memory_plan`)."""
-    from .memory_plan import device_budget, runtime_decision
-    from .quant import QuantLinear
+    """Keep resident what fits the budget, stream the rest (see :mod:`bernini.runtime.memory`)."""
+    from .loaders.quant import QuantLinear
+    from .runtime.memory import device_budget, runtime_decision
 
     experts = components.experts
     budget = device_budget(gpu_memory, device)

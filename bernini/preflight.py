@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BerniniError
-from .output import frame_path, sidecar_path
-from .plan import GenerationPlan
+from .io.output import frame_path, sidecar_path
+from .resolved import ResolvedRequest
 from .runner import Task, existing_output, final_output
 
 
@@ -50,13 +50,13 @@ class OutputCheck:
     @property
     def runnable(self) -> list[int]:
         """Indices of the tasks that will run (planned, not refused, not skipped): load the model only if any."""
-        return [i for i, t in enumerate(self.tasks) if isinstance(t, GenerationPlan) and i not in self.skipped]
+        return [i for i, t in enumerate(self.tasks) if isinstance(t, ResolvedRequest) and i not in self.skipped]
 
 
 def _duplicates(tasks: Sequence[Task]) -> None:
     seen: dict[Path, int] = {}
     for index, task in enumerate(tasks):
-        if not isinstance(task, GenerationPlan) or not task.output:
+        if not isinstance(task, ResolvedRequest) or not task.output:
             continue
         path = final_output(task)
         key = Path(os.path.abspath(path))
@@ -85,7 +85,7 @@ def check_outputs(
     _duplicates(tasks)
     result = OutputCheck(list(tasks))
     for index, task in enumerate(tasks):
-        if not isinstance(task, GenerationPlan) or not task.output:
+        if not isinstance(task, ResolvedRequest) or not task.output:
             continue
         if skip_existing and existing_output(task):
             result.skipped.add(index)

@@ -15,8 +15,8 @@ from typing import Any
 
 from ._version import __version__
 from .adjustments import Adjustment
-from .guidance import Combo
-from .plan import GenerationPlan
+from .resolved import ResolvedRequest
+from .sampling.guidance import Combo
 
 
 class Timings(dict):
@@ -135,7 +135,7 @@ class RunRecord:
 
 
 def run_record(
-    plan: GenerationPlan,
+    resolved: ResolvedRequest,
     facts: RunFacts,
     *,
     model: dict[str, Any],
@@ -146,40 +146,40 @@ def run_record(
 ) -> RunRecord:
     """The run's part of the sidecar (without the output, its paths and fps, which the job adds)."""
     resolved = {
-        "task_type": plan.task.name,
-        "guidance_mode": plan.guidance.mode.name,
-        "t5_text": plan.t5_text,
-        "negative_text": plan.t5_negative_text,
+        "task_type": resolved.task.name,
+        "guidance_mode": resolved.guidance.mode.name,
+        "t5_text": resolved.t5_text,
+        "negative_text": resolved.t5_negative_text,
         "frames": facts.frames,
         "height": facts.height,
         "width": facts.width,
         "latent_shape": list(facts.latent_shape),
         "source_ids": {combo.value: ids for combo, ids in facts.source_ids.items()},
-        "branches": [[branch.combo.value, branch.text.value] for branch in plan.guidance.mode.branches],
+        "branches": [[branch.combo.value, branch.text.value] for branch in resolved.guidance.mode.branches],
         "forwards": facts.forwards,
         "skipped_forwards": facts.skipped_forwards,
         "batched_forwards": facts.batched_forwards,
-        "preset": plan.preset,
-        "cache": plan.cache.record() if plan.cache else None,
+        "preset": resolved.preset,
+        "cache": resolved.cache.record() if resolved.cache else None,
         "high_noise_steps": facts.high_noise_steps,
         "low_noise_steps": facts.low_noise_steps,
         "timesteps": facts.timesteps,
         "boundary_timestep": facts.boundary_timestep,
         "scheduler": facts.scheduler,
-        "flow_shift": plan.scheduler.flow_shift,
-        "seed": plan.seed,
+        "flow_shift": resolved.scheduler.flow_shift,
+        "seed": resolved.seed,
     }
     if facts.interrupted:
         resolved["interrupted"] = True
     if facts.planning is not None:
-        resolved["planner"] = {"version": plan.planner.version, **facts.planning}
+        resolved["planner"] = {"version": resolved.planner.version, **facts.planning}
     return RunRecord(
         bernini_version=__version__,
         model=model,
         device=device,
         dtype=dtype,
         attention_backend=attention,
-        request=plan.request_record(),
+        request=resolved.request_record(),
         resolved=resolved,
         prompt_enhancer=facts.enhancement,
         adjustments=[a.record() for a in facts.adjustments],
@@ -213,14 +213,14 @@ def path_pair(value: object) -> dict[str, str] | str | None:
     return str(value)
 
 
-def run_paths(plan: GenerationPlan, written: Path, *, model: str | None, checkpoints: dict[str, str]) -> RunPaths:
+def run_paths(resolved: ResolvedRequest, written: Path, *, model: str | None, checkpoints: dict[str, str]) -> RunPaths:
     """Every path of a run as given and absolute, so a replay works from any working directory."""
     from .request import describe_media
 
-    media = plan.media
+    media = resolved.media
     local_model = model if model is not None and Path(model).expanduser().exists() else None
     return RunPaths(
-        output={"given": plan.output, "absolute": str(Path(written).absolute())},
+        output={"given": resolved.output, "absolute": str(Path(written).absolute())},
         video=[path_pair(describe_media(v)) for v in media.video],
         image=path_pair(describe_media(media.image)) if media.image is not None else None,
         images=[path_pair(describe_media(v)) for v in media.images],

@@ -1,7 +1,7 @@
 """Requests: user input as given, from case files, task lists, command-line flags and keyword arguments.
 
 A :class:`GenerationRequest` is loose on purpose (paths or arrays, strings or numbers); it becomes
-an immutable, checked :class:`~bernini.plan.GenerationPlan` in :func:`bernini.plan.make_plan`. Parse
+an immutable, checked :class:`~bernini.resolve.ResolvedRequest` in :func:`bernini.resolve.resolve_request`. Parse
 errors of the files read here are one-line :class:`BerniniError` messages too.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BerniniError
-from .guidance import MODE_NAMES
 from .jsontext import loads_json
-from .presets import CACHES, PRESETS
+from .sampling.guidance import MODE_NAMES
+from .sampling.presets import CACHES, PRESETS
 from .settings import MAX_FPS, MAX_FRAMES, MAX_MEDIA, MAX_SIDE, MAX_STEPS, MAX_TEXT, Slider, setting
 from .tasks import TASKS
 

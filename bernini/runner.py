@@ -17,13 +17,14 @@ import numpy as np
 
 from .adjustments import Adjustment
 from .errors import BerniniError
-from .output import output_path, sidecar_path, to_uint8_frames, write_frames, write_output, write_sidecar
-from .plan import GenerationPlan, ModelDefaults, make_plan
+from .io.output import output_path, sidecar_path, to_uint8_frames, write_frames, write_output, write_sidecar
 from .record import RunRecord, library_versions, run_paths, timestamp
 from .request import GenerationRequest
+from .resolve import resolve_request
+from .resolved import ModelDefaults, ResolvedRequest
 
 Log = Callable[[str], None]
-Task = GenerationPlan | BerniniError  # a task that could not be planned keeps its error in its slot
+Task = ResolvedRequest | BerniniError  # a task that could not be planned keeps its error in its slot
 Share = Callable[[Callable[[], Any]], Any]
 
 
@@ -36,12 +37,12 @@ class JobResult:
     frames: np.ndarray | None = None
 
 
-def plan_tasks(requests: Iterable[GenerationRequest | BerniniError], defaults: ModelDefaults | None) -> list[Task]:
+def resolve_tasks(requests: Iterable[GenerationRequest | BerniniError], defaults: ModelDefaults | None) -> list[Task]:
     """Plan every request and probe its media files (first frame only), before any model loads.
 
     A bad task keeps its one-line error in its slot, so the others still run.
     """
-    from .media import probe_media
+    from .io.media import probe_media
 
     tasks: list[Task] = []
     for request in requests:
@@ -49,8 +50,8 @@ def plan_tasks(requests: Iterable[GenerationRequest | BerniniError], defaults: M
             tasks.append(request)
             continue
         try:
-            plan = make_plan(request, defaults)
-            media = plan.media
+            resolved = resolve_request(request, defaults)
+            media = resolved.media
             for kind, items in (("video", media.video), ("image", [media.image, *media.images])):
                 for item in items:
                     if item is not None:
@@ -58,7 +59,7 @@ def plan_tasks(requests: Iterable[GenerationRequest | BerniniError], defaults: M
         except BerniniError as exc:
             tasks.append(exc)
             continue
-        tasks.append(plan)
+        tasks.append(resolved)
     return tasks
 
 
@@ -81,20 +82,20 @@ def make_enhancer(config, log: Log | None = None, share: Share | None = None, ba
 
     batch = batch if batch is not None else EnhancerBatch(config)
 
-    def enhance(plan: GenerationPlan, previews: list[np.ndarray]) -> tuple[str, dict[str, Any]]:
+    def enhance(resolved: ResolvedRequest, previews: list[np.ndarray]) -> tuple[str, dict[str, Any]]:
         def call() -> tuple[str, dict[str, Any]]:
             if batch.failure:
                 if log is not None:
                     log(f"note: prompt enhancer skipped: the endpoint failed earlier in this batch ({batch.failure})")
-                record = {"used": True, "enhanced": False, "original_prompt": plan.prompt, "skipped": batch.failure}
-                return plan.prompt, record
+                record = {"used": True, "enhanced": False, "original_prompt": resolved.prompt, "skipped": batch.failure}
+                return resolved.prompt, record
             result = enhance_prompt(
-                plan.prompt,
-                plan.task.name,
+                resolved.prompt,
+                resolved.task.name,
                 config,
                 videos=previews,
-                image=plan.media.image,
-                images=list(plan.media.images),
+                image=resolved.media.image,
+                images=list(resolved.media.images),
                 log=log,
             )
             if result.warning and log is not None:
@@ -120,7 +121,7 @@ def make_enhancer(config, log: Log | None = None, share: Share | None = None, ba
 
 def run_job(
     pipe,
-    plan: GenerationPlan,
+    resolved: ResolvedRequest,
     *,
     save_frames: str | Path | None = None,
     enhancer=None,
@@ -138,20 +139,20 @@ def run_job(
     (the non-writing ranks of a parallel group) the job stops at the latents: no VAE decode, no files,
     ``frames`` is None. ``on_progress(phase, done, total)`` hears the pipeline's phases and ``write``.
     """
-    if not plan.output:
+    if not resolved.output:
         raise BerniniError("no output path given; pass --output PATH")
     enhance = None
-    if plan.use_pe:
+    if resolved.use_pe:
         if enhancer is None:
             raise BerniniError("this task asks for the prompt enhancer (use_pe) but none is configured here")
         batch = enhancer if isinstance(enhancer, EnhancerBatch) else EnhancerBatch(enhancer)
         config = batch.config
-        if plan.pe_model and plan.pe_model != config.model:
-            config = replace(config, model=plan.pe_model)
+        if resolved.pe_model and resolved.pe_model != config.model:
+            config = replace(config, model=resolved.pe_model)
         enhance = make_enhancer(config, log, share, batch)
     generate_kwargs = {"on_progress": on_progress} if on_progress is not None else {}
     result = pipe.generate(
-        plan, enhance=enhance, callback=callback, output_type="np" if write else "latent", **generate_kwargs
+        resolved, enhance=enhance, callback=callback, output_type="np" if write else "latent", **generate_kwargs
     )
     record = getattr(result, "record", None) or RunRecord.from_json(result.parameters)
     prompt = record.request["prompt"]
@@ -162,17 +163,17 @@ def run_job(
     report = on_progress or (lambda phase, done, total: None)
     report("write", 0, 1)
     frames = to_uint8_frames(result.frames)
-    target, output_adjustments = output_path(plan.output, len(frames))
+    target, output_adjustments = output_path(resolved.output, len(frames))
     record = replace(record, adjustments=[*(record.adjustments or []), *(a.record() for a in output_adjustments)])
     if log is not None:
         for adjustment in record.adjustments:
             log(Adjustment(**adjustment).note())
-    record.fps = plan.media.fps
+    record.fps = resolved.media.fps
     record.created = timestamp()
     record.versions = library_versions()
     source = getattr(pipe, "source", None)
     record.paths = run_paths(
-        plan,
+        resolved,
         target,
         model=getattr(source, "spec", None),
         checkpoints=dict(getattr(source, "separate_checkpoints", {}) or {}),
@@ -180,7 +181,7 @@ def run_job(
     record.context = {**record.context, **(extra_record or {})}
     created: list[Path] = []
     try:  # all or nothing: a failed frame folder or sidecar takes this job's output with it
-        written = write_output(target, frames, plan.media.fps)
+        written = write_output(target, frames, resolved.media.fps)
         created.append(written)
         record.output = str(written)
         if save_frames:
@@ -195,17 +196,17 @@ def run_job(
     return JobResult(written, sidecar, prompt, record.to_json(), frames)
 
 
-def final_output(plan: GenerationPlan) -> Path:
-    """The file the plan's job writes (:func:`bernini.output.output_path`, as the job itself resolves it): the
+def final_output(resolved: ResolvedRequest) -> Path:
+    """The file the plan's job writes (:func:`bernini.io.output.output_path`, as the job itself resolves it): the
     suffix fixed for one frame (image) or several, a directory given as ``DIR/output.<suffix>``."""
-    if not plan.output:
+    if not resolved.output:
         raise BerniniError("no output path given; pass --output PATH")
-    return output_path(plan.output, 1 if plan.geometry.frames == 1 else 2)[0]
+    return output_path(resolved.output, 1 if resolved.geometry.frames == 1 else 2)[0]
 
 
-def existing_output(plan: GenerationPlan) -> Path | None:
+def existing_output(resolved: ResolvedRequest) -> Path | None:
     """The finished output for ``--skip_existing``: the file the job writes and its sidecar both exist."""
-    target = final_output(plan)
+    target = final_output(resolved)
     return target if target.is_file() and sidecar_path(target).is_file() else None
 
 
@@ -217,7 +218,7 @@ class Hold:
     message: str
 
 
-Job = Callable[[int, GenerationPlan], "JobResult | None"]
+Job = Callable[[int, ResolvedRequest], "JobResult | None"]
 
 
 def _no_agreement(hold: Hold | None) -> Hold | None:

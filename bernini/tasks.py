@@ -3,7 +3,7 @@
 A task type selects the T5 prefix glued in front of the prompt, the prompt-enhancer template, its
 media slots and rules and the guidance mode used when nothing else sets one. Which segments are packed
 depends only on the media given; which branches are combined depends only on the guidance mode
-(:mod:`bernini.guidance`).
+(:mod:`bernini.sampling.guidance`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Everything is drawn with numpy from fixed formulas: gradients, flat shapes and simple silhouettes of
 a person, a dog, a shirt, a bottle and so on. No footage or pictures from anywhere else are used, and
-rerunning the script gives the same pixels. The files are written with :mod:`bernini.output`.
+rerunning the script gives the same pixels. The files are written with :mod:`bernini.io.output`.
 
     python examples/make_media.py            # rewrite examples/media/
     python examples/make_media.py --out DIR  # write elsewhere (the tests do this)
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bernini.output import write_image, write_video
+from bernini.io.output import write_image, write_video
 
 MEDIA_DIR = Path(__file__).resolve().parent / "media"
 VIDEO_CRF = 18

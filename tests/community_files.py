@@ -1,7 +1,7 @@
 """An independent writer of the community's single-file layouts, for the tests (not the library's converter).
 
 It renames diffusers keys to the original Wan names with its own substitution list (written from the
-published key lists of the Comfy-Org / Kijai / GGUF files, not from ``bernini.wan_keys``) and quantises
+published key lists of the Comfy-Org / Kijai / GGUF files, not from ``bernini.loaders.wan_keys``) and quantises
 with its own per-tensor fp8 scaling, the way Comfy's ``fp8_scaled`` files are made.
 """
 

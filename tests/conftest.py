@@ -167,7 +167,7 @@ def pytest_runtest_call(item: pytest.Item):
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory) -> dict[str, Path]:
     """Lazily written tiny bundles keyed by layout: diffusers, separate, single, wan22."""
-    from bernini.tiny import write_tiny_bundle
+    from bernini.tiny.bundle import write_tiny_bundle
 
     root = tmp_path_factory.mktemp("bundles")
     cache: dict[str, Path] = {}
@@ -216,8 +216,8 @@ def one_line_error() -> Callable[..., str]:
 
 @pytest.fixture(scope="session")
 def full_bundle(tmp_path_factory) -> Path:
-    """The tiny full-Bernini bundle in the published layout (``bernini.tiny_full``)."""
-    from bernini.tiny_full import write_tiny_full_bundle
+    """The tiny full-Bernini bundle in the published layout (``bernini.tiny.full``)."""
+    from bernini.tiny.full import write_tiny_full_bundle
 
     return write_tiny_full_bundle(tmp_path_factory.mktemp("full") / "Bernini-Diffusers")
 
@@ -228,7 +228,7 @@ def full_media(tmp_path_factory) -> Path:
     tokens, an odd packed length under Ulysses 2), a 48×48 source ``image.png`` and a reference ``ref.png``."""
     import numpy as np
 
-    from bernini.output import write_image, write_video
+    from bernini.io.output import write_image, write_video
 
     root = tmp_path_factory.mktemp("full_media")
     t = np.linspace(0, 1, 9)[:, None, None, None]

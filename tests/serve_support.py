@@ -64,7 +64,7 @@ class ServerProcess:
         env.pop("BERNINI_SERVE_TOKEN", None)
         if self.token:
             env["BERNINI_SERVE_TOKEN"] = self.token
-        command = [sys.executable, "-m", "bernini.cli", "serve", "--config", str(self.bundle), "--device", "cpu",
+        command = [sys.executable, "-m", "bernini", "serve", "--config", str(self.bundle), "--device", "cpu",
                    "--port", str(self.port), "--output_dir", str(self.output_dir), "--worker_id", self.worker_id,
                    "-v", *(["--db", self.db] if self.db else []), *self.extra]  # fmt: skip
         with self.log.open("ab") as log:

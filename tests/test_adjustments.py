@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from bernini.adjustments import Adjustment, changed
-from bernini.cli import main
-from bernini.output import output_path, write_video
+from bernini.frontends.cli import main
+from bernini.io.output import output_path, write_video
 
 PROMPT = "a red ball rolls across a grey floor"
 

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from bernini import GUIDANCE_MODES, TASKS, BerniniPipeline, load_case, tasks_table
-from bernini.cli import main as cli_main
 from bernini.errors import BerniniError
-from bernini.media import read_video_frames
-from bernini.output import write_image, write_video
+from bernini.frontends.cli import main as cli_main
+from bernini.io.media import read_video_frames
+from bernini.io.output import write_image, write_video
 
 COMMON = {"num_inference_steps": 2, "seed": 11}
 

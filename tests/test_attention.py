@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import bernini.attention as attention
-from bernini.attention import AttentionBackend, select_backend
+import bernini.models.attention as attention
 from bernini.errors import BerniniError
+from bernini.models.attention import AttentionBackend, select_backend
 
 
 def test_sdpa_through_the_dispatcher_equals_torch_sdpa():

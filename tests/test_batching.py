@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bernini.request import GenerationRequest
-from bernini.sampler import BatchedBranchRunner, layout_key
+from bernini.sampling.sampler import BatchedBranchRunner, layout_key
 
 SIZE = dict(num_frames=5, height=32, width=32, num_inference_steps=3, output_type="latent")
 
@@ -48,10 +48,10 @@ def test_groups_by_layout_and_respects_memory(tiny_pipe):
     video, ref = media()
     sizes = {k: v for k, v in SIZE.items() if k != "output_type"}
     request = GenerationRequest(prompt="a fox", task_type="rv2v", video=[video], images=[ref], **sizes)
-    plan = tiny_pipe.plan(request)
-    encoded = tiny_pipe.encode_conditions(plan)
-    text = tiny_pipe.encode_prompts(plan.t5_text, plan.negative_prompt)
-    inputs = tiny_pipe.sampling_inputs(plan, encoded, text, None)
+    resolved = tiny_pipe.resolve(request)
+    encoded = tiny_pipe.encode_conditions(resolved)
+    text = tiny_pipe.encode_prompts(resolved.t5_text, resolved.negative_prompt)
+    inputs = tiny_pipe.sampling_inputs(resolved, encoded, text, None)
     keys = [layout_key(inputs, b) for b in inputs.mode.branches]
     assert keys[2] == keys[3] and len(set(keys)) == 3
     expert = tiny_pipe.transformer

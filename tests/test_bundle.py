@@ -1,4 +1,4 @@
-"""The bundle on disk is read once per run (:class:`bernini.bundle.BundleSpec`), and what it says is what the
+"""The bundle on disk is read once per run (:class:`bernini.loaders.bundle.BundleSpec`), and what it says is what the
 separate readers said before."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bernini.bundle import BundleSpec
-from bernini.cli import main
-from bernini.config import RendererConfig
 from bernini.errors import WeightsError
+from bernini.frontends.cli import main
+from bernini.loaders.bundle import BundleSpec
+from bernini.loaders.config import RendererConfig
 
 TINY = ["--num_inference_steps", "1", "--num_frames", "5", "--height", "16", "--width", "16"]
 

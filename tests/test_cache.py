@@ -8,11 +8,11 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from bernini.cache import magcache_available
-from bernini.guidance import GUIDANCE_MODES
-from bernini.plan import make_plan
 from bernini.request import GenerationRequest
-from bernini.sampler import BranchRunner
+from bernini.resolve import resolve_request
+from bernini.sampling.cache import magcache_available
+from bernini.sampling.guidance import GUIDANCE_MODES
+from bernini.sampling.sampler import BranchRunner
 
 SIZE = dict(task_type="t2v", num_frames=5, height=32, width=32, num_inference_steps=8, output_type="latent")
 
@@ -55,8 +55,8 @@ def test_skip_count_is_per_branch_and_each_branch_has_its_own_context():
             return target
 
     from bernini.conditions import Conditions
-    from bernini.plan import SourceIdPolicy
-    from bernini.sampler import SamplingInputs, run_batched
+    from bernini.resolved import SourceIdPolicy
+    from bernini.sampling.sampler import SamplingInputs, run_batched
 
     expert = Expert()
     mode = GUIDANCE_MODES["rv2v"]
@@ -70,11 +70,13 @@ def test_skip_count_is_per_branch_and_each_branch_has_its_own_context():
 
 
 def test_cache_flags_validated(one_line_error):
-    plan = make_plan(GenerationRequest(prompt="x", cache="firstblock"))
-    assert plan.cache.threshold == 0.05 and plan.request_record()["cache"] == "firstblock"
-    one_line_error(make_plan, GenerationRequest(prompt="x", cache="magic"), match="unknown cache")
-    one_line_error(make_plan, GenerationRequest(prompt="x", cache_threshold=0.1), match="needs a cache")
-    one_line_error(make_plan, GenerationRequest(prompt="x", cache="firstblock", cache_threshold=-1), match="positive")
+    resolved = resolve_request(GenerationRequest(prompt="x", cache="firstblock"))
+    assert resolved.cache.threshold == 0.05 and resolved.request_record()["cache"] == "firstblock"
+    one_line_error(resolve_request, GenerationRequest(prompt="x", cache="magic"), match="unknown cache")
+    one_line_error(resolve_request, GenerationRequest(prompt="x", cache_threshold=0.1), match="needs a cache")
+    one_line_error(
+        resolve_request, GenerationRequest(prompt="x", cache="firstblock", cache_threshold=-1), match="positive"
+    )
 
 
 def test_teacache_off_generous_and_near_zero(tiny_pipe):
@@ -110,9 +112,9 @@ def test_teacache_rescale_coefficients_from_file(tiny_pipe, tmp_path):
 
 def test_teacache_histories_are_per_branch():
     """Two contexts on one expert: each skip reuses that context's own residual, never the other's."""
-    from bernini.cache import step_cache
-    from bernini.plan import CachePlan
-    from bernini.transformer import BerniniTransformer
+    from bernini.models.transformer import BerniniTransformer
+    from bernini.resolve import CacheSettings
+    from bernini.sampling.cache import step_cache
 
     torch.manual_seed(0)
     expert = BerniniTransformer(num_attention_heads=2, attention_head_dim=8, ffn_dim=16, num_layers=2, text_dim=8)
@@ -127,7 +129,7 @@ def test_teacache_histories_are_per_branch():
             return expert.forward_packed([], target, torch.tensor([t]), contexts[name])
 
     plain = {name: forward_plain(expert, target, contexts[name]) for name in contexts}
-    with step_cache([expert], CachePlan("teacache", 1e9), [2]) as computed:
+    with step_cache([expert], CacheSettings("teacache", 1e9), [2]) as computed:
         first = {name: forward(name, 900) for name in contexts}
         second = {name: forward(name, 800) for name in contexts}
     assert computed.computed == 2  # each context's first forward
@@ -199,7 +201,7 @@ def test_magcache_calibrates_then_skips(tiny_pipe, tmp_path):
 
 
 def test_magcache_ratio_is_the_mean_token_norm_ratio():
-    from bernini.cache import _magnitude_ratio
+    from bernini.sampling.cache import _magnitude_ratio
 
     current, previous = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
     expected = (current.norm(dim=-1) / (previous.norm(dim=-1) + 1e-8)).mean().item()
@@ -208,17 +210,23 @@ def test_magcache_ratio_is_the_mean_token_norm_ratio():
 
 
 def test_calibration_flags_validated(one_line_error, tmp_path):
-    one_line_error(make_plan, GenerationRequest(prompt="x", cache="magcache"), match="needs --cache_calibration")
+    one_line_error(resolve_request, GenerationRequest(prompt="x", cache="magcache"), match="needs --cache_calibration")
     missing = str(tmp_path / "nowhere" / "r.json")
     one_line_error(
-        make_plan, GenerationRequest(prompt="x", cache="magcache", cache_calibration=missing), match="folder"
+        resolve_request, GenerationRequest(prompt="x", cache="magcache", cache_calibration=missing), match="folder"
     )
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"kind": "teacache", "coefficients": [1.0]}))
-    one_line_error(make_plan, GenerationRequest(prompt="x", cache="magcache", cache_calibration=str(bad)), match="kind")
-    one_line_error(make_plan, GenerationRequest(prompt="x", cache="firstblock", cache_calibration=str(bad)), match="no")
-    one_line_error(make_plan, GenerationRequest(prompt="x", cache_calibration=str(bad)), match="needs a cache")
+    one_line_error(
+        resolve_request, GenerationRequest(prompt="x", cache="magcache", cache_calibration=str(bad)), match="kind"
+    )
+    one_line_error(
+        resolve_request, GenerationRequest(prompt="x", cache="firstblock", cache_calibration=str(bad)), match="no"
+    )
+    one_line_error(resolve_request, GenerationRequest(prompt="x", cache_calibration=str(bad)), match="needs a cache")
     bad.write_text(json.dumps({"kind": "teacache", "coefficients": []}))
-    one_line_error(make_plan, GenerationRequest(prompt="x", cache="teacache", cache_calibration=str(bad)), match="list")
-    new = make_plan(GenerationRequest(prompt="x", cache="magcache", cache_calibration=str(tmp_path / "new.json")))
+    one_line_error(
+        resolve_request, GenerationRequest(prompt="x", cache="teacache", cache_calibration=str(bad)), match="list"
+    )
+    new = resolve_request(GenerationRequest(prompt="x", cache="magcache", cache_calibration=str(tmp_path / "new.json")))
     assert new.cache.calibrating and new.request_record()["cache_calibration"] == str(tmp_path / "new.json")

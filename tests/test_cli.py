@@ -16,8 +16,8 @@ import av
 import pytest
 from PIL import Image
 
-from bernini.cli import main
-from bernini.output import write_image, write_video
+from bernini.frontends.cli import main
+from bernini.io.output import write_image, write_video
 
 TINY = ["--num_inference_steps", "1", "--num_frames", "5", "--height", "16", "--width", "16"]
 PROMPT = "Add a red ball. The scene shows a red ball on a grey floor; everything else stays unchanged."
@@ -27,7 +27,7 @@ _PROGRESS = re.compile(r"^\s*(loading|encoding media|encoding text|denoising|dec
 def run_generate(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """``bernini generate`` in a fresh interpreter, so exit codes and stderr are the real ones."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "bernini.cli", "generate", *args]
+    command = [sys.executable, "-m", "bernini", "generate", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -459,7 +459,7 @@ def test_tiny_bundle_into_a_file_is_a_one_line_error(tmp_path):
     target = tmp_path / "taken.png"
     target.write_bytes(b"x")
     result = subprocess.run(
-        [sys.executable, "-m", "bernini.cli", "tiny-bundle", str(target / "bundle")],
+        [sys.executable, "-m", "bernini", "tiny-bundle", str(target / "bundle")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -484,7 +484,7 @@ def test_tiny_bundle_into_a_file_is_a_one_line_error(tmp_path):
 def test_help_and_version_do_not_import_torch(call):
     """``bernini --help`` stays quick: parsing and printing help must not bring torch (or diffusers) in."""
     code = (
-        "import sys\nfrom bernini.cli import main, upstream_script_main\n"
+        "import sys\nfrom bernini.frontends.cli import main, upstream_script_main\n"
         f"try:\n    {call}\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules))"
     )

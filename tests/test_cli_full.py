@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bernini.output import sidecar_path
-from bernini.planner.presets import FULL_PRESETS
+from bernini.io.output import sidecar_path
+from bernini.sampling.full_presets import FULL_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--num_inference_steps", "2", "--planning_step", "2", "--vit_denoising_step", "1"]
@@ -20,7 +20,7 @@ SMALL = ["--num_inference_steps", "2", "--planning_step", "2", "--vit_denoising_
 
 def run(*args: str, cwd: Path, script: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(REPO / script)] if script else [sys.executable, "-m", "bernini.cli", "generate"]
+    command = [sys.executable, str(REPO / script)] if script else [sys.executable, "-m", "bernini", "generate"]
     return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -134,8 +134,9 @@ def test_planner_flags_on_bernini_r_are_refused(tiny_bundle, tmp_path):
 
 def test_plan_and_dry_run_print_the_planner_phase(full_bundle, capsys):
     """``bernini plan`` and ``--dry_run`` on a full bundle: its own module shapes, both phases, nothing loaded."""
-    from bernini.cli import main
-    from bernini.frontends.plan import full_shapes_for
+    from bernini.frontends.resolved import full_shapes_for
+
+    from bernini.frontends.cli import main
     from bernini.planner.memory import planner_sizes
 
     assert main(["plan", "--config", str(full_bundle), "--num_frames", "9", "--height", "64", "--width", "96"]) == 0

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-import bernini.output as output_module
-from bernini.cli import build_parser, main, upstream_script_main
-from bernini.demo.app import build_parser as demo_parser
+import bernini.io.output as output_module
+from bernini.frontends.cli import build_parser, main, upstream_script_main
+from bernini.frontends.demo.app import build_parser as demo_parser
 from bernini.frontends.help import undocumented
-from bernini.parallel.check import parse_args as check_parse_args
+from bernini.frontends.parallel_check import parse_args as check_parse_args
 
 TINY = ["--num_inference_steps", "1", "--num_frames", "5", "--height", "16", "--width", "16"]
 PROMPT = "A red ball rolls across a grey floor."
@@ -31,7 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 def cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "bernini.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "bernini", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -57,8 +62,8 @@ def test_flag_abbreviations_are_rejected(abbreviation, capsys):
 
 
 def test_every_parser_rejects_abbreviations():
-    from bernini.serve.client import build_parser as submit_parser
-    from bernini.serve.server import build_parser as serve_parser
+    from bernini.frontends.serve.client import build_parser as submit_parser
+    from bernini.frontends.serve.server import build_parser as serve_parser
 
     parsers = [build_parser(), *subparsers(build_parser()).values(), demo_parser(), serve_parser(), submit_parser()]
     assert all(not p.allow_abbrev for p in parsers)
@@ -94,7 +99,7 @@ def test_a_budget_or_degree_no_run_can_use_is_refused(argv, message, tmp_path, c
 
 
 def test_the_demo_and_the_service_refuse_them_too():
-    from bernini.serve.server import build_parser as serve_parser
+    from bernini.frontends.serve.server import build_parser as serve_parser
 
     for parser in (demo_parser(), serve_parser()):
         for bad in (["--ulysses", "0"], ["--gpu_memory", "0"]):
@@ -107,8 +112,8 @@ def test_the_demo_and_the_service_refuse_them_too():
 
 
 def test_every_flag_has_help_with_its_default():
-    from bernini.serve.client import build_parser as submit_parser
-    from bernini.serve.server import build_parser as serve_parser
+    from bernini.frontends.serve.client import build_parser as submit_parser
+    from bernini.frontends.serve.server import build_parser as serve_parser
 
     parsers = {
         "bernini": build_parser(),
@@ -349,7 +354,7 @@ def test_file_too_large_while_encoding_the_mp4_says_free_some_space(tiny_bundle,
     """Not simulated: the encoder's own write fails (EFBIG from a 2 KiB file size limit) halfway through the MP4."""
     out = tmp_path / "o.mp4"
     command = [
-        sys.executable, "-m", "bernini.cli", "generate", "--config", str(tiny_bundle), "--prompt", PROMPT,
+        sys.executable, "-m", "bernini", "generate", "--config", str(tiny_bundle), "--prompt", PROMPT,
         "--task_type", "t2v", "--num_inference_steps", "1", "--num_frames", "9", "--height", "64", "--width", "96",
         "--output", str(out),
     ]  # fmt: skip
@@ -372,7 +377,7 @@ def _signal_mid_run(tiny_bundle: Path, tmp_path: Path, *signums: int, preexec_fn
     out = tmp_path / "o.mp4"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "bernini.cli", "generate", "--config", str(tiny_bundle), "--prompt", PROMPT,
+        sys.executable, "-m", "bernini", "generate", "--config", str(tiny_bundle), "--prompt", PROMPT,
         "--task_type", "t2v", "--num_frames", "17", "--height", "64", "--width", "96",
         "--num_inference_steps", "5000", "--no-use_unipc", "--output", str(out),
     ]  # fmt: skip

@@ -12,8 +12,8 @@ import torch
 from community_files import diffusers_expert, write_comfy
 from safetensors.torch import load_file
 
-from bernini.convert import convert
-from bernini.quant import QuantLinear, dense_state_dict, quantize_rows
+from bernini.loaders.convert import convert
+from bernini.loaders.quant import QuantLinear, dense_state_dict, quantize_rows
 
 STEPS = dict(num_frames=5, height=32, width=48, num_inference_steps=3, seed=5)
 
@@ -84,7 +84,7 @@ def test_pre_quantised_bundle_round_trips(tiny_bundle, tmp_path):
 def test_cli_converts_bundle_to_comfy_files_and_back(tiny_bundle, tmp_path):
     comfy = tmp_path / "comfy"
     proc = subprocess.run(
-        [sys.executable, "-m", "bernini.cli", "convert", "--config", str(tiny_bundle), "--to", "comfy"]
+        [sys.executable, "-m", "bernini", "convert", "--config", str(tiny_bundle), "--to", "comfy"]
         + ["--output", str(comfy), "--dtype", "fp16"],
         capture_output=True,
         text=True,

@@ -23,10 +23,13 @@ import av
 import numpy as np
 import pytest
 
+from bernini.resolve import with_model_defaults
+
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
-from bernini.demo import (  # noqa: E402 - after the importorskip guards
+from bernini.errors import BerniniError  # noqa: E402
+from bernini.frontends.demo import (  # noqa: E402 - after the importorskip guards
     TASK_CHOICES,
     DemoBackend,
     DemoSettings,
@@ -36,9 +39,8 @@ from bernini.demo import (  # noqa: E402 - after the importorskip guards
     task_updates,
     worker_loop,
 )
-from bernini.demo.handlers import page_record, user_message  # noqa: E402
-from bernini.errors import BerniniError  # noqa: E402
-from bernini.output import write_video  # noqa: E402
+from bernini.frontends.demo.handlers import page_record, user_message  # noqa: E402
+from bernini.io.output import write_video  # noqa: E402
 from bernini.tasks import TASKS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,14 +127,14 @@ def test_worker_ranks_run_every_broadcast_request_until_shutdown(tmp_path, monke
 def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe, tmp_path, monkeypatch):
     import threading
 
-    from bernini.demo import GenerationCancelled, build_request, output_path
+    from bernini.frontends.demo import GenerationCancelled, build_request, output_path
 
     settings = DemoSettings(save_dir=tmp_path)
     backend = DemoBackend(tiny_pipe, settings)
     values = {"num_frames": 5, "num_inference_steps": 3, "height": 32, "width": 48}
     target = output_path(tmp_path, "t2v", 5)
-    plan = build_request(settings, "a dog", "t2v", "", {"video": [], "image": None, "images": []}, values, target)
-    payload = {"plan": plan, "extra_record": {"demo": {"ui": {"seed": 42}}}}
+    resolved = build_request(settings, "a dog", "t2v", "", {"video": [], "image": None, "images": []}, values, target)
+    payload = {"plan": resolved, "extra_record": {"demo": {"ui": {"seed": 42}}}}
     steps: list[tuple[int, int]] = []
     result = backend.submit(payload, progress=lambda done, total: steps.append((done, total)))
     assert steps == [(1, 3), (2, 3), (3, 3)]
@@ -143,7 +145,7 @@ def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe,
 
     cancel = threading.Event()
     cancel.set()
-    payload["plan"] = plan.with_output(str(tmp_path / "cancelled.mp4"))
+    payload["plan"] = resolved.with_output(str(tmp_path / "cancelled.mp4"))
     with pytest.raises(GenerationCancelled):
         backend.submit(payload, cancel=cancel)
     assert not (tmp_path / "cancelled.mp4").exists()
@@ -153,7 +155,7 @@ def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe,
         return enhancer.EnhanceResult(f"{prompt}, in {task_type} style", prompt, True, "fake", None, 1, 0.0)
 
     monkeypatch.setattr(enhancer, "enhance_prompt", fake_enhance)
-    payload["plan"] = plan.with_output(str(tmp_path / "enhanced.mp4"))
+    payload["plan"] = resolved.with_output(str(tmp_path / "enhanced.mp4"))
     settings = DemoSettings(save_dir=tmp_path, use_pe=True, enhancer=enhancer.EnhancerConfig())
     result = DemoBackend(tiny_pipe, settings).submit({**payload, "use_pe": True})
     assert result.prompt == "a dog, in t2v style" and result.parameters["prompt_enhancer"]["original_prompt"] == "a dog"
@@ -166,9 +168,9 @@ import json, sys, threading, time
 from types import SimpleNamespace
 import numpy as np
 import torch.distributed as dist
-from bernini.demo import DemoBackend, DemoSettings, GenerationCancelled, worker_loop
-from bernini.parallel.groups import RankZeroChannel
-from bernini.plan import make_plan
+from bernini.frontends.demo import DemoBackend, DemoSettings, GenerationCancelled, worker_loop
+from bernini.runtime.parallel.groups import RankZeroChannel
+from bernini.resolve import resolve_request
 from bernini.request import GenerationRequest
 
 rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -192,11 +194,11 @@ assert backend.collective.enabled and backend.collective.rank == rank
 shared = backend.collective.share(lambda: f"enhanced on rank {rank}")
 if rank == 0:
     request = {"prompt": "first", "task_type": "t2v", "num_inference_steps": 3, "output": f"{out}/a.mp4"}
-    backend.submit({"plan": make_plan(GenerationRequest(**request))})
+    backend.submit({"plan": resolve_request(GenerationRequest(**request))})
     cancel = threading.Event()
     cancel.set()
     try:
-        second = make_plan(GenerationRequest(**{**request, "prompt": "second", "output": f"{out}/b.mp4"}))
+        second = resolve_request(GenerationRequest(**{**request, "prompt": "second", "output": f"{out}/b.mp4"}))
         backend.submit({"plan": second}, cancel=cancel)
     except GenerationCancelled:
         seen["cancelled"] = True
@@ -716,8 +718,8 @@ def full_pipe(full_bundle):
 
 
 def test_full_task_change_fills_every_control_from_the_shipped_settings():
-    from bernini.demo.layout import full_task_updates
-    from bernini.planner.presets import FULL_PRESETS, VERSIONS
+    from bernini.frontends.demo.layout import full_task_updates
+    from bernini.sampling.full_presets import FULL_PRESETS, VERSIONS
 
     for version in VERSIONS:
         for task in TASK_CHOICES:
@@ -746,9 +748,9 @@ def _components(app) -> dict[str, dict]:
 
 
 def test_the_page_offers_the_loaded_models_modes_and_planner_controls(full_pipe, tiny_pipe, tmp_path):
-    from bernini.demo.layout import build_ui
-    from bernini.guidance import FULL_MODEL_MODES, GUIDANCE_MODES
-    from bernini.planner.presets import FULL_PRESETS
+    from bernini.frontends.demo.layout import build_ui
+    from bernini.sampling.full_presets import FULL_PRESETS
+    from bernini.sampling.guidance import FULL_MODEL_MODES, GUIDANCE_MODES
 
     planner = ("omega_tgt", "planning_step", "vit_denoising_step", "vit_txt_cfg", "vit_img_cfg")
     full = _components(build_ui(DemoBackend(full_pipe, DemoSettings(save_dir=tmp_path))))
@@ -769,7 +771,7 @@ def _run_handler(backend, task: str, videos=None, image=None, gallery=None, **va
     import asyncio
     from types import SimpleNamespace
 
-    from bernini.demo.handlers import make_generate_handler
+    from bernini.frontends.demo.handlers import make_generate_handler
 
     ui = {**TINY, "flow_shift": 5.0, "seed": 7, "omega_vid": 1.1, "omega_img": 1.3, "omega_txt": 3.5}
     ui.update(omega_scale=0.9, eta=0.5, momentum=0.0, omega_tgt=0.7, planning_step=2, vit_denoising_step=1)
@@ -794,7 +796,7 @@ def _run_handler(backend, task: str, videos=None, image=None, gallery=None, **va
 @pytest.mark.parametrize("task", ["t2v", "v2v"])
 def test_full_model_runs_through_the_handler_with_every_control_explicit(full_pipe, clips, tmp_path, task):
     """The demo's code path on the full model: the planner runs with the page's values, none of the preset's."""
-    from bernini.planner.presets import ENGLISH_NEGATIVE_PROMPT
+    from bernini.sampling.full_presets import ENGLISH_NEGATIVE_PROMPT
 
     backend = DemoBackend(full_pipe, DemoSettings(save_dir=tmp_path))
     videos = [str(clips["good"])] if task == "v2v" else None
@@ -823,7 +825,7 @@ def test_full_model_runs_through_the_handler_with_every_control_explicit(full_pi
 @pytest.mark.parametrize("task", ["t2i", "i2i", "mv2v", "ads2v", pytest.param("r2v", marks=pytest.mark.slow), "rv2v"])
 def test_every_other_task_runs_through_the_demo_on_the_full_model(full_pipe, clips, tmp_path, task):
     """The remaining tasks through the same handler: the planner sees every routed source."""
-    from bernini.output import write_image
+    from bernini.io.output import write_image
 
     picture = str(write_image(tmp_path / "ref.png", np.random.default_rng(1).random((48, 48, 3))))
     clip = str(clips["good"])
@@ -846,17 +848,17 @@ def test_every_other_task_runs_through_the_demo_on_the_full_model(full_pipe, cli
 def test_the_demo_plans_a_bernini_r_request_once_for_the_loaded_model(tmp_path, monkeypatch):
     """The page's plan is made for the loaded model's defaults, so the pipeline's ``with_model_defaults`` only
     checks it (it used to be made without them and planned again from the request inside ``generate``)."""
-    import bernini.plan as plan_module
-    from bernini.demo import build_request
-    from bernini.plan import ModelDefaults, SourceIdPolicy
+    import bernini.resolve as plan_module
+    from bernini.frontends.demo import build_request
+    from bernini.resolved import ModelDefaults, SourceIdPolicy
 
     defaults = ModelDefaults("flow_match_euler", SourceIdPolicy(True, False, 3))
     values = {"num_frames": 5, "num_inference_steps": 3, "height": 32, "width": 48}
     media = {"video": [], "image": None, "images": []}
-    plan = build_request(DemoSettings(save_dir=tmp_path), "a dog", "t2v", "", media, values, "o.mp4", defaults)
-    assert plan.for_model == "bernini-r" and plan.resolved
-    assert plan.scheduler.name == "flow_match_euler" and plan.source_ids == SourceIdPolicy(True, False, 3)
+    resolved = build_request(DemoSettings(save_dir=tmp_path), "a dog", "t2v", "", media, values, "o.mp4", defaults)
+    assert resolved.for_model == "bernini-r" and resolved.filled
+    assert resolved.scheduler.name == "flow_match_euler" and resolved.source_ids == SourceIdPolicy(True, False, 3)
     calls: list[object] = []
-    real = plan_module.make_plan
-    monkeypatch.setattr(plan_module, "make_plan", lambda *a, **k: calls.append(a) or real(*a, **k))
-    assert plan.with_model_defaults(defaults) == plan and calls == []
+    real = plan_module.resolve_request
+    monkeypatch.setattr(plan_module, "resolve_request", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert with_model_defaults(resolved, defaults) == resolved and calls == []

@@ -44,11 +44,11 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 @pytest.fixture(scope="module")
 def commands() -> dict[str, set[str]]:
     """Each command's option strings: ``bernini`` itself, every subcommand, and the check."""
-    from bernini.cli import build_parser
-    from bernini.demo.app import build_parser as demo_parser
-    from bernini.parallel.check import build_parsers as check_parsers
-    from bernini.serve.client import build_parser as submit_parser
-    from bernini.serve.server import build_parser as serve_parser
+    from bernini.frontends.cli import build_parser
+    from bernini.frontends.demo.app import build_parser as demo_parser
+    from bernini.frontends.parallel_check import build_parsers as check_parsers
+    from bernini.frontends.serve.client import build_parser as submit_parser
+    from bernini.frontends.serve.server import build_parser as serve_parser
 
     top = build_parser()
     out = {"bernini": _options(top)}
@@ -80,13 +80,15 @@ def _mentioned(text: str) -> set[str]:
 
 
 def test_cli_md_names_every_command_and_flag(commands):
-    from bernini.guidance import MODE_NAMES
+    from bernini.sampling.guidance import MODE_NAMES
     from bernini.tasks import TASKS
 
     doc = CLI_MD.read_text(encoding="utf-8")
     named = _mentioned(doc) | set(re.findall(r"(?<![\w-])-[a-z](?![\w-])", doc))
     for command, options in commands.items():
-        heading = {"bernini": "bernini", "check": "python -m bernini.parallel.check"}.get(command, f"bernini {command}")
+        heading = {"bernini": "bernini", "check": "python -m bernini.frontends.parallel_check"}.get(
+            command, f"bernini {command}"
+        )
         assert f"`{heading}" in doc, f"docs/cli.md never shows the command {heading}"
         missing = sorted(options - named)
         assert not missing, f"docs/cli.md does not document {heading}'s {', '.join(missing)}"
@@ -95,11 +97,11 @@ def test_cli_md_names_every_command_and_flag(commands):
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
-    from bernini.cli import build_parser
-    from bernini.demo.app import build_parser as demo_parser
-    from bernini.parallel.check import build_parsers as check_parsers
-    from bernini.serve.client import build_parser as submit_parser
-    from bernini.serve.server import build_parser as serve_parser
+    from bernini.frontends.cli import build_parser
+    from bernini.frontends.demo.app import build_parser as demo_parser
+    from bernini.frontends.parallel_check import build_parsers as check_parsers
+    from bernini.frontends.serve.client import build_parser as submit_parser
+    from bernini.frontends.serve.server import build_parser as serve_parser
 
     parsers = _subparsers(build_parser())
     parsers.update(demo=demo_parser(), serve=serve_parser(), submit=submit_parser())
@@ -173,7 +175,7 @@ def test_commands_in_the_docs_use_their_own_flags(commands):
             if match["bench"]:
                 command, allowed = f"bench/{match['bench']}.py", bench[match["bench"]]
             elif match["check"]:
-                command, allowed = "python -m bernini.parallel.check", commands["check"]
+                command, allowed = "python -m bernini.frontends.parallel_check", commands["check"]
             elif match["script"]:
                 command = match["script"]
                 allowed = commands["demo"] if command == "gradio_demo.py" else commands["generate"]
@@ -190,13 +192,13 @@ def test_commands_in_the_docs_use_their_own_flags(commands):
 def test_tasks_shows_both_models_guidance_modes():
     """``bernini tasks`` (the real command) lists, per task, Bernini-R's default mode and the full model's
     shipped one, and every mode of both models."""
-    from bernini.guidance import FULL_MODEL_MODES, GUIDANCE_MODES
-    from bernini.planner.presets import FULL_PRESETS
+    from bernini.sampling.full_presets import FULL_PRESETS
+    from bernini.sampling.guidance import FULL_MODEL_MODES, GUIDANCE_MODES
     from bernini.tasks import TASKS
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "bernini.cli", "tasks"], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-m", "bernini", "tasks"], capture_output=True, text=True, timeout=120, env=env
     )
     assert proc.returncode == 0 and proc.stderr == ""
     lines = proc.stdout.splitlines()

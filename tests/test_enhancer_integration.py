@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from test_enhancer import error, server, text  # noqa: F401 - the fixture is used by name
 
-from bernini.output import write_video
+from bernini.io.output import write_video
 from bernini.tasks import t5_prefix
 
 KEY = "sk-test-DO-NOT-LEAK-5f1e2d3c4b"
@@ -19,7 +19,7 @@ def run_cli(args, base_url, tmp_path):
     env = {**os.environ, "BERNINI_PE_BASE_URL": base_url, "BERNINI_PE_API_KEY": KEY, "BERNINI_PE_MODEL": "pe-test"}
     env.pop("OPENAI_API_KEY", None)
     return subprocess.run(
-        [sys.executable, "-m", "bernini.cli", "generate", *args],
+        [sys.executable, "-m", "bernini", "generate", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -127,7 +127,16 @@ def test_echoed_key_is_masked_and_a_failed_endpoint_is_skipped_for_the_rest_of_t
     env = {**os.environ, "BERNINI_PE_BASE_URL": server.base_url, "BERNINI_PE_API_KEY": KEY, "BERNINI_PE_BUDGET": "8"}
     env.pop("OPENAI_API_KEY", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "bernini.cli", "generate", "--config", str(tiny_bundle), "--inputs", str(task_list)]
+        [
+            sys.executable,
+            "-m",
+            "bernini",
+            "generate",
+            "--config",
+            str(tiny_bundle),
+            "--inputs",
+            str(task_list),
+        ]
         + ["--use_pe", "--pe_timeout", "5", *SMALL],
         capture_output=True,
         text=True,
@@ -152,7 +161,7 @@ def test_echoed_key_is_masked_and_a_failed_endpoint_is_skipped_for_the_rest_of_t
 
 
 def test_use_pe_without_an_endpoint_fails_in_one_line_before_loading(tmp_path, monkeypatch, capsys):
-    from bernini.cli import main
+    from bernini.frontends.cli import main
 
     for name in ("BERNINI_PE_BASE_URL", "BERNINI_PE_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)

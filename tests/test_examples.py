@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bernini.cli import main
-from bernini.output import write_image, write_video
+from bernini.frontends.cli import main
+from bernini.io.output import write_image, write_video
 from bernini.request import CASE_KEYS, load_case
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -146,8 +146,8 @@ def test_example_case_runs(name: str, tiny_bundle: Path, tmp_path: Path, monkeyp
 def test_example_case_runs_with_lightning4(name: str, tiny_bundle: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """Issue 19 item 4: every example runs with ``--preset lightning4``; a case's guidance mode yields to the preset
     with a note, except on r2v / rv2v, which keep their reference guidance (also with a note)."""
-    from bernini.guidance import GUIDANCE_MODES
-    from bernini.presets import PRESETS
+    from bernini.sampling.guidance import GUIDANCE_MODES
+    from bernini.sampling.presets import PRESETS
 
     preset = PRESETS["lightning4"]
     task, case_mode, *_ = EXPECTED[name]

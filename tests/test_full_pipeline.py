@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from bernini import BerniniPipeline
-from bernini.bundle import BundleSpec
-from bernini.plan import ModelDefaults, make_plan
+from bernini.loaders.bundle import BundleSpec
 from bernini.planner.geometry import target_grid
-from bernini.planner.presets import ENGLISH_NEGATIVE_PROMPT, FULL_PRESETS
 from bernini.request import WAN_NEGATIVE_PROMPT, GenerationRequest
+from bernini.resolve import resolve_request, with_model_defaults
+from bernini.resolved import ModelDefaults
+from bernini.sampling.full_presets import ENGLISH_NEGATIVE_PROMPT, FULL_PRESETS
 
 FAST = {"num_inference_steps": 3, "planning_step": 3, "vit_denoising_step": 2}
 PROMPT = "make the dog red"
@@ -117,22 +118,25 @@ def test_text_to_video_has_no_planner_visual_guidance(full_pipe):
 def test_shipped_settings_fill_what_is_not_given(version, task):
     preset = FULL_PRESETS[version][task]
     request = GenerationRequest(prompt=PROMPT, task_type=task, **_media_for(task))
-    plan = make_plan(request, ModelDefaults(planner_version=version))
-    assert plan.guidance.mode.name == preset.guidance_mode
-    assert plan.num_inference_steps == preset.num_inference_steps
-    weights = plan.guidance.weights
+    resolved = resolve_request(request, ModelDefaults(planner_version=version))
+    assert resolved.guidance.mode.name == preset.guidance_mode
+    assert resolved.num_inference_steps == preset.num_inference_steps
+    weights = resolved.guidance.weights
     assert (weights.txt, weights.tgt, weights.img, weights.vid) == (
         preset.omega_txt,
         preset.omega_tgt,
         preset.omega_img,
         preset.omega_vid,
     )
-    assert plan.guidance.omega_scale == preset.omega_scale
-    assert (plan.planner.planning_steps, plan.planner.vit_steps) == (preset.planning_step, preset.vit_denoising_step)
-    assert plan.planner.version == version
-    assert (plan.negative_prompt == ENGLISH_NEGATIVE_PROMPT) == preset.english_negative
+    assert resolved.guidance.omega_scale == preset.omega_scale
+    assert (resolved.planner.planning_steps, resolved.planner.vit_steps) == (
+        preset.planning_step,
+        preset.vit_denoising_step,
+    )
+    assert resolved.planner.version == version
+    assert (resolved.negative_prompt == ENGLISH_NEGATIVE_PROMPT) == preset.english_negative
     if preset.height is not None:
-        assert (plan.geometry.height, plan.geometry.width) == (preset.height, preset.width)
+        assert (resolved.geometry.height, resolved.geometry.width) == (preset.height, preset.width)
 
 
 def _media_for(task: str) -> dict:
@@ -145,17 +149,19 @@ def test_explicit_settings_win_even_at_the_command_line_default(full_pipe):
     """omega_txt 4.0 is also the request's default: given explicitly, it must still beat v2's 5.0."""
     v2 = ModelDefaults(planner_version="v2")
     request = GenerationRequest(prompt=PROMPT, task_type="t2v", omega_txt=4.0, explicit=frozenset({"omega_txt"}))
-    assert make_plan(request, v2).guidance.weights.txt == 4.0
-    assert make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v"), v2).guidance.weights.txt == 5.0
-    api = full_pipe.plan  # the keyword API marks what it was given
-    plan = make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v", num_inference_steps=7), full_pipe.model_defaults)
-    assert plan.num_inference_steps == 7 and api is not None
+    assert resolve_request(request, v2).guidance.weights.txt == 4.0
+    assert resolve_request(GenerationRequest(prompt=PROMPT, task_type="t2v"), v2).guidance.weights.txt == 5.0
+    api = full_pipe.resolve  # the keyword API marks what it was given
+    resolved = resolve_request(
+        GenerationRequest(prompt=PROMPT, task_type="t2v", num_inference_steps=7), full_pipe.model_defaults
+    )
+    assert resolved.num_inference_steps == 7 and api is not None
 
 
 def test_a_plan_made_before_the_model_was_known_is_planned_again_for_it(full_pipe):
-    blind = make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v"))
+    blind = resolve_request(GenerationRequest(prompt=PROMPT, task_type="t2v"))
     assert blind.guidance.mode.name == "t2v_apg" and not blind.full_model
-    again = blind.with_model_defaults(full_pipe.model_defaults)
+    again = with_model_defaults(blind, full_pipe.model_defaults)
     assert again.full_model and again.guidance.mode.name == "vae_txt_vit_wapg" and again.num_inference_steps == 50
     assert again.seed == blind.seed
 
@@ -221,13 +227,15 @@ def test_a_case_files_bernini_r_mode_yields_to_the_shipped_mode(full_pipe):
     """Bernini-R's case files name their renderer's modes; from a case (not given by the user) the full model
     runs its shipped mode and says so. Given explicitly, the same mode is refused (see above)."""
     request = GenerationRequest(prompt=PROMPT, task_type="t2v", guidance_mode="t2v_apg", explicit=frozenset())
-    plan = full_pipe.plan(request)
-    assert plan.guidance.mode.name == "vae_txt_vit_wapg"
-    assert [(a.name, a.asked, a.used) for a in plan.adjustments] == [("guidance_mode", "t2v_apg", "vae_txt_vit_wapg")]
+    resolved = full_pipe.resolve(request)
+    assert resolved.guidance.mode.name == "vae_txt_vit_wapg"
+    assert [(a.name, a.asked, a.used) for a in resolved.adjustments] == [
+        ("guidance_mode", "t2v_apg", "vae_txt_vit_wapg")
+    ]
 
 
 def test_placement_keeps_planner_and_experts_together_only_when_both_fit():
-    from bernini.placement import ModelSizes, choose_placement
+    from bernini.runtime.placement import ModelSizes, choose_placement
 
     gib = 1024**3
     sizes = ModelSizes(experts=[28 * gib, 28 * gib], text_encoder=11 * gib, vae=gib, planner=20 * gib)
@@ -241,24 +249,24 @@ def test_placement_keeps_planner_and_experts_together_only_when_both_fit():
 def test_a_full_model_mode_planned_before_the_model_is_known_waits_for_it(full_pipe, tiny_pipe, one_line_error):
     """A repo id not on disk is planned without the model's defaults: its full-model mode is kept until the
     pipeline plans again for the model it loaded (which refuses it on Bernini-R)."""
-    blind = make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v", guidance_mode="vae_txt_vit"))
-    assert blind.with_model_defaults(full_pipe.model_defaults).guidance.mode.name == "vae_txt_vit"
+    blind = resolve_request(GenerationRequest(prompt=PROMPT, task_type="t2v", guidance_mode="vae_txt_vit"))
+    assert with_model_defaults(blind, full_pipe.model_defaults).guidance.mode.name == "vae_txt_vit"
     one_line_error(blind.with_model_defaults, tiny_pipe.model_defaults, match="does not run on Bernini-R")
 
 
 def test_the_four_contexts_are_cropped_t5_rows_then_planner_rows_then_zeros(full_pipe, media):
     """Spec §4.2–4.3 on the pipeline's own stage: C_full = [T5(p)[:n_p]; G_c], C_txt drops the N slots,
     C_tgt = [T5(neg)[:n_n]; slots], C_null = [T5(neg)[:n_n]; G_u without slots]; zero rows after, up to 512."""
-    from bernini.guidance import Text
+    from bernini.sampling.guidance import Text
     from bernini.text import clean_prompt, token_counts
 
     inputs = {**task_inputs("v2v", media), **FAST, "neg_prompt": WAN_NEGATIVE_PROMPT}
     request = GenerationRequest(prompt=PROMPT, task_type="v2v", **inputs, explicit=frozenset(inputs))
-    plan = full_pipe.plan(request)
-    assert plan.t5_negative_text == clean_prompt(plan.negative_prompt) != plan.negative_prompt  # spec §4.3
-    text = full_pipe.encode_prompts(plan.t5_text, plan.t5_negative_text)
-    contexts, record = full_pipe.plan_contexts(plan, text)
-    n_p, n_n = token_counts([plan.t5_text, plan.t5_negative_text], full_pipe.tokenizer)
+    resolved = full_pipe.resolve(request)
+    assert resolved.t5_negative_text == clean_prompt(resolved.negative_prompt) != resolved.negative_prompt  # spec §4.3
+    text = full_pipe.encode_prompts(resolved.t5_text, resolved.t5_negative_text)
+    contexts, record = full_pipe.plan_contexts(resolved, text)
+    n_p, n_n = token_counts([resolved.t5_text, resolved.t5_negative_text], full_pipe.tokenizer)
     slots, tokens = record["target_slots"], record["branch_tokens"]
     lengths = {
         Text.PLAN_FULL: n_p + tokens["cond"],

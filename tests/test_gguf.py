@@ -9,7 +9,7 @@ import pytest
 import torch
 from community_files import diffusers_expert, write_gguf
 
-from bernini.quant import dense_state_dict
+from bernini.loaders.quant import dense_state_dict
 
 STEPS = dict(num_frames=5, height=32, width=48, num_inference_steps=3, seed=7)
 
@@ -83,7 +83,7 @@ def test_k_quant_linear_stays_quantised_and_matches_gguf(tmp_path, kind):
     from accelerate import init_empty_weights
     from diffusers.quantizers.gguf.utils import GGUFLinear
 
-    from bernini.gguf_file import load_gguf_expert
+    from bernini.loaders.gguf_file import load_gguf_expert
 
     qtype = gguf.GGMLQuantizationType[kind]
     block, size = gguf.GGML_QUANT_SIZES[qtype]
@@ -117,7 +117,7 @@ def test_k_quant_linear_stays_quantised_and_matches_gguf(tmp_path, kind):
 
 
 def test_convert_to_gguf_and_back(tiny_bundle, tmp_path):
-    from bernini.convert import convert
+    from bernini.loaders.convert import convert
 
     written = convert(tiny_bundle, tmp_path / "gguf", "gguf", dtype=torch.float32, gguf_type="Q8_0")
     assert [p.suffix for p in written] == [".gguf", ".gguf"]
@@ -140,7 +140,7 @@ def test_broken_gguf_is_a_one_line_error(tiny_bundle, tmp_path, one_line_error):
 
 def test_quantize_with_a_gguf_checkpoint_is_refused_not_ignored(tiny_bundle, gguf_files, tmp_path, one_line_error):
     from bernini import BerniniPipeline
-    from bernini.convert import convert
+    from bernini.loaders.convert import convert
 
     high, low = gguf_files["Q8_0"][:2]
     match = f"--quantize int8 does not apply to the GGUF checkpoint {high.name}"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bernini.guidance import (
+from bernini.sampling.guidance import (
     GUIDANCE_MODES,
     APGSettings,
     Branch,
@@ -205,7 +205,7 @@ def test_every_mode_runs_without_float64_and_matches_the_float64_math(mode):
 
 
 def test_devices_without_float64_are_known():
-    from bernini.devices import parse_dtype, supports_float64
+    from bernini.runtime.devices import parse_dtype, supports_float64
 
     assert supports_float64("cpu") and not supports_float64("mps")
     assert parse_dtype("auto", torch.device("mps")) == torch.bfloat16
@@ -214,8 +214,8 @@ def test_devices_without_float64_are_known():
 
 
 def test_device_mps_is_accepted_where_metal_exists_and_one_line_otherwise(monkeypatch):
-    from bernini.devices import parse_device
     from bernini.errors import BerniniError
+    from bernini.runtime.devices import parse_device
 
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)  # no Apple GPU here: the probe is faked
     with pytest.raises(BerniniError, match="MPS is not available.*--device cpu"):

@@ -5,9 +5,9 @@ import torch
 from diffusers import UniPCMultistepScheduler
 
 from bernini.conditions import Conditions
-from bernini.guidance import FULL_MODEL_MODES, Combo, FlatAPG, GuidanceMode, GuidanceState, Text, Weights
-from bernini.plan import SourceIdPolicy
-from bernini.sampler import Experts, SamplingInputs, sample
+from bernini.resolved import SourceIdPolicy
+from bernini.sampling.guidance import FULL_MODEL_MODES, Combo, FlatAPG, GuidanceMode, GuidanceState, Text, Weights
+from bernini.sampling.sampler import Experts, SamplingInputs, sample
 
 SHAPE = (1, 16, 2, 4, 4)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from community_files import diffusers_expert, wan_name, write_comfy
 
-from bernini.quant import QuantLinear, dense_state_dict
-from bernini.wan_keys import diffusers_to_native, native_to_diffusers
+from bernini.loaders.quant import QuantLinear, dense_state_dict
+from bernini.loaders.wan_keys import diffusers_to_native, native_to_diffusers
 
 STEPS = dict(num_frames=5, height=32, width=48, num_inference_steps=3, seed=3)
 

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bernini.errors import WeightsError
-from bernini.layouts import map_checkpoint_keys
-from bernini.loading import checkpoint_files, load_expert, resolve_model
-from bernini.safetensors_stream import read_header
+from bernini.loaders.layouts import map_checkpoint_keys
+from bernini.loaders.loading import checkpoint_files, load_expert, resolve_model
+from bernini.loaders.safetensors_stream import read_header
 
 
 def written_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -201,7 +201,7 @@ def test_cli_reports_corrupt_weights_without_traceback(bundles, tmp_path):
         [
             sys.executable,
             "-m",
-            "bernini.cli",
+            "bernini",
             "generate",
             "--config",
             str(copy),
@@ -241,7 +241,7 @@ def test_config_dir_takes_components_from_wan22_base(bundles, tmp_path):
 
 def test_offline_repo_id_gives_actionable_error(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    code = "from bernini.loading import resolve_model; resolve_model('ByteDance/Bernini-R-Diffusers')"
+    code = "from bernini.loaders.loading import resolve_model; resolve_model('ByteDance/Bernini-R-Diffusers')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
@@ -274,7 +274,7 @@ def test_repo_id_resolves_through_the_hugging_face_cache(bundles, tmp_path):
     _fake_hub_cache(hf_home, "someone/bernini-high", root / "Bernini-R" / "bernini_renderer_high")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
     code = (
-        "from bernini.loading import checkpoint_files, resolve_model\n"
+        "from bernini.loaders.loading import checkpoint_files, resolve_model\n"
         "s = resolve_model('ByteDance/Bernini-R-Diffusers')\n"
         "print(s.components.name, s.renderer.two_experts, len(checkpoint_files('someone/bernini-high')))\n"
     )
@@ -308,7 +308,7 @@ def test_default_config_is_refused_before_fetching_the_base(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     out = tmp_path / "o.mp4"
-    command = [sys.executable, "-m", "bernini.cli", "generate", "--prompt", "a cat", "--output", str(out)]
+    command = [sys.executable, "-m", "bernini", "generate", "--prompt", "a cat", "--output", str(out)]
     proc = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
@@ -318,7 +318,7 @@ def test_default_config_is_refused_before_fetching_the_base(tmp_path):
 
 
 def test_opted_in_base_weights_run_and_are_recorded(bundles, tmp_path):
-    from bernini.cli import main
+    from bernini.frontends.cli import main
 
     out = tmp_path / "o.mp4"
     small = ["--num_inference_steps", "1", "--num_frames", "5", "--height", "16", "--width", "16"]
@@ -341,7 +341,7 @@ def test_missing_component_is_fetched_only_after_a_note(bundles, tmp_path):
     (bundle / "config.json").write_text(json.dumps({**config, "wan22_base": "someone/wan-base"}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
     code = (
-        "from bernini.loading import resolve_model\n"
+        "from bernini.loaders.loading import resolve_model\n"
         f"s = resolve_model({str(bundle)!r}, note=lambda line: print('NOTE', line))\n"
         "print('RESOLVED', s.components.name == '0123456789abcdef0123456789abcdef01234567', s.base_weights)\n"
     )

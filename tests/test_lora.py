@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from bernini import BerniniPipeline
-from bernini.lora import LoraSpec
+from bernini.loaders.lora import LoraSpec
 
 RANK = 4
-# Wan's module names → diffusers' (the test's own table, independent of bernini.lora)
+# Wan's module names → diffusers' (the test's own table, independent of bernini.loaders.lora)
 LINEARS = {
     "self_attn.q": "attn1.to_q",
     "self_attn.k": "attn1.to_k",
@@ -174,7 +174,7 @@ def test_spec_parsing_and_bad_files(tmp_path, tiny_bundle, one_line_error):
 def test_command_line_flags_reach_the_pipeline_and_the_sidecar(tiny_bundle, plain, tmp_path):
     import json
 
-    from bernini.cli import main
+    from bernini.frontends.cli import main
 
     tensors, _ = make_lora(plain.transformer, "kohya", seed=4)
     path = tmp_path / "k.safetensors"
@@ -240,7 +240,7 @@ def rounding(fmt: str, exact: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("fmt", list(WEIGHT_FORMATS))
 def test_lora_on_every_weight_format_is_within_the_formats_rounding(fmt, tiny_bundle, plain, weight_files, tmp_path):
-    from bernini.quant import dense_state_dict
+    from bernini.loaders.quant import dense_state_dict
 
     tensors, recipe = make_lora(plain.transformer, "comfyui", seed=5)
     path = tmp_path / "lora.safetensors"
@@ -342,7 +342,7 @@ def test_peft_alpha_from_adapter_config_or_metadata_sets_the_scale(tiny_bundle, 
 
 
 def test_a_scale_that_is_not_a_number_is_named(tiny_bundle, tmp_path, capsys, one_line_error):
-    from bernini.cli import main
+    from bernini.frontends.cli import main
 
     path = tmp_path / "style.safetensors"
     save_file({"diffusion_model.head.head.diff": torch.zeros(2, 2)}, str(path))

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from bernini.errors import MediaError
-from bernini.media import (
+from bernini.io.media import (
     frame_indices,
     preprocess_image,
     preprocess_video,

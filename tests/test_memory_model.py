@@ -1,4 +1,4 @@
-"""One memory model (:mod:`bernini.memory_plan`): placement at load time, ``bernini plan`` / ``--dry_run``, branch
+"""One memory model (:mod:`bernini.runtime.memory`): placement at load time, ``bernini plan`` / ``--dry_run``, branch
 batching and the planner's batching all ask it, so they agree by construction.
 
 The free device memory is mocked (``free_device_bytes``): there is no GPU here, and the batching rules only ask
@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from bernini import memory_plan
-from bernini.memory_plan import (
+from bernini.planner.memory import planner_batch_bytes
+from bernini.runtime.memory import (
     GIB,
     NOMINAL_REQUEST,
     Shapes,
     branch_batch_bytes,
+    estimate_memory,
     model_sizes,
-    plan_memory,
     runtime_decision,
 )
-from bernini.planner.memory import planner_batch_bytes
 from bernini.stages.denoise import batch_fits
 from bernini.stages.planning import planner_batch_fits
 
@@ -63,7 +63,7 @@ def test_planner_batching_asks_the_model_with_half_kept_spare(free):
 
 
 def test_load_time_placement_and_the_plan_decide_alike(monkeypatch):
-    """``runtime_decision`` (what ``from_pretrained`` places) and ``plan_memory`` (what ``bernini plan`` prints) run
+    """``runtime_decision`` (what ``from_pretrained`` places) and ``estimate_memory`` (what ``bernini plan`` prints) run
     through the same activation estimate and fit rule; at the published sizes they choose the same at every budget,
     and every mode comes up across the budgets."""
     calls = []
@@ -73,7 +73,7 @@ def test_load_time_placement_and_the_plan_decide_alike(monkeypatch):
     sizes, _ = model_sizes(shapes, torch.bfloat16, "none")
     modes = set()
     for gib in (12, 24, 40, 48, 80, 141):
-        planned = plan_memory(NOMINAL_REQUEST, shapes=shapes, gpu_memory=gib * GIB).decision
+        planned = estimate_memory(NOMINAL_REQUEST, shapes=shapes, gpu_memory=gib * GIB).decision
         placed = runtime_decision(
             "auto", torch.device("cuda"), gib * GIB, sizes, shapes.transformer, shapes.vae, torch.bfloat16, False
         )

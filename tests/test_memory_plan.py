@@ -11,48 +11,48 @@ from pathlib import Path
 import pytest
 import torch
 
-from bernini.memory_plan import GIB, Request, Shapes, packed_tokens, plan_memory
-from bernini.quant import QuantLinear
+from bernini.loaders.quant import QuantLinear
+from bernini.runtime.memory import GIB, Request, Shapes, estimate_memory, packed_tokens
 
 V2V_480P = Request(frames=81, height=480, width=832, source_videos=1)
 
 
 def test_a14b_480p_v2v_fits_24gb_device_and_64gb_host_with_fp8_block_streaming():
-    plan = plan_memory(V2V_480P, quantize="fp8", gpu_memory=24 * GIB)
-    assert plan.decision.mode == "blocks"
-    assert plan.tokens == 2 * 21 * (480 // 16) * (832 // 16)  # target + source tokens, packed
-    assert plan.peak_device <= 24 * GIB
-    assert plan.peak_host <= 64 * GIB
-    names = [p.name for p in plan.phases]
+    estimate = estimate_memory(V2V_480P, quantize="fp8", gpu_memory=24 * GIB)
+    assert estimate.decision.mode == "blocks"
+    assert estimate.tokens == 2 * 21 * (480 // 16) * (832 // 16)  # target + source tokens, packed
+    assert estimate.peak_device <= 24 * GIB
+    assert estimate.peak_host <= 64 * GIB
+    names = [p.name for p in estimate.phases]
     assert names == ["encode media", "text encoder", "high-noise", "low-noise", "decode"]
-    assert "streamed block by block" in plan.lines()[0]
+    assert "streamed block by block" in estimate.lines()[0]
 
 
 def test_a14b_shapes_are_the_published_sizes():
-    bf16 = plan_memory(V2V_480P, quantize="none")
+    bf16 = estimate_memory(V2V_480P, quantize="none")
     assert 28.0e9 < bf16.sizes.experts[0] < 29.2e9  # ≈14.0 B parameters, 28.6 GB per expert in bf16
     assert 10.5e9 < bf16.sizes.text_encoder < 12.0e9  # UMT5-XXL encoder ≈ 11 GB
-    fp8 = plan_memory(V2V_480P, quantize="fp8")
+    fp8 = estimate_memory(V2V_480P, quantize="fp8")
     assert 0.5 < fp8.sizes.experts[0] / bf16.sizes.experts[0] < 0.53
 
 
 def test_the_plan_fails_what_does_not_fit():
-    bf16 = plan_memory(V2V_480P, quantize="none", gpu_memory=24 * GIB)
+    bf16 = estimate_memory(V2V_480P, quantize="none", gpu_memory=24 * GIB)
     assert bf16.peak_host > 64 * GIB  # two bf16 experts and UMT5 do not fit a 64 GB host
-    resident = plan_memory(V2V_480P, quantize="fp8", gpu_memory=24 * GIB, mode="model")
+    resident = estimate_memory(V2V_480P, quantize="fp8", gpu_memory=24 * GIB, mode="model")
     # a whole fp8 expert plus 65k-token activations leaves less than the 5 % safety margin of a 24 GiB card
     assert resident.peak_device > 0.95 * 24 * GIB
-    t2v = plan_memory(Request(81, 480, 832), quantize="fp8", mode="blocks")
-    assert t2v.phases[-2].device < plan_memory(V2V_480P, quantize="fp8", mode="blocks").phases[-2].device
-    assert plan_memory(Request(81, 480, 832), quantize="fp8", gpu_memory=24 * GIB).decision.mode == "model"
+    t2v = estimate_memory(Request(81, 480, 832), quantize="fp8", mode="blocks")
+    assert t2v.phases[-2].device < estimate_memory(V2V_480P, quantize="fp8", mode="blocks").phases[-2].device
+    assert estimate_memory(Request(81, 480, 832), quantize="fp8", gpu_memory=24 * GIB).decision.mode == "model"
 
 
 def test_budget_drives_the_decision():
-    assert plan_memory(V2V_480P, quantize="fp8", gpu_memory=141 * GIB).decision.mode == "none"
-    assert plan_memory(V2V_480P, quantize="fp8", gpu_memory=40 * GIB).decision.mode == "model"
-    small = plan_memory(V2V_480P, quantize="fp8", gpu_memory=8 * GIB)
+    assert estimate_memory(V2V_480P, quantize="fp8", gpu_memory=141 * GIB).decision.mode == "none"
+    assert estimate_memory(V2V_480P, quantize="fp8", gpu_memory=40 * GIB).decision.mode == "model"
+    small = estimate_memory(V2V_480P, quantize="fp8", gpu_memory=8 * GIB)
     assert small.decision.mode == "blocks" and small.decision.text_encoder == "cpu"
-    tiny_card = plan_memory(V2V_480P, quantize="fp8", gpu_memory=int(4.5 * GIB))
+    tiny_card = estimate_memory(V2V_480P, quantize="fp8", gpu_memory=int(4.5 * GIB))
     assert tiny_card.decision.tiled_decode
     assert tiny_card.phases[-1].device < small.phases[-1].device
 
@@ -65,23 +65,23 @@ def test_token_count_formula():
 @pytest.mark.parametrize("quantize", ["none", "fp8"])
 def test_meta_weight_bytes_equal_the_loaded_bytes(tiny_bundle, quantize):
     from bernini import BerniniPipeline
-    from bernini.frontends.plan import shapes_for
+    from bernini.frontends.estimate import shapes_for
 
     shapes = shapes_for(str(tiny_bundle))
     assert isinstance(shapes, Shapes) and shapes.transformer["num_layers"] == 2
-    plan = plan_memory(Request(5, 32, 48), shapes=shapes, dtype=torch.float32, quantize=quantize)
+    estimate = estimate_memory(Request(5, 32, 48), shapes=shapes, dtype=torch.float32, quantize=quantize)
     pipe = BerniniPipeline.from_pretrained(tiny_bundle, device="cpu", quantize=quantize)
-    for expert, planned in zip(pipe.experts, plan.sizes.experts, strict=True):
+    for expert, planned in zip(pipe.experts, estimate.sizes.experts, strict=True):
         held = sum(p.numel() * p.element_size() for p in expert.parameters())
         held += sum(m.weight_scale.numel() * 4 for m in expert.modules() if isinstance(m, QuantLinear))
         assert planned == held
-    assert plan.sizes.text_encoder == sum(p.numel() * p.element_size() for p in pipe.text_encoder.parameters())
-    assert plan.sizes.vae == sum(p.numel() * p.element_size() for p in pipe.vae.parameters())
+    assert estimate.sizes.text_encoder == sum(p.numel() * p.element_size() for p in pipe.text_encoder.parameters())
+    assert estimate.sizes.vae == sum(p.numel() * p.element_size() for p in pipe.vae.parameters())
 
 
 def test_plan_command_and_dry_run(tiny_bundle, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "bernini.cli", "plan", "--quantize", "fp8", "--gpu_memory", "24"],
+        [sys.executable, "-m", "bernini", "plan", "--quantize", "fp8", "--gpu_memory", "24"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -92,7 +92,7 @@ def test_plan_command_and_dry_run(tiny_bundle, tmp_path):
     assert lines[-1].startswith("peak: device")
     output = tmp_path / "out.mp4"
     proc = subprocess.run(
-        [sys.executable, "-m", "bernini.cli", "generate", "--config", str(tiny_bundle), "--prompt", "x"]
+        [sys.executable, "-m", "bernini", "generate", "--config", str(tiny_bundle), "--prompt", "x"]
         + ["--num_frames", "5", "--height", "32", "--width", "48", "--output", str(output), "--dry_run"],
         capture_output=True,
         text=True,
@@ -107,7 +107,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def dry_run_size(argv: list[str], capsys) -> tuple[int, int, int]:
-    from bernini.cli import main
+    from bernini.frontends.cli import main
 
     assert main([*argv, "--dry_run"]) == 0
     out = capsys.readouterr().out
@@ -118,7 +118,7 @@ def dry_run_size(argv: list[str], capsys) -> tuple[int, int, int]:
 
 def test_dry_run_sizes_a_v2v_case_from_its_video_as_the_run_does(tiny_bundle, tmp_path, monkeypatch, capsys):
     """Issue 19 item 5: the dry run printed the flags' 81x480x848; the run took 33 frames at the source's size."""
-    from bernini.cli import main
+    from bernini.frontends.cli import main
 
     monkeypatch.chdir(tmp_path)
     argv = ["generate", "--case", str(EXAMPLES / "v2v_case1.json"), "--config", str(tiny_bundle)]
@@ -128,8 +128,8 @@ def test_dry_run_sizes_a_v2v_case_from_its_video_as_the_run_does(tiny_bundle, tm
     assert not (tmp_path / "o.mp4").exists()
     assert main(argv) == 0
     err = capsys.readouterr().err
-    resolved = json.loads((tmp_path / "o.mp4.json").read_text())["resolved"]
-    assert planned == (resolved["frames"], resolved["height"], resolved["width"]) == (9, 32, 64)
+    estimate = json.loads((tmp_path / "o.mp4.json").read_text())["estimate"]
+    assert planned == (estimate["frames"], estimate["height"], estimate["width"]) == (9, 32, 64)
     assert "note: num_frames 11 -> 9: the VAE takes 4k+1 frames" in err
 
 
@@ -141,7 +141,7 @@ def test_dry_run_on_a_full_bundle_follows_the_source(full_bundle, tmp_path, monk
 
 
 def test_dry_run_numbers_tasks_as_generate_does(tiny_bundle, tmp_path, monkeypatch, capsys):
-    from bernini.cli import main
+    from bernini.frontends.cli import main
 
     monkeypatch.chdir(tmp_path)
     tasks = [{"prompt": "a fox", "num_frames": 5, "height": 32, "width": 48}, {"prompt": "x", "video": "missing.mp4"}]
@@ -153,10 +153,18 @@ def test_dry_run_numbers_tasks_as_generate_does(tiny_bundle, tmp_path, monkeypat
 
 
 def test_plan_and_generate_share_the_default_size():
-    from bernini.cli import build_parser
+    from bernini.frontends.cli import build_parser
     from bernini.request import GenerationRequest
 
-    plan, generate = build_parser().parse_args(["plan"]), build_parser().parse_args(["generate"])
+    estimate, generate = build_parser().parse_args(["plan"]), build_parser().parse_args(["generate"])
     defaults = GenerationRequest()
-    assert (plan.num_frames, plan.height, plan.width) == (defaults.num_frames, defaults.height, defaults.width)
-    assert (generate.num_frames, generate.height, generate.width) == (plan.num_frames, plan.height, plan.width)
+    assert (estimate.num_frames, estimate.height, estimate.width) == (
+        defaults.num_frames,
+        defaults.height,
+        defaults.width,
+    )
+    assert (generate.num_frames, generate.height, generate.width) == (
+        estimate.num_frames,
+        estimate.height,
+        estimate.width,
+    )

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from bernini.errors import MediaError
-from bernini.output import (
+from bernini.io.output import (
     atomic_write,
     export_to_video,
     sidecar_path,
@@ -198,7 +198,7 @@ _WRITE_ON_CPUS = """
 import os, sys
 import numpy as np
 os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(",")})
-from bernini.output import write_video
+from bernini.io.output import write_video
 frames = np.random.default_rng(0).integers(0, 256, (9, 320, 480, 3), dtype=np.uint8)
 write_video(sys.argv[2], frames, 16)
 """

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from bernini.errors import BerniniError
-from bernini.parallel.cfg import assign_branches
-from bernini.parallel.layout import Layout, check_degrees
+from bernini.runtime.parallel.cfg import assign_branches
+from bernini.runtime.parallel.layout import Layout, check_degrees
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATION = ["--num_frames", "9", "--height", "48", "--width", "80", "--num_inference_steps", "2", "--device", "cpu"]
@@ -42,7 +42,7 @@ def generate_args(bundle: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
     """A 9-frame 48×80 source video, two reference images of other sizes and a corrupt video."""
-    from bernini.output import write_image, write_video
+    from bernini.io.output import write_image, write_video
 
     root = tmp_path_factory.mktemp("parallel_media")
     t = np.linspace(0, 1, 9)[:, None, None, None]
@@ -119,7 +119,16 @@ def test_ulysses_and_cfg_parallel_match_single_process(tiny_bundle: Path, media:
     """Every task type and guidance mode: parallel latents equal the single-process path's (fp32)."""
     tasks = write_tasks(media / f"check_{nproc}.jsonl", list(TASKS.values()))
     report = media / f"report_{nproc}.json"
-    target = ["-m", "bernini.parallel.check", "--layouts", layouts, "--report", str(report), "--tolerance", "1e-4"]
+    target = [
+        "-m",
+        "bernini.frontends.parallel_check",
+        "--layouts",
+        layouts,
+        "--report",
+        str(report),
+        "--tolerance",
+        "1e-4",
+    ]
     target += ["--config", str(tiny_bundle), "--inputs", str(tasks), *GENERATION, "--dist_timeout", "60"]
     result = torchrun(nproc, target, media)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -145,7 +154,7 @@ def test_data_parallel_groups_write_every_task_like_single_runs(
     tiny_bundle: Path, media: Path, tmp_path: Path, monkeypatch
 ):
     """Two groups of one rank take tasks 1, 3 and 2, 4; each output equals the one-process run's."""
-    from bernini.cli import main
+    from bernini.frontends.cli import main
 
     task_list = write_tasks(media / "dp.jsonl", [{**TASKS[name], "output": f"{name}.mp4"} for name in DP_TASKS])
     single, multi = tmp_path / "single", tmp_path / "multi"
@@ -245,7 +254,7 @@ def test_bad_ulysses_degree_stops_every_rank_with_the_valid_degrees(tiny_bundle:
 def test_world_not_divisible_is_refused_before_any_collective(
     tiny_bundle: Path, monkeypatch, capsys, world: str, flags: list[str], message: str
 ):
-    from bernini.cli import main
+    from bernini.frontends.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", world)
     monkeypatch.setenv("RANK", "0")
@@ -257,7 +266,7 @@ def test_world_not_divisible_is_refused_before_any_collective(
 HANG_SCRIPT = """
 import os, sys, time
 import bernini.frontends.torchrun as torchrun_frontend
-from bernini.cli import main
+from bernini.frontends.cli import main
 
 real_run_job = torchrun_frontend.run_job
 

@@ -72,7 +72,16 @@ def test_ulysses_and_cfg_parallel_match_one_process_on_the_full_model(full_bundl
     tasks = media / "check.jsonl"
     tasks.write_text("".join(json.dumps(task) + "\n" for task in EVERY_TASK.values()))
     report = media / "report.json"
-    target = ["-m", "bernini.parallel.check", "--layouts", "2:1,1:2", "--report", str(report), "--tolerance", "1e-4"]
+    target = [
+        "-m",
+        "bernini.frontends.parallel_check",
+        "--layouts",
+        "2:1,1:2",
+        "--report",
+        str(report),
+        "--tolerance",
+        "1e-4",
+    ]
     target += ["--config", str(full_bundle), "--inputs", str(tasks), *GENERATION, *PLANNER, "--dist_timeout", "60"]
     result = torchrun(target, media)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -95,7 +104,7 @@ def test_torchrun_plans_once_per_task_group_and_honours_the_planner_flags(
     """``infer_multi_gpu.py`` with upstream's planner flags: one task group of two ranks plans once (on its
     leader), the sidecar records the flags' values (not the shipped preset's) and the frames equal a
     one-process run's."""
-    from bernini.cli import upstream_script_main
+    from bernini.frontends.cli import upstream_script_main
 
     inputs = ["--prompt", TASKS[task]["prompt"], "--task_type", task]
     if "video" in TASKS[task]:

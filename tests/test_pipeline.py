@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from bernini import BerniniError, BerniniPipeline
-from bernini.schedulers import set_timesteps
+from bernini.sampling.schedulers import set_timesteps
 from bernini.tasks import t5_prefix
 
 SMALL = dict(num_frames=9, height=64, width=96, num_inference_steps=4)
@@ -20,7 +20,7 @@ def test_t2v_mode_reproduces_diffusers_wan_pipeline(tiny_bundle, tiny_pipe):
     ours = tiny_pipe(prompt, task_type="t2v", guidance_mode="t2v", seed=3, flow_shift=5.0, **SMALL)
     reference = WanPipeline.from_pretrained(tiny_bundle, torch_dtype=torch.float32)
     scheduler = UniPCMultistepScheduler.from_config(reference.scheduler.config, flow_shift=5.0)
-    # Both pipelines get the same schedule (the reference's flow sigmas, see bernini.schedulers.set_timesteps).
+    # Both pipelines get the same schedule (the reference's flow sigmas, see bernini.sampling.schedulers.set_timesteps).
     original = scheduler.set_timesteps
     scheduler.set_timesteps = lambda n, device=None, **kw: set_timesteps(
         type("S", (), {"config": scheduler.config, "set_timesteps": original})(), n, device

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bernini.placement import ModelSizes, choose_placement
+from bernini.runtime.placement import ModelSizes, choose_placement
 
 GIB = 1024**3
 KWARGS = dict(task_type="v2v", video=np.full((5, 32, 48, 3), 90, np.uint8), num_inference_steps=2, seed=4)

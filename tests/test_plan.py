@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bernini.guidance import GUIDANCE_MODES
-from bernini.plan import ModelDefaults, SourceIdPolicy, infer_task_type, make_plan
 from bernini.request import GenerationRequest
+from bernini.resolve import infer_task_type, resolve_request, with_model_defaults
+from bernini.resolved import ModelDefaults, SourceIdPolicy
+from bernini.sampling.guidance import GUIDANCE_MODES
 from bernini.tasks import TASKS
 
 PROMPT = "Add a snowman. The meadow, the person and the camera stay unchanged."
@@ -67,7 +68,7 @@ def media_files(tmp_path, monkeypatch):
     ],
 )
 def test_bad_requests(fields: dict[str, Any], match: str, one_line_error) -> None:
-    one_line_error(make_plan, GenerationRequest(**{"prompt": PROMPT, **fields}), match=match)
+    one_line_error(resolve_request, GenerationRequest(**{"prompt": PROMPT, **fields}), match=match)
 
 
 @pytest.mark.parametrize(("task", "mode"), [(name, spec.guidance_mode) for name, spec in TASKS.items()])
@@ -82,9 +83,9 @@ def test_default_guidance_mode_per_task(task: str, mode: str) -> None:
         "ads2v": {"video": ["a.mp4", "b.mp4"]},
         "r2v": {"images": ["r.png"]},
     }[task]
-    plan = make_plan(GenerationRequest(prompt=PROMPT, task_type=task, **media))
-    assert plan.guidance.mode.name == mode and mode in GUIDANCE_MODES
-    assert plan.geometry.frames == (1 if task in ("t2i", "i2i") else 81)
+    resolved = resolve_request(GenerationRequest(prompt=PROMPT, task_type=task, **media))
+    assert resolved.guidance.mode.name == mode and mode in GUIDANCE_MODES
+    assert resolved.geometry.frames == (1 if task in ("t2i", "i2i") else 81)
 
 
 def test_spec_defaults_for_the_task_table() -> None:
@@ -97,11 +98,11 @@ def test_spec_defaults_for_the_task_table() -> None:
     ("given", "used"), [(1, 1), (2, 1), (5, 5), (8, 9), (10, 9), (81, 81), (82, 81), (84, 85), (121, 121)]
 )
 def test_num_frames_snap_to_4k_plus_1(given: int, used: int) -> None:
-    assert make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v", num_frames=given)).geometry.frames == used
+    assert resolve_request(GenerationRequest(prompt=PROMPT, task_type="t2v", num_frames=given)).geometry.frames == used
 
 
 def test_image_tasks_force_one_frame() -> None:
-    assert make_plan(GenerationRequest(prompt=PROMPT, task_type="t2i", num_frames=81)).geometry.frames == 1
+    assert resolve_request(GenerationRequest(prompt=PROMPT, task_type="t2i", num_frames=81)).geometry.frames == 1
 
 
 @pytest.mark.parametrize(
@@ -117,35 +118,35 @@ def test_image_tasks_force_one_frame() -> None:
 )
 def test_task_inferred_from_media(media: dict[str, Any], task: str) -> None:
     assert infer_task_type(GenerationRequest(prompt=PROMPT, **media)) == task
-    assert make_plan(GenerationRequest(prompt=PROMPT, **media)).task.name == task
+    assert resolve_request(GenerationRequest(prompt=PROMPT, **media)).task.name == task
 
 
 def test_validation_normalises_types() -> None:
-    plan = make_plan(
+    resolved = resolve_request(
         GenerationRequest(
             prompt=PROMPT, video="a.mp4", images="r.png", seed="7", num_frames=9.0, norm_threshold=30, omega_txt="5"
         )
     )
-    assert plan.media.video == ("a.mp4",) and plan.media.images == ("r.png",)
-    assert (plan.seed, plan.geometry.frames, plan.guidance.weights.txt) == (7, 9, 5.0)
-    assert plan.guidance.apg.norm_threshold == (30.0, 30.0)
+    assert resolved.media.video == ("a.mp4",) and resolved.media.images == ("r.png",)
+    assert (resolved.seed, resolved.geometry.frames, resolved.guidance.weights.txt) == (7, 9, 5.0)
+    assert resolved.guidance.apg.norm_threshold == (30.0, 30.0)
     with pytest.raises(AttributeError):
-        plan.seed = 3  # frozen: later stages cannot change what was validated
+        resolved.seed = 3  # frozen: later stages cannot change what was validated
 
 
 def test_request_record_is_json_ready() -> None:
-    plan = make_plan(
+    resolved = resolve_request(
         GenerationRequest(prompt=PROMPT, video=[np.zeros((5, 16, 16, 3), np.uint8)], images=[Path("r.png")]),
         ModelDefaults(),
     )
-    data = plan.request_record()
+    data = resolved.request_record()
     json.dumps(data)
     assert data["video"] == ["<ndarray (5, 16, 16, 3)>"] and data["images"] == ["r.png"]
 
 
 def test_request_record_has_every_request_field_resolved() -> None:
-    plan = make_plan(GenerationRequest(prompt=PROMPT, task_type="t2i", num_frames=9), ModelDefaults())
-    data = plan.request_record()
+    resolved = resolve_request(GenerationRequest(prompt=PROMPT, task_type="t2i", num_frames=9), ModelDefaults())
+    data = resolved.request_record()
     assert list(data) == list(GenerationRequest.field_names())
     assert (data["task_type"], data["guidance_mode"], data["num_frames"]) == ("t2i", "t2v_apg", 1)
     assert (data["use_unipc"], data["use_src_tgt_id"], data["interpolate_src_id"], data["max_trained_src_id"]) == (
@@ -158,24 +159,24 @@ def test_request_record_has_every_request_field_resolved() -> None:
 
 def test_model_defaults_fill_only_what_the_request_leaves_open(one_line_error) -> None:
     bundle = ModelDefaults("flow_match_euler", SourceIdPolicy(enabled=False, interpolate=False, max_trained=3))
-    open_plan = make_plan(GenerationRequest(prompt=PROMPT))
-    assert not open_plan.resolved and open_plan.source_ids is None
-    filled = open_plan.with_model_defaults(bundle)
+    open_plan = resolve_request(GenerationRequest(prompt=PROMPT))
+    assert not open_plan.filled and open_plan.source_ids is None
+    filled = with_model_defaults(open_plan, bundle)
     assert filled.scheduler.name == "flow_match_euler"
     assert filled.source_ids == SourceIdPolicy(False, False, 3)
-    explicit = make_plan(
+    explicit = resolve_request(
         GenerationRequest(prompt=PROMPT, use_unipc=True, use_src_tgt_id=True, max_trained_src_id=7), bundle
     )
     assert explicit.scheduler.name == "unipc"
     assert explicit.source_ids == SourceIdPolicy(True, False, 7)
-    one_line_error(make_plan, GenerationRequest(prompt=PROMPT, max_trained_src_id=0), match="max_trained_src_id")
+    one_line_error(resolve_request, GenerationRequest(prompt=PROMPT, max_trained_src_id=0), match="max_trained_src_id")
 
 
 def test_t5_text_follows_the_prompt() -> None:
-    plan = make_plan(GenerationRequest(prompt="a  red\nfox", task_type="t2v"))
-    assert plan.t5_text == TASKS["t2v"].t5_prefix + "a red fox"
-    assert plan.with_prompt("a blue fox").t5_text == TASKS["t2v"].t5_prefix + "a blue fox"
-    assert make_plan(GenerationRequest(prompt="x", system_prompt="Custom.")).t5_text == "Custom.x"
+    resolved = resolve_request(GenerationRequest(prompt="a  red\nfox", task_type="t2v"))
+    assert resolved.t5_text == TASKS["t2v"].t5_prefix + "a red fox"
+    assert resolved.with_prompt("a blue fox").t5_text == TASKS["t2v"].t5_prefix + "a blue fox"
+    assert resolve_request(GenerationRequest(prompt="x", system_prompt="Custom.")).t5_text == "Custom.x"
 
 
 # ------------------------------------------------------------------ seeds (issue 14, item 9)
@@ -183,16 +184,16 @@ def test_t5_text_follows_the_prompt() -> None:
 
 @pytest.mark.parametrize("seed", [2**53 + 1, 2**63 - 1, 0, str(2**53 + 1), np.int64(2**62 + 3)])
 def test_seeds_stay_exact_integers(seed) -> None:
-    assert make_plan(GenerationRequest(prompt=PROMPT, seed=seed)).seed == int(seed)
+    assert resolve_request(GenerationRequest(prompt=PROMPT, seed=seed)).seed == int(seed)
 
 
 def test_random_seed_is_drawn_in_range_and_kept() -> None:
-    seeds = {make_plan(GenerationRequest(prompt=PROMPT, seed=-1)).seed for _ in range(8)}
+    seeds = {resolve_request(GenerationRequest(prompt=PROMPT, seed=-1)).seed for _ in range(8)}
     assert len(seeds) > 1 and all(0 <= s < 2**63 for s in seeds)
-    plan = make_plan(GenerationRequest(prompt=PROMPT, seed=-1))
-    assert plan.request_record()["seed"] == plan.seed != -1
+    resolved = resolve_request(GenerationRequest(prompt=PROMPT, seed=-1))
+    assert resolved.request_record()["seed"] == resolved.seed != -1
 
 
 @pytest.mark.parametrize(("seed", "match"), [(2**63, "between 0 and 2**63-1"), (1.5, "integer"), ("1e400", "finite")])
 def test_seeds_out_of_range(seed, match, one_line_error) -> None:
-    one_line_error(make_plan, GenerationRequest(prompt=PROMPT, seed=seed), match=match)
+    one_line_error(resolve_request, GenerationRequest(prompt=PROMPT, seed=seed), match=match)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bernini.bundle import BundleSpec
 from bernini.errors import WeightsError
-from bernini.full_config import (
+from bernini.loaders.bundle import BundleSpec
+from bernini.loaders.full_config import (
     OLD_CONNECTOR_KEYS,
     RELEASED_KEYS,
     UNRELEASED_KEYS,
@@ -21,7 +21,7 @@ from bernini.full_config import (
     renderer_config_from,
 )
 from bernini.planner.loading import FullBundle, load_planner, load_renderer_parts, qwen_key
-from bernini.planner.presets import detect_version
+from bernini.sampling.full_presets import detect_version
 
 
 @pytest.fixture(scope="session")

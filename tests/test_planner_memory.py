@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 
-from bernini.memory_plan import Request, Shapes
 from bernini.planner.memory import (
     QWEN2_5_VL_7B,
     FullShapes,
-    plan_full_memory,
+    estimate_full_memory,
     planner_sizes,
     qwen_meta,
 )
+from bernini.runtime.memory import Request, Shapes
 
 GB = 1e9
 
@@ -37,11 +37,11 @@ def test_truncated_qwen_drops_exactly_the_last_layer_the_norm_and_lm_head():
 
 def test_planner_phase_is_smaller_than_the_render_phase():
     for request in (Request(81, 480, 832), Request(81, 480, 832, source_videos=1)):
-        plan = plan_full_memory(request)
-        assert plan.planner_device < plan.render_device
-        assert plan.render_device > plan.renderer_weights["expert"]  # one 14 B expert and its activations
-    t2v = plan_full_memory(Request(81, 480, 832))
-    longer = plan_full_memory(Request(81, 480, 832), FullShapes(planner_tokens=4096))
+        estimate = estimate_full_memory(request)
+        assert estimate.planner_device < estimate.render_device
+        assert estimate.render_device > estimate.renderer_weights["expert"]  # one 14 B expert and its activations
+    t2v = estimate_full_memory(Request(81, 480, 832))
+    longer = estimate_full_memory(Request(81, 480, 832), FullShapes(planner_tokens=4096))
     assert longer.planner_device > t2v.planner_device  # the planner's activations follow its sequence
     assert longer.render_device == t2v.render_device
 
@@ -53,19 +53,19 @@ def test_host_bytes_match_the_spec_sum_of_parts():
     4096, the ViT decoder and connector in bf16 (the dtype the reference plans in) rather than fp32, and holds
     the fp32 VAE the spec leaves out; with those put back, each of the spec's six figures is rounded to 0.1 GB,
     so the sums agree within 6 × 0.05 GB."""
-    plan = plan_full_memory()
-    sizes = plan.planner
+    estimate = estimate_full_memory()
+    sizes = estimate.planner
     spec_parts = [28.6, 28.6, 16.6, 11.4, 5.8, 0.3]
     dropped = (sizes.qwen_checkpoint_params - sizes.qwen_params) * 2
     mask_rows = (4096 - 1) * sizes.hidden * 4
     fp32_upcast = sizes.decoder_host + sizes.connector_host  # bf16 → fp32 doubles them
-    comparable = plan.host_weights + dropped + mask_rows + fp32_upcast - plan.renderer_weights["vae"]
+    comparable = estimate.host_weights + dropped + mask_rows + fp32_upcast - estimate.renderer_weights["vae"]
     assert abs(comparable / GB - sum(spec_parts)) <= 0.05 * len(spec_parts)
-    assert 85 * GB < plan.host_weights < 92 * GB
-    assert plan.host_weights == (
-        2 * plan.renderer_weights["expert"]
-        + plan.renderer_weights["text_encoder"]
-        + plan.renderer_weights["vae"]
+    assert 85 * GB < estimate.host_weights < 92 * GB
+    assert estimate.host_weights == (
+        2 * estimate.renderer_weights["expert"]
+        + estimate.renderer_weights["text_encoder"]
+        + estimate.renderer_weights["vae"]
         + sizes.qwen
         + sizes.connector_host
         + sizes.decoder_host
@@ -77,7 +77,7 @@ def test_meta_planner_bytes_equal_the_loaded_planner(full_bundle):
     import json
 
     from bernini.planner.loading import FullBundle, load_planner
-    from bernini.tiny_full import TINY_SIZES
+    from bernini.tiny.full import TINY_SIZES
 
     config = json.loads((full_bundle / "mllm" / "config.json").read_text())
     shapes = FullShapes(

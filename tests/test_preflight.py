@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bernini.cli as cli
-from bernini.cli import main, upstream_script_main
+import bernini.frontends.cli as cli
 from bernini.errors import BerniniError
-from bernini.plan import make_plan
+from bernini.frontends.cli import main, upstream_script_main
 from bernini.preflight import check_outputs, final_output, writable_problem
 from bernini.request import GenerationRequest
+from bernini.resolve import resolve_request
 
 TINY = ["--num_inference_steps", "1", "--num_frames", "5", "--height", "16", "--width", "16"]
 PROMPT = "Add a red ball. The scene shows a red ball on a grey floor; everything else stays unchanged."
@@ -30,7 +30,7 @@ def stderr_lines(stderr: str) -> list[str]:
 
 
 def write_clip(path: Path, frames: int) -> Path:
-    from bernini.output import write_video
+    from bernini.io.output import write_video
 
     pixels = np.zeros((frames, 32, 48, 3), np.uint8)
     for i in range(frames):
@@ -56,20 +56,20 @@ def error_lines(capsys) -> list[str]:
 
 
 def test_final_output_follows_the_suffix_fix_up():
-    def plan(**fields) -> object:
-        return make_plan(GenerationRequest(prompt=PROMPT, **fields))
+    def resolved(**fields) -> object:
+        return resolve_request(GenerationRequest(prompt=PROMPT, **fields))
 
-    assert final_output(plan(task_type="t2i", output="a.mp4")) == Path("a.png")
-    assert final_output(plan(task_type="t2v", output="a.png")) == Path("a.mp4")
-    assert final_output(plan(task_type="t2v", output="a", num_frames=1)) == Path("a.png")
-    assert final_output(plan(task_type="t2v", output="a.mov")) == Path("a.mov")
+    assert final_output(resolved(task_type="t2i", output="a.mp4")) == Path("a.png")
+    assert final_output(resolved(task_type="t2v", output="a.png")) == Path("a.mp4")
+    assert final_output(resolved(task_type="t2v", output="a", num_frames=1)) == Path("a.png")
+    assert final_output(resolved(task_type="t2v", output="a.mov")) == Path("a.mov")
 
 
 def test_a_directory_output_is_checked_where_the_job_writes(tmp_path):
     """An existing ``DIR/output.mp4`` is what a directory output replaces, so it is what is refused."""
     folder = tmp_path / "out"
     folder.mkdir()
-    task = make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v", output=str(folder)))
+    task = resolve_request(GenerationRequest(prompt=PROMPT, task_type="t2v", output=str(folder)))
     assert final_output(task) == folder / "output.mp4"
     (folder / "output.mp4").write_bytes(b"x")
     checked = check_outputs([task])
@@ -95,7 +95,7 @@ def test_unwritable_output_fails_before_loading(tmp_path, no_model, capsys):
 
 
 def test_an_image_given_as_video_fails_before_loading(tmp_path, no_model, capsys):
-    from bernini.output import write_image
+    from bernini.io.output import write_image
 
     image = write_image(tmp_path / "still.png", np.zeros((32, 48, 3), np.uint8))
     rc = main(["generate", "--prompt", PROMPT, "--video", str(image), *TINY, "--output", str(tmp_path / "o.mp4")])
@@ -210,7 +210,7 @@ def test_existing_output_in_a_list_fails_its_slot_only(tiny_bundle, tmp_path, ca
 
 
 def test_check_outputs_lists_what_overwrite_replaces(tmp_path):
-    plans = [make_plan(GenerationRequest(prompt=PROMPT, task_type="t2v", output=str(tmp_path / "x.mp4")))]
+    plans = [resolve_request(GenerationRequest(prompt=PROMPT, task_type="t2v", output=str(tmp_path / "x.mp4")))]
     (tmp_path / "x.mp4").write_bytes(b"x")
     refused = check_outputs(plans)
     assert isinstance(refused.tasks[0], BerniniError) and refused.runnable == []
@@ -226,7 +226,7 @@ def test_check_outputs_lists_what_overwrite_replaces(tmp_path):
 
 def test_too_short_video_fails_the_probe(tmp_path):
     """The media check counts real decoded frames: a 12-frame clip passes, a 3-frame one does not."""
-    from bernini.media import probe_media
+    from bernini.io.media import probe_media
 
     probe_media(write_clip(tmp_path / "ok.mp4", frames=12), "video")
     with pytest.raises(BerniniError, match="3 frame"):

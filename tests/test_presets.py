@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bernini.cli import main
-from bernini.guidance import GUIDANCE_MODES, Combo, Text, Weights
-from bernini.plan import make_plan
-from bernini.presets import PRESETS
+from bernini.frontends.cli import main
 from bernini.request import GenerationRequest
+from bernini.resolve import resolve_request
+from bernini.sampling.guidance import GUIDANCE_MODES, Combo, Text, Weights
+from bernini.sampling.presets import PRESETS
 
 
 def shifted(sigma: float, shift: float) -> float:
@@ -20,13 +20,13 @@ def shifted(sigma: float, shift: float) -> float:
 
 
 def test_preset_plan_pins_steps_scheduler_and_guidance(one_line_error):
-    plan = make_plan(GenerationRequest(prompt="a fox", preset="lightning4", num_inference_steps=40))
-    assert plan.num_inference_steps == 4
-    assert plan.guidance.mode.name == "none"
-    assert plan.scheduler.name == "flow_match_euler" and plan.scheduler.sigmas == (1.0, 0.75, 0.5, 0.25)
-    assert plan.request_record()["preset"] == "lightning4"
-    one_line_error(make_plan, GenerationRequest(prompt="x", preset="lightning4", use_unipc=True), match="drop")
-    one_line_error(make_plan, GenerationRequest(prompt="x", preset="turbo"), match="unknown preset")
+    resolved = resolve_request(GenerationRequest(prompt="a fox", preset="lightning4", num_inference_steps=40))
+    assert resolved.num_inference_steps == 4
+    assert resolved.guidance.mode.name == "none"
+    assert resolved.scheduler.name == "flow_match_euler" and resolved.scheduler.sigmas == (1.0, 0.75, 0.5, 0.25)
+    assert resolved.request_record()["preset"] == "lightning4"
+    one_line_error(resolve_request, GenerationRequest(prompt="x", preset="lightning4", use_unipc=True), match="drop")
+    one_line_error(resolve_request, GenerationRequest(prompt="x", preset="turbo"), match="unknown preset")
 
 
 def test_preset_yields_to_what_the_user_gave_and_says_so():
@@ -35,19 +35,19 @@ def test_preset_yields_to_what_the_user_gave_and_says_so():
     request = GenerationRequest(
         prompt="a fox", preset="lightning4", num_inference_steps=6, flow_shift=3.0, guidance_mode="t2v", explicit=given
     )
-    plan = make_plan(request)
-    assert plan.num_inference_steps == 6 and plan.guidance.mode.name == "t2v"
-    assert plan.scheduler.name == "flow_match_euler" and plan.scheduler.flow_shift == 3.0
-    assert plan.scheduler.sigmas is None  # the 4 distilled sigmas do not fit 6 steps
-    assert [(a.name, a.asked, a.used) for a in plan.adjustments] == [
+    resolved = resolve_request(request)
+    assert resolved.num_inference_steps == 6 and resolved.guidance.mode.name == "t2v"
+    assert resolved.scheduler.name == "flow_match_euler" and resolved.scheduler.flow_shift == 3.0
+    assert resolved.scheduler.sigmas is None  # the 4 distilled sigmas do not fit 6 steps
+    assert [(a.name, a.asked, a.used) for a in resolved.adjustments] == [
         ("guidance_mode", "none", "t2v"),
         ("num_inference_steps", 4, 6),
         ("flow_shift", 5.0, 3.0),
     ]
-    assert all("preset lightning4" in a.why for a in plan.adjustments)
-    record = plan.request_record()
+    assert all("preset lightning4" in a.why for a in resolved.adjustments)
+    record = resolved.request_record()
     assert (record["num_inference_steps"], record["flow_shift"], record["guidance_mode"]) == (6, 3.0, "t2v")
-    shift_only = make_plan(replace(request, explicit=frozenset({"preset", "flow_shift"})))
+    shift_only = resolve_request(replace(request, explicit=frozenset({"preset", "flow_shift"})))
     assert shift_only.num_inference_steps == 4 and shift_only.scheduler.sigmas == PRESETS["lightning4"].sigmas
     assert shift_only.guidance.mode.name == "none" and shift_only.scheduler.flow_shift == 3.0
 
@@ -60,10 +60,10 @@ def test_reference_tasks_keep_their_guidance_under_the_preset(task, media, tmp_p
     for name in ("ref.png", "v.mp4"):
         (tmp_path / name).write_bytes(b"x")
     extra = {"images": ["ref.png"]} if task == "rv2v" else {}
-    plan = make_plan(GenerationRequest(prompt="a fox", preset="lightning4", task_type=task, **media, **extra))
-    assert plan.guidance.mode.name == TASKS[task].guidance_mode != "none"
-    assert plan.num_inference_steps == 4 and plan.scheduler.sigmas == PRESETS["lightning4"].sigmas
-    (note,) = plan.adjustments
+    resolved = resolve_request(GenerationRequest(prompt="a fox", preset="lightning4", task_type=task, **media, **extra))
+    assert resolved.guidance.mode.name == TASKS[task].guidance_mode != "none"
+    assert resolved.num_inference_steps == 4 and resolved.scheduler.sigmas == PRESETS["lightning4"].sigmas
+    (note,) = resolved.adjustments
     assert (note.name, note.asked, note.used) == ("guidance_mode", "none", TASKS[task].guidance_mode)
 
 
@@ -91,7 +91,7 @@ def test_no_guidance_is_one_branch_with_everything_and_the_prompt():
 
 @pytest.mark.parametrize("task", ["t2v", "v2v"])
 def test_preset_sidecar_one_forward_per_step_and_the_distilled_timesteps(task, tiny_bundle, tmp_path):
-    from bernini.output import write_video
+    from bernini.io.output import write_video
 
     extra = []
     if task == "v2v":

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bernini.cli import main
 from bernini.errors import BerniniError
+from bernini.frontends.cli import main
 from bernini.frontends.progress import ConsoleProgress
-from bernini.output import write_video
+from bernini.io.output import write_video
 from bernini.request import GenerationRequest
 
 TINY = ["--num_inference_steps", "3", "--num_frames", "9", "--height", "32", "--width", "48", "--device", "cpu"]
@@ -34,10 +34,10 @@ def phases(events: list[tuple[str, int, int]]) -> dict[str, list[int]]:
 def test_generate_reports_every_phase_per_unit_and_the_hook_changes_nothing(tiny_pipe, tmp_path: Path):
     clip = write_video(tmp_path / "src.mp4", np.full((9, 32, 48, 3), 0.5), 8)
     request = GenerationRequest(prompt="a fox", task_type="v2v", video=[str(clip)], num_inference_steps=3, seed=7)
-    plan = tiny_pipe.plan(request)
+    resolved = tiny_pipe.resolve(request)
     events: list[tuple[str, int, int]] = []
-    with_hook = tiny_pipe.generate(plan, on_progress=lambda *event: events.append(event), output_type="np")
-    without = tiny_pipe.generate(plan, output_type="np")
+    with_hook = tiny_pipe.generate(resolved, on_progress=lambda *event: events.append(event), output_type="np")
+    without = tiny_pipe.generate(resolved, output_type="np")
     np.testing.assert_array_equal(with_hook.frames, without.frames)
     seen = phases(events)
     assert list(seen) == ["encode", "text", "denoise", "decode"]
@@ -94,7 +94,7 @@ def test_full_default_sizes_on_the_cpu_get_an_estimate_and_the_flags_to_shrink_i
 
     started: list[str] = []
 
-    def job(pipe, plan, **kwargs):
+    def job(pipe, resolved, **kwargs):
         started.append(capsys.readouterr().err)
         raise BerniniError("stopped by the test before generating")
 
@@ -119,10 +119,10 @@ def test_full_default_sizes_on_the_cpu_get_an_estimate_and_the_flags_to_shrink_i
 
 def test_the_estimate_scales_with_steps_forwards_and_tokens(tiny_pipe):
     """Independent of the code: the 4·N²·d attention term makes doubling the frames more than double it."""
-    from bernini.estimate import transformer_flops
+    from bernini.runtime.estimate import transformer_flops
 
     def flops(**values) -> float:
-        return transformer_flops(tiny_pipe, tiny_pipe.plan(GenerationRequest(prompt="x", task_type="t2v", **values)))
+        return transformer_flops(tiny_pipe, tiny_pipe.resolve(GenerationRequest(prompt="x", task_type="t2v", **values)))
 
     base = flops(num_frames=9, height=32, width=48, num_inference_steps=4)
     assert flops(num_frames=9, height=32, width=48, num_inference_steps=8) == pytest.approx(2 * base)
@@ -133,6 +133,6 @@ def test_the_estimate_scales_with_steps_forwards_and_tokens(tiny_pipe):
     grid = tiny_pipe.latent_grid
     _, p_h, p_w = expert.config.patch_size
     tokens = ((9 - 1) // grid.temporal + 1) * (32 // grid.spatial // p_h) * (48 // grid.spatial // p_w)
-    forwards = tiny_pipe.plan(GenerationRequest(prompt="x", task_type="t2v")).guidance.mode.forwards_per_step
+    forwards = tiny_pipe.resolve(GenerationRequest(prompt="x", task_type="t2v")).guidance.mode.forwards_per_step
     expected = len(expert.blocks) * (2 * tokens * params + 4 * tokens**2 * width) * forwards * 4
     assert base == pytest.approx(expected)

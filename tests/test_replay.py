@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from test_enhancer import server, text  # noqa: F401 - the fixture is used by name
 
-from bernini.cli import main
-from bernini.output import write_video
+from bernini.frontends.cli import main
+from bernini.io.output import write_video
 from bernini.record import RunPaths, RunRecord
 
 SMALL = ["--num_frames", "5", "--height", "32", "--width", "48", "--num_inference_steps", "2"]
@@ -88,7 +88,7 @@ def run_cli(args: list[str], cwd: Path, base_url: str | None) -> subprocess.Comp
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BERNINI_PE_", "OPENAI_"))}
     if base_url:
         env.update(BERNINI_PE_BASE_URL=base_url, BERNINI_PE_API_KEY="sk-replay-test", BERNINI_PE_MODEL="pe-test")
-    command = [sys.executable, "-m", "bernini.cli", "generate", *args]
+    command = [sys.executable, "-m", "bernini", "generate", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
 
 
@@ -198,7 +198,7 @@ def test_replay_of_a_gguf_run_with_a_lora_and_quantize_refused_for_gguf(tiny_bun
 def test_a_pre_quantised_bundle_records_its_quantisation_and_replays(tiny_bundle, tmp_path, capsys):
     import torch
 
-    from bernini.convert import convert
+    from bernini.loaders.convert import convert
 
     bundle = tmp_path / "fp8-bundle"
     convert(tiny_bundle, bundle, "diffusers", dtype=torch.float32, quantize="fp8")

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bernini.cli import build_parser
 from bernini.errors import BerniniError
+from bernini.frontends.cli import build_parser
 from bernini.request import (
     CASE_KEYS,
     GenerationRequest,

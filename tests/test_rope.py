@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from bernini.rope import apply_rope, assign_source_ids, axis_dims, packed_rope, rope_angles
+from bernini.models.rope import apply_rope, assign_source_ids, axis_dims, packed_rope, rope_angles
 
 
 def independent_angle(f: int, y: int, x: int, s: float, k: int, head_dim: int) -> float:

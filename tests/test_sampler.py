@@ -5,9 +5,9 @@ import torch
 from diffusers import UniPCMultistepScheduler
 
 from bernini.conditions import Conditions
-from bernini.guidance import GUIDANCE_MODES, Combo, GuidanceMode, GuidanceState, Weights
-from bernini.plan import SourceIdPolicy
-from bernini.sampler import BranchRunner, Experts, SamplingInputs, sample
+from bernini.resolved import SourceIdPolicy
+from bernini.sampling.guidance import GUIDANCE_MODES, Combo, GuidanceMode, GuidanceState, Weights
+from bernini.sampling.sampler import BranchRunner, Experts, SamplingInputs, sample
 
 
 class RecordingRunner(BranchRunner):

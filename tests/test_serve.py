@@ -44,7 +44,7 @@ def http(server):
 def media(tmp_path_factory) -> dict[str, Path]:
     from PIL import Image
 
-    from bernini.output import write_video
+    from bernini.io.output import write_video
 
     root = tmp_path_factory.mktemp("serve_media")
     rng = np.random.default_rng(0)
@@ -92,7 +92,7 @@ def test_a_job_runs_with_progress_events_and_its_output_is_what_the_pipeline_mak
     assert sidecar["request"]["seed"] == 7 and sidecar["request"]["num_inference_steps"] == 20
     assert sidecar["output"] == "output.mp4"
     # the same request through the library: the server runs the shared pipeline, not something else
-    from bernini.output import write_output
+    from bernini.io.output import write_output
 
     local = tiny_pipe(**{**TINY, "prompt": job["prompt"], "seed": 7, "num_inference_steps": 20}, output_type="np")
     expected = decode(write_output(tmp_path / "local.mp4", local.frames, 16.0).read_bytes(), tmp_path)
@@ -205,7 +205,7 @@ def test_refuses_a_public_address_without_a_token(tiny_bundle, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("BERNINI_SERVE_TOKEN", None)
     result = subprocess.run(
-        [sys.executable, "-m", "bernini.cli", "serve", "--config", str(tiny_bundle), "--host", "0.0.0.0",
+        [sys.executable, "-m", "bernini", "serve", "--config", str(tiny_bundle), "--host", "0.0.0.0",
          "--output_dir", str(tmp_path)],  # fmt: skip
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
@@ -456,7 +456,7 @@ def test_submit_command_uploads_follows_and_downloads(server, media, tmp_path):
     case.write_text(json.dumps({"prompt": "make it autumn", "video": str(media["video"]), "output": "ignored.mp4"}))
     out = tmp_path / "result" / "edit.mp4"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BERNINI_SERVE_TOKEN": TOKEN}
-    command = [sys.executable, "-m", "bernini.cli", "submit", "--server", server.url, "--case", str(case),
+    command = [sys.executable, "-m", "bernini", "submit", "--server", server.url, "--case", str(case),
                "--num_frames", "5", "--num_inference_steps", "2", "--output", str(out)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -479,7 +479,7 @@ def test_under_torchrun_rank_0_serves_and_the_group_runs_each_job(server, tiny_b
     env.pop("BERNINI_SERVE_TOKEN", None)
     log = (tmp_path / "torchrun.log").open("wb")
     group = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "bernini.cli",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "bernini",
          "serve", "--config", str(tiny_bundle), "--device", "cpu", "--cfg_parallel", "2", "--port", str(port),
          "--output_dir", str(tmp_path / "out")],  # fmt: skip
         env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -538,14 +538,15 @@ def test_a_full_model_service_lists_its_own_modes_and_fills_its_shipped_settings
     """Without loading a model: the service's model card and a job's plan follow the loaded model's kind."""
     from fastapi.testclient import TestClient
 
-    from bernini.guidance import FULL_MODEL_MODES
-    from bernini.plan import ModelDefaults, make_plan
-    from bernini.planner.presets import FULL_PRESETS
-    from bernini.serve.app import create_app
-    from bernini.serve.schemas import JobCreate, job_params
-    from bernini.serve.service import Service, ServiceConfig
-    from bernini.serve.store import Store
-    from bernini.serve.worker import request_for
+    from bernini.frontends.serve.app import create_app
+    from bernini.frontends.serve.schemas import JobCreate, job_params
+    from bernini.frontends.serve.service import Service, ServiceConfig
+    from bernini.frontends.serve.store import Store
+    from bernini.frontends.serve.worker import request_for
+    from bernini.resolve import resolve_request
+    from bernini.resolved import ModelDefaults
+    from bernini.sampling.full_presets import FULL_PRESETS
+    from bernini.sampling.guidance import FULL_MODEL_MODES
 
     defaults = ModelDefaults(planner_version="v2")
     config = ServiceConfig(model_id="full", output_dir=tmp_path, worker_id="w", defaults=defaults)
@@ -553,7 +554,10 @@ def test_a_full_model_service_lists_its_own_modes_and_fills_its_shipped_settings
     with TestClient(app) as http:
         assert http.get("/v1/models").json()["data"][0]["guidance_modes"] == list(FULL_MODEL_MODES)
     params = job_params(JobCreate.model_validate({"prompt": "a fox", "task_type": "t2v", "omega_txt": 4.0}))
-    plan = make_plan(request_for(params, {}, "out.mp4"), defaults)
+    resolved = resolve_request(request_for(params, {}, "out.mp4"), defaults)
     shipped = FULL_PRESETS["v2"]["t2v"]
-    assert plan.guidance.weights.txt == 4.0  # given by the client (also the request default): it wins
-    assert plan.num_inference_steps == shipped.num_inference_steps and plan.guidance.weights.tgt == shipped.omega_tgt
+    assert resolved.guidance.weights.txt == 4.0  # given by the client (also the request default): it wins
+    assert (
+        resolved.num_inference_steps == shipped.num_inference_steps
+        and resolved.guidance.weights.tgt == shipped.omega_tgt
+    )

@@ -73,13 +73,13 @@ def test_a_read_only_or_full_sqlite_gets_the_json_503_and_recovers(tmp_path, cap
     from fastapi.testclient import TestClient
     from sqlalchemy import event, text
 
-    from bernini.serve.app import create_app
-    from bernini.serve.service import Service, ServiceConfig
-    from bernini.serve.store import Store
+    from bernini.frontends.serve.app import create_app
+    from bernini.frontends.serve.service import Service, ServiceConfig
+    from bernini.frontends.serve.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'queue.db'}")
     app = create_app(Service(store, ServiceConfig(model_id="m", output_dir=tmp_path, worker_id="w")))
-    with TestClient(app) as http, caplog.at_level(logging.WARNING, logger="bernini.serve"):
+    with TestClient(app) as http, caplog.at_level(logging.WARNING, logger="bernini.frontends.serve"):
         first = http.post("/v1/jobs", json={"prompt": "before", **TINY})
         assert first.status_code == 201, first.text
         with store.engine.connect() as connection:
@@ -102,7 +102,7 @@ def test_a_read_only_or_full_sqlite_gets_the_json_503_and_recovers(tmp_path, cap
         event.remove(store.engine, "connect", restrict)
         store.engine.dispose()
         assert http.post("/v1/jobs", json=BIG_JOB).status_code == 201
-    lines = [r for r in caplog.records if r.name == "bernini.serve"]
+    lines = [r for r in caplog.records if r.name == "bernini.frontends.serve"]
     assert lines and all(r.exc_info is None for r in lines)
     assert all("the queue database failed" in r.getMessage() for r in lines)
 

@@ -19,11 +19,11 @@ def test_a_client_following_a_job_costs_a_bounded_number_of_queries(tiny_pipe, t
     from fastapi.testclient import TestClient
     from sqlalchemy import event
 
+    from bernini.frontends.serve.app import create_app
+    from bernini.frontends.serve.service import Service, ServiceConfig
+    from bernini.frontends.serve.store import Store
+    from bernini.frontends.serve.worker import Worker, WorkerSettings
     from bernini.jobs import EventBoard
-    from bernini.serve.app import create_app
-    from bernini.serve.service import Service, ServiceConfig
-    from bernini.serve.store import Store
-    from bernini.serve.worker import Worker, WorkerSettings
 
     store = Store(f"sqlite:///{tmp_path / 'queue.db'}", files=tmp_path)
     events = EventBoard()

@@ -29,8 +29,8 @@ from sqlalchemy import (  # noqa: E402
 )
 
 from bernini.errors import BerniniError  # noqa: E402
-from bernini.serve.migrations import LATEST  # noqa: E402
-from bernini.serve.store import NewJob, Store  # noqa: E402
+from bernini.frontends.serve.migrations import LATEST  # noqa: E402
+from bernini.frontends.serve.store import NewJob, Store  # noqa: E402
 
 VERSION_1 = MetaData()
 Table(

@@ -11,7 +11,7 @@ from serve_support import postgres_database
 pytest.importorskip("sqlalchemy")
 
 from bernini.errors import BerniniError  # noqa: E402
-from bernini.serve.store import INTERRUPTED_BY_RESTART, IdempotencyConflict, NewJob, Store  # noqa: E402
+from bernini.frontends.serve.store import INTERRUPTED_BY_RESTART, IdempotencyConflict, NewJob, Store  # noqa: E402
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
@@ -92,7 +92,7 @@ def test_recover_fails_this_workers_running_jobs_and_silent_servers_only(store):
     with store.session() as session:  # the "gone" server's last heartbeat was long ago
         from sqlalchemy import update
 
-        from bernini.serve.store import JobRow
+        from bernini.frontends.serve.store import JobRow
 
         session.execute(update(JobRow).where(JobRow.id == silent.id).values(heartbeat_at=time.time() - 1000))
     failed = store.recover("me", stale_after_s=120)

@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 from pydantic import ValidationError
 
-from bernini.demo.layout import GUIDANCE_DEFAULTS, SLIDERS
+from bernini.frontends.demo.layout import GUIDANCE_DEFAULTS, SLIDERS
 from bernini.frontends.options import OneLineErrorParser, add_generation_args
+from bernini.frontends.serve.schemas import JobCreate, _job_fields
 from bernini.request import GenerationRequest
-from bernini.serve.schemas import JobCreate, _job_fields
 from bernini.settings import Slider
 
 

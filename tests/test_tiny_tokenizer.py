@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bernini.tiny_tokenizer import write_tiny_t5_tokenizer
+from bernini.tiny.tokenizer import write_tiny_t5_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -160,7 +160,7 @@ _TF457_SCRIPT = r"""
 import filecmp, json, sys, tempfile
 import transformers
 from transformers import AutoTokenizer, T5Tokenizer, T5TokenizerFast
-from bernini.tiny_tokenizer import write_tiny_t5_tokenizer
+from bernini.tiny.tokenizer import write_tiny_t5_tokenizer
 
 tok_dir, vocab_size = sys.argv[1], int(sys.argv[2])
 expected = json.loads(sys.argv[3])

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from bernini.tiny import TINY_TRANSFORMER, tiny_transformer
-from bernini.transformer import BerniniTransformer, Segment
+from bernini.models.transformer import BerniniTransformer, Segment
+from bernini.tiny.bundle import TINY_TRANSFORMER, tiny_transformer
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``bernini convert``: its flags and the command (the work is :func:`bernini.convert.convert`)."""
+"""``bernini convert``: its flags and the command (the work is :func:`bernini.loaders.convert.convert`)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def add_convert_parser(sub) -> argparse.ArgumentParser:
 def run_convert(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     import torch
 
-    from ..convert import convert
-    from ..devices import parse_dtype
+    from ..loaders.convert import convert
+    from ..runtime.devices import parse_dtype
 
     written = convert(
         args.config,

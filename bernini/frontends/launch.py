@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..bundle import BundleSpec
-from ..config import read_json
 from ..errors import BerniniError, WeightsError
-from ..parallel.layout import LaunchEnv, Layout, check_degrees
+from ..loaders.bundle import BundleSpec
+from ..loaders.config import read_json
 from ..runner import Hold
+from ..runtime.parallel.layout import LaunchEnv, Layout, check_degrees
 from .options import default_config, describe_loaded, load_pipeline
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -83,7 +83,7 @@ def model_heads(config: str | None) -> int:
     spec = config or default_config()
     files = _local_expert_configs(spec) if spec else None
     if files is None:  # a hub id or an unusual layout: let the loader resolve it (and report problems)
-        from ..loading import expert_names, resolve_model
+        from ..loaders.loading import expert_names, resolve_model
 
         source = resolve_model(spec, allow_base_weights=True)  # heads only; the load itself checks the weights
         files = [source.components / name / "config.json" for name in expert_names(source.renderer)]
@@ -111,13 +111,13 @@ class ParallelContext:
 
     def agree(self, hold: Hold | None) -> Hold | None:
         """The first verdict any rank of the task group reached: all ranks then take the same branch."""
-        from ..parallel.groups import agree
+        from ..runtime.parallel.groups import agree
 
         return agree(hold, self.groups.task)
 
     def share(self, call: Callable[[], T]) -> T:
         """``call`` on the task group's leader only; its result (or user error) reaches every rank."""
-        from ..parallel.groups import share
+        from ..runtime.parallel.groups import share
 
         return share(call, self.groups.task, self.layout.leader, self.layout.is_leader)
 
@@ -128,7 +128,7 @@ class ParallelContext:
 
     @property
     def progress(self):
-        from ..parallel.groups import Progress
+        from ..runtime.parallel.groups import Progress
 
         if self._progress is None:
             self._progress = Progress.of_job(self.layout.rank, self.layout.world)
@@ -136,7 +136,7 @@ class ParallelContext:
 
     def finish(self, value: T) -> list[T]:
         """Rank 0: every rank's ``value`` at the end of its task list, waiting no longer than ``--dist_timeout``
-        past any rank's last progress mark (:class:`~bernini.parallel.groups.PeerTimeout`); other ranks post
+        past any rank's last progress mark (:class:`~bernini.runtime.parallel.groups.PeerTimeout`); other ranks post
         theirs and get ``[value]`` without waiting."""
         if self.groups.control is None:
             return [value]
@@ -147,9 +147,9 @@ class ParallelContext:
 
     def install(self, pipe) -> None:
         """Point both experts at this rank's Ulysses group and the pipeline at its CFG runner."""
-        from ..parallel.cfg import CfgParallelRunner
-        from ..parallel.ulysses import UlyssesGroup
-        from ..sampler import BranchRunner
+        from ..runtime.parallel.cfg import CfgParallelRunner
+        from ..runtime.parallel.ulysses import UlyssesGroup
+        from ..sampling.sampler import BranchRunner
 
         groups = self.groups
         sequence_parallel = UlyssesGroup.of(groups.ulysses) if groups.ulysses is not None else None
@@ -162,11 +162,11 @@ class ParallelContext:
         """The full model's planner stage on the task group's leader only; every rank gets its contexts.
         ``--verbose`` logs ``planning on rank N`` where the planner runs."""
 
-        def plan() -> T:
+        def resolved() -> T:
             logger.info("planning on rank %d (task group %d)", self.layout.rank, self.layout.dp_rank)
             return call()
 
-        return self.share(plan)
+        return self.share(resolved)
 
 
 class ParallelSession:
@@ -176,7 +176,7 @@ class ParallelSession:
     """
 
     def __init__(self, args: argparse.Namespace, env: LaunchEnv, layouts: list[tuple[int, int]]) -> None:
-        from ..parallel.groups import rank_device
+        from ..runtime.parallel.groups import rank_device
 
         self.args, self.env = args, env
         try:
@@ -195,7 +195,7 @@ class ParallelSession:
 
     def __enter__(self) -> ParallelSession:
         if self.distributed:
-            from ..parallel.groups import init
+            from ..runtime.parallel.groups import init
 
             init(self.env, self.device, self.timeout)
         return self
@@ -207,7 +207,7 @@ class ParallelSession:
             dist.destroy_process_group()
 
     def context(self, ulysses: int, cfg: int) -> ParallelContext:
-        from ..parallel.groups import Groups, build
+        from ..runtime.parallel.groups import Groups, build
 
         layout = Layout(self.env.world, self.env.rank, ulysses, cfg)
         if self.distributed:
@@ -226,7 +226,7 @@ class ParallelSession:
 
     def load(self, context: ParallelContext, log: Callable[[str], None] | None = None, on_progress=None):
         """Every rank loads its pipeline; a user error on any rank stops all of them with that message."""
-        from ..parallel.groups import agree
+        from ..runtime.parallel.groups import agree
 
         pipe, problem = None, None
         start = time.perf_counter()

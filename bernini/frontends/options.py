@@ -14,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..bundle import BundleSpec
 from ..errors import BerniniError
-from ..plan import ModelDefaults
+from ..loaders.bundle import BundleSpec
 from ..request import (
     CASE_KEYS,
     DEFAULT_OUTPUT,
@@ -25,6 +24,7 @@ from ..request import (
     load_task_list,
     numbered_output,
 )
+from ..resolved import ModelDefaults
 from ..settings import default_of, spec_of, unwrap_optional
 from .help import DefaultsHelpFormatter, document
 from .values import degree, positive_number
@@ -329,7 +329,7 @@ def model_defaults(args: argparse.Namespace, bundle: BundleSpec | None = None) -
 
 
 def load_pipeline(args: argparse.Namespace, device: str | None = None, on_progress=None, bundle=None):
-    """The pipeline ``args`` name; ``bundle``: the :class:`~bernini.bundle.BundleSpec` the run already read."""
+    """The pipeline ``args`` name; ``bundle``: the :class:`~bernini.loaders.bundle.BundleSpec` the run already read."""
     from ..pipeline import BerniniPipeline
 
     return BerniniPipeline.from_pretrained(
@@ -351,8 +351,8 @@ def load_pipeline(args: argparse.Namespace, device: str | None = None, on_progre
 
 
 def lora_specs(args: argparse.Namespace) -> list:
-    """``--lora`` / ``--lora_high`` / ``--lora_low PATH[:SCALE]`` as :class:`~bernini.lora.LoraSpec` values."""
-    from ..lora import LoraSpec
+    """``--lora`` / ``--lora_high`` / ``--lora_low PATH[:SCALE]`` as :class:`~bernini.loaders.lora.LoraSpec` values."""
+    from ..loaders.lora import LoraSpec
 
     specs = list(getattr(args, "replayed_loras", None) or [])  # a replay's, in the recorded order
     for flag, expert in (("lora", "both"), ("lora_high", "high"), ("lora_low", "low")):

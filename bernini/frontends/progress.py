@@ -89,23 +89,27 @@ class SizeAdvice:
     def __init__(self) -> None:
         self.rate: float | None = None
 
-    def __call__(self, pipe, plan) -> str | None:
+    def __call__(self, pipe, resolved) -> str | None:
         """The note for ``plan``, or None. Plans sized by a source video or image are left out: their size is
         only known once the source is read, and the flags would not be what sets it."""
-        if getattr(pipe.device, "type", str(pipe.device)) != "cpu" or plan.media.video or plan.media.image is not None:
+        if (
+            getattr(pipe.device, "type", str(pipe.device)) != "cpu"
+            or resolved.media.video
+            or resolved.media.image is not None
+        ):
             return None
-        from ..estimate import describe_seconds, estimate_seconds, measured_flops_per_s
+        from ..runtime.estimate import describe_seconds, estimate_seconds, measured_flops_per_s
 
-        geometry = plan.geometry
-        asked = (geometry.frames, geometry.height * geometry.width, plan.num_inference_steps)
+        geometry = resolved.geometry
+        asked = (geometry.frames, geometry.height * geometry.width, resolved.num_inference_steps)
         full = all(value >= least for value, least in zip(asked, FULL_SIZE, strict=True))
         if self.rate is None:
             self.rate = measured_flops_per_s(pipe.device, pipe.dtype)
-        seconds = estimate_seconds(pipe, plan, self.rate)
+        seconds = estimate_seconds(pipe, resolved, self.rate)
         if not full and seconds < LONG_S:
             return None
         return (
-            f"note: {geometry.frames} frames at {geometry.width}x{geometry.height} with {plan.num_inference_steps} "
+            f"note: {geometry.frames} frames at {geometry.width}x{geometry.height} with {resolved.num_inference_steps} "
             f"steps on the CPU: at least {describe_seconds(seconds)} (estimated); for a quick try pass "
             "--num_frames 17 --height 240 --width 416 --num_inference_steps 10"
         )

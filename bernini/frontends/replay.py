@@ -69,7 +69,7 @@ def _default_output(record: RunRecord, sidecar: Path) -> str:
 
 def _loras(model: dict[str, Any]) -> list:
     """The recorded LoRAs, in the order they were merged, refused in one line when a file is gone or changed."""
-    from ..lora import LoraSpec, file_sha256
+    from ..loaders.lora import LoraSpec, file_sha256
 
     specs = []
     for entry in model.get("loras") or []:

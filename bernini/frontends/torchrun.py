@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from ..parallel.groups import PeerTimeout
 from ..runner import EnhancerBatch, Task, TaskListRunner, run_job, summarize
+from ..runtime.parallel.groups import PeerTimeout
 from .launch import SetupError, parallel_run, timeout_s
 from .options import enhancer_config, run_context
 
@@ -42,11 +42,11 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
             uses_pe = args.use_pe or any(getattr(t, "use_pe", False) for t in tasks)
             enhancer = EnhancerBatch(enhancer_config(args)) if uses_pe else None
 
-            def job(index: int, plan):
+            def job(index: int, resolved):
                 context.mark()
                 return run_job(
                     pipe,
-                    plan,
+                    resolved,
                     save_frames=args.save_frames if total == 1 else None,
                     enhancer=enhancer,
                     write=layout.is_leader,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import BerniniError
-from ..parallel.groups import RankZeroChannel
+from ..runtime.parallel.groups import RankZeroChannel
 
 logger = logging.getLogger("bernini.jobs")
 
@@ -88,7 +88,7 @@ class JobGroup:
     def run(
         self,
         pipe: Any,
-        plan: Any,
+        resolved: Any,
         *,
         check: StepCheck | None = None,
         progress: StepProgress | None = None,
@@ -101,13 +101,13 @@ class JobGroup:
 
         return run_job(
             pipe,
-            plan,
+            resolved,
             enhancer=enhancer,
             write=self.rank == 0,
             log=lambda line: logger.info("%s", line),
             share=self.channel.share if self.enabled else None,
             extra_record=extra_record,
-            callback=self.step_callback(plan.num_inference_steps, check, progress, reason),
+            callback=self.step_callback(resolved.num_inference_steps, check, progress, reason),
         )
 
     def follow(self, kind: str, run: Callable[[dict[str, Any]], Any]) -> int:

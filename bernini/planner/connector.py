@@ -25,7 +25,7 @@ class MLPConnector(nn.Module):
     """``proj_gen``: Linear → GELU → RMSNorm → Linear (planner width ``in_dim`` → DiT text width ``out_gen``);
     ``pred_vit``: Linear → GELU → Linear → RMSNorm → Linear (``in_dim`` → ViT-decoder condition width ``out_vit``;
     every layer after the first is ``out_vit`` wide, as the reference's). The widths are the released config's
-    ``connector_cfg.out_dim_for_gen`` / ``out_dim_for_vit`` (:func:`bernini.full_config.planner_widths`)."""
+    ``connector_cfg.out_dim_for_gen`` / ``out_dim_for_vit`` (:func:`bernini.loaders.full_config.planner_widths`)."""
 
     def __init__(self, in_dim: int = 3584, out_gen: int = 4096, out_vit: int = 3584) -> None:
         super().__init__()

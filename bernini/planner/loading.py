@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from ..bundle import BundleSpec
 from ..errors import WeightsError
-from ..expert_weights import place_weight
-from ..full_config import MODEL_TYPE
-from ..loading import ModelSource, fetch_repo, looks_like_repo_id
-from ..safetensors_stream import TensorEntry, iter_tensors, read_header
+from ..loaders.bundle import BundleSpec
+from ..loaders.expert_weights import place_weight
+from ..loaders.full_config import MODEL_TYPE
+from ..loaders.loading import ModelSource, fetch_repo, looks_like_repo_id
+from ..loaders.safetensors_stream import TensorEntry, iter_tensors, read_header
 
 REQUIRED = ("bernini", "mllm", "t5_text_encoder", "t5_tokenizer", "vae", "scheduler")
 PREFIXES = {
@@ -97,7 +97,7 @@ def stream_into(
     ignore: Iterable[str] = (),
 ) -> torch.nn.Module:
     """Fill a meta-built ``module`` from checkpoint ``entries`` keyed by its own parameter names, each tensor
-    placed by :func:`bernini.expert_weights.place_weight` (cast to ``dtype``; the module's fp32-kept parts
+    placed by :func:`bernini.loaders.expert_weights.place_weight` (cast to ``dtype``; the module's fp32-kept parts
     stay fp32, as ``from_pretrained`` keeps them)."""
     expected = set(module.state_dict())
     ignored = tuple(ignore)
@@ -190,7 +190,7 @@ def load_renderer_parts(bundle: FullBundle, dtype: torch.dtype) -> dict[str, Any
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import AutoConfig, AutoTokenizer, UMT5EncoderModel
 
-    from ..transformer import BerniniTransformer
+    from ..models.transformer import BerniniTransformer
 
     parts: dict[str, Any] = {}
     for name in ("transformer", "transformer_2"):

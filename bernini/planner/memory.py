@@ -3,8 +3,8 @@ never resident together, and the host bytes once everything is loaded.
 
 Weight bytes come from the modules the loader builds, built on the meta device at the published sizes
 (Qwen2.5-VL-7B truncated as :func:`bernini.planner.loading.planner_qwen` truncates it, the connector and the
-ViT decoder of spec §1.3, the renderer's A14B / UMT5-XXL / Wan-VAE shapes from :mod:`bernini.memory_plan`).
-Activation terms are estimates from shapes, as in :mod:`bernini.memory_plan`:
+ViT decoder of spec §1.3, the renderer's A14B / UMT5-XXL / Wan-VAE shapes from :mod:`bernini.runtime.memory`).
+Activation terms are estimates from shapes, as in :mod:`bernini.runtime.memory`:
 
 * a Qwen forward over ``branches`` × ``planner_tokens`` (the three branches batched, as upstream does; bernini
   runs them one by one, so this bounds it): the shared 4-D additive mask in the compute dtype, and per layer
@@ -12,9 +12,9 @@ Activation terms are estimates from shapes, as in :mod:`bernini.memory_plan`:
   takes the additive mask, so no scores matrix), or the MLP's gate, up and product; whichever is larger;
 * the vision tower over four patches per merged token of the whole sequence, the same per-layer terms;
 * the ViT decoder: 3 × ``planner_tokens`` rows through its width (small);
-* the VAE encoding sources during planning (weights plus the workspace of :func:`bernini.memory_plan.vae_workspace`),
+* the VAE encoding sources during planning (weights plus the workspace of :func:`bernini.runtime.memory.vae_workspace`),
   not at the same time as a Qwen forward;
-* the render phase: :func:`bernini.memory_plan.plan_memory` with one expert resident at a time (``model``).
+* the render phase: :func:`bernini.runtime.memory.estimate_memory` with one expert resident at a time (``model``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..memory_plan import (
+from ..runtime.memory import (
     DEVICE_OVERHEAD,
     GIB,
     HOST_OVERHEAD,
@@ -34,8 +34,8 @@ from ..memory_plan import (
     Request,
     Shapes,
     element_size,
+    estimate_memory,
     model_sizes,
-    plan_memory,
     vae_workspace,
     weight_bytes,
 )
@@ -82,7 +82,7 @@ GB = 1e9
 
 @dataclass(frozen=True)
 class FullShapes:
-    """The full model's configs: the planner's parts, the renderer's (:class:`bernini.memory_plan.Shapes`)."""
+    """The full model's configs: the planner's parts, the renderer's (:class:`bernini.runtime.memory.Shapes`)."""
 
     qwen: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(QWEN2_5_VL_7B)))
     connector: dict[str, int] = field(default_factory=lambda: dict(CONNECTOR))
@@ -203,7 +203,7 @@ def planner_batch_bytes(branches: int, tokens: int, config: Any, dtype: torch.dt
 def planner_batch_fits(branches: int, tokens: int, config: Any, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether :func:`planner_batch_bytes` fits the device's free memory with as much again kept spare (always
     without a device limit)."""
-    from .. import memory_plan  # the one free-memory check, looked up when asked
+    from . import memory_plan  # the one free-memory check, looked up when asked
 
     free = memory_plan.free_device_bytes(device)
     return free is None or planner_batch_bytes(branches, tokens, config, dtype) * 2 <= free
@@ -234,7 +234,7 @@ def planner_activation(shapes: FullShapes, dtype: torch.dtype = torch.bfloat16) 
 
 
 @dataclass
-class FullMemoryPlan:
+class FullMemoryEstimate:
     """Peak device bytes of each phase (weights resident + the largest live activation + device overhead) and
     the host bytes held after loading (weights; ``host_peak`` adds the host overhead)."""
 
@@ -270,16 +270,16 @@ class FullMemoryPlan:
         ]
 
 
-def plan_full_memory(
+def estimate_full_memory(
     request: Request = NOMINAL_REQUEST, shapes: FullShapes | None = None, dtype: torch.dtype = torch.bfloat16
-) -> FullMemoryPlan:
+) -> FullMemoryEstimate:
     shapes = shapes or FullShapes()
     planner = planner_sizes(shapes, dtype)
     sizes, _ = model_sizes(shapes.renderer, dtype, "none")
     encode = vae_workspace(request, shapes.renderer.vae, tiled=False) if request.source_videos or request.images else 0
     planner_device = planner.device + sizes.vae + max(planner_activation(shapes, dtype), encode) + DEVICE_OVERHEAD
-    render = plan_memory(request, shapes=shapes.renderer, dtype=dtype, mode="model")
+    render = estimate_memory(request, shapes=shapes.renderer, dtype=dtype, mode="model")
     render_device = max(p.device for p in render.phases if p.name in ("high-noise", "low-noise", "expert"))
     host = sum(sizes.experts) + sizes.text_encoder + sizes.vae + planner.host
     weights = {"expert": max(sizes.experts), "text_encoder": sizes.text_encoder, "vae": sizes.vae}
-    return FullMemoryPlan(planner, weights, planner_device, render_device, host, request, shapes)
+    return FullMemoryEstimate(planner, weights, planner_device, render_device, host, request, shapes)

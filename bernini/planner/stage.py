@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..guidance import Text
+from ..sampling.guidance import Text
 from ..text import clean_prompt
 from .contexts import planner_contexts
 from .loading import PlannerModules

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..errors import BerniniError, MediaError, WeightsError
-from ..media import ImageSource, VideoSource, read_image, read_video_frames_at
+from ..io.media import ImageSource, VideoSource, read_image, read_video_frames_at
 from .geometry import MAX_PIXELS, MIN_PIXELS, TEMPORAL_PATCH, VitGrid, target_grid, vit_frame_indices
 from .packing import VisualItem
 
@@ -104,7 +104,7 @@ def _video_frames(source: VideoSource, fps: float, video_fps: float | None) -> t
 
     (Files are decoded only up to the last chosen frame, at native size, by :func:`video_input`.) In-memory
     videos (``[T, H, W, 3]`` / ``[T, 3, H, W]`` arrays or tensors, or a list of images) at ``video_fps`` or
-    ``fps``, as :func:`bernini.media.preprocess_video` reads them.
+    ``fps``, as :func:`bernini.io.media.preprocess_video` reads them.
     """
     if isinstance(source, np.ndarray | torch.Tensor) and source.ndim != 4:
         raise MediaError(f"video array has shape {tuple(source.shape)}; expected T x H x W x 3 or T x 3 x H x W")

@@ -12,17 +12,17 @@ import torch
 
 from ..adjustments import Adjustment
 from ..conditions import Conditions
-from ..guidance import Text
-from ..plan import GenerationPlan
 from ..record import RunFacts, Timings
-from ..sampler import SamplingInputs, SamplingStats
+from ..resolved import ResolvedRequest
+from ..sampling.guidance import Text
+from ..sampling.sampler import SamplingInputs, SamplingStats
 
 OnProgress = Callable[[str, int, int], None]
 """``on_progress(phase, done, total)``: ``load``, ``encode`` (media), ``text``, ``denoise``, ``decode`` (per VAE
 chunk); ``done == 0`` starts a phase and ``done == total`` ends it. The library prints nothing itself."""
 StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 """``(step index, timestep, latents)`` → replacement latents or None, called after every sampling step."""
-Enhance = Callable[[GenerationPlan, list[np.ndarray]], tuple[str, dict[str, Any]]]
+Enhance = Callable[[ResolvedRequest, list[np.ndarray]], tuple[str, dict[str, Any]]]
 """A prompt-enhancer hook: (plan, preview frames of each source video) → (new prompt, record)."""
 
 
@@ -32,7 +32,7 @@ def silent(phase: str, done: int, total: int) -> None:
 
 @dataclass
 class RenderBatch:
-    plan: GenerationPlan
+    resolved: ResolvedRequest
     # the call's own inputs and hooks
     generator: torch.Generator | None = None
     step_callback: StepCallback | None = None
@@ -73,11 +73,11 @@ class RenderBatch:
             low_noise_steps=stats.low_steps,
             timesteps=stats.timesteps,
             boundary_timestep=boundary_timestep,
-            scheduler=self.plan.scheduler.name,
+            scheduler=self.resolved.scheduler.name,
             interrupted=stats.interrupted,
             enhancement=self.enhancement,
             skipped_forwards=stats.skipped_forwards,
             batched_forwards=stats.batched_forwards,
-            adjustments=[*self.plan.adjustments, *self.adjustments],
+            adjustments=[*self.resolved.adjustments, *self.adjustments],
             planning=self.planning,
         )

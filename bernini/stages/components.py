@@ -8,18 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..attention import select_backend
 from ..conditions import LatentCodec, LatentGrid
-from ..placement import Placement, PlacementDecision
-from ..sampler import BranchRunner, Experts
+from ..models.attention import select_backend
+from ..runtime.placement import Placement, PlacementDecision
+from ..sampling.sampler import BranchRunner, Experts
 
 if TYPE_CHECKING:
-    from ..attention import AttentionBackend
-    from ..config import RendererConfig
-    from ..loading import ModelSource
-    from ..lora import LoraSpec
+    from ..loaders.config import RendererConfig
+    from ..loaders.loading import ModelSource
+    from ..loaders.lora import LoraSpec
+    from ..models.attention import AttentionBackend
+    from ..models.transformer import BerniniTransformer
     from ..planner.loading import PlannerModules
-    from ..transformer import BerniniTransformer
 
 
 def _call_here(call: Any) -> Any:

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from ..cache import step_cache
-from ..devices import supports_float64
 from ..errors import BerniniError
-from ..guidance import GuidanceState
-from ..plan import GenerationPlan
-from ..sampler import BatchedBranchRunner, BranchRunner, SamplingInputs, sample
-from ..schedulers import build_scheduler, set_timesteps
+from ..resolved import ResolvedRequest
+from ..runtime.devices import supports_float64
+from ..sampling.cache import step_cache
+from ..sampling.guidance import GuidanceState
+from ..sampling.sampler import BatchedBranchRunner, BranchRunner, SamplingInputs, sample
+from ..sampling.schedulers import build_scheduler, set_timesteps
 from .batch import OnProgress, RenderBatch
 from .components import Components, Runtime
 
@@ -23,16 +23,16 @@ def prepare_latents(batch: RenderBatch, components: Components, runtime: Runtime
     """Seeded noise, the combos with their source ids, all placed once on the execution device."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    plan = batch.plan
+    resolved = batch.resolved
     generator = batch.generator
     if generator is None:
-        generator = torch.Generator("cpu").manual_seed(plan.seed)
+        generator = torch.Generator("cpu").manual_seed(resolved.seed)
     shape = components.latent_grid.latent_shape(batch.frames, batch.height, batch.width)
     noise = randn_tensor(shape, generator=generator, device=runtime.device, dtype=torch.float32)
-    guidance = plan.guidance
+    guidance = resolved.guidance
     inputs = SamplingInputs(
         latents=noise,
-        combos=batch.conditions.combos(plan.source_ids, tuple(b.combo for b in guidance.mode.branches)),
+        combos=batch.conditions.combos(resolved.source_ids, tuple(b.combo for b in guidance.mode.branches)),
         text=batch.text,
         mode=guidance.mode,
         weights=guidance.weights,
@@ -44,28 +44,28 @@ def prepare_latents(batch: RenderBatch, components: Components, runtime: Runtime
 
 
 def denoise(batch: RenderBatch, components: Components, runtime: Runtime) -> RenderBatch:
-    plan, inputs, stats = batch.plan, batch.inputs, batch.stats
+    resolved, inputs, stats = batch.resolved, batch.inputs, batch.stats
     assert inputs is not None, "prepare_latents runs first"
     placement = runtime.placement
     experts = components.make_experts(placement.swap)
     runner = runtime.branch_runner
-    if plan.batch_branches and type(runner) is BranchRunner:
+    if resolved.batch_branches and type(runner) is BranchRunner:
         runner = BatchedBranchRunner(lambda batch, elements: batch_fits(components, runtime, batch, elements))
     placement.activate(experts.high, True)
     try:
-        steps = steps_per_expert(components, plan) if plan.cache is not None else None
-        with step_cache(components.experts, plan.cache, steps) as computed:
+        steps = steps_per_expert(components, resolved) if resolved.cache is not None else None
+        with step_cache(components.experts, resolved.cache, steps) as computed:
             batch.latents = sample(
                 experts,
-                make_scheduler(components, plan),
+                make_scheduler(components, resolved),
                 inputs,
-                plan.num_inference_steps,
+                resolved.num_inference_steps,
                 runner=runner,
                 callback=batch.step_callback,
                 progress=lambda total: StepReport(runtime.progress_bar(total=total), total, batch.report),
                 stats=stats,
                 interrupted=lambda: runtime.interrupt,
-                sigmas=plan.scheduler.sigmas,
+                sigmas=resolved.scheduler.sigmas,
             )
             if computed is not None:
                 stats.skipped_forwards = computed.skipped(stats.forwards)
@@ -76,16 +76,16 @@ def denoise(batch: RenderBatch, components: Components, runtime: Runtime) -> Ren
             placement.activate(expert, False)
 
 
-def make_scheduler(components: Components, plan: GenerationPlan):
+def make_scheduler(components: Components, resolved: ResolvedRequest):
     return build_scheduler(
-        plan.scheduler.name, plan.scheduler.flow_shift, components.scheduler, components.loaded_scheduler.config
+        resolved.scheduler.name, resolved.scheduler.flow_shift, components.scheduler, components.loaded_scheduler.config
     )
 
 
-def steps_per_expert(components: Components, plan: GenerationPlan) -> list[int]:
+def steps_per_expert(components: Components, resolved: ResolvedRequest) -> list[int]:
     """How many of the plan's sampling steps each of ``components.experts`` runs (sizes MagCache's ratios)."""
-    scheduler = make_scheduler(components, plan)
-    set_timesteps(scheduler, plan.num_inference_steps, torch.device("cpu"), plan.scheduler.sigmas)
+    scheduler = make_scheduler(components, resolved)
+    set_timesteps(scheduler, resolved.num_inference_steps, torch.device("cpu"), resolved.scheduler.sigmas)
     experts = components.make_experts()
     chosen = [experts.for_timestep(float(t))[0] for t in scheduler.timesteps]
     return [sum(c is expert for c in chosen) for expert in components.experts]
@@ -93,8 +93,8 @@ def steps_per_expert(components: Components, plan: GenerationPlan) -> list[int]:
 
 def batch_fits(components: Components, runtime: Runtime, batch: int, latent_elements: int) -> bool:
     """Whether ``batch`` stacked branches of ``latent_elements`` latent values fit next to the weights
-    (:func:`bernini.memory_plan.branch_batch_fits`: always on the CPU)."""
-    from ..memory_plan import branch_batch_fits
+    (:func:`bernini.runtime.memory.branch_batch_fits`: always on the CPU)."""
+    from ..runtime.memory import branch_batch_fits
 
     return branch_batch_fits(batch, latent_elements, components.experts[0].config, runtime.dtype, runtime.device)
 

@@ -9,10 +9,10 @@ from .components import Components, Runtime
 
 
 def encode_media(batch: RenderBatch, components: Components, runtime: Runtime) -> RenderBatch:
-    from ..media import preprocess_image, preprocess_video, to_preview_frames
+    from ..io.media import preprocess_image, preprocess_video, to_preview_frames
 
-    plan = batch.plan
-    media = plan.media
+    resolved = batch.resolved
+    media = resolved.media
     total = len(media.video) + (media.image is not None) + len(media.images)
     report = batch.report if total else silent
     report("encode", 0, total)
@@ -24,7 +24,7 @@ def encode_media(batch: RenderBatch, components: Components, runtime: Runtime) -
     with runtime.placement.active(vae):
         for index, item in enumerate(media.video):
             pixels = preprocess_video(
-                item, media.fps, plan.geometry.frames, media.max_image_size, source_fps=media.video_fps
+                item, media.fps, resolved.geometry.frames, media.max_image_size, source_fps=media.video_fps
             )
             batch.previews.append(to_preview_frames(pixels))
             if index == 0:
@@ -40,7 +40,7 @@ def encode_media(batch: RenderBatch, components: Components, runtime: Runtime) -
             conditions.images.append(codec.encode(preprocess_image(item, media.max_image_size).unsqueeze(1)))
             report("encode", total - len(media.images) + len(conditions.images), total)
     (batch.frames, batch.height, batch.width), adjustments = run_geometry(
-        plan, components.latent_grid, video_size, image_size
+        resolved, components.latent_grid, video_size, image_size
     )
     batch.conditions = conditions
     batch.adjustments.extend(adjustments)

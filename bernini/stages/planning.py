@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from ..errors import BerniniError
-from ..guidance import Text
-from ..plan import GenerationPlan
+from ..resolved import ResolvedRequest
+from ..sampling.guidance import Text
 from ..text import token_counts
 from .batch import RenderBatch
 from .components import Components, Runtime
@@ -21,7 +21,7 @@ def plan_stage(batch: RenderBatch, components: Components, runtime: Runtime) -> 
     batch.report("plan", 0, 1)
     size = (batch.height, batch.width)
     contexts, batch.planning = runtime.share_planning(
-        lambda: plan_contexts(components, runtime, batch.plan, batch.text, size)
+        lambda: plan_contexts(components, runtime, batch.resolved, batch.text, size)
     )
     batch.text = {**batch.text, **contexts}
     batch.report("plan", 1, 1)
@@ -31,7 +31,7 @@ def plan_stage(batch: RenderBatch, components: Components, runtime: Runtime) -> 
 def plan_contexts(
     components: Components,
     runtime: Runtime,
-    plan: GenerationPlan,
+    resolved: ResolvedRequest,
     text: dict[Text, torch.Tensor],
     size: tuple[int, int] | None = None,
 ) -> tuple[dict[Text, torch.Tensor], dict[str, Any]]:
@@ -44,11 +44,11 @@ def plan_contexts(
     planner = components.planner
     if planner is None:
         raise BerniniError("this plan is for the full Bernini model; load a full bundle (model_type 'bernini')")
-    settings = plan.planner
+    settings = resolved.planner
     limit = components.renderer_config.max_sequence_length
-    lengths = [min(n, limit) for n in token_counts([plan.t5_text, plan.t5_negative_text], components.tokenizer)]
+    lengths = [min(n, limit) for n in token_counts([resolved.t5_text, resolved.t5_negative_text], components.tokenizer)]
     t5 = T5Rows(text[Text.PROMPT], lengths[0], text[Text.NEGATIVE], lengths[1])
-    geometry, media = plan.geometry, plan.media
+    geometry, media = resolved.geometry, resolved.media
     height, width = (geometry.height, geometry.width) if geometry.fixed_size or size is None else size
     items = planner_visuals(
         planner.image_processor,
@@ -62,9 +62,9 @@ def plan_contexts(
         video_fps=media.video_fps,
     )
     request = PlanningRequest(
-        task=plan.task.name,
-        prompt=plan.prompt,
-        negative_prompt=plan.negative_prompt,
+        task=resolved.task.name,
+        prompt=resolved.prompt,
+        negative_prompt=resolved.negative_prompt,
         sources=items.source_items,
         target=items.target,
         settings=PlannerSettings(
@@ -72,9 +72,9 @@ def plan_contexts(
             settings.vit_steps,
             settings.text_scale,
             settings.image_scale,
-            batch_branches=plan.batch_branches,
+            batch_branches=resolved.batch_branches,
         ),
-        seed=plan.seed,
+        seed=resolved.seed,
     )
     modules = components.planner_modules
     for module in modules:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..adjustments import Adjustment
-from ..guidance import Text
+from ..sampling.guidance import Text
 from ..text import encode_text as umt5
 from ..text import token_counts
 from .batch import RenderBatch
@@ -15,16 +15,16 @@ from .components import Components, Runtime
 def enhance_prompt(batch: RenderBatch) -> RenderBatch:
     """The enhancer sees the plan and the source videos' previews; its prompt replaces the plan's."""
     assert batch.enhance is not None
-    prompt, batch.enhancement = batch.enhance(batch.plan, batch.previews)
-    batch.plan = batch.plan.with_prompt(prompt)
+    prompt, batch.enhancement = batch.enhance(batch.resolved, batch.previews)
+    batch.resolved = batch.resolved.with_prompt(prompt)
     return batch
 
 
 def encode_text(batch: RenderBatch, components: Components, runtime: Runtime) -> RenderBatch:
-    plan = batch.plan
+    resolved = batch.resolved
     batch.report("text", 0, 1)
-    batch.text = encode_prompts(components, runtime, plan.t5_text, plan.t5_negative_text)
-    batch.adjustments.extend(text_adjustments(components, plan.t5_text, plan.t5_negative_text))
+    batch.text = encode_prompts(components, runtime, resolved.t5_text, resolved.t5_negative_text)
+    batch.adjustments.extend(text_adjustments(components, resolved.t5_text, resolved.t5_negative_text))
     batch.report("text", 1, 1)
     return batch
 

@@ -1,8 +1,0 @@
-"""``python -m bernini.demo ...``, as when the demo was a single module."""
-
-import sys
-
-from . import main
-
-if __name__ == "__main__":
-    sys.exit(main())
