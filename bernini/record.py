@@ -145,7 +145,7 @@ def run_record(
     timings: dict[str, float],
 ) -> RunRecord:
     """The run's part of the sidecar (without the output, its paths and fps, which the job adds)."""
-    resolved = {
+    ran = {
         "task_type": resolved.task.name,
         "guidance_mode": resolved.guidance.mode.name,
         "t5_text": resolved.t5_text,
@@ -170,9 +170,9 @@ def run_record(
         "seed": resolved.seed,
     }
     if facts.interrupted:
-        resolved["interrupted"] = True
+        ran["interrupted"] = True
     if facts.planning is not None:
-        resolved["planner"] = {"version": resolved.planner.version, **facts.planning}
+        ran["planner"] = {"version": resolved.planner.version, **facts.planning}
     return RunRecord(
         bernini_version=__version__,
         model=model,
@@ -180,7 +180,7 @@ def run_record(
         dtype=dtype,
         attention_backend=attention,
         request=resolved.request_record(),
-        resolved=resolved,
+        resolved=ran,
         prompt_enhancer=facts.enhancement,
         adjustments=[a.record() for a in facts.adjustments],
         timings=timings,

@@ -1,5 +1,5 @@
-"""The ``bernini`` command: ``generate`` (upstream's flags), ``convert``, ``estimate`` (``plan``), ``tiny-bundle``, ``tasks``,
-``demo``, ``serve`` and ``submit``.
+"""The ``bernini`` command: ``generate`` (upstream's flags), ``convert``, ``estimate`` (``plan``), ``tiny-bundle``,
+``tasks``, ``demo``, ``serve`` and ``submit``.
 
 A front end: it parses flags with the shared groups (:mod:`bernini.frontends.options`), plans every
 task before the model loads, and runs the list through the shared task runner, or hands it to the
