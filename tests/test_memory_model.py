@@ -64,8 +64,8 @@ def test_planner_batching_asks_the_model_with_half_kept_spare(free):
 
 def test_load_time_placement_and_the_plan_decide_alike(monkeypatch):
     """``runtime_decision`` (what ``from_pretrained`` places) and ``estimate_memory`` (what ``bernini estimate``
-    prints) run through the same activation estimate and fit rule; at the published sizes they choose the same at every budget,
-    and every mode comes up across the budgets."""
+    prints) run through the same activation estimate and fit rule; at the published sizes they choose the same at
+    every budget, and every mode comes up across the budgets."""
     calls = []
     real_fit = memory_plan.fit
     monkeypatch.setattr(memory_plan, "fit", lambda *a, **k: calls.append(a[2]) or real_fit(*a, **k))
