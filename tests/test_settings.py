@@ -16,8 +16,7 @@ from bernini.settings import Slider
 
 def _redeclare(monkeypatch, name: str, default, **spec) -> None:
     field = copy.copy(GenerationRequest.__dataclass_fields__[name])
-    field.default = default
-    field.metadata = types.MappingProxyType({"setting": replace(field.metadata["setting"], **spec)})
+    field.metadata = types.MappingProxyType({"setting": replace(field.metadata["setting"], default=default, **spec)})
     monkeypatch.setitem(GenerationRequest.__dataclass_fields__, name, field)
 
 
@@ -27,7 +26,8 @@ def test_a_setting_declared_once_reaches_the_flags_and_the_service_body(monkeypa
     parser = OneLineErrorParser(prog="t")
     add_generation_args(parser)
     width = next(action for action in parser._actions if action.dest == "width")
-    assert width.default == 832 and width.help == "declared width" and width.option_strings == ["--width", "--w"]
+    assert width.default is None and width.option_strings == ["--width", "--w"]  # None: not given
+    assert width.help == "declared width (default: 832)"  # the declared built-in default
     assert parser.parse_args(["--w", "64", "--prompt", "x"]).width == 64
 
     fields = _job_fields()
@@ -42,17 +42,18 @@ def test_a_setting_declared_once_reaches_the_flags_and_the_service_body(monkeypa
 
 
 def test_the_front_ends_defaults_are_the_requests():
-    """The flags, the job body and the demo's controls start from GenerationRequest's defaults (no copy drifts)."""
-    blank = GenerationRequest()
+    """The job body documents and the demo's controls start from the declared built-in defaults (no copy drifts);
+    a flag not given is None on the command line, like a field left unset on the request."""
+    blank = GenerationRequest.builtin()
     parser = OneLineErrorParser(prog="t")
     add_generation_args(parser)
     args = vars(parser.parse_args([]))
     body = JobCreate.model_validate({"prompt": "x"}).model_dump()
     for f in GenerationRequest.settings():
-        value = getattr(blank, f.name)
-        if f.name in args and f.name not in ("prompt", "video", "images"):  # case keys: None means "not given"
-            assert args[f.name] == value, f.name
+        value = blank[f.name]
+        if f.name in args:
+            assert args[f.name] is None, f.name
         if f.name in body and f.name != "prompt":
             assert body[f.name] == value, f.name
-    assert GUIDANCE_DEFAULTS == {k: getattr(blank, k) for k in GUIDANCE_DEFAULTS}
-    assert SLIDERS["width"].low <= blank.width <= SLIDERS["width"].high
+    assert GUIDANCE_DEFAULTS == {k: blank[k] for k in GUIDANCE_DEFAULTS}
+    assert SLIDERS["width"].low <= blank["width"] <= SLIDERS["width"].high
