@@ -1,7 +1,9 @@
 """Resolution: a request validated once into a :class:`~bernini.resolved.ResolvedRequest`.
 
 :func:`resolve_request` is the one place a :class:`~bernini.request.GenerationRequest` is checked: the task
-and its media rules, the guidance mode and what it needs, numbers and their ranges, frame snapping.
+and its media rules, the guidance mode and what it needs, numbers and their ranges, frame snapping. Its
+settings' values come from one merge of the layers (:func:`bernini.settings.merge_layers`: built-in < shipped
+preset < case file < user); the notes of what yielded to what come from :func:`_merge` and :func:`_over_preset`.
 Everything after it (conditions, text, sampler, output) reads the resolved request and never re-validates.
 """
 
