@@ -262,23 +262,14 @@ class BerniniPipeline:
             raise BerniniError(
                 f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(GenerationRequest.field_names())}"
             )
-        named = {
-            "task_type": task_type,
-            "guidance_mode": guidance_mode,
-            "video": video,
-            "image": image,
-            "images": images,
-        }
-        given = frozenset({*parameters, *(name for name, value in named.items() if value is not None)})
         request = GenerationRequest(
             prompt=prompt,
             task_type=task_type,
             guidance_mode=guidance_mode,
-            video=video if video is not None else [],
+            video=video,
             image=image,
-            images=images if images is not None else [],
+            images=images,
             **parameters,
-            explicit=given,
         )
         return self.generate(
             self.resolve(request), generator=generator, output_type=output_type, callback=callback_on_step_end

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import typing
-from dataclasses import Field, asdict, dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,20 @@ from .errors import BerniniError
 from .jsontext import loads_json
 from .sampling.guidance import MODE_NAMES
 from .sampling.presets import CACHES, PRESETS
-from .settings import MAX_FPS, MAX_FRAMES, MAX_MEDIA, MAX_SIDE, MAX_STEPS, MAX_TEXT, Slider, setting
+from .settings import (
+    MAX_FPS,
+    MAX_FRAMES,
+    MAX_MEDIA,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_TEXT,
+    Layer,
+    Merged,
+    Slider,
+    default_of,
+    merge_layers,
+    setting,
+)
 from .tasks import TASKS
 
 WAN_NEGATIVE_PROMPT = (
@@ -33,11 +46,12 @@ DEFAULT_OUTPUT = "outputs/output.mp4"
 
 @dataclass
 class GenerationRequest:
-    """Everything one generation needs; defaults are upstream's command-line defaults.
+    """Everything one generation needs, as the user gave it: a field is None when it was not given.
 
-    Each field is declared once here, with what the front ends need to know about it (a
-    :class:`~bernini.settings.Setting`): the command-line flags, the service's job body and the demo's controls
-    are generated from these declarations.
+    Each field is declared once here, with its built-in default (upstream's command-line default) and what the
+    front ends need to know about it (a :class:`~bernini.settings.Setting`): the command-line flags, the service's
+    job body, the demo's controls and the sidecar's ``request`` are generated from these declarations. ``case``
+    holds a case file's values, a layer under the user's (:meth:`merged`).
 
     ``use_unipc``, ``use_src_tgt_id``, ``interpolate_src_id`` and ``max_trained_src_id`` default to None:
     the loaded model's ``config.json`` decides (upstream's values: on, on, on, 5). ``omega_tgt`` and the
@@ -56,12 +70,14 @@ class GenerationRequest:
         help="default: the case's, else inferred from the media",
         cli={"choices": sorted(TASKS)},
         service="t2i, i2i, t2v, v2v, mv2v, rv2v, r2v or ads2v; default: inferred from the media given.",
+        resolved="task.name",
     )
     guidance_mode: str | None = setting(
         None,
         help="default: the case's, else the task's default (the full model's: its shipped per-task settings)",
         cli={"choices": list(MODE_NAMES)},
         service="Guidance mode (GET /v1/models lists them); default: the task's.",
+        resolved="guidance.mode.name",
     )
     video: list[Any] = setting(
         factory=list,
@@ -69,12 +85,16 @@ class GenerationRequest:
         service="Source video(s): ids from POST /v1/files (or files uploaded with the job).",
         service_type=list[str],
         bounds={"max_length": MAX_MEDIA},
+        resolved="media.video",
+        media=True,
     )
     image: Any = setting(
         None,
         help="source image (i2i) or one reference image (rv2v, r2v, ads2v)",
         service="Source or reference image: an id from POST /v1/files.",
         service_type=str | None,
+        resolved="media.image",
+        media=True,
     )
     images: list[Any] = setting(
         factory=list,
@@ -82,6 +102,8 @@ class GenerationRequest:
         service="Reference images: ids from POST /v1/files.",
         service_type=list[str],
         bounds={"max_length": MAX_MEDIA},
+        resolved="media.images",
+        media=True,
     )
     output: str | None = setting(None, help=f"output file (default {DEFAULT_OUTPUT}; .png for one frame)")
     seed: int = setting(
@@ -95,6 +117,7 @@ class GenerationRequest:
         service="Frames to generate; snapped to 4k+1 (1 for images).",
         bounds={"le": MAX_FRAMES},
         slider=Slider(1, 360, 4, "Frames"),
+        resolved="geometry.frames",
     )
     num_inference_steps: int = setting(
         40,
@@ -108,6 +131,7 @@ class GenerationRequest:
         help="shift of the flow-matching noise schedule (higher: more steps at high noise)",
         service="Scheduler shift.",
         slider=Slider(0, 12, 0.1, "Flow shift"),
+        resolved="scheduler.flow_shift",
     )
     omega_vid: float = setting(
         1.25,
@@ -115,6 +139,7 @@ class GenerationRequest:
         flags=("--omega_vid", "--omega_V"),
         service="Guidance weight of the source video.",
         slider=Slider(0, 10, 0.05, "ω vid (ω_V)"),
+        resolved="guidance.weights.vid",
     )
     omega_img: float = setting(
         4.5,
@@ -122,6 +147,7 @@ class GenerationRequest:
         flags=("--omega_img", "--omega_I"),
         service="Guidance weight of the reference images.",
         slider=Slider(0, 10, 0.05, "ω img (ω_I)"),
+        resolved="guidance.weights.img",
     )
     omega_txt: float = setting(
         4.0,
@@ -129,18 +155,21 @@ class GenerationRequest:
         flags=("--omega_txt", "--omega_TI"),
         service="Guidance weight of the text.",
         slider=Slider(0, 10, 0.05, "ω txt (ω_TI)"),
+        resolved="guidance.weights.txt",
     )
     omega_scale: float = setting(
         0.8,
         help="factor applied once to every guidance weight when the low-noise expert takes over",
         service="One-time scale of the weights at the expert switch.",
         slider=Slider(0, 2, 0.05, "omega_scale"),
+        resolved="guidance.omega_scale",
     )
     omega_tgt: float = setting(
         0.5,
         help="ω of the plan's target tokens",
         service="Full model: guidance weight of the plan's target tokens.",
         slider=Slider(0, 10, 0.05, "ω tgt (plan tokens)"),
+        resolved="guidance.weights.tgt",
     )
     planning_step: int = setting(
         25,
@@ -148,18 +177,21 @@ class GenerationRequest:
         service="Full model: masked-planning rounds.",
         bounds={"le": MAX_STEPS},
         slider=Slider(1, 100, 1, "Planning steps"),
+        resolved="planner.planning_steps",
     )
     vit_txt_cfg: float = setting(
         1.2,
         help="planner guidance toward the visual sources",
         service="Full model: planner guidance toward the sources.",
         slider=Slider(0, 5, 0.05, "ViT text CFG"),
+        resolved="planner.text_scale",
     )
     vit_img_cfg: float | None = setting(
         1.0,
         help="planner guidance toward the prompt text",
         service="Full model: planner guidance toward the text.",
         slider=Slider(0, 5, 0.05, "ViT image CFG"),
+        resolved="planner.image_scale",
     )
     vit_denoising_step: int = setting(
         5,
@@ -167,24 +199,28 @@ class GenerationRequest:
         service="Full model: ViT-decoder flow steps.",
         bounds={"le": MAX_STEPS},
         slider=Slider(1, 20, 1, "ViT denoising steps"),
+        resolved="planner.vit_steps",
     )
     eta: float = setting(
         0.5,
         help="APG: how much of the guidance delta parallel to the conditional prediction is kept (1: all)",
         service="APG: weight of the parallel component.",
         slider=Slider(0, 2, 0.05, "eta"),
+        resolved="guidance.apg.eta",
     )
     norm_threshold: list[float] = setting(
         factory=lambda: [50.0, 50.0, 50.0],
         help="APG: per-frame norm cap of each guidance delta, one value per term (the last repeats)",
         service="APG: norm thresholds per guidance delta.",
         bounds={"max_length": 8},
+        resolved="guidance.apg.norm_threshold",
     )
     momentum: float = setting(
         0.0,
         help="APG: weight of the previous step's delta added to this one (0: no momentum)",
         service="APG: momentum.",
         slider=Slider(-2, 2, 0.05, "momentum"),
+        resolved="guidance.apg.momentum",
     )
     fps: float = setting(
         16.0,
@@ -192,12 +228,14 @@ class GenerationRequest:
         service="Frame rate media are resampled to and the output is written at.",
         bounds={"le": MAX_FPS},
         slider=Slider(1, 30, 1, "FPS"),
+        resolved="media.fps",
     )
     video_fps: float | None = setting(
         None,
         command_line=False,
         service="Override the source video's own frame rate.",
         bounds={"le": MAX_FPS},
+        resolved="media.video_fps",
     )
     max_image_size: int = setting(
         848,
@@ -205,6 +243,7 @@ class GenerationRequest:
         service="Longest side of the inputs after resizing.",
         bounds={"le": MAX_SIDE},
         slider=Slider(256, 1280, 16, "Max image size"),
+        resolved="media.max_image_size",
     )
     height: int = setting(
         480,
@@ -212,6 +251,7 @@ class GenerationRequest:
         service="Output height in pixels (a source video's geometry wins).",
         bounds={"le": MAX_SIDE},
         slider=Slider(16, 1280, 16, "Height"),
+        resolved="geometry.height",
     )
     width: int = setting(
         848,
@@ -219,12 +259,14 @@ class GenerationRequest:
         service="Output width in pixels (a source video's geometry wins).",
         bounds={"le": MAX_SIDE},
         slider=Slider(16, 1280, 16, "Width"),
+        resolved="geometry.width",
     )
     neg_prompt: str = setting(
         WAN_NEGATIVE_PROMPT,
         help="negative prompt (default: Wan2.2's standard negative prompt)",
         service="Negative prompt (default: Wan's).",
         bounds={"max_length": MAX_TEXT},
+        resolved="negative_prompt",
     )
     system_prompt: str = setting(
         "",
@@ -236,22 +278,26 @@ class GenerationRequest:
         None,
         help="UniPC or flow-match Euler with --no-use_unipc (default: the bundle's use_unipc, upstream on)",
         service="UniPC (true) or flow-match Euler (false); default: the model's.",
+        resolved="uses_unipc",
     )
     use_src_tgt_id: bool | None = setting(
         None,
         help="segment-aware source-id RoPE phase (default: the bundle's use_src_id_rotary_emb, upstream on)",
         service="Segment-aware source-id RoPE phase; default: the model's.",
+        resolved="source_id_policy.enabled",
     )
     interpolate_src_id: bool | None = setting(
         None,
         help="fractional ids linspace(1, max) for more than --max_trained_src_id conditions (default: the bundle's)",
         service="Fractional source ids; default: the model's.",
+        resolved="source_id_policy.interpolate",
     )
     max_trained_src_id: int | None = setting(
         None,
         help="(default: the bundle's max_trained_src_id, upstream 5)",
         service="Most source ids seen in training; default: the model's.",
         bounds={"le": 64},
+        resolved="source_id_policy.max_trained",
     )
     use_pe: bool = setting(False, service="Rewrite the prompt with the server's prompt enhancer first.")
     pe_model: str | None = setting(
@@ -272,17 +318,20 @@ class GenerationRequest:
         + "; ".join(f"{c.name}: {c.description}" for c in CACHES.values()),
         cli={"choices": sorted(CACHES)},
         service="Step cache: firstblock, teacache or magcache; default: off.",
+        resolved="cache.kind",
     )
     cache_threshold: float | None = setting(
         None,
         help="larger skips more (default: " + ", ".join(f"{c.name} {c.threshold:g}" for c in CACHES.values()) + ")",
         service="Step-cache threshold; default: the cache's own.",
+        resolved="cache.threshold",
     )
     cache_calibration: str | None = setting(
         None,
         help="magcache: per-step magnitude ratios (JSON; a missing FILE is written by calibrating this run); "
         "teacache: optional rescale coefficients (JSON); see docs/fast.md",
         cli={"metavar": "FILE"},
+        resolved="cache.calibration",
     )
     batch_branches: bool = setting(
         False,
@@ -290,11 +339,11 @@ class GenerationRequest:
         "model's planner: its three Qwen passes per round as one padded batch)",
         service="Run guidance branches of equal length as one batched forward.",
     )
-    explicit: frozenset[str] | None = field(default=None, repr=False, compare=False, metadata={"internal": True})
+    case: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, metadata={"internal": True})
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        """The request's settings (``explicit`` is bookkeeping, not a setting)."""
+        """The request's settings (``case`` is a layer under them, not a setting)."""
         return tuple(f.name for f in cls.settings())
 
     @classmethod
@@ -307,30 +356,23 @@ class GenerationRequest:
         """Each setting's type, resolved from its annotation."""
         return typing.get_type_hints(cls)
 
+    @classmethod
+    def builtin(cls) -> dict[str, Any]:
+        """Every setting's built-in default, from its declaration."""
+        return {f.name: default_of(f) for f in cls.settings()}
+
     def given(self) -> frozenset[str]:
-        """The settings the user set: ``explicit`` when the front end knows them, else those that differ from
-        the defaults. A loaded full model's shipped settings fill only the others."""
-        if self.explicit is not None:
-            return self.explicit
-        blank = GenerationRequest()
-        return frozenset(name for name in self.field_names() if _differs(getattr(self, name), getattr(blank, name)))
+        """The settings the user set: those that are not None (a case file's values are the ``case`` layer, a
+        preset's and the built-in defaults come in at resolution)."""
+        return frozenset(name for name in self.field_names() if getattr(self, name) is not None)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("explicit")
-        data["video"] = [describe_media(v) for v in self.video]
-        data["image"] = describe_media(self.image) if self.image is not None else None
-        data["images"] = [describe_media(v) for v in self.images]
-        return data
+    def values(self) -> dict[str, Any]:
+        """The settings the user set, with their values (the merge's user layer)."""
+        return {name: getattr(self, name) for name in self.given()}
 
-
-def _differs(value: Any, default: Any) -> bool:
-    plain = (str, int, float, bool, type(None))
-    if isinstance(value, plain) and isinstance(default, plain):
-        return value != default
-    if isinstance(value, list) and isinstance(default, list) and all(isinstance(v, plain) for v in value):
-        return value != default
-    return True  # arrays, images and other media: given
+    def merged(self, layers: dict[Layer, dict[str, Any]] | None = None) -> Merged:
+        """This request over its case file over ``layers`` (a preset) over the built-in defaults."""
+        return merge_layers(self.builtin(), {**(layers or {}), Layer.CASE: self.case, Layer.USER: self.values()})
 
 
 GENERATION_PARAMETERS = tuple(

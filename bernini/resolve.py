@@ -1,7 +1,9 @@
 """Resolution: a request validated once into a :class:`~bernini.resolved.ResolvedRequest`.
 
 :func:`resolve_request` is the one place a :class:`~bernini.request.GenerationRequest` is checked: the task
-and its media rules, the guidance mode and what it needs, numbers and their ranges, frame snapping.
+and its media rules, the guidance mode and what it needs, numbers and their ranges, frame snapping. Its
+settings' values come from one merge of the layers (:func:`bernini.settings.merge_layers`: built-in < shipped
+preset < case file < user); the notes of what yielded to what come from :func:`_merge` and :func:`_over_preset`.
 Everything after it (conditions, text, sampler, output) reads the resolved request and never re-validates.
 """
 
@@ -32,6 +34,7 @@ from .sampling.cachefile import read_calibration
 from .sampling.full_presets import full_preset
 from .sampling.guidance import FULL_MODEL_MODES, GUIDANCE_MODES, MODE_NAMES, APGSettings, Weights
 from .sampling.presets import CACHES, PRESETS, CacheSettings, Preset
+from .settings import Layer, Merged
 from .tasks import TASKS, TaskSpec
 
 
@@ -160,45 +163,60 @@ def _preset(request: GenerationRequest) -> Preset | None:
     return preset
 
 
-def _preset_mode(preset: Preset, request: GenerationRequest, task: TaskSpec, given: frozenset[str]):
-    """The guidance mode under a preset, and the note when it is not the preset's: a mode the user gave wins, a
-    task in ``preset.guided_tasks`` keeps its own (or its case's), any other case's mode yields to the preset."""
-    asked = request.guidance_mode
-    if asked is not None and "guidance_mode" in given:
-        why = f"given explicitly, it wins over preset {preset.name}'s"
-        return asked, changed("guidance_mode", preset.guidance_mode, asked, why)
-    if task.name in preset.guided_tasks:
-        mode = asked or task.guidance_mode
+def _merge(
+    request: GenerationRequest, task: TaskSpec, version: str | None, preset: Preset | None
+) -> tuple[Merged, list[Adjustment]]:
+    """The one merge of the layers (built-in < shipped preset < case file < user), and the notes of a case file's
+    guidance mode that yields: one the full model does not run yields to its shipped mode, and one under a preset
+    that samples without guidance yields to the preset's (a task in ``preset.guided_tasks`` keeps its own)."""
+    shipped: dict[str, Any] = {}
+    if version is not None:
+        shipped = full_preset(version, task.name).values()
+    elif preset is not None:
+        shipped = {"num_inference_steps": preset.num_inference_steps, "flow_shift": preset.flow_shift}
+        if task.name not in preset.guided_tasks:
+            shipped["guidance_mode"] = preset.guidance_mode
+    case = dict(request.case)
+    mode = case.get("guidance_mode")
+    adjustments: list[Adjustment] = []
+    if mode is not None and request.guidance_mode is None and "guidance_mode" in shipped:
+        if version is not None and mode not in FULL_MODEL_MODES:
+            why = "the case's mode is Bernini-R's; the full model runs its shipped mode for the task"
+            adjustments = changed("guidance_mode", mode, shipped["guidance_mode"], why)
+            del case["guidance_mode"]
+        elif version is None:
+            why = (
+                f"preset {preset.name} samples without guidance; the case's mode yields (pass --guidance_mode to "
+                "keep it)"
+            )
+            adjustments = changed("guidance_mode", mode, shipped["guidance_mode"], why)
+            del case["guidance_mode"]
+    return replace(request, case=case).merged({Layer.PRESET: shipped}), adjustments
+
+
+def _over_preset(preset: Preset, merged: Merged, task: TaskSpec) -> list[Adjustment]:
+    """What the preset's values yielded to: each setting the user gave over it (one note each), and the guidance of
+    a task the preset keeps guided."""
+    won = f"given explicitly, it wins over preset {preset.name}'s"
+    notes: list[Adjustment] = []
+    if merged.given("guidance_mode"):
+        notes += changed("guidance_mode", preset.guidance_mode, merged["guidance_mode"], won)
+    elif task.name in preset.guided_tasks:
         why = (
             f"preset {preset.name} keeps {task.name}'s reference guidance (the 4-step LoRAs were distilled for "
             "text-to-video; without guidance the references lose their identity)"
         )
-        return mode, changed("guidance_mode", preset.guidance_mode, mode, why)
-    why = f"preset {preset.name} samples without guidance; the case's mode yields (pass --guidance_mode to keep it)"
-    return preset.guidance_mode, changed("guidance_mode", asked, preset.guidance_mode, why) if asked else []
-
-
-def _preset_schedule(
-    preset: Preset, steps: int, flow_shift: float, given: frozenset[str]
-) -> tuple[int, SchedulerChoice, list[Adjustment]]:
-    """The preset's steps, timesteps and shift, except those the user gave (each yields with a note)."""
-    adjustments: list[Adjustment] = []
-    sigmas: tuple[float, ...] | None = preset.sigmas
-    if "num_inference_steps" in given and steps != preset.num_inference_steps:
-        why = (
-            f"given explicitly, it wins over preset {preset.name}'s; its {preset.num_inference_steps} distilled "
-            f"timesteps are dropped and {preset.scheduler} spaces {steps} steps itself"
+        notes += changed("guidance_mode", preset.guidance_mode, merged["guidance_mode"] or task.guidance_mode, why)
+    if merged.given("num_inference_steps"):
+        steps = merged["num_inference_steps"]
+        dropped = (
+            f"; its {preset.num_inference_steps} distilled timesteps are dropped and {preset.scheduler} spaces "
+            f"{steps} steps itself"
         )
-        adjustments += changed("num_inference_steps", preset.num_inference_steps, steps, why)
-        sigmas = None
-    else:
-        steps = preset.num_inference_steps
-    if "flow_shift" in given and flow_shift != preset.flow_shift:
-        why = f"given explicitly, it wins over preset {preset.name}'s"
-        adjustments += changed("flow_shift", preset.flow_shift, flow_shift, why)
-    else:
-        flow_shift = preset.flow_shift
-    return steps, SchedulerChoice(preset.scheduler, flow_shift, sigmas), adjustments
+        notes += changed("num_inference_steps", preset.num_inference_steps, steps, won + dropped)
+    if merged.given("flow_shift"):
+        notes += changed("flow_shift", preset.flow_shift, merged["flow_shift"], won)
+    return notes
 
 
 def _cache(request: GenerationRequest) -> CacheSettings | None:
@@ -241,30 +259,28 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
     With ``defaults`` the plan is complete; without, the model's choices stay open until the pipeline
     fills them (:meth:`ResolvedRequest.with_model_defaults`).
     """
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
-        raise BerniniError("prompt is required and must be a non-empty string (--prompt or the case's 'prompt')")
     original = request
-    task_name = request.task_type or infer_task_type(request)
+    version = defaults.planner_version if defaults is not None else None
+    base = replace(request, **request.merged().values)  # the case under the user, over the built-in defaults
+    if not isinstance(base.prompt, str) or not base.prompt.strip():
+        raise BerniniError("prompt is required and must be a non-empty string (--prompt or the case's 'prompt')")
+    task_name = base.task_type or infer_task_type(base)
     if task_name not in TASKS:
         raise BerniniError(f"unknown task_type {task_name!r}; choose one of: {', '.join(TASKS)}")
     task = TASKS[task_name]
-    version = defaults.planner_version if defaults is not None else None
-    given = request.given()
-    model_adjustments: list[Adjustment] = []
-    if version is not None:
-        request, model_adjustments = _with_full_presets(request, version, task.name, given)
-    elif defaults is not None:
-        _refuse_planner_settings(given)
+    if version is None and defaults is not None:
+        _refuse_planner_settings(request.given())
     if request.preset is not None and version is not None:
         raise BerniniError(
             f"--preset {request.preset} is for Bernini-R's distilled LoRAs; the full model has no presets"
         )
-    preset = _preset(request)
+    preset = _preset(base)
+    merged, model_adjustments = _merge(request, task, version, preset)
+    request = replace(request, **merged.values)
     registry = FULL_MODEL_MODES if version is not None else GUIDANCE_MODES
     mode_name = request.guidance_mode or task.guidance_mode
     if preset is not None:
-        mode_name, preset_adjustments = _preset_mode(preset, request, task, given)
-        model_adjustments = model_adjustments + preset_adjustments
+        model_adjustments = model_adjustments + _over_preset(preset, merged, task)
     if defaults is None and mode_name not in registry and mode_name in FULL_MODEL_MODES:
         registry = FULL_MODEL_MODES  # the model is not known yet: the pipeline plans again for the one it loads
     if mode_name not in registry:
@@ -276,7 +292,8 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
             "(or leave it out for the task's default)"
         )
     mode = registry[mode_name]
-    if version and task.single_frame and "num_frames" in given and _as_int("num_frames", request.num_frames) != 1:
+    one_frame = _as_int("num_frames", request.num_frames) == 1
+    if version and task.single_frame and merged.given("num_frames") and not one_frame:
         raise BerniniError(f"task {task.name} makes one image: pass --num_frames 1 or drop --num_frames")
     video_fps = request.video_fps
     if video_fps is not None:
@@ -338,8 +355,7 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         )
     shipped: tuple[str, ...] = ()
     if version is not None and not follow_source:
-        row = full_preset(version, task.name)
-        shipped = tuple(name for name in ("height", "width") if name not in given and getattr(row, name))
+        shipped = tuple(name for name in ("height", "width") if merged.layer(name) is Layer.PRESET and merged[name])
     for name, value in (("height", height), ("width", width)):
         if not follow_source:
             _check_range(name, value, 16, limit, f"between 16 and {limit} pixels (or both 0: the source's size)")
@@ -347,8 +363,8 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
     cache = _cache(request)
     scheduler = SchedulerChoice(_scheduler_name(request.use_unipc), flow_shift)
     if preset is not None:
-        steps, scheduler, preset_adjustments = _preset_schedule(preset, steps, flow_shift, given)
-        model_adjustments = model_adjustments + preset_adjustments
+        pinned = not merged.given("num_inference_steps") or steps == preset.num_inference_steps
+        scheduler = SchedulerChoice(preset.scheduler, flow_shift, preset.sigmas if pinned else None)
     if (frames - 1) // 4 + 1 > MAX_LATENT_POSITIONS:
         raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1}")
     if task.single_frame:
@@ -389,24 +405,6 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
 
 
 PLANNER_SETTINGS = ("omega_tgt", "planning_step", "vit_txt_cfg", "vit_img_cfg", "vit_denoising_step")
-
-
-def _with_full_presets(
-    request: GenerationRequest, version: str, task: str, given: frozenset[str]
-) -> tuple[GenerationRequest, list[Adjustment]]:
-    """The full model's shipped settings for this task and version, under every setting the user gave.
-
-    A Bernini-R mode that came from a case file (not given by the user) yields to the shipped mode, with a note:
-    Bernini-R's case files carry their renderer's modes, which the full model does not run."""
-    values = {k: v for k, v in full_preset(version, task).values().items() if k not in given}
-    adjustments: list[Adjustment] = []
-    mode = request.guidance_mode
-    if mode is not None and (mode in FULL_MODEL_MODES or "guidance_mode" in given):
-        values.pop("guidance_mode", None)
-    elif mode is not None:
-        why = "the case's mode is Bernini-R's; the full model runs its shipped mode for the task"
-        adjustments = changed("guidance_mode", mode, values["guidance_mode"], why)
-    return replace(request, **values), adjustments
 
 
 def _refuse_planner_settings(given: frozenset[str]) -> None:

@@ -7,14 +7,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from .adjustments import Adjustment
+from .errors import BerniniError
 from .request import GenerationRequest, describe_media
-from .sampling.guidance import APGSettings, GuidanceMode, Weights
+from .sampling.guidance import FULL_MODEL_MODES, GUIDANCE_MODES, APGSettings, GuidanceMode, Weights
 from .sampling.presets import CacheSettings
-from .tasks import TaskSpec
+from .settings import Setting, spec_of
+from .tasks import TASKS, TaskSpec
 from .text import clean_prompt, t5_text
 
 MAX_LATENT_POSITIONS = 1024
@@ -180,50 +183,142 @@ class ResolvedRequest:
     def full_model(self) -> bool:
         return self.planner.version is not None
 
+    @property
+    def uses_unipc(self) -> bool:
+        return self.scheduler.name == "unipc"
+
+    @property
+    def source_id_policy(self) -> SourceIdPolicy:
+        """The source-id policy that runs (upstream's until the model's defaults fill it)."""
+        return self.source_ids or SourceIdPolicy()
+
     def request_record(self) -> dict[str, Any]:
-        """The request as the sidecar records it: every :class:`GenerationRequest` field, resolved."""
-        policy = self.source_ids or SourceIdPolicy()
-        values = {
+        """The request as the sidecar records it: every :class:`GenerationRequest` setting as it ran, read from where
+        its declaration says it lives (:attr:`~bernini.settings.Setting.resolved`)."""
+        return {
+            f.name: _recorded(spec_of(f), _at(self, spec_of(f).resolved or f.name))
+            for f in GenerationRequest.settings()
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The resolved request as JSON (media must be paths), read back by :meth:`from_json` without resolving it
+        again: the service stores it with a job at submit and its worker runs it."""
+        media = self.media
+        for item in (*media.video, *media.images, *([media.image] if media.image is not None else [])):
+            if not isinstance(item, (str, Path)):
+                raise BerniniError(f"a resolved request with in-memory media ({describe_media(item)}) is not JSON")
+        request = self.request
+        return {
+            "task": self.task.name,
             "prompt": self.prompt,
-            "task_type": self.task.name,
-            "guidance_mode": self.guidance.mode.name,
-            "video": [describe_media(v) for v in self.media.video],
-            "image": describe_media(self.media.image) if self.media.image is not None else None,
-            "images": [describe_media(v) for v in self.media.images],
-            "output": self.output,
-            "seed": self.seed,
-            "num_frames": self.geometry.frames,
-            "num_inference_steps": self.num_inference_steps,
-            "flow_shift": self.scheduler.flow_shift,
-            "omega_vid": self.guidance.weights.vid,
-            "omega_img": self.guidance.weights.img,
-            "omega_txt": self.guidance.weights.txt,
-            "omega_scale": self.guidance.omega_scale,
-            "omega_tgt": self.guidance.weights.tgt,
-            "planning_step": self.planner.planning_steps,
-            "vit_txt_cfg": self.planner.text_scale,
-            "vit_img_cfg": self.planner.image_scale,
-            "vit_denoising_step": self.planner.vit_steps,
-            "eta": self.guidance.apg.eta,
-            "norm_threshold": list(self.guidance.apg.norm_threshold),
-            "momentum": self.guidance.apg.momentum,
-            "fps": self.media.fps,
-            "video_fps": self.media.video_fps,
-            "max_image_size": self.media.max_image_size,
-            "height": self.geometry.height,
-            "width": self.geometry.width,
-            "neg_prompt": self.negative_prompt,
+            "negative_prompt": self.negative_prompt,
             "system_prompt": self.system_prompt,
-            "use_unipc": self.scheduler.name == "unipc",
-            "use_src_tgt_id": policy.enabled,
-            "interpolate_src_id": policy.interpolate,
-            "max_trained_src_id": policy.max_trained,
+            "media": {
+                **asdict(media),
+                "video": [str(v) for v in media.video],
+                "images": [str(v) for v in media.images],
+                "image": None if media.image is None else str(media.image),
+            },
+            "geometry": asdict(self.geometry),
+            "guidance": {
+                "mode": self.guidance.mode.name,
+                "weights": asdict(self.guidance.weights),
+                "omega_scale": self.guidance.omega_scale,
+                "apg": asdict(self.guidance.apg),
+            },
+            "scheduler": asdict(self.scheduler),
+            "source_id_choice": asdict(self.source_id_choice),
+            "seed": self.seed,
+            "num_inference_steps": self.num_inference_steps,
+            "output": self.output,
             "use_pe": self.use_pe,
             "pe_model": self.pe_model,
+            "source_ids": asdict(self.source_ids) if self.source_ids is not None else None,
             "preset": self.preset,
-            "cache": self.cache.kind if self.cache else None,
-            "cache_threshold": self.cache.threshold if self.cache else None,
-            "cache_calibration": self.cache.calibration if self.cache else None,
+            "cache": asdict(self.cache) if self.cache is not None else None,
             "batch_branches": self.batch_branches,
+            "adjustments": [a.record() for a in self.adjustments],
+            "planner": asdict(self.planner),
+            "for_model": self.for_model,
+            "request": None if request is None else {"values": _plain(request.values()), "case": _plain(request.case)},
         }
-        return {name: values[name] for name in GenerationRequest.field_names()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ResolvedRequest:
+        """:meth:`to_json` read back."""
+        planner = PlanningSettings(**data["planner"])
+        media = data["media"]
+        guidance = data["guidance"]
+        registry = FULL_MODEL_MODES if planner.version is not None else {**FULL_MODEL_MODES, **GUIDANCE_MODES}
+        scheduler = data["scheduler"]
+        cache = data["cache"]
+        if cache is not None:
+            cache = CacheSettings(**{k: _tuples(v) if k in ("ratios", "coefficients") else v for k, v in cache.items()})
+        request = data.get("request")
+        geometry = data["geometry"]
+        return cls(
+            task=TASKS[data["task"]],
+            prompt=data["prompt"],
+            negative_prompt=data["negative_prompt"],
+            system_prompt=data["system_prompt"],
+            media=MediaInputs(**{**media, "video": tuple(media["video"]), "images": tuple(media["images"])}),
+            geometry=Geometry(**{**geometry, "shipped": tuple(geometry["shipped"])}),
+            guidance=GuidanceSettings(
+                registry[guidance["mode"]],
+                Weights(**guidance["weights"]),
+                guidance["omega_scale"],
+                APGSettings(**{**guidance["apg"], "norm_threshold": tuple(guidance["apg"]["norm_threshold"])}),
+            ),
+            scheduler=SchedulerChoice(**{**scheduler, "sigmas": _tuples(scheduler["sigmas"])}),
+            source_id_choice=SourceIdChoice(**data["source_id_choice"]),
+            seed=data["seed"],
+            num_inference_steps=data["num_inference_steps"],
+            output=data["output"],
+            use_pe=data["use_pe"],
+            pe_model=data["pe_model"],
+            source_ids=SourceIdPolicy(**data["source_ids"]) if data["source_ids"] is not None else None,
+            preset=data["preset"],
+            cache=cache,
+            batch_branches=data["batch_branches"],
+            adjustments=tuple(Adjustment(**a) for a in data["adjustments"]),
+            planner=planner,
+            for_model=data["for_model"],
+            request=None if request is None else GenerationRequest(**request["values"], case=request["case"]),
+        )
+
+
+def _at(resolved: ResolvedRequest, path: str) -> Any:
+    """The value at a dotted attribute path (None past a part that is None, e.g. ``cache.kind`` without a cache)."""
+    value: Any = resolved
+    for part in path.split("."):
+        if value is None:
+            return None
+        value = getattr(value, part)
+    return value
+
+
+def _recorded(spec: Setting, value: Any) -> Any:
+    if spec.media:
+        return (
+            [describe_media(v) for v in value]
+            if isinstance(value, tuple)
+            else (None if value is None else describe_media(value))
+        )
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the frozen settings hold (nested for MagCache's ratios)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Request values for JSON: media paths as strings."""
+    return {
+        k: [str(v) for v in value]
+        if isinstance(value, (list, tuple)) and k in ("video", "images")
+        else (str(value) if k == "image" and value is not None else value)
+        for k, value in values.items()
+    }

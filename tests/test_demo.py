@@ -53,11 +53,11 @@ BAD_MESSAGE = "cannot read video bad.mp4: not a video ffmpeg can decode"
 def test_flags_have_upstream_names_and_safe_defaults():
     args = build_parser().parse_args([])
     assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 7860, False, None)
-    # use_unipc None: the bundle's config decides (upstream's bundles say true)
+    # use_unipc None: the bundle's config decides (upstream's bundles say true); use_pe None: not given (off)
     assert (args.flow_shift, args.use_unipc, args.use_pe, args.queue_size, args.max_frames) == (
         5.0,
         None,
-        False,
+        None,
         20,
         360,
     )

@@ -148,7 +148,7 @@ def _media_for(task: str) -> dict:
 def test_explicit_settings_win_even_at_the_command_line_default(full_pipe):
     """omega_txt 4.0 is also the request's default: given explicitly, it must still beat v2's 5.0."""
     v2 = ModelDefaults(planner_version="v2")
-    request = GenerationRequest(prompt=PROMPT, task_type="t2v", omega_txt=4.0, explicit=frozenset({"omega_txt"}))
+    request = GenerationRequest(prompt=PROMPT, task_type="t2v", omega_txt=4.0)
     assert resolve_request(request, v2).guidance.weights.txt == 4.0
     assert resolve_request(GenerationRequest(prompt=PROMPT, task_type="t2v"), v2).guidance.weights.txt == 5.0
     api = full_pipe.resolve  # the keyword API marks what it was given
@@ -226,7 +226,7 @@ def test_batched_planner_and_renderer_branches_give_the_same_frames(full_pipe, m
 def test_a_case_files_bernini_r_mode_yields_to_the_shipped_mode(full_pipe):
     """Bernini-R's case files name their renderer's modes; from a case (not given by the user) the full model
     runs its shipped mode and says so. Given explicitly, the same mode is refused (see above)."""
-    request = GenerationRequest(prompt=PROMPT, task_type="t2v", guidance_mode="t2v_apg", explicit=frozenset())
+    request = GenerationRequest(prompt=PROMPT, task_type="t2v", case={"guidance_mode": "t2v_apg"})
     resolved = full_pipe.resolve(request)
     assert resolved.guidance.mode.name == "vae_txt_vit_wapg"
     assert [(a.name, a.asked, a.used) for a in resolved.adjustments] == [
@@ -261,7 +261,7 @@ def test_the_four_contexts_are_cropped_t5_rows_then_planner_rows_then_zeros(full
     from bernini.text import clean_prompt, token_counts
 
     inputs = {**task_inputs("v2v", media), **FAST, "neg_prompt": WAN_NEGATIVE_PROMPT}
-    request = GenerationRequest(prompt=PROMPT, task_type="v2v", **inputs, explicit=frozenset(inputs))
+    request = GenerationRequest(prompt=PROMPT, task_type="v2v", **inputs)
     resolved = full_pipe.resolve(request)
     assert resolved.t5_negative_text == clean_prompt(resolved.negative_prompt) != resolved.negative_prompt  # spec §4.3
     text = full_pipe.encode_prompts(resolved.t5_text, resolved.t5_negative_text)

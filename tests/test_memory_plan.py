@@ -157,14 +157,10 @@ def test_plan_and_generate_share_the_default_size():
     from bernini.request import GenerationRequest
 
     estimate, generate = build_parser().parse_args(["plan"]), build_parser().parse_args(["generate"])
-    defaults = GenerationRequest()
+    defaults = GenerationRequest.builtin()
     assert (estimate.num_frames, estimate.height, estimate.width) == (
-        defaults.num_frames,
-        defaults.height,
-        defaults.width,
+        defaults["num_frames"],
+        defaults["height"],
+        defaults["width"],
     )
-    assert (generate.num_frames, generate.height, generate.width) == (
-        estimate.num_frames,
-        estimate.height,
-        estimate.width,
-    )
+    assert (generate.num_frames, generate.height, generate.width) == (None, None, None)  # not given: the defaults

@@ -64,7 +64,7 @@ def media_files(tmp_path, monkeypatch):
         ({"num_frames": True}, "num_frames must be an integer"),
         ({"omega_txt": float("nan")}, "omega_txt must be finite"),
         ({"norm_threshold": []}, "norm_threshold needs at least one value"),
-        ({"neg_prompt": None}, "neg_prompt must be a string"),
+        ({"neg_prompt": 3}, "neg_prompt must be a string"),  # None is "not given": the default fills it
     ],
 )
 def test_bad_requests(fields: dict[str, Any], match: str, one_line_error) -> None:

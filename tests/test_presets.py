@@ -20,7 +20,7 @@ def shifted(sigma: float, shift: float) -> float:
 
 
 def test_preset_plan_pins_steps_scheduler_and_guidance(one_line_error):
-    resolved = resolve_request(GenerationRequest(prompt="a fox", preset="lightning4", num_inference_steps=40))
+    resolved = resolve_request(GenerationRequest(prompt="a fox", preset="lightning4", num_inference_steps=None))
     assert resolved.num_inference_steps == 4
     assert resolved.guidance.mode.name == "none"
     assert resolved.scheduler.name == "flow_match_euler" and resolved.scheduler.sigmas == (1.0, 0.75, 0.5, 0.25)
@@ -31,9 +31,8 @@ def test_preset_plan_pins_steps_scheduler_and_guidance(one_line_error):
 
 def test_preset_yields_to_what_the_user_gave_and_says_so():
     """Issue 19 item 4: values the user gave win over the preset, each with a note naming the preset's value."""
-    given = frozenset({"preset", "num_inference_steps", "flow_shift", "guidance_mode"})
     request = GenerationRequest(
-        prompt="a fox", preset="lightning4", num_inference_steps=6, flow_shift=3.0, guidance_mode="t2v", explicit=given
+        prompt="a fox", preset="lightning4", num_inference_steps=6, flow_shift=3.0, guidance_mode="t2v"
     )
     resolved = resolve_request(request)
     assert resolved.num_inference_steps == 6 and resolved.guidance.mode.name == "t2v"
@@ -47,7 +46,7 @@ def test_preset_yields_to_what_the_user_gave_and_says_so():
     assert all("preset lightning4" in a.why for a in resolved.adjustments)
     record = resolved.request_record()
     assert (record["num_inference_steps"], record["flow_shift"], record["guidance_mode"]) == (6, 3.0, "t2v")
-    shift_only = resolve_request(replace(request, explicit=frozenset({"preset", "flow_shift"})))
+    shift_only = resolve_request(replace(request, num_inference_steps=None, guidance_mode=None))
     assert shift_only.num_inference_steps == 4 and shift_only.scheduler.sigmas == PRESETS["lightning4"].sigmas
     assert shift_only.guidance.mode.name == "none" and shift_only.scheduler.flow_shift == 3.0
 

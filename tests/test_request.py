@@ -17,6 +17,7 @@ from bernini.request import (
     load_task_list,
     numbered_output,
 )
+from bernini.resolve import resolve_request
 
 PROMPT = "Add a snowman. The meadow, the person and the camera stay unchanged."
 
@@ -94,7 +95,8 @@ def test_case_video_string_becomes_a_list(tmp_path: Path) -> None:
 def test_cli_defaults_are_upstreams() -> None:
     """Spec section 3.2: the command-line defaults (not the pipeline function's)."""
     args = build_parser().parse_args(["generate"])
-    defaults = GenerationRequest()
+    defaults = GenerationRequest.builtin()
+    resolved = resolve_request(GenerationRequest(prompt=PROMPT)).request_record()
     expected = {
         "num_inference_steps": 40,
         "omega_vid": 1.25,
@@ -113,8 +115,8 @@ def test_cli_defaults_are_upstreams() -> None:
         "width": 848,
     }
     for name, value in expected.items():
-        assert getattr(defaults, name) == value, name
-        assert getattr(args, name) == value, name
+        assert defaults[name] == value and resolved[name] == value, name
+        assert getattr(args, name) is None, name  # a flag not given is None: the built-in default fills it
     aliases = build_parser().parse_args(["generate", "--omega_V", "1", "--omega_I", "2", "--omega_TI", "3"])
     assert (aliases.omega_vid, aliases.omega_img, aliases.omega_txt) == (1.0, 2.0, 3.0)
 

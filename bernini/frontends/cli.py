@@ -30,7 +30,6 @@ from .options import (
     add_model_args,
     bundle_spec,
     describe_loaded,
-    given_settings,
     load_pipeline,
     model_defaults,
     quiet_libraries,
@@ -320,7 +319,6 @@ def main(argv: Sequence[str] | None = None, upstream_script: str | None = None) 
         return submit_main(argv[1:])
     parser = build_parser(upstream_script)
     args = parser.parse_args(argv)
-    args.given = given_settings(parser, argv)
     args.upstream_script = upstream_script
     args.command_line = command_line
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")

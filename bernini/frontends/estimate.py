@@ -18,7 +18,7 @@ from .values import positive_number
 def add_estimate_parser(sub) -> argparse.ArgumentParser:
     from ..request import GenerationRequest
 
-    defaults = GenerationRequest()
+    defaults = GenerationRequest.builtin()
     plan = sub.add_parser(
         "estimate",
         aliases=["plan"],
@@ -32,9 +32,9 @@ def add_estimate_parser(sub) -> argparse.ArgumentParser:
         default=None,
         help="bundle (default: A14B shapes); a full Bernini bundle adds its planner phase",
     )
-    plan.add_argument("--num_frames", type=int, default=defaults.num_frames, help="frames of the target")
-    plan.add_argument("--height", type=int, default=defaults.height, help="target height in pixels")
-    plan.add_argument("--width", type=int, default=defaults.width, help="target width in pixels")
+    plan.add_argument("--num_frames", type=int, default=defaults["num_frames"], help="frames of the target")
+    plan.add_argument("--height", type=int, default=defaults["height"], help="target height in pixels")
+    plan.add_argument("--width", type=int, default=defaults["width"], help="target width in pixels")
     plan.add_argument("--source_videos", type=int, default=1, help="videos packed beside the target (v2v: 1)")
     plan.add_argument("--images", type=int, default=0, help="reference images packed beside the target")
     plan.add_argument(

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import BerniniError
 from ..loaders.bundle import BundleSpec
 from ..request import (
-    CASE_KEYS,
     DEFAULT_OUTPUT,
     GenerationRequest,
     load_case,
@@ -25,12 +24,11 @@ from ..request import (
     numbered_output,
 )
 from ..resolved import ModelDefaults
-from ..settings import default_of, spec_of, unwrap_optional
+from ..settings import spec_of, unwrap_optional
 from .help import DefaultsHelpFormatter, document
 from .values import degree, positive_number
 
 DEFAULT_CONFIG = "configs/bernini_renderer_wan22"
-EXPLICIT_OVER_CASE = ("task_type", "guidance_mode", "prompt", "video", "image", "images", "output")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -118,16 +116,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_setting_flags(group: argparse._ActionsContainer, *names: str, given_only: bool = False, **helps: str) -> None:
+def add_setting_flags(group: argparse._ActionsContainer, *names: str, given_only: bool = True, **helps: str) -> None:
     """The flags of the request settings ``names``, generated from their declarations on
-    :class:`GenerationRequest`. ``given_only``: default None (the case file's keys, whose flags must tell
-    "not given" from a value); ``helps``: a front end's own help text for a setting."""
+    :class:`GenerationRequest`. Every flag defaults to None, "not given" (the help shows the built-in default the
+    merge falls back to; ``given_only``: kept for older callers, always so); ``helps``: a front end's own help text
+    for a setting."""
     declared = {f.name: f for f in GenerationRequest.settings()}
     types = GenerationRequest.setting_types()
     for name in names:
         spec = spec_of(declared[name])
         kind, optional = unwrap_optional(types[name])
-        kwargs: dict[str, Any] = {"default": None if given_only else default_of(declared[name])}
+        kwargs: dict[str, Any] = {"default": None}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if optional else "store_true"
         elif typing.get_origin(kind) is list:
@@ -138,14 +137,16 @@ def add_setting_flags(group: argparse._ActionsContainer, *names: str, given_only
         elif kind in (int, float):
             kwargs["type"] = kind
         flags = spec.flags or (f"--{name}",)
-        group.add_argument(*flags, dest=name, help=helps.get(name, spec.help), **kwargs, **spec.cli)
+        text = helps.get(name, spec.help)
+        builtin = spec.builtin()
+        if text is not None and builtin is not None and "default" not in text.lower():
+            text = f"{text} (default: {builtin})".replace("%", "%%")
+        group.add_argument(*flags, dest=name, help=text, **kwargs, **spec.cli)
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("inputs")
-    add_setting_flags(
-        group, "prompt", "task_type", "guidance_mode", "video", "image", "images", "output", given_only=True
-    )
+    add_setting_flags(group, "prompt", "task_type", "guidance_mode", "video", "image", "images", "output")
     group.add_argument("--case", default=None, help="a case file (JSON object)")
     group.add_argument("--inputs", default=None, help="a task list (.jsonl or .json array)")
     group.add_argument("--save_frames", default=None, metavar="DIR", help="also write every frame as PNG into DIR")
@@ -224,44 +225,17 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
     par.add_argument("--dist_timeout", type=float, default=600.0, help="seconds a collective may wait for a peer")
 
 
-def flag_given(argv: Sequence[str], *names: str) -> bool:
-    """Whether any of ``names`` appears in ``argv`` (alone or as ``--name=value``)."""
-    return any(arg == name or arg.startswith(name + "=") for arg in argv for name in names)
-
-
-def given_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
-    """The request settings set on the command line (by any of their flag spellings), the sub-commands' flags
-    included (``bernini generate …``)."""
-    names = set(GenerationRequest.field_names())
-    return frozenset(
-        action.dest
-        for action in _all_actions(parser)
-        if action.dest in names and action.option_strings and flag_given(argv, *action.option_strings)
-    )
-
-
-def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    actions = list(parser._actions)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in dict.fromkeys(action.choices.values()):
-                actions += _all_actions(child)
-    return actions
-
-
 def requests_from_args(args: argparse.Namespace) -> list[GenerationRequest | BerniniError]:
     """Tasks from ``--inputs``, ``--case`` or the flags, with per-task outputs that never collide.
 
-    Each request knows which settings were given (flags, case or task-list keys): a full model's shipped
-    per-task settings fill only the others."""
+    A flag not given is None on the request (the flags default to None). A task list's keys are the user's,
+    like flags; a case file's values are the ``case`` layer under the flags (a preset or a full model's shipped
+    settings may override them, never a flag)."""
     if args.case and args.inputs:
         raise BerniniError("--case cannot be combined with --inputs")
-    names = GenerationRequest.field_names()
-    base: dict[str, Any] = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    for key in ("video", "images"):
-        base[key] = base.get(key) or []
-    given = frozenset(getattr(args, "given", frozenset()))
-    explicit = given & set(EXPLICIT_OVER_CASE)  # the case-file keys set on the command line win over the case
+    base: dict[str, Any] = {
+        name: getattr(args, name) for name in GenerationRequest.field_names() if hasattr(args, name)
+    }
     if args.inputs:
         tasks = load_task_list(args.inputs)
         output = args.output or DEFAULT_OUTPUT
@@ -278,19 +252,14 @@ def requests_from_args(args: argparse.Namespace) -> list[GenerationRequest | Ber
                 continue
             merged = {**base, **{k: v for k, v in task.items() if v is not None}}
             merged["output"] = task.get("output") or numbered_output(output, index, len(tasks))
-            task_given = given | {k for k, v in task.items() if v is not None}
-            out.append(GenerationRequest(**merged, explicit=task_given))
+            out.append(GenerationRequest(**merged))
         return out
-    if args.case:
-        case = load_case(args.case)
-        for key in CASE_KEYS:
-            flag_value = getattr(args, key, None)
-            if key in case and not (flag_value not in (None, []) and key in explicit):
-                base[key] = case[key]
-    if not base.get("prompt"):
+    case = load_case(args.case) if args.case else {}
+    if not (base.get("prompt") or case.get("prompt")):
         raise BerniniError("a prompt is required: pass --prompt TEXT, --case FILE or --inputs FILE")
-    base["output"] = base.get("output") or DEFAULT_OUTPUT
-    return [GenerationRequest(**base, explicit=given)]
+    if not (base.get("output") or case.get("output")):
+        base["output"] = DEFAULT_OUTPUT
+    return [GenerationRequest(**base, case=case)]
 
 
 def quiet_libraries() -> None:

@@ -31,7 +31,6 @@ from .options import (
     OneLineErrorParser,
     add_generation_args,
     add_model_args,
-    given_settings,
     model_defaults,
     quiet_libraries,
     requests_from_args,
@@ -104,7 +103,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Namesp
     own, generate = build_parsers()
     check, rest = own.parse_known_args(argv)
     args = generate.parse_args(rest)
-    args.given = given_settings(generate, rest)  # a full model's shipped settings fill only the others
     if args.use_pe:
         raise BerniniError("the self-check compares two runs of each task; it cannot use --use_pe")
     return check, args

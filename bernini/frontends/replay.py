@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import BerniniError
 from ..record import RunPaths, RunRecord
 from ..request import GenerationRequest
+from ..resolve import PLANNER_SETTINGS
 
 CONFLICTS = ("prompt", "case", "inputs", "video", "image", "images", "lora", "lora_high", "lora_low")
 
@@ -92,7 +92,9 @@ def replay_requests(args: argparse.Namespace) -> list[GenerationRequest]:
     if given:
         raise BerniniError(f"--replay takes the run from its sidecar; drop {', '.join(given)}")
     record = read_sidecar(args.replay)
-    names = {f.name for f in fields(GenerationRequest)}
+    names = set(GenerationRequest.field_names())
+    if "planner" not in (record.resolved or {}):  # Bernini-R ran: its record's planner values were not given
+        names -= set(PLANNER_SETTINGS)
     values = {key: value for key, value in record.request.items() if key in names}
     values.update(_media(record))
     values["use_pe"], values["pe_model"] = False, None  # the prompt recorded is the one that ran

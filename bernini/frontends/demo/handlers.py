@@ -163,10 +163,6 @@ def build_request(
         "interpolate_src_id": settings.interpolate_src_id,
         "max_trained_src_id": settings.max_trained_src_id,
     }
-    explicit = None
-    if full:
-        page = {"prompt", "task_type", "guidance_mode", "video", "image", "images", "output", *numbers}
-        explicit = frozenset(page | {name for name, value in server.items() if value is not None})
     request = GenerationRequest(
         prompt=prompt or "",
         task_type=task,
@@ -177,7 +173,6 @@ def build_request(
         output=str(output),
         **server,
         **numbers,
-        explicit=explicit,
     )
     return resolve_request(
         request, defaults

@@ -1,6 +1,7 @@
 """The demo's Gradio Blocks: its components, what a task change updates, and which handler each event calls."""
 
 import functools
+import types
 from typing import TYPE_CHECKING, Any
 
 from ...request import GenerationRequest
@@ -15,13 +16,13 @@ if TYPE_CHECKING:
     import gradio as gr
 
 DEFAULT_TASK = "t2v"
-BLANK = GenerationRequest()  # the built-in defaults the controls start from
-DEFAULT_FRAMES = BLANK.num_frames
+BUILTIN = GenerationRequest.builtin()  # the built-in defaults the controls start from
+DEFAULT_FRAMES = BUILTIN["num_frames"]
 SLIDERS: dict[str, Slider] = {f.name: spec_of(f).slider for f in GenerationRequest.settings() if spec_of(f).slider}
 """Each setting's control (range, step, label), from its declaration on :class:`GenerationRequest`."""
 # Guidance defaults a task change puts back (the frame count depends on the task too).
 GUIDANCE_DEFAULTS: dict[str, float] = {
-    name: getattr(BLANK, name) for name in ("omega_vid", "omega_img", "omega_txt", "omega_scale", "eta", "momentum")
+    name: BUILTIN[name] for name in ("omega_vid", "omega_img", "omega_txt", "omega_scale", "eta", "momentum")
 }
 
 
@@ -52,10 +53,9 @@ def task_updates(task: str) -> tuple[Any, ...]:
 def full_task_values(task: str, version: str) -> dict[str, Any]:
     """The controls a task change sets on a full model: the task's shipped settings (``FULL_PRESETS``), with the
     planner guidance of upstream's scripts (``--vit_txt_cfg 1.2 --vit_img_cfg 1.0``, the request defaults)."""
-    blank = GenerationRequest()
     values = {
-        "vit_txt_cfg": blank.vit_txt_cfg,
-        "vit_img_cfg": blank.vit_img_cfg,
+        "vit_txt_cfg": BUILTIN["vit_txt_cfg"],
+        "vit_img_cfg": BUILTIN["vit_img_cfg"],
         **FULL_PRESETS[version][task].values(),
     }
     values.pop("neg_prompt", None)  # no control: the shipped negative prompt fills it at planning
@@ -116,7 +116,7 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
     full = version is not None
     modes = FULL_MODEL_MODES if full else GUIDANCE_MODES
     start = full_task_values(DEFAULT_TASK, version) if full else {}
-    blank = BLANK
+    blank = types.SimpleNamespace(**BUILTIN)
 
     def initial(name: str, fallback: Any) -> Any:
         return start.get(name, fallback)

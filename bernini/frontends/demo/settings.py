@@ -42,7 +42,7 @@ class DemoSettings:
             save_dir.mkdir(parents=True, exist_ok=True)
         return cls(
             save_dir=save_dir.resolve(),
-            use_pe=args.use_pe,
+            use_pe=bool(args.use_pe),
             pe_model=args.pe_model,
             enhancer=enhancer_config(args) if args.use_pe else None,
             flow_shift=args.flow_shift,

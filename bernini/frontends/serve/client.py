@@ -20,7 +20,6 @@ from ..options import (
     DEFAULT_OUTPUT,
     OneLineErrorParser,
     add_generation_args,
-    given_settings,
     requests_from_args,
 )
 from .server import TOKEN_VARIABLE
@@ -72,12 +71,13 @@ class Client:
     def submit(self, request: GenerationRequest) -> dict[str, Any]:
         if request.cache_calibration:
             raise BerniniError("--cache_calibration names a file on this machine; a server keeps its own calibration")
-        sent = set(request.given()) | {"prompt"}  # what the user set: the server's model fills the rest
         skipped = (*MEDIA, "output", "cache_calibration")
-        body = {k: getattr(request, k) for k in request.field_names() if k in sent and k not in skipped}
-        body["video"] = [self.upload(v) for v in request.video]
-        body["image"] = self.upload(request.image) if request.image is not None else None
-        body["images"] = [self.upload(v) for v in request.images]
+        body = {k: v for k, v in request.values().items() if k not in skipped}  # the server's model fills the rest
+        media = request.merged()  # a case file's prompt and media go too
+        body["prompt"] = media["prompt"]
+        body["video"] = [self.upload(v) for v in media["video"]]
+        body["image"] = self.upload(media["image"]) if media["image"] is not None else None
+        body["images"] = [self.upload(v) for v in media["images"]]
         return self.call("POST", "/v1/jobs", json=body).json()
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -155,7 +155,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.given = given_settings(parser, argv)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -169,7 +168,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
             try:
                 if isinstance(request, BerniniError):
                     raise request
-                queued.append((index, client.submit(request), request.output or DEFAULT_OUTPUT))
+                queued.append((index, client.submit(request), request.merged()["output"] or DEFAULT_OUTPUT))
             except BerniniError as exc:
                 if len(requests) == 1:
                     raise

@@ -60,12 +60,20 @@ def _files_on_disk(conn: Connection, files: Path | None) -> None:
             conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
 
 
+def _resolved_column(conn: Connection, files: Path | None) -> None:
+    """Version 3: a job keeps the request resolved at submit (JSON), which its worker runs; older rows have none and
+    are resolved from their parameters when they run."""
+    if "resolved" not in _columns(conn, "bernini_jobs"):
+        conn.execute(text("ALTER TABLE bernini_jobs ADD COLUMN resolved TEXT"))
+
+
 def _columns(conn: Connection, table: str) -> set[str]:
     return {column["name"] for column in inspect(conn).get_columns(table)}
 
 
 Migration = Callable[[Connection, "Path | None"], None]
-MIGRATIONS: list[tuple[int, Migration]] = [(2, _files_on_disk)]  # (the version it makes, the step), in order
+# (the version it makes, the step), in order
+MIGRATIONS: list[tuple[int, Migration]] = [(2, _files_on_disk), (3, _resolved_column)]
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -8,7 +8,6 @@ request's declarations (each setting's ``service`` description and bounds).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -22,7 +21,8 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def _job_fields() -> dict[str, Any]:
-    """The job body's fields, generated from the request settings that declare a service description."""
+    """The job body's fields, generated from the request settings that declare a service description; each documents
+    its built-in default (a field the client leaves out is not given: :func:`job_params`)."""
     types = GenerationRequest.setting_types()
     out: dict[str, Any] = {}
     for f in GenerationRequest.settings():
@@ -32,13 +32,10 @@ def _job_fields() -> dict[str, Any]:
         annotation = spec.service_type or types[f.name]
         if spec.required:
             out[f.name] = (annotation, Field(description=spec.service, **spec.bounds))
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = (
-                annotation,
-                Field(default_factory=f.default_factory, description=spec.service, **spec.bounds),
-            )
+        elif spec.factory is not None:
+            out[f.name] = (annotation, Field(default_factory=spec.factory, description=spec.service, **spec.bounds))
         else:
-            out[f.name] = (annotation, Field(f.default, description=spec.service, **spec.bounds))
+            out[f.name] = (annotation, Field(spec.default, description=spec.service, **spec.bounds))
     return out
 
 
@@ -163,7 +160,7 @@ class VideoDeleted(BaseModel):
 
 
 def job_params(body: JobCreate) -> dict[str, Any]:
-    """The generation parameters of ``body`` (everything but the media ids) as stored with the job, and which of
-    them the client set (``given``: a full model's shipped settings fill only the others)."""
-    media = {"video", "image", "images"}
-    return {**body.model_dump(exclude=media), "given": sorted(body.model_fields_set - media)}
+    """The generation parameters the client set in ``body`` (everything but the media ids), as stored with the job:
+    the request's user layer (a field the body left out is not given; its documented default is the built-in one
+    the merge falls back to, unless a full model's shipped settings fill it)."""
+    return body.model_dump(include=body.model_fields_set - {"video", "image", "images"})

@@ -1,9 +1,10 @@
 """What the routes share: the service's settings, one-line API errors, submitting a job, views of a job.
 
 A submitted body is turned into a :class:`~bernini.request.GenerationRequest` with the uploads as local
-files and planned with :func:`bernini.runner.resolve_tasks` before it is queued, so a bad request is
-refused at once with the planner's own message; the worker plans the stored parameters again on the
-server that claims the job.
+files and resolved once, with :func:`bernini.runner.resolve_tasks`, before it is queued, so a bad request is
+refused at once with the resolver's own message. The resolved request is stored (JSON) with the job, and the
+worker that claims it runs the stored one; only when the model was not known at submit does the pipeline
+resolve it again for the model it loaded (:func:`bernini.resolve.with_model_defaults`).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Service:
             "image": digests.get(media["image"] or ""),
             "images": [digests[i] for i in media["images"]],
         }
-        job = NewJob(params, media, planned.task.name, meta or {}, key, digest_media)
+        job = NewJob(params, media, planned.task.name, meta or {}, key, digest_media, planned.to_json())
         try:
             return self.store.create_job(job)
         except IdempotencyConflict as exc:

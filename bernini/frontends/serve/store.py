@@ -96,6 +96,7 @@ class JobRow(Base):
     output_bytes: Mapped[int] = mapped_column(Integer, default=0)
     output_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     sidecar_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    resolved: Mapped[str | None] = mapped_column(Text, nullable=True)  # the request resolved at submit (JSON)
 
     def loads(self, column: str) -> Any:
         return json.loads(getattr(self, column))
@@ -109,6 +110,7 @@ class NewJob:
     meta: dict[str, Any]
     idempotency_key: str | None = None
     media_digests: dict[str, Any] | None = None  # the uploads' sha256 in place of their ids
+    resolved: dict[str, Any] | None = None  # the request resolved at submit (ResolvedRequest.to_json), run as is
 
     @property
     def request_hash(self) -> str:
@@ -258,7 +260,8 @@ class Store:
             idempotency_key=job.idempotency_key,
             request_hash=job.request_hash,
             created_at=time.time(),
-            total=int(job.params.get("num_inference_steps", 0)),
+            total=int((job.resolved or job.params).get("num_inference_steps", 0)),
+            resolved=json.dumps(job.resolved) if job.resolved is not None else None,
             phase="queued",
             step=0,
             cancel_requested=False,

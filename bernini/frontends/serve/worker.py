@@ -1,4 +1,4 @@
-"""Running queued jobs: claim one, plan it, run it through the job engine, record where its output is.
+"""Running queued jobs: claim one, read its resolved request, run it through the job engine, record its output.
 
 One worker thread per server, a thin adapter over :class:`bernini.jobs.JobGroup`. Progress comes from the
 pipeline's step callback: it is recorded (with a heartbeat), published in memory on the server's
@@ -61,11 +61,12 @@ def local_inputs(store: Store, media: dict[str, Any]) -> dict[str, Any]:
 
 
 def request_for(params: dict[str, Any], inputs: dict[str, Any], output: str | None) -> GenerationRequest:
-    known = set(GenerationRequest.field_names())
-    values = {k: v for k, v in params.items() if k in known}
+    """The job's request: the parameters the client set (a job stored before jobs kept only those lists them under
+    ``given``), its media (None when there are none) and the output the server picks."""
     given = params.get("given")
-    explicit = None if given is None else frozenset(given) | {k for k, v in inputs.items() if v}
-    return GenerationRequest(**values, **inputs, output=output, explicit=explicit)
+    known = set(GenerationRequest.field_names()) if given is None else set(given)
+    values = {k: v for k, v in params.items() if k in known and k in GenerationRequest.field_names()}
+    return GenerationRequest(**values, **{k: v or None for k, v in inputs.items()}, output=output)
 
 
 def job_folder(output_dir: Path, job_id: str) -> Path:
@@ -207,10 +208,14 @@ class Worker:
             pass
 
     def resolve(self, job: JobRow, folder: Path) -> ResolvedRequest:
+        """The request resolved at submit, writing into the job's folder (its uploads checked still there). A job
+        queued before jobs kept their resolved request is resolved from its parameters."""
         inputs = local_inputs(self.store, job.loads("media"))
         single = job.task_type in ("t2i", "i2i")
-        output = folder / "output" / ("output.png" if single else "output.mp4")
-        return resolve_request(request_for(job.loads("params"), inputs, str(output)), self.defaults)
+        output = str(folder / "output" / ("output.png" if single else "output.mp4"))
+        if job.resolved is None:
+            return resolve_request(request_for(job.loads("params"), inputs, output), self.defaults)
+        return ResolvedRequest.from_json(job.loads("resolved")).with_output(output)
 
     def _heartbeat(self, job_id: str, done: threading.Event) -> None:
         while not done.wait(self.settings.heartbeat_s):
