@@ -10,8 +10,8 @@ from PIL import Image
 from bernini import GUIDANCE_MODES, TASKS, BerniniPipeline, load_case, tasks_table
 from bernini.errors import BerniniError
 from bernini.frontends.cli import main as cli_main
-from bernini.io.media import read_video_frames
 from bernini.io.output import write_image, write_video
+from bernini.io.video_read import read_video_frames
 
 COMMON = {"num_inference_steps": 2, "seed": 11}
 

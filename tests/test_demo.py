@@ -113,7 +113,7 @@ def test_worker_ranks_run_every_broadcast_request_until_shutdown(tmp_path, monke
     messages = [{"kind": "generate", "plan": "a"}, {"kind": "generate", "plan": "b"}]
     backend = DemoBackend(None, DemoSettings(save_dir=tmp_path), _ScriptedChannel([*messages, {"kind": "shutdown"}]))
 
-    def execute(payload, progress=None, cancel=None):
+    def execute(payload, cancel=None, job_id=None):
         calls.append(payload)
         if payload["plan"] == "a":
             raise BerniniError("a bad request must not stop the loop")
@@ -135,9 +135,24 @@ def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe,
     target = output_path(tmp_path, "t2v", 5)
     resolved = build_request(settings, "a dog", "t2v", "", {"video": [], "image": None, "images": []}, values, target)
     payload = {"plan": resolved, "extra_record": {"demo": {"ui": {"seed": 42}}}}
-    steps: list[tuple[int, int]] = []
-    result = backend.submit(payload, progress=lambda done, total: steps.append((done, total)))
-    assert steps == [(1, 3), (2, 3), (3, 3)]
+    published: list[tuple[str, dict]] = []
+    board_publish = backend.events.publish
+
+    def publish(job: str, **event: Any) -> None:
+        published.append((job, event))
+        board_publish(job, **event)
+
+    monkeypatch.setattr(backend.events, "publish", publish)
+    result = backend.submit(payload, job_id="first")
+    steps = [(e["step"], e["total"]) for job, e in published if job == "first" and e.get("step")]
+    assert steps == [(1, 3), (2, 3), (3, 3)], "every step is published on the backend's board"
+    assert backend.events.latest("first")[1] == {
+        "state": "succeeded",
+        "step": 3,
+        "total": 3,
+        "phase": "decode",
+        "ended": True,
+    }
     assert result.output == target and target.is_file() and result.parameters["demo"]["ui"] == {"seed": 42}
     assert output_path(tmp_path, "t2v", 5) != target, "a new output never reuses an existing name"
     again = backend.submit(payload)
@@ -147,8 +162,9 @@ def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe,
     cancel.set()
     payload["plan"] = resolved.with_output(str(tmp_path / "cancelled.mp4"))
     with pytest.raises(GenerationCancelled):
-        backend.submit(payload, cancel=cancel)
+        backend.submit(payload, cancel=cancel, job_id="stopped")
     assert not (tmp_path / "cancelled.mp4").exists()
+    assert backend.events.latest("stopped")[1]["state"] == "cancelled"
     from bernini import enhancer
 
     def fake_enhance(prompt, task_type, config, **media):
@@ -161,6 +177,48 @@ def test_backend_feeds_progress_per_step_stops_on_cancel_and_enhances(tiny_pipe,
     assert result.prompt == "a dog, in t2v style" and result.parameters["prompt_enhancer"]["original_prompt"] == "a dog"
     with pytest.raises(BerniniError, match="over this server's limit of 360"):
         build_request(settings, "x", "t2v", None, {"video": [], "image": None, "images": []}, {"num_frames": 361}, "o")
+
+
+def test_the_progress_bar_shows_what_the_board_published_for_the_job():
+    """The page's bar follows the job's events on the board (published from the worker thread), not a callback:
+    the wait, the encoding, each step, and it returns once the job ended."""
+    import asyncio
+    import threading
+
+    from bernini.frontends.demo.handlers import show_progress
+    from bernini.jobs import EventBoard
+
+    board = EventBoard()
+    shown: list[tuple[Any, str]] = []
+    events = [
+        {"state": "queued"},
+        {"state": "running", "step": 0, "total": 2, "phase": "encode"},
+        {"step": 1, "phase": "denoise"},
+        {"step": 1, "phase": "denoise"},  # the same step again: the bar shows it again, harmlessly
+        {"step": 2, "phase": "decode"},
+        {"state": "succeeded", "ended": True},
+    ]
+
+    def publish() -> None:
+        for count, event in enumerate(events):
+            deadline = time.monotonic() + 30
+            while len(shown) < count and time.monotonic() < deadline:  # one event at a time: none is merged away
+                time.sleep(0.01)
+            board.publish("job-1", **event)
+        board.publish("job-2", step=9, total=9)  # another job's events never reach this bar
+
+    def progress(value, desc=None, unit=None) -> None:
+        shown.append((value, desc))
+
+    threading.Thread(target=publish, daemon=True).start()
+    asyncio.run(asyncio.wait_for(show_progress(board, "job-1", progress), 30))
+    assert shown == [
+        (0, "waiting for the running generation"),
+        (0, "encoding inputs"),
+        ((1, 2), "denoising"),
+        ((1, 2), "denoising"),
+        ((2, 2), "denoising"),
+    ]
 
 
 RANK_SCRIPT = r"""

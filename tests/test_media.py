@@ -12,16 +12,10 @@ import torch
 from PIL import Image
 
 from bernini.errors import MediaError
-from bernini.io.media import (
-    frame_indices,
-    preprocess_image,
-    preprocess_video,
-    read_image,
-    read_video_frames,
-    read_video_frames_at,
-    resize_dims,
-    video_preview_frames,
-)
+from bernini.io.images import read_image
+from bernini.io.media import preprocess_image, preprocess_video, video_preview_frames
+from bernini.io.sizes import frame_indices, resize_dims
+from bernini.io.video_read import read_video_frames, read_video_frames_at
 
 WIDTH, HEIGHT = 96, 64
 

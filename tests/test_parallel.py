@@ -265,10 +265,10 @@ def test_world_not_divisible_is_refused_before_any_collective(
 
 HANG_SCRIPT = """
 import os, sys, time
-import bernini.frontends.torchrun as torchrun_frontend
+import bernini.runner as runner
 from bernini.frontends.cli import main
 
-real_run_job = torchrun_frontend.run_job
+real_run_job = runner.run_job
 
 
 def run_job(pipe, plan, **kwargs):  # rank 1 hangs inside its first task
@@ -277,7 +277,7 @@ def run_job(pipe, plan, **kwargs):  # rank 1 hangs inside its first task
     return real_run_job(pipe, plan, **kwargs)
 
 
-torchrun_frontend.run_job = run_job
+runner.run_job = run_job  # the job engine calls the runner's run_job
 sys.exit(main(["generate", *sys.argv[1:]]))
 """
 

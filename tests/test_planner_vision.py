@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bernini.io.media import read_video_frames
+from bernini.io.video_read import read_video_frames
 from bernini.planner.geometry import VitGrid, target_grid, vit_frame_indices
 from bernini.planner.loading import FullBundle, load_planner
 from bernini.planner.packing import VisualItem

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +37,18 @@ class SetupError(BerniniError):
     def __init__(self, message: str, every_rank: bool = True) -> None:
         super().__init__(message)
         self.every_rank = every_rank
+
+
+def stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def setup_failed(exc: BerniniError, rank: int, log: Callable[[str], None] = stderr_line) -> int:
+    """A bring-up error as one ``error:`` line, said once (by rank 0 when every rank hit it, else by the ranks that
+    did); the exit status 2 of bad usage."""
+    if rank == 0 or not getattr(exc, "every_rank", True):
+        log(f"error: {exc}")
+    return 2
 
 
 def launch_env(environ: Mapping[str, str] = os.environ) -> LaunchEnv:
@@ -120,6 +133,14 @@ class ParallelContext:
         from ..runtime.parallel.groups import share
 
         return share(call, self.groups.task, self.layout.leader, self.layout.is_leader)
+
+    def task_channel(self):
+        """This task group's channel (:class:`~bernini.runtime.parallel.groups.RankZeroChannel`): its leader hands
+        each task to the group's other ranks; disabled for a group of one rank."""
+        from ..runtime.parallel.groups import RankZeroChannel
+
+        task = self.groups.task
+        return RankZeroChannel(task, self.layout.rank, enabled=task is not None, leader=self.layout.leader)
 
     def mark(self) -> None:
         """A progress mark (a step, a task boundary): rank 0's end-of-list wait sees this rank is alive."""

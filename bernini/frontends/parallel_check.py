@@ -26,7 +26,7 @@ from ..runner import TaskListRunner, resolve_tasks
 from ..runtime.parallel.cfg import branch_tokens
 from ..runtime.parallel.groups import PeerTimeout
 from ..sampling.sampler import BranchRunner
-from .launch import ParallelContext, ParallelSession, SetupError, launch_env
+from .launch import ParallelContext, ParallelSession, SetupError, launch_env, setup_failed
 from .options import (
     OneLineErrorParser,
     add_generation_args,
@@ -164,9 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = resolve_tasks(requests_from_args(args), model_defaults(args))
         session = ParallelSession(args, env, layouts)
     except BerniniError as exc:
-        if env.rank == 0 or not getattr(exc, "every_rank", True):
-            stderr(f"error: {exc}")
-        return 2
+        return setup_failed(exc, env.rank, stderr)
     quiet_libraries()
     records: list[dict] = []
     failures: list[str] = []
@@ -186,9 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             records = [r for part in parts for r in part["records"]]
             failures = [f for part in parts for f in part["failures"]]
     except SetupError as exc:
-        if env.rank == 0 or not exc.every_rank:
-            stderr(f"error: {exc}")
-        return 2
+        return setup_failed(exc, env.rank, stderr)
     except PeerTimeout as exc:
         stderr(f"error: {exc}")
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -99,6 +100,18 @@ class EventBoard:
                 if (loop, future) in channel.waiters:
                     channel.waiters.remove((loop, future))
         return self.latest(job_id)
+
+    async def follow(self, job_id: str, after: int = 0, idle_s: float = 60.0) -> AsyncIterator[dict[str, Any]]:
+        """Each new event of the job (the latest one when several came at once) until one that ends it (``ended``)."""
+        version = after
+        while True:
+            seen, event = await self.next(job_id, version, idle_s)
+            if seen == version or event is None:
+                continue
+            version = seen
+            yield event
+            if event.get("ended"):
+                return
 
     def _version(self, job_id: str) -> int:
         channel = self._channels.get(job_id)

@@ -1,8 +1,11 @@
 """One planned request run on every rank of a group: the leader's broadcast, the followers' loop, keep-alive
-pings, and the stop decision taken on rank 0 at every denoising step and obeyed by all ranks.
+pings, and the stop decision taken by the leader at every denoising step and obeyed by all ranks.
 
-On one process every broadcast is a no-op, so the same code runs a job alone. Rank 0 holds :attr:`JobGroup.lock`
-from its broadcast to the end of the job: a keep-alive ping never lands inside a job's collectives.
+The leader is rank 0 for the demo and the service (the whole world follows it) and each task group's first rank
+for a torchrun task list. On one process every broadcast is a no-op, so the same code runs a job alone. The
+leader holds :attr:`JobGroup.lock` from its broadcast to the end of the job: a keep-alive ping never lands
+inside a job's collectives. A job run with an :class:`~bernini.jobs.events.EventBoard` and a job id publishes
+its progress there (``state``, ``step``, ``total``, ``phase``) for the clients that follow it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from ..errors import BerniniError
 from ..runtime.parallel.groups import RankZeroChannel
+from .events import EventBoard
 
 logger = logging.getLogger("bernini.jobs")
 
@@ -25,8 +29,14 @@ class JobStopped(Exception):
     """Raised from the step callback on every rank: the job was cancelled (or its server is stopping)."""
 
 
+def step_phase(done: int, total: int) -> str:
+    """The phase a job is in once ``done`` of ``total`` steps ran: the last step done, the VAE decodes."""
+    return "decode" if done == total else "denoise"
+
+
 class JobGroup:
-    """Rank 0 leads (broadcasts each job, then runs it); every other rank follows in :meth:`follow`."""
+    """The leader (rank 0 unless the channel says otherwise) broadcasts each job, then runs it; every other rank
+    follows in :meth:`follow`."""
 
     def __init__(self, channel: RankZeroChannel | None = None) -> None:
         self.channel = channel or RankZeroChannel()
@@ -40,16 +50,20 @@ class JobGroup:
     def rank(self) -> int:
         return self.channel.rank
 
+    @property
+    def is_leader(self) -> bool:
+        return self.channel.is_leader
+
     def announce(self, kind: str, payload: dict[str, Any]) -> None:
-        """Rank 0: hand the next job (``{"kind": kind, **payload}``) to the followers."""
+        """The leader: hand the next job (``{"kind": kind, **payload}``) to the followers."""
         self.channel.broadcast({"kind": kind, **payload})
 
     def ping(self) -> None:
-        """Rank 0: tell idle followers the leader is alive, so they never reach the control group's timeout."""
+        """The leader: tell idle followers the leader is alive, so they never reach the control group's timeout."""
         self.channel.broadcast({"kind": "ping"})
 
     def shutdown(self) -> None:
-        """Rank 0: end the followers' :meth:`follow` (after any running job)."""
+        """The leader: end the followers' :meth:`follow` (after any running job)."""
         with self.lock:
             self.channel.broadcast({"kind": "shutdown"})
 
@@ -70,7 +84,7 @@ class JobGroup:
     def step_callback(
         self, total: int, check: StepCheck | None = None, progress: StepProgress | None = None, reason: str = ""
     ) -> Callable[..., None]:
-        """The pipeline's step callback: rank 0's ``check`` decides for every rank whether to stop before the next
+        """The pipeline's step callback: the leader's ``check`` decides for every rank whether to stop before the next
         step (:class:`JobStopped` with ``reason``); ``progress`` then hears of the step."""
         channel = self.channel
 
@@ -95,25 +109,49 @@ class JobGroup:
         reason: str = "",
         enhancer: Any = None,
         extra_record: dict[str, Any] | None = None,
+        events: EventBoard | None = None,
+        job_id: str | None = None,
+        log: Callable[[str], None] | None = None,
+        save_frames: Any = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
     ) -> Any:
-        """Every rank: run ``plan`` through :func:`bernini.runner.run_job`; rank 0 writes the output."""
+        """Every rank: run ``resolved`` through :func:`bernini.runner.run_job`; the leader writes the output.
+
+        With ``events`` and ``job_id`` (the leader's) the job is ``running`` on the board from here and each step
+        done is published. ``log`` defaults to this module's logger."""
         from ..runner import run_job
 
+        total = resolved.num_inference_steps
+        publish = events is not None and job_id is not None
+        if publish:
+            events.publish(job_id, state="running", step=0, total=total, phase="encode")
+
+        def report(done: int, total: int) -> None:
+            if publish:
+                events.publish(job_id, step=done, total=total, phase=step_phase(done, total))
+            if progress is not None:
+                progress(done, total)
+
+        if log is None:
+            log = lambda line: logger.info("%s", line)  # noqa: E731
         return run_job(
             pipe,
             resolved,
+            save_frames=save_frames,
             enhancer=enhancer,
-            write=self.rank == 0,
-            log=lambda line: logger.info("%s", line),
+            write=self.is_leader,
+            log=log,
             share=self.channel.share if self.enabled else None,
             extra_record=extra_record,
-            callback=self.step_callback(resolved.num_inference_steps, check, progress, reason),
+            callback=self.step_callback(total, check, report, reason),
+            on_progress=on_progress,
         )
 
-    def follow(self, kind: str, run: Callable[[dict[str, Any]], Any]) -> int:
-        """Ranks other than 0: ``run`` every broadcast job of ``kind`` until the shutdown message; returns 0.
+    def follow(self, kind: str, run: Callable[[dict[str, Any]], Any], survive_crashes: bool = True) -> int:
+        """Ranks other than the leader: ``run`` every broadcast job of ``kind`` until the shutdown message; returns 0.
 
-        A job's own failure ends that job only: the follower logs it and waits for the next one.
+        A job's own failure ends that job only: the follower logs it and waits for the next one. An unexpected
+        exception (a crash) does too, unless ``survive_crashes`` is False: then it ends the follower.
         """
         while True:
             message = self.channel.broadcast(None)
@@ -127,4 +165,6 @@ class JobGroup:
             except (BerniniError, JobStopped) as exc:
                 logger.info("rank %d: job ended: %s", self.rank, exc)
             except Exception:  # noqa: BLE001 - a crashed job must not end the follower
+                if not survive_crashes:
+                    raise
                 logger.exception("rank %d: job crashed", self.rank)

@@ -24,7 +24,9 @@ import torch
 from PIL import Image
 
 from ..errors import BerniniError, MediaError, WeightsError
-from ..io.media import ImageSource, VideoSource, read_image, read_video_frames_at
+from ..io.images import ImageSource, read_image
+from ..io.media import VideoSource
+from ..io.video_read import read_video_frames_at
 from .geometry import MAX_PIXELS, MIN_PIXELS, TEMPORAL_PATCH, VitGrid, target_grid, vit_frame_indices
 from .packing import VisualItem
 

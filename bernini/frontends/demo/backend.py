@@ -3,17 +3,17 @@
 Rank 0 (the UI) calls :meth:`DemoBackend.submit`, which broadcasts the request (a plain dict) and runs
 it; every other rank sits in :func:`worker_loop` and runs the same :meth:`DemoBackend.execute` call
 (:class:`bernini.jobs.JobGroup`: broadcast, follow, keep-alive, Stop at the next step). On one process
-the broadcast is a no-op.
+the broadcast is a no-op. Each request's states and steps are published on the backend's
+:class:`~bernini.jobs.EventBoard`, which the page's progress bar follows.
 """
 
 import secrets
 import threading
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...jobs import JobGroup, JobStopped
+from ...jobs import EventBoard, JobGroup, JobStopped
 from ...runtime.parallel.groups import RankZeroChannel
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class DemoBackend:
         self.group = JobGroup(collective)
         self.lock = self.group.lock  # a cancelled job keeps its thread until its next step; never overlap
         self.cancel_flags: dict[str, threading.Event] = {}
+        self.events = EventBoard()
         self._session_dirs: dict[str, Path] = {}
 
     @property
@@ -66,12 +67,26 @@ class DemoBackend:
         return folder
 
     def submit(
-        self,
-        payload: dict[str, Any],
-        progress: Callable[[int, int], None] | None = None,
-        cancel: threading.Event | None = None,
+        self, payload: dict[str, Any], cancel: threading.Event | None = None, job_id: str | None = None
     ) -> "JobResult":
-        """Rank 0: broadcast the request to the other ranks, then run it here too."""
+        """Rank 0: broadcast the request to the other ranks, then run it here too.
+
+        The job (``job_id``, a new one if None) is ``queued`` on :attr:`events` until the running one ends, then
+        ``running`` with its steps, and ends ``succeeded``, ``cancelled`` or ``failed`` (with ``ended``)."""
+        job_id = job_id or secrets.token_hex(8)
+        self.events.publish(job_id, state="queued")
+        try:
+            result = self._submit(payload, cancel, job_id)
+        except JobStopped:
+            self.events.publish(job_id, state="cancelled", ended=True)
+            raise
+        except BaseException:
+            self.events.publish(job_id, state="failed", ended=True)
+            raise
+        self.events.publish(job_id, state="succeeded", ended=True)
+        return result
+
+    def _submit(self, payload: dict[str, Any], cancel: threading.Event | None, job_id: str) -> "JobResult":
         with self.lock:
             resolved = payload["plan"]
             target = Path(resolved.output)
@@ -82,15 +97,13 @@ class DemoBackend:
                     "plan": resolved.with_output(str(output_path(target.parent, resolved.task.name, frames))),
                 }
             self.group.announce("generate", payload)
-            return self.execute(payload, progress=progress, cancel=cancel)
+            return self.execute(payload, cancel=cancel, job_id=job_id)
 
     def execute(
-        self,
-        payload: dict[str, Any],
-        progress: Callable[[int, int], None] | None = None,
-        cancel: threading.Event | None = None,
+        self, payload: dict[str, Any], cancel: threading.Event | None = None, job_id: str | None = None
     ) -> "JobResult":
-        """Every rank: run the broadcast plan (rank 0 writes; rank 0's Stop reaches every rank at its next step)."""
+        """Every rank: run the broadcast plan (rank 0 writes and publishes the job's steps under ``job_id``; rank 0's
+        Stop reaches every rank at its next step)."""
         from dataclasses import replace
 
         resolved = payload["plan"]
@@ -100,10 +113,11 @@ class DemoBackend:
             self.pipe,
             resolved,
             check=(lambda _done, _total: cancel.is_set()) if cancel is not None else None,
-            progress=progress,
             reason="stopped by the user",
             enhancer=self.settings.enhancer,
             extra_record=payload.get("extra_record"),
+            events=self.events,
+            job_id=job_id,
         )
 
     def keep_alive(self, interval_s: float = KEEPALIVE_S) -> threading.Event:

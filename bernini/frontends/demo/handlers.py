@@ -10,6 +10,7 @@ import html
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BerniniError
+from ...jobs import EventBoard
 from ...request import GenerationRequest
 from ...resolve import PLANNER_SETTINGS, resolve_request
 from ...resolved import ModelDefaults, ResolvedRequest
@@ -238,6 +240,22 @@ def user_message(message: str, uploads: dict[str, str]) -> str:
     return html.escape(page_text(message), quote=False)  # Gradio renders error text as HTML
 
 
+PHASES = {"queued": "waiting for the running generation", "encode": "encoding inputs"}
+
+
+async def show_progress(board: EventBoard, job_id: str, progress: Callable[..., Any]) -> None:
+    """The page's progress bar follows the job's events on the backend's board: its wait, its inputs' encoding, then
+    its steps, until the job ends."""
+    async for event in board.follow(job_id):
+        if event.get("ended"):
+            return
+        phase = event.get("phase") if event.get("state") == "running" else event.get("state")
+        if phase in PHASES:
+            progress(0, desc=PHASES[phase])
+        elif event.get("total"):
+            progress((event["step"], event["total"]), desc="denoising", unit="steps")
+
+
 def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
     """The ``generate`` endpoint's function, bound to ``backend``.
 
@@ -339,16 +357,13 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
         }
         cancel = threading.Event()
         backend.cancel_flags[session] = cancel
-        progress(0, desc="encoding inputs")
-
-        def on_progress(done: int, total: int) -> None:
-            progress((done, total), desc="denoising", unit="steps")
-
+        job_id = secrets.token_hex(8)
+        bar = asyncio.ensure_future(show_progress(backend.events, job_id, progress))
         started = time.perf_counter()
         # The work runs in a thread this coroutine waits for: when Gradio cancels the event (Stop, a closed
         # page, a client's cancel) the thread is told to stop at its next step, and the queue slot stays
         # taken until it has, so a cancelled job never runs on beside the next one.
-        work = asyncio.ensure_future(asyncio.to_thread(backend.submit, payload, on_progress, cancel))
+        work = asyncio.ensure_future(asyncio.to_thread(backend.submit, payload, cancel, job_id))
         try:
             result = await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -367,6 +382,7 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
                 print_exception=False,
             ) from None
         finally:
+            bar.cancel()
             if backend.cancel_flags.get(session) is cancel:
                 backend.cancel_flags.pop(session, None)
         seconds = time.perf_counter() - started

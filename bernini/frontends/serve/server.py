@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BerniniError
-from ..launch import cfg_degree, launch_env, parallel_requested, parallel_run
+from ..launch import cfg_degree, launch_env, parallel_requested, parallel_run, setup_failed, stderr_line
 from ..options import (
     OneLineErrorParser,
     add_model_args,
@@ -174,9 +174,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
             return serve(args, token, pipe)
         return serve_group(args, token, env)
     except BerniniError as exc:
-        if env.rank == 0 or not getattr(exc, "every_rank", True):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return setup_failed(exc, env.rank)
     except KeyboardInterrupt:
         return 130
 
@@ -191,7 +189,7 @@ def serve_group(args: argparse.Namespace, token: str | None, env: Any) -> int:
             f"the service runs each job on every rank: --ulysses ({args.ulysses}) × --cfg_parallel "
             f"({cfg_degree(args)}) must equal the number of processes ({env.world})"
         )
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    log = stderr_line
     with ExitStack() as stack:
         pipe, context = stack.enter_context(parallel_run(args, env, log))
         pipe.set_progress_bar_config(disable=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BerniniError
-from ...jobs import EventBoard, JobGroup, JobStopped
+from ...jobs import EventBoard, JobGroup, JobStopped, step_phase
 from ...request import GenerationRequest
 from ...resolve import resolve_request
 from ...resolved import ModelDefaults, ResolvedRequest
@@ -231,13 +231,16 @@ class Worker:
         def check(done: int, total: int) -> bool:
             if job_id is None:
                 return False
-            phase = "decode" if done == total else "denoise"
-            stop = self.store.progress(job_id, done, total, phase) or self.stopping.is_set()
-            self.events.publish(job_id, step=done, total=total, phase=phase)
-            return stop
+            return self.store.progress(job_id, done, total, step_phase(done, total)) or self.stopping.is_set()
 
         return self.group.run(
-            self.pipe, resolved, check=check, reason="cancelled while running", enhancer=self.enhancer
+            self.pipe,
+            resolved,
+            check=check,
+            reason="cancelled while running",
+            enhancer=self.enhancer,
+            events=self.events,
+            job_id=job_id,
         )
 
     def follow(self) -> int:

@@ -124,31 +124,44 @@ def share(fn: Callable[[], T], group: dist.ProcessGroup | None, leader: int, is_
 
 
 class RankZeroChannel:
-    """Rank 0 hands objects to every rank of one group: the requests a demo or service receives on rank 0.
+    """The group's leader hands objects to every rank of one group: the requests a demo or service receives on rank 0,
+    the tasks a task group's leader runs.
 
-    A no-op on one process. ``enabled`` / ``rank`` default to the state of ``torch.distributed``.
+    A no-op on one process. ``enabled`` / ``rank`` default to the state of ``torch.distributed``; ``leader`` is the
+    global rank of the group's leader (rank 0 unless given).
     """
 
-    def __init__(self, group: dist.ProcessGroup | None = None, rank: int | None = None, enabled: bool | None = None):
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None = None,
+        rank: int | None = None,
+        enabled: bool | None = None,
+        leader: int = 0,
+    ):
         if enabled is None:
             enabled = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.enabled = enabled
         self.rank = (dist.get_rank() if enabled else 0) if rank is None else rank
         self.group = group
+        self.leader = leader
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == self.leader
 
     def broadcast(self, obj: Any = None) -> Any:
-        """Rank 0's ``obj`` on every rank (the other ranks' argument is ignored)."""
+        """The leader's ``obj`` on every rank (the other ranks' argument is ignored)."""
         if not self.enabled:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.group)
+        dist.broadcast_object_list(box, src=self.leader, group=self.group)
         return box[0]
 
     def share(self, call: Callable[[], T]) -> T:
-        """``call`` on rank 0 only (the prompt enhancer); its result, or its error as one line, on every rank."""
+        """``call`` on the leader only (the prompt enhancer); its result, or its error as one line, on every rank."""
         if not self.enabled:
             return call()
-        return share(call, self.group, 0, self.rank == 0)
+        return share(call, self.group, self.leader, self.is_leader)
 
 
 class PeerTimeout(BerniniError):
