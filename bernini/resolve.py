@@ -27,6 +27,7 @@ from .resolved import (
     ResolvedRequest,
     SchedulerChoice,
     SourceIdChoice,
+    WindowSettings,
 )
 from .sampling.cachefile import read_calibration
 from .sampling.full_presets import full_preset
@@ -380,12 +381,32 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         preset=preset.name if preset else None,
         cache=cache,
         batch_branches=bool(request.batch_branches),
+        windows=_windows(request, given),
         adjustments=tuple(adjustments),
         planner=planner,
         for_model=defaults.model_kind if defaults is not None else None,
         request=original,
     )
     return with_model_defaults(resolved, defaults) if defaults is not None else resolved
+
+
+def _windows(request: GenerationRequest, given: frozenset[str]) -> WindowSettings | None:
+    """``--window_frames`` / ``--window_overlap`` checked (pixel frames; the latent grid takes 4k+1 and 4k)."""
+    overlap = _as_int("window_overlap", request.window_overlap)
+    if request.window_frames is None:
+        if "window_overlap" in given and overlap != GenerationRequest.window_overlap:
+            raise BerniniError("--window_overlap needs --window_frames (e.g. --window_frames 81)")
+        return None
+    frames = _as_int("window_frames", request.window_frames)
+    if frames < 5 or (frames - 1) % 4:
+        raise BerniniError(f"window_frames must be 4k+1 and at least 5 (e.g. 81), got {frames}")
+    if overlap < 0 or overlap % 4:
+        raise BerniniError(f"window_overlap must be a multiple of 4 (e.g. 16), got {overlap}")
+    if overlap >= frames - 1:
+        raise BerniniError(
+            f"window_overlap must be smaller than window_frames - 1 = {frames - 1} so windows advance, got {overlap}"
+        )
+    return WindowSettings(frames, overlap)
 
 
 PLANNER_SETTINGS = ("omega_tgt", "planning_step", "vit_txt_cfg", "vit_img_cfg", "vit_denoising_step")
