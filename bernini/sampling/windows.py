@@ -36,6 +36,22 @@ def window_spans(total: int, size: int, overlap: int) -> list[Span]:
     return [(start, start + size) for start in starts]
 
 
+def context_windows(total: int, frames: int | None, overlap: int, temporal: int = 4) -> list[Span]:
+    """The windows over ``total`` latent frames for ``--window_frames`` / ``--window_overlap`` (pixel frames; None:
+    one window over everything)."""
+    if frames is None:
+        return [(0, total)]
+    return window_spans(total, latent_length(frames, temporal), overlap // temporal)
+
+
+def pixel_span(span: Span, temporal: int = 4) -> tuple[int, int]:
+    """A window's first pixel frame and its pixel frame count (4k+1) under the causal VAE: latent frame 0 is pixel
+    frame 0, latent frame ``k`` holds pixel frames ``temporal·k - temporal + 1 … temporal·k``; a window that starts
+    later is read from its first latent frame's last pixel frame, as a clip of its own length would be."""
+    start, stop = span
+    return temporal * start, temporal * (stop - start - 1) + 1
+
+
 def _ramp(length: int) -> torch.Tensor:
     """``length`` values rising linearly through (0, 1): the centres of ``length`` equal steps."""
     return (torch.arange(length, dtype=torch.float64) + 0.5) / length

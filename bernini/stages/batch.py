@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from ..adjustments import Adjustment
-from ..conditions import Conditions
+from ..conditions import Conditions, LatentGrid
 from ..record import RunFacts, Timings
 from ..resolved import ResolvedRequest
 from ..sampling.guidance import Text
 from ..sampling.sampler import SamplingInputs, SamplingStats, WindowedInputs
+from ..sampling.windows import Span, context_windows
 
 OnProgress = Callable[[str, int, int], None]
 """``on_progress(phase, done, total)``: ``load``, ``encode`` (media), ``text``, ``denoise``, ``decode`` (per VAE
@@ -85,6 +86,14 @@ class RenderBatch:
             windows=self.windows_record(),
         )
 
+    def context_windows(self, grid: LatentGrid) -> list[Span]:
+        """The run's context windows over its latent frames (one covering all of them without --window_frames)."""
+        settings = self.resolved.windows
+        total = grid.latent_shape(self.frames, self.height, self.width)[2]
+        if settings is None:
+            return [(0, total)]
+        return context_windows(total, settings.frames, settings.overlap, grid.temporal)
+
     def windows_record(self) -> dict[str, Any] | None:
         """The sidecar's ``resolved.windows``: the settings, the latent windows run and how the planner ran."""
         settings, inputs = self.resolved.windows, self.inputs
@@ -99,5 +108,5 @@ class RenderBatch:
             "shared_noise": len(spans) > 1,
         }
         if self.resolved.full_model:
-            record["planner"] = "per_window" if len(spans) > 1 else "once"
+            record["planner"] = "once" if len(spans) == 1 else "per_window" if self.resolved.media.video else "shared"
         return record

@@ -15,7 +15,7 @@ from ..sampling.cache import step_cache
 from ..sampling.guidance import GuidanceState
 from ..sampling.sampler import BatchedBranchRunner, BranchRunner, SamplingInputs, WindowedInputs, sample
 from ..sampling.schedulers import build_scheduler, set_timesteps
-from ..sampling.windows import Span, latent_length, shared_noise, window_spans
+from ..sampling.windows import shared_noise
 from .batch import OnProgress, RenderBatch
 from .components import Components, Runtime
 
@@ -30,7 +30,7 @@ def prepare_latents(batch: RenderBatch, components: Components, runtime: Runtime
         generator = torch.Generator("cpu").manual_seed(resolved.seed)
     shape = components.latent_grid.latent_shape(batch.frames, batch.height, batch.width)
     noise = randn_tensor(shape, generator=generator, device=runtime.device, dtype=torch.float32)
-    spans = latent_windows(resolved, components, shape[2])
+    spans = batch.context_windows(components.latent_grid)
     noise = shared_noise(noise, spans, resolved.seed)
     guidance = resolved.guidance
     inputs = SamplingInputs(
@@ -45,15 +45,6 @@ def prepare_latents(batch: RenderBatch, components: Components, runtime: Runtime
     batch.inputs = inputs.placed(runtime.device, components.experts[0].patch_embedding.weight.dtype)
     batch.windows = WindowedInputs(batch.inputs, spans, batch.window_texts) if len(spans) > 1 else None
     return batch
-
-
-def latent_windows(resolved: ResolvedRequest, components: Components, total: int) -> list[Span]:
-    """The context windows over ``total`` latent frames (one covering all of them without ``--window_frames``)."""
-    windows = resolved.windows
-    if windows is None:
-        return [(0, total)]
-    temporal = components.latent_grid.temporal
-    return window_spans(total, latent_length(windows.frames, temporal), windows.overlap // temporal)
 
 
 def denoise(batch: RenderBatch, components: Components, runtime: Runtime) -> RenderBatch:
