@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -299,3 +300,45 @@ def test_every_video_task_runs_windowed(tiny_pipe, task):
     assert resolved["forwards"] == 3 * plain.parameters["resolved"]["forwards"]
     assert resolved["source_ids"] == plain.parameters["resolved"]["source_ids"]
     assert Combo.VIDEO.value in resolved["source_ids"]
+
+
+# --------------------------------------------------------------------------- with the step cache and batching
+def test_each_window_keeps_its_own_step_cache_history():
+    class Expert:
+        is_cache_enabled = True
+
+        def __init__(self):
+            self.contexts, self.active = [], None
+
+        @contextmanager
+        def cache_context(self, name):
+            self.active = name
+            yield
+            self.active = None
+
+        def forward_packed(self, conditions, target, timestep, context):
+            self.contexts.append(self.active)
+            return target
+
+    mode = GUIDANCE_MODES["t2v"]
+    text = {b.text: torch.zeros(1, 3, 4) for b in mode.branches}
+    combos = Conditions().combos(SourceIdPolicy())
+    inputs = SamplingInputs(torch.zeros(1, 16, 9, 2, 2), combos, text, mode, Weights(1, 1, 1), 1.0)
+    windows = WindowedInputs(inputs, [(0, 5), (2, 7), (4, 9)])
+    expert = Expert()
+    for window in windows.windows:
+        BranchRunner()(expert, window.inputs, mode.branches, window.inputs.latents, torch.tensor(900))
+    BranchRunner()(expert, inputs, mode.branches, inputs.latents, torch.tensor(900))
+    assert expert.contexts == ["w0:0/u", "w0:0/c", "w1:0/u", "w1:0/c", "w2:0/u", "w2:0/c", "0/u", "0/c"]
+
+
+def test_windows_run_with_the_step_cache_and_batched_branches(tiny_pipe):
+    settings = dict(task_type="t2v", seed=2, output_type="latent", **{**TINY, "num_inference_steps": 3}, **LONG)
+    plain = tiny_pipe("a boat", **settings)
+    batched = tiny_pipe("a boat", batch_branches=True, **settings)
+    assert (batched.latents - plain.latents).abs().max() <= 1e-5
+    assert batched.parameters["resolved"]["batched_forwards"] == 3 * 3  # one batched forward per window and step
+    cached = tiny_pipe("a boat", cache="teacache", cache_threshold=10.0, **settings)
+    resolved = cached.parameters["resolved"]
+    assert resolved["forwards"] == 2 * 3 * 3 and 0 < resolved["skipped_forwards"] < resolved["forwards"]
+    assert torch.isfinite(cached.latents).all()
