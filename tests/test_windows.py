@@ -342,3 +342,29 @@ def test_windows_run_with_the_step_cache_and_batched_branches(tiny_pipe):
     resolved = cached.parameters["resolved"]
     assert resolved["forwards"] == 2 * 3 * 3 and 0 < resolved["skipped_forwards"] < resolved["forwards"]
     assert torch.isfinite(cached.latents).all()
+
+
+# ------------------------------------------------------------------------------------------------- the demo
+def test_the_demo_page_runs_windows_through_its_controls(tiny_pipe, tmp_path):
+    """The page's two window controls reach the run, in the positions Gradio fills (its special arguments are
+    inserted where the handler declares them, so the window values after them still line up)."""
+    import asyncio
+
+    from gradio.helpers import special_args
+
+    from bernini.frontends.demo import DemoBackend, DemoSettings
+    from bernini.frontends.demo.handlers import NUMERIC_PARAMETERS, make_generate_handler
+
+    handler = make_generate_handler(DemoBackend(tiny_pipe, DemoSettings(save_dir=tmp_path)))
+    blank = GenerationRequest()
+    ui = {name: getattr(blank, name) for name in NUMERIC_PARAMETERS}
+    ui.update(num_frames=33, num_inference_steps=1, height=16, width=16, seed=3, window_frames=17, window_overlap=8)
+    page = ["a boat", "t2v", "t2v", None, None, None, False, *ui.values()]  # the inputs list's order
+    filled, _, _, _ = special_args(handler, list(page), None)
+    _video, _image, _files, record, _prompt, _status = asyncio.run(handler(*filled))
+    assert record["resolved"]["windows"]["latent_windows"] == THREE
+    assert record["request"]["window_overlap"] == 8
+    ui["window_frames"] = 1  # the control's "one window"
+    filled, _, _, _ = special_args(handler, ["a boat", "t2v", "t2v", None, None, None, False, *ui.values()], None)
+    _video, _image, _files, record, _prompt, _status = asyncio.run(handler(*filled))
+    assert "windows" not in record["resolved"] and record["request"]["window_frames"] is None
