@@ -368,3 +368,80 @@ def test_the_demo_page_runs_windows_through_its_controls(tiny_pipe, tmp_path):
     filled, _, _, _ = special_args(handler, ["a boat", "t2v", "t2v", None, None, None, False, *ui.values()], None)
     _video, _image, _files, record, _prompt, _status = asyncio.run(handler(*filled))
     assert "windows" not in record["resolved"] and record["request"]["window_frames"] is None
+
+
+# ------------------------------------------------------------------------------------- the full model's planner
+def long_clip(path, frames: int = 33):
+    """A clip whose content changes along time, so each window's slice differs."""
+    t = np.linspace(0, 1, frames)[:, None, None, None]
+    y, x = np.linspace(0, 1, 48)[None, :, None, None], np.linspace(0, 1, 80)[None, None, :, None]
+    return write_video(path, (0.5 + 0.4 * np.sin(6 * x + 4 * y + 9 * t + np.array([0.0, 1.0, 2.0]))).clip(0, 1), 16)
+
+
+def test_the_planner_sees_a_windows_slice_as_a_clip_of_its_own(full_bundle, tmp_path):
+    from bernini.io.media import read_video_frames
+    from bernini.planner.vision import load_image_processor, video_input
+
+    processor = load_image_processor(full_bundle / "mllm")
+    path = long_clip(tmp_path / "long.mp4")
+    frames, _ = read_video_frames(path)
+    for start in (8, 16):
+        sliced = video_input(processor, frames[start:], 16.0, 17)
+        from_file = video_input(processor, path, 16.0, 17, start_s=start / 16)
+        in_memory = video_input(processor, frames, 16.0, 17, start_s=start / 16)
+        assert torch.equal(from_file.pixel_values, sliced.pixel_values) and from_file.native == sliced.native
+        assert torch.equal(in_memory.pixel_values, sliced.pixel_values) and in_memory.native == sliced.native
+    assert not torch.equal(video_input(processor, path, 16.0, 17).pixel_values, sliced.pixel_values)
+
+
+@pytest.mark.slow  # the full model's three planner passes per run
+def test_the_full_model_plans_each_window_over_its_slice_of_the_source(full_bundle, tmp_path, monkeypatch):
+    from bernini import BerniniPipeline
+    from bernini.planner import vision
+    from bernini.sampling.guidance import Text
+
+    pipe = BerniniPipeline.from_pretrained(full_bundle, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    slices: list[tuple[float, int]] = []
+    real = vision.planner_visuals
+
+    def spy(processor, **kwargs):
+        slices.append((kwargs["start_s"], kwargs["num_frames"]))
+        return real(processor, **kwargs)
+
+    monkeypatch.setattr(vision, "planner_visuals", spy)
+    runner = RecordingTexts()
+    pipe.branch_runner = runner
+    fast = dict(num_inference_steps=1, planning_step=1, vit_denoising_step=1)
+    video = [str(long_clip(tmp_path / "long.mp4"))]
+    out = pipe("make it red", task_type="v2v", video=video, **fast, **LONG)
+    resolved = out.parameters["resolved"]
+    assert resolved["windows"]["planner"] == "per_window" and resolved["windows"]["latent_windows"] == THREE
+    assert len(resolved["planner"]["windows"]) == 3
+    assert slices == [(0.0, 17), (0.5, 17), (1.0, 17)]  # pixel frames 0, 8, 16 at 16 fps, 17 frames each
+    full = {scope: text[Text.PLAN_FULL] for scope, text in runner.texts.items()}
+    assert set(full) == {"w0:", "w1:", "w2:"}
+    assert not torch.equal(full["w0:"], full["w2:"])  # each window reads its own plan
+    slices.clear()
+    t2v = pipe("a red ball", task_type="t2v", height=32, width=48, **fast, **LONG).parameters["resolved"]
+    assert t2v["windows"]["planner"] == "shared" and slices == [(0.0, 17)]
+
+
+class RecordingTexts(BranchRunner):
+    def __init__(self) -> None:
+        self.texts: dict[str, dict] = {}
+
+    def __call__(self, expert, inputs, branches, latents, t):
+        self.texts[inputs.scope] = dict(inputs.text)
+        return super().__call__(expert, inputs, branches, latents, t)
+
+
+def test_the_time_estimate_counts_every_window_at_a_windows_length(tiny_pipe):
+    from bernini.runtime.estimate import transformer_flops
+
+    def flops(**values) -> float:
+        request = GenerationRequest(prompt="x", task_type="t2v", height=64, width=64, **values)
+        return transformer_flops(tiny_pipe, tiny_pipe.resolve(request))
+
+    assert flops(**LONG) == 3 * flops(num_frames=17)  # three windows of 17 frames
+    assert flops(num_frames=17, window_frames=81) == flops(num_frames=17)
