@@ -445,3 +445,41 @@ def test_the_time_estimate_counts_every_window_at_a_windows_length(tiny_pipe):
 
     assert flops(**LONG) == 3 * flops(num_frames=17)  # three windows of 17 frames
     assert flops(num_frames=17, window_frames=81) == flops(num_frames=17)
+
+
+# ------------------------------------------------------------------------------------------------ torchrun
+def test_windows_under_ulysses_and_cfg_parallel_match_one_process(tiny_bundle, tmp_path):
+    """Every rank walks the windows in the same order: each window's forward is sequence-parallel under Ulysses,
+    and CFG-parallel splits each window's branches; the latents equal the single-process run's."""
+    from test_parallel import torchrun, write_tasks
+
+    clip = (np.random.default_rng(8).random((33, 16, 16, 3))).astype(np.float32)
+    write_video(tmp_path / "long.mp4", clip, 16)
+    window = {"num_frames": 33, "window_frames": 17, "window_overlap": 8}
+    tasks = [
+        {"prompt": "a fox", "task_type": "t2v", "guidance_mode": "t2v", **window},
+        {"prompt": "make it snow", "task_type": "v2v", "video": "long.mp4", **window},
+    ]
+    write_tasks(tmp_path / "tasks.jsonl", tasks)
+    report = tmp_path / "report.json"
+    target = ["-m", "bernini.frontends.parallel_check", "--layouts", "2:1,1:2", "--report", str(report)]
+    target += ["--tolerance", "1e-4", "--config", str(tiny_bundle), "--inputs", "tasks.jsonl", "--device", "cpu"]
+    target += ["--height", "16", "--width", "16", "--num_inference_steps", "2", "--dist_timeout", "60"]
+    result = torchrun(2, target, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = json.loads(report.read_text())["records"]
+    assert {(r["layout"], r["task_type"]) for r in records} == {(a, b) for a in ("2:1", "1:2") for b in ("t2v", "v2v")}
+    assert max(r["max_abs_diff"] for r in records) <= 1e-4
+
+
+def test_the_service_job_body_takes_the_window_settings():
+    from pydantic import ValidationError
+
+    from bernini.frontends.serve.schemas import JobCreate, job_params
+
+    params = job_params(JobCreate(prompt="a boat", num_frames=161, window_frames=81, window_overlap=12))
+    assert (params["window_frames"], params["window_overlap"]) == (81, 12)
+    assert {"window_frames", "window_overlap"} <= set(params["given"])
+    assert job_params(JobCreate(prompt="a boat"))["window_frames"] is None
+    with pytest.raises(ValidationError, match="window_frames"):
+        JobCreate(prompt="a boat", window_frames=3)
