@@ -111,7 +111,11 @@ def test_shared_noise_shuffles_each_new_stretch_from_one_window_earlier_and_keep
         ({"window_frames": 80}, "window_frames must be 4k\\+1"),
         ({"window_frames": 1}, "window_frames must be 4k\\+1 and at least 5"),
         ({"window_frames": 17, "window_overlap": 6}, "window_overlap must be a multiple of 4"),
-        ({"window_frames": 17, "window_overlap": 16}, "smaller than window_frames - 1 = 16"),
+        ({"window_frames": 9, "window_overlap": 8}, "smaller than window_frames - 1 = 8"),
+        (
+            {"window_frames": 17, "window_overlap": 16, "explicit": frozenset({"window_frames", "window_overlap"})},
+            "smaller than window_frames - 1 = 16",
+        ),
         ({"window_frames": 17, "window_overlap": -4}, "window_overlap must be a multiple of 4"),
         ({"window_overlap": 8}, "--window_overlap needs --window_frames"),
         ({"window_frames": "many"}, "window_frames must be a number"),
