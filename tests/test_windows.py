@@ -452,6 +452,7 @@ def test_the_time_estimate_counts_every_window_at_a_windows_length(tiny_pipe):
 
 
 # ------------------------------------------------------------------------------------------------ torchrun
+@pytest.mark.integration  # torchrun
 def test_windows_under_ulysses_and_cfg_parallel_match_one_process(tiny_bundle, tmp_path):
     """Every rank walks the windows in the same order: each window's forward is sequence-parallel under Ulysses,
     and CFG-parallel splits each window's branches; the latents equal the single-process run's."""
