@@ -29,6 +29,7 @@ from .resolved import (
     ResolvedRequest,
     SchedulerChoice,
     SourceIdChoice,
+    WindowSettings,
 )
 from .sampling.cachefile import read_calibration
 from .sampling.full_presets import full_preset
@@ -372,6 +373,8 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
     asked_frames = frames
     frames = frames // 4 * 4 + 1 if frames > 1 else 1
     adjustments = model_adjustments + changed("num_frames", asked_frames, frames, "the VAE takes 4k+1 frames")
+    windows, window_adjustments = _windows(request, merged)
+    adjustments += window_adjustments
     for text_field in ("neg_prompt", "system_prompt"):
         if not isinstance(getattr(request, text_field), str):
             raise BerniniError(f"{text_field} must be a string")
@@ -396,12 +399,39 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         preset=preset.name if preset else None,
         cache=cache,
         batch_branches=bool(request.batch_branches),
+        windows=windows,
         adjustments=tuple(adjustments),
         planner=planner,
         for_model=defaults.model_kind if defaults is not None else None,
         request=original,
     )
     return with_model_defaults(resolved, defaults) if defaults is not None else resolved
+
+
+def _windows(request: GenerationRequest, merged: Merged) -> tuple[WindowSettings | None, list[Adjustment]]:
+    """``--window_frames`` / ``--window_overlap`` checked (pixel frames; the latent grid takes 4k+1 and 4k). The
+    default overlap shrinks to half a short window (with a note); an overlap given that leaves no advance is refused."""
+    overlap = _as_int("window_overlap", request.window_overlap)
+    overlap_set = merged.layer("window_overlap") in (Layer.CASE, Layer.USER)
+    if request.window_frames is None:
+        if overlap_set and overlap != GenerationRequest.builtin()["window_overlap"]:
+            raise BerniniError("--window_overlap needs --window_frames (e.g. --window_frames 81)")
+        return None, []
+    frames = _as_int("window_frames", request.window_frames)
+    if frames < 5 or (frames - 1) % 4:
+        raise BerniniError(f"window_frames must be 4k+1 and at least 5 (e.g. 81), got {frames}")
+    if overlap < 0 or overlap % 4:
+        raise BerniniError(f"window_overlap must be a multiple of 4 (e.g. 16), got {overlap}")
+    adjustments: list[Adjustment] = []
+    if overlap >= frames - 1 and not overlap_set:
+        half = (frames - 1) // 2 // 4 * 4
+        why = f"the default overlap is at most half of a {frames}-frame window"
+        adjustments, overlap = changed("window_overlap", overlap, half, why), half
+    if overlap >= frames - 1:
+        raise BerniniError(
+            f"window_overlap must be smaller than window_frames - 1 = {frames - 1} so windows advance, got {overlap}"
+        )
+    return WindowSettings(frames, overlap), adjustments
 
 
 PLANNER_SETTINGS = ("omega_tgt", "planning_step", "vit_txt_cfg", "vit_img_cfg", "vit_denoising_step")

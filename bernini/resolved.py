@@ -134,6 +134,16 @@ class SchedulerChoice:
 
 
 @dataclass(frozen=True)
+class WindowSettings:
+    """Context windows for long video (``--window_frames``, ``--window_overlap``), in pixel frames: ``frames`` is
+    4k+1, ``overlap`` a multiple of 4 below ``frames - 1``. None on a :class:`ResolvedRequest`: one window over the
+    whole clip (the plain run)."""
+
+    frames: int
+    overlap: int
+
+
+@dataclass(frozen=True)
 class ResolvedRequest:
     task: TaskSpec
     prompt: str
@@ -153,6 +163,7 @@ class ResolvedRequest:
     preset: str | None = None
     cache: CacheSettings | None = None
     batch_branches: bool = False
+    windows: WindowSettings | None = None
     adjustments: tuple[Adjustment, ...] = ()  # what resolve_request changed from the request
     planner: PlanningSettings = field(default_factory=lambda: PlanningSettings(25, 5, 1.2, 1.0))
     for_model: str | None = None  # the ModelDefaults.model_kind it was planned for (None: not known yet)
@@ -237,6 +248,7 @@ class ResolvedRequest:
             "preset": self.preset,
             "cache": asdict(self.cache) if self.cache is not None else None,
             "batch_branches": self.batch_branches,
+            "windows": asdict(self.windows) if self.windows is not None else None,
             "adjustments": [a.record() for a in self.adjustments],
             "planner": asdict(self.planner),
             "for_model": self.for_model,
@@ -280,6 +292,7 @@ class ResolvedRequest:
             preset=data["preset"],
             cache=cache,
             batch_branches=data["batch_branches"],
+            windows=WindowSettings(**data["windows"]) if data.get("windows") is not None else None,
             adjustments=tuple(Adjustment(**a) for a in data["adjustments"]),
             planner=planner,
             for_model=data["for_model"],

@@ -194,6 +194,8 @@ def test_the_sidecar_request_is_generated_from_every_settings_declaration():
         cache_threshold=0.25,
         cache_calibration=None,
         batch_branches=True,
+        window_frames=5,
+        window_overlap=0,
         video=[],
         image=None,
         images=[],
