@@ -7,7 +7,9 @@ channel count is read from its config.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
 from .adjustments import Adjustment, changed
@@ -44,6 +46,18 @@ class Conditions:
         """Bernini-R's four combos (always, so the sidecar lists their ids), plus any ``extra`` a mode reads."""
         names = dict.fromkeys((*RENDERER_COMBOS, *extra))
         return {combo: self.combo(combo, policy) for combo in names}
+
+
+@dataclass
+class Extension:
+    """A clip being continued (``--extend``): all its frames (uint8 ``[T, H, W, 3]`` at the run's size), the
+    normalised latents of its last ``keep`` frames, which the run holds as its first latent frames, and what the
+    sidecar records of it."""
+
+    frames: np.ndarray
+    keep: int
+    latents: torch.Tensor
+    record: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,9 @@ def probed_geometry(resolved: ResolvedRequest, grid: LatentGrid) -> tuple[tuple[
         video = video_input_size(
             media.video[0], media.fps, resolved.geometry.frames, media.max_image_size, source_fps=media.video_fps
         )
+    elif resolved.extend is not None:
+        size = video_input_size(resolved.extend.clip, media.fps, resolved.extend.keep, media.max_image_size)[1:]
+        video = (resolved.geometry.frames, *size)
     image = image_input_size(media.image, media.max_image_size) if media.image is not None else None
     return run_geometry(resolved, grid, video, image)
 
@@ -161,6 +178,8 @@ def source_geometry_adjustments(
         adjustments = changed("num_frames", asked.frames, frames, shorter)
     elif media.image is not None:
         source, adjustments = "the source image", []
+    elif resolved.extend is not None:
+        source, adjustments = "the clip being extended", []
     else:
         return []
     if asked.fixed_size and asked.shipped and source_size is not None:

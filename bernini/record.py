@@ -60,6 +60,7 @@ class RunFacts:
     batched_forwards: int = 0
     adjustments: list[Adjustment] = field(default_factory=list)
     planning: dict[str, Any] | None = None  # the full model's planner: settings, reveal counts, context rows
+    extend: dict[str, Any] | None = None  # --extend: the clip (path, sha256, frames kept, new frames)
 
 
 PathEntry = dict[str, str] | str | None
@@ -173,6 +174,8 @@ def run_record(
         ran["interrupted"] = True
     if facts.planning is not None:
         ran["planner"] = {"version": resolved.planner.version, **facts.planning}
+    if facts.extend is not None:
+        ran["extend"] = facts.extend
     return RunRecord(
         bernini_version=__version__,
         model=model,

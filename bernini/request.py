@@ -83,6 +83,15 @@ class GenerationRequest:
         service_type=list[str],
         bounds={"max_length": MAX_MEDIA},
     )
+    extend: Any = setting(
+        None,
+        help="continue this clip: its last --window_overlap + 1 frames (default 17) start the run, held to the clip "
+        "at every step, and the output is the whole clip followed by --num_frames new frames (a multiple of 4); "
+        "--prompt describes the continuation (t2v; see docs/long_video.md)",
+        cli={"metavar": "CLIP.mp4"},
+        service="Video to continue (t2v): a file id from POST /v1/files; see POST /v1/videos/extensions.",
+        service_type=str | None,
+    )
     output: str | None = setting(None, help=f"output file (default {DEFAULT_OUTPUT}; .png for one frame)")
     seed: int = setting(
         42,
@@ -321,6 +330,7 @@ class GenerationRequest:
         data["video"] = [describe_media(v) for v in self.video]
         data["image"] = describe_media(self.image) if self.image is not None else None
         data["images"] = [describe_media(v) for v in self.images]
+        data["extend"] = describe_media(self.extend) if self.extend is not None else None
         return data
 
 

@@ -101,6 +101,16 @@ class Geometry:
 
 
 @dataclass(frozen=True)
+class ExtendSettings:
+    """``--extend``: the ``clip`` continued; its last ``keep`` frames (4k+1) start the rendered frames, held to the
+    clip at every step, and ``new`` frames (a multiple of 4) follow them. The geometry renders ``keep + new``."""
+
+    clip: Any
+    keep: int
+    new: int
+
+
+@dataclass(frozen=True)
 class GuidanceSettings:
     mode: GuidanceMode
     weights: Weights
@@ -152,6 +162,7 @@ class ResolvedRequest:
     batch_branches: bool = False
     adjustments: tuple[Adjustment, ...] = ()  # what resolve_request changed from the request
     planner: PlanningSettings = field(default_factory=lambda: PlanningSettings(25, 5, 1.2, 1.0))
+    extend: ExtendSettings | None = None
     for_model: str | None = None  # the ModelDefaults.model_kind it was planned for (None: not known yet)
     request: GenerationRequest | None = field(default=None, compare=False, repr=False)
 
@@ -190,9 +201,10 @@ class ResolvedRequest:
             "video": [describe_media(v) for v in self.media.video],
             "image": describe_media(self.media.image) if self.media.image is not None else None,
             "images": [describe_media(v) for v in self.media.images],
+            "extend": describe_media(self.extend.clip) if self.extend else None,
             "output": self.output,
             "seed": self.seed,
-            "num_frames": self.geometry.frames,
+            "num_frames": self.extend.new if self.extend else self.geometry.frames,
             "num_inference_steps": self.num_inference_steps,
             "flow_shift": self.scheduler.flow_shift,
             "omega_vid": self.guidance.weights.vid,

@@ -13,7 +13,7 @@ from ..resolved import ResolvedRequest
 from ..runtime.devices import supports_float64
 from ..sampling.cache import step_cache
 from ..sampling.guidance import GuidanceState
-from ..sampling.sampler import BatchedBranchRunner, BranchRunner, SamplingInputs, sample
+from ..sampling.sampler import BatchedBranchRunner, BranchRunner, PinnedFrames, SamplingInputs, sample
 from ..sampling.schedulers import build_scheduler, set_timesteps
 from .batch import OnProgress, RenderBatch
 from .components import Components, Runtime
@@ -38,9 +38,19 @@ def prepare_latents(batch: RenderBatch, components: Components, runtime: Runtime
         weights=guidance.weights,
         omega_scale=guidance.omega_scale,
         state=GuidanceState(guidance.apg, float64=supports_float64(runtime.device)),
+        pinned=pinned_frames(batch, noise),
     )
     batch.inputs = inputs.placed(runtime.device, components.experts[0].patch_embedding.weight.dtype)
     return batch
+
+
+def pinned_frames(batch: RenderBatch, noise: torch.Tensor) -> PinnedFrames | None:
+    """``--extend``: the clip's latents held as the first latent frames, re-noised with this run's own noise."""
+    extension = batch.extension
+    if extension is None:
+        return None
+    clean = extension.latents.to(noise.device, torch.float32)
+    return PinnedFrames(clean, noise[:, :, : clean.shape[2]].clone())
 
 
 def denoise(batch: RenderBatch, components: Components, runtime: Runtime) -> RenderBatch:
