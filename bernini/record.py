@@ -60,6 +60,7 @@ class RunFacts:
     batched_forwards: int = 0
     adjustments: list[Adjustment] = field(default_factory=list)
     planning: dict[str, Any] | None = None  # the full model's planner: settings, reveal counts, context rows
+    windows: dict[str, Any] | None = None  # the context windows (None: no --window_frames)
     extend: dict[str, Any] | None = None  # --extend: the clip (path, sha256, frames kept, new frames)
 
 
@@ -172,6 +173,8 @@ def run_record(
     }
     if facts.interrupted:
         ran["interrupted"] = True
+    if facts.windows is not None:
+        ran["windows"] = facts.windows
     if facts.planning is not None:
         ran["planner"] = {"version": resolved.planner.version, **facts.planning}
     if facts.extend is not None:

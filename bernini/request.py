@@ -299,6 +299,22 @@ class GenerationRequest:
         "model's planner: its three Qwen passes per round as one padded batch)",
         service="Run guidance branches of equal length as one batched forward.",
     )
+    window_frames: int | None = setting(
+        None,
+        help="long video: denoise in overlapping windows of this many frames (4k+1, e.g. 81, the trained length; "
+        "default: one window over the whole clip); see docs/long_video.md",
+        service="Long video: frames per context window (4k+1, e.g. 81); default: one window over the whole clip.",
+        bounds={"ge": 5, "le": MAX_FRAMES},
+        slider=Slider(1, MAX_FRAMES, 4, "Window frames (1: one window; 81 for long clips)"),
+    )
+    window_overlap: int = setting(
+        16,
+        help="long video: frames neighbouring windows share and blend over (a multiple of 4, less than "
+        "--window_frames - 1)",
+        service="Long video: frames neighbouring windows share (a multiple of 4).",
+        bounds={"ge": 0, "le": MAX_FRAMES},
+        slider=Slider(0, 80, 4, "Window overlap"),
+    )
     explicit: frozenset[str] | None = field(default=None, repr=False, compare=False, metadata={"internal": True})
 
     @classmethod

@@ -28,6 +28,7 @@ from .resolved import (
     ResolvedRequest,
     SchedulerChoice,
     SourceIdChoice,
+    WindowSettings,
 )
 from .sampling.cachefile import read_calibration
 from .sampling.full_presets import full_preset
@@ -354,9 +355,11 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1}")
     if task.single_frame:
         frames = 1
+    windows, window_adjustments = _windows(request, given)
     extend = None
     if request.extend is not None:
-        extend, media, extend_adjustments = _extend(request, task.name, version, media, frames, given)
+        keep = (max(windows.overlap, 4) if windows else EXTEND_OVERLAP) + 1
+        extend, media, extend_adjustments = _extend(request, task.name, version, media, frames, given, keep)
         frames = extend.keep + extend.new
         if (frames - 1) // 4 + 1 > MAX_LATENT_POSITIONS:
             raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1 - extend.keep}")
@@ -365,6 +368,7 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         asked_frames = frames
         frames = frames // 4 * 4 + 1 if frames > 1 else 1
         adjustments = model_adjustments + changed("num_frames", asked_frames, frames, "the VAE takes 4k+1 frames")
+    adjustments += window_adjustments
     for text_field in ("neg_prompt", "system_prompt"):
         if not isinstance(getattr(request, text_field), str):
             raise BerniniError(f"{text_field} must be a string")
@@ -389,6 +393,7 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         preset=preset.name if preset else None,
         cache=cache,
         batch_branches=bool(request.batch_branches),
+        windows=windows,
         adjustments=tuple(adjustments),
         planner=planner,
         extend=extend,
@@ -399,12 +404,19 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
 
 
 EXTEND_OVERLAP = 16
-"""Pixel frames an extension overlaps its clip by, less one: ``--extend`` keeps the clip's last 17 frames (5 latent
-frames, about a second at 16 fps)."""
+"""Pixel frames an extension shares with its clip, less one, without windows: ``--extend`` keeps the clip's last 17
+frames (5 latent frames, about a second at 16 fps); with ``--window_frames`` it keeps ``--window_overlap`` + 1 (at
+least 5)."""
 
 
 def _extend(
-    request: GenerationRequest, task: str, version: str | None, media: MediaInputs, frames: int, given: frozenset[str]
+    request: GenerationRequest,
+    task: str,
+    version: str | None,
+    media: MediaInputs,
+    frames: int,
+    given: frozenset[str],
+    keep: int,
 ) -> tuple[ExtendSettings, MediaInputs, list[Adjustment]]:
     """``--extend``: t2v on Bernini-R; the clip opens and is long enough; ``num_frames`` counts the new frames (a
     multiple of 4); the clip's frame rate is the run's unless ``--fps`` is given."""
@@ -421,7 +433,6 @@ def _extend(
         path = Path(clip).expanduser()
         if not path.is_file():
             raise BerniniError(f"extend clip {path} {'is not a file' if path.exists() else 'not found'}")
-    keep = EXTEND_OVERLAP + 1
     total, native_fps = clip_header(clip)
     if total < keep:
         raise BerniniError(
@@ -437,6 +448,31 @@ def _extend(
         adjustments += changed("fps", media.fps, native_fps, "the continuation runs at the clip's frame rate")
         media = replace(media, fps=native_fps)
     return ExtendSettings(clip, keep, new), media, adjustments
+
+
+def _windows(request: GenerationRequest, given: frozenset[str]) -> tuple[WindowSettings | None, list[Adjustment]]:
+    """``--window_frames`` / ``--window_overlap`` checked (pixel frames; the latent grid takes 4k+1 and 4k). The
+    default overlap shrinks to half a short window (with a note); an overlap given that leaves no advance is refused."""
+    overlap = _as_int("window_overlap", request.window_overlap)
+    if request.window_frames is None:
+        if "window_overlap" in given and overlap != GenerationRequest.window_overlap:
+            raise BerniniError("--window_overlap needs --window_frames (e.g. --window_frames 81)")
+        return None, []
+    frames = _as_int("window_frames", request.window_frames)
+    if frames < 5 or (frames - 1) % 4:
+        raise BerniniError(f"window_frames must be 4k+1 and at least 5 (e.g. 81), got {frames}")
+    if overlap < 0 or overlap % 4:
+        raise BerniniError(f"window_overlap must be a multiple of 4 (e.g. 16), got {overlap}")
+    adjustments: list[Adjustment] = []
+    if overlap >= frames - 1 and "window_overlap" not in given:
+        half = (frames - 1) // 2 // 4 * 4
+        why = f"the default overlap is at most half of a {frames}-frame window"
+        adjustments, overlap = changed("window_overlap", overlap, half, why), half
+    if overlap >= frames - 1:
+        raise BerniniError(
+            f"window_overlap must be smaller than window_frames - 1 = {frames - 1} so windows advance, got {overlap}"
+        )
+    return WindowSettings(frames, overlap), adjustments
 
 
 PLANNER_SETTINGS = ("omega_tgt", "planning_step", "vit_txt_cfg", "vit_img_cfg", "vit_denoising_step")

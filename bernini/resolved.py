@@ -141,6 +141,16 @@ class SchedulerChoice:
 
 
 @dataclass(frozen=True)
+class WindowSettings:
+    """Context windows for long video (``--window_frames``, ``--window_overlap``), in pixel frames: ``frames`` is
+    4k+1, ``overlap`` a multiple of 4 below ``frames - 1``. None on a :class:`ResolvedRequest`: one window over the
+    whole clip (the plain run)."""
+
+    frames: int
+    overlap: int
+
+
+@dataclass(frozen=True)
 class ResolvedRequest:
     task: TaskSpec
     prompt: str
@@ -160,6 +170,7 @@ class ResolvedRequest:
     preset: str | None = None
     cache: CacheSettings | None = None
     batch_branches: bool = False
+    windows: WindowSettings | None = None
     adjustments: tuple[Adjustment, ...] = ()  # what resolve_request changed from the request
     planner: PlanningSettings = field(default_factory=lambda: PlanningSettings(25, 5, 1.2, 1.0))
     extend: ExtendSettings | None = None
@@ -237,5 +248,7 @@ class ResolvedRequest:
             "cache_threshold": self.cache.threshold if self.cache else None,
             "cache_calibration": self.cache.calibration if self.cache else None,
             "batch_branches": self.batch_branches,
+            "window_frames": self.windows.frames if self.windows else None,
+            "window_overlap": self.windows.overlap if self.windows else GenerationRequest.window_overlap,
         }
         return {name: values[name] for name in GenerationRequest.field_names()}

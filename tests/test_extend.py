@@ -137,3 +137,17 @@ def test_a_bad_clip_is_one_line_and_writes_nothing(clips, tiny_bundle, tmp_path,
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("error:") and match in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_extend_with_windows_keeps_the_overlap_and_pins_the_first_window(clips, tiny_pipe):
+    from bernini.conditions import LatentCodec
+
+    clip = clips / "clip.mp4"
+    out = tiny_pipe("on", extend=str(clip), num_frames=24, window_frames=17, window_overlap=8, num_inference_steps=2)
+    windows, extend = out.parameters["resolved"]["windows"], out.parameters["resolved"]["extend"]
+    assert extend["frames_kept"] == 9 and extend["new_frames"] == 24
+    assert len(windows["latent_windows"]) >= 3  # 9 + 24 = 33 frames in 17-frame windows
+    frames, _ = read_video_frames(clip)
+    clean = LatentCodec(tiny_pipe.vae).encode(clip_pixels(frames[-9:]))
+    torch.testing.assert_close(out.latents[:, :, : clean.shape[2]], clean, rtol=0, atol=1e-6)
+    assert out.frames.shape[0] == 21 + 24

@@ -186,6 +186,8 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     )
     fast = parser.add_argument_group("fast paths")
     add_setting_flags(fast, "preset", "cache", "cache_threshold", "cache_calibration", "batch_branches")
+    long_video = parser.add_argument_group("long video (context windows; see docs/long_video.md)")
+    add_setting_flags(long_video, "window_frames", "window_overlap")
     pe = add_pe_args(parser, "rewrite prompts with an OpenAI-compatible model")
     pe.add_argument("--pe_only", action="store_true", help="print the enhanced prompt (or case) and stop")
     parser.add_argument(

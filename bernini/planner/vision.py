@@ -116,25 +116,41 @@ def _video_frames(source: VideoSource, fps: float, video_fps: float | None) -> t
     return source, video_fps or fps
 
 
+def _from(start_s: float, count: int, source_fps: float) -> int:
+    """The first native frame at ``start_s`` seconds (at most the last one)."""
+    return min(round(start_s * source_fps), count - 1)
+
+
 def video_input(
-    processor: Any, source: VideoSource, fps: float, num_frames: int, video_fps: float | None = None
+    processor: Any,
+    source: VideoSource,
+    fps: float,
+    num_frames: int,
+    video_fps: float | None = None,
+    start_s: float = 0.0,
 ) -> VisionInput:
     """A video's ViT frames (``vit_frame_indices`` at the request's ``fps`` and ``num_frames``), two per temporal
-    patch: rows ``t·H_g·W_g + s`` hold frames ``2t`` and ``2t + 1`` at spatial patch ``s`` (Qwen's order)."""
+    patch: rows ``t·H_g·W_g + s`` hold frames ``2t`` and ``2t + 1`` at spatial patch ``s`` (Qwen's order).
+
+    ``start_s`` (a context window's start) makes the clip begin that many seconds in: the frames are chosen, and the
+    native frame count reported, as if the video started there."""
     if not fps > 0:
         raise BerniniError(f"fps must be positive (got {fps})")
     if isinstance(source, str | os.PathLike):
 
         def choose(count: int, native_fps: float) -> list[int]:
-            return vit_frame_indices(count, video_fps or native_fps, fps, num_frames)
+            first = _from(start_s, count, video_fps or native_fps)
+            return [first + i for i in vit_frame_indices(count - first, video_fps or native_fps, fps, num_frames)]
 
         chosen, native_fps, total = read_video_frames_at(source, choose)
         source_fps = video_fps or native_fps
+        total -= _from(start_s, total, source_fps)
         pictures = [read_image(frame) for frame in chosen]
     else:
         frames, source_fps = _video_frames(source, fps, video_fps)
-        total = len(frames)
-        pictures = [read_image(frames[i]) for i in vit_frame_indices(total, source_fps, fps, num_frames)]
+        first = _from(start_s, len(frames), source_fps)
+        total = len(frames) - first
+        pictures = [read_image(frames[first + i]) for i in vit_frame_indices(total, source_fps, fps, num_frames)]
     width, height = pictures[0].size
     if any(p.size != (width, height) for p in pictures):
         raise MediaError(f"video frames change size ({width}x{height} first); give frames of one size")
@@ -175,16 +191,18 @@ def planner_visuals(
     height: int = 480,
     width: int = 832,
     video_fps: float | None = None,
+    start_s: float = 0.0,
 ) -> PlannerVisuals:
     """Every source item of a request, in conversation order, and the target placeholder's item.
 
     The target is the first source video when there is one (its native frames, rate and size set the grid),
-    else a black clip of ``num_frames`` at ``height × width`` (an image when ``num_frames == 1``).
+    else a black clip of ``num_frames`` at ``height × width`` (an image when ``num_frames == 1``). ``start_s``: the
+    videos start that many seconds in (a context window's slice, ``num_frames`` long).
     """
     if image is not None and len(images) > 0:
         raise BerniniError("give either image or images to the planner, not both")
     stills = [image] if image is not None else list(images)
-    sources = [video_input(processor, video, fps, num_frames, video_fps) for video in videos]
+    sources = [video_input(processor, video, fps, num_frames, video_fps, start_s) for video in videos]
     sources += [image_input(processor, still) for still in stills]
     first = sources[0].native if videos else None
     target = VisualItem(num_frames > 1, target_grid(num_frames, height, width, fps, source=first))

@@ -7,6 +7,7 @@ CFG-parallel over ranks, sequence-parallel inside an expert) is injected as a ``
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -16,6 +17,9 @@ import torch
 from ..models.segment import Segment
 from .guidance import Branch, Combo, GuidanceMode, GuidanceState, Text, Weights
 from .schedulers import set_timesteps
+from .windows import Span, blend_weights, source_span
+
+logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 """Called after each step with (index, timestep, latents); a returned tensor replaces the latents."""
@@ -79,6 +83,7 @@ class SamplingInputs:
     weights: Weights
     omega_scale: float
     state: GuidanceState = field(default_factory=GuidanceState)
+    scope: str = ""  # prefixes the step-cache histories (one set per context window)
     pinned: PinnedFrames | None = None
 
     def same_inputs(self, first: Branch, second: Branch) -> bool:
@@ -109,12 +114,13 @@ class SamplingInputs:
         return replace(self, combos=combos, text=text)
 
 
-def cache_scope(expert: Any, branches: Sequence[Branch]):
+def cache_scope(expert: Any, branches: Sequence[Branch], scope: str = ""):
     """The step-cache history a forward reads and writes: one per branch (or per batched group of branches),
-    as diffusers' pipelines keep one per ``cond`` / ``uncond`` call. A no-op while no cache is enabled."""
+    as diffusers' pipelines keep one per ``cond`` / ``uncond`` call, and per context window (``scope``). A no-op
+    while no cache is enabled."""
     if not getattr(expert, "is_cache_enabled", False):
         return contextlib.nullcontext()
-    return expert.cache_context("+".join(f"{b.combo.value}/{b.text.value}" for b in branches))
+    return expert.cache_context(scope + "+".join(f"{b.combo.value}/{b.text.value}" for b in branches))
 
 
 def run_branch(expert: Expert, inputs: SamplingInputs, branch: Branch, latents, t) -> torch.Tensor:
@@ -122,7 +128,7 @@ def run_branch(expert: Expert, inputs: SamplingInputs, branch: Branch, latents, 
     context = inputs.text[branch.text]
     timestep = torch.full((latents.shape[0],), int(t), device=context.device, dtype=torch.long)
     target = latents.to(context.device, context.dtype)
-    with cache_scope(expert, [branch]):
+    with cache_scope(expert, [branch], inputs.scope):
         return expert.forward_packed(inputs.combos[branch.combo], target, timestep, context).float()
 
 
@@ -146,7 +152,7 @@ def run_batched(expert: Expert, inputs: SamplingInputs, group: Sequence[Branch],
     target = latents.to(context.device, context.dtype)
     target = target.expand(len(group), *target.shape[1:])
     timestep = torch.full((target.shape[0],), int(t), device=context.device, dtype=torch.long)
-    with cache_scope(expert, group):
+    with cache_scope(expert, group, inputs.scope):
         out = expert.forward_packed(segments, target, timestep, context).float()
     return list(out.split(latents.shape[0]))
 
@@ -190,6 +196,59 @@ class BatchedBranchRunner(BranchRunner):
 
 
 @dataclass
+class Window:
+    """One context window: its latent frames, its inputs (the sources' slices, its own guidance state) and its
+    blend weight per latent frame of the window."""
+
+    span: Span
+    inputs: SamplingInputs
+    weight: torch.Tensor  # [stop - start], on the latents' device
+
+
+class WindowedInputs:
+    """Per-window views of placed :class:`SamplingInputs`: each window's target frames and the same frames of
+    every source video (mapped proportionally where a source's latent length differs; one-frame latents, the
+    images, whole), the same references, source ids and texts (or the window's own ``texts``: the full model's
+    per-window plans), and a fresh :class:`GuidanceState` (APG momentum is per window). Each window packs and
+    RoPEs like a plain run of its length: positions start at 0 with the plain run's source ids."""
+
+    def __init__(
+        self,
+        inputs: SamplingInputs,
+        spans: Sequence[Span],
+        texts: Sequence[dict[Text, torch.Tensor]] | None = None,
+    ) -> None:
+        total = inputs.latents.shape[2]
+        weights = blend_weights(spans, total).to(inputs.latents.device, torch.float32)
+        self.windows: list[Window] = []
+        for index, span in enumerate(spans):
+            sliced: dict[int, torch.Tensor] = {}
+
+            def view(latent: torch.Tensor, span: Span = span, sliced: dict = sliced) -> torch.Tensor:
+                if id(latent) not in sliced:
+                    frames = latent.shape[2]
+                    start, stop = source_span(span, total, frames) if frames > 1 else (0, 1)
+                    sliced[id(latent)] = latent[:, :, start:stop].contiguous()
+                return sliced[id(latent)]
+
+            combos = {c: [Segment(view(s.latent), s.source_id) for s in segs] for c, segs in inputs.combos.items()}
+            text = dict(inputs.text)
+            if texts is not None:
+                device, dtype = next(iter(inputs.text.values())).device, next(iter(inputs.text.values())).dtype
+                text.update({name: embeds.to(device, dtype) for name, embeds in texts[index].items()})
+            state = GuidanceState(inputs.state.apg, float64=inputs.state.float64)
+            window = replace(inputs, combos=combos, text=text, state=state, scope=f"w{index}:")
+            self.windows.append(Window(span, window, weights[index, span[0] : span[1]]))
+
+    @property
+    def spans(self) -> list[Span]:
+        return [window.span for window in self.windows]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+
+@dataclass
 class SamplingStats:
     forwards: int = 0
     high_steps: int = 0
@@ -212,15 +271,17 @@ def sample(
     stats: SamplingStats | None = None,
     interrupted: Callable[[], bool] | None = None,
     sigmas: Sequence[float] | None = None,
+    windows: WindowedInputs | None = None,
 ) -> torch.Tensor:
     """Denoise ``inputs.latents`` and return the final latents (fp32, on the latents' device).
 
     ``interrupted`` is asked before every step; once it says yes the loop stops (diffusers' ``interrupt``).
-    ``sigmas`` (a preset's, before the shift) replace the scheduler's spacing.
+    ``sigmas`` (a preset's, before the shift) replace the scheduler's spacing. With ``windows`` every step runs
+    the guidance on each context window and blends the windows' velocities with their weights into one velocity
+    over the whole latent; the scheduler steps once (a windowed step is one step).
     """
     runner = runner or BranchRunner()
     stats = stats if stats is not None else SamplingStats()
-    branches = inputs.mode.branches
     latents = inputs.latents
     set_timesteps(scheduler, num_inference_steps, latents.device, sigmas)
     weights = inputs.weights
@@ -242,14 +303,17 @@ def sample(
         stats.high_steps += int(is_high)
         stats.low_steps += int(not is_high)
         stats.timesteps.append(int(t))
-        sources = inputs.mode.forward_plan(weights, inputs.same_inputs)
-        unique = [branch for branch, source in enumerate(sources) if source == branch]
-        computed = runner(expert, inputs, [branches[i] for i in unique], latents, t)
-        stats.forwards += len(unique)
-        by_branch = {branch: p.to(latents.device) for branch, p in zip(unique, computed, strict=True)}
-        predictions = [by_branch[source] for source in sources]
         sigma = float(_current_sigma(scheduler, index))
-        velocity = inputs.mode.combine(predictions, latents, sigma, weights, inputs.state)
+        if windows is None:
+            velocity = guided_velocity(expert, inputs, runner, weights, latents, t, sigma, stats)
+        else:
+            velocity = torch.zeros_like(latents)
+            for number, window in enumerate(windows.windows, start=1):
+                logger.debug("step %d/%d: window %d/%d", index + 1, len(scheduler.timesteps), number, len(windows))
+                start, stop = window.span
+                part = latents[:, :, start:stop].contiguous()
+                guided = guided_velocity(expert, window.inputs, runner, weights, part, t, sigma, stats)
+                velocity[:, :, start:stop] += window.weight.view(1, 1, -1, 1, 1) * guided
         latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
         if pinned is not None:
             latents = pinned.apply(latents, float(scheduler.sigmas[index + 1]))
@@ -262,6 +326,27 @@ def sample(
     if bar is not None:
         bar.close()
     return latents
+
+
+def guided_velocity(
+    expert: Expert,
+    inputs: SamplingInputs,
+    runner: BranchRunner,
+    weights: Weights,
+    latents: torch.Tensor,
+    t,
+    sigma: float,
+    stats: SamplingStats,
+) -> torch.Tensor:
+    """One step's guided velocity for ``latents``: the mode's distinct branches through ``runner``, combined."""
+    branches = inputs.mode.branches
+    sources = inputs.mode.forward_plan(weights, inputs.same_inputs)
+    unique = [branch for branch, source in enumerate(sources) if source == branch]
+    computed = runner(expert, inputs, [branches[i] for i in unique], latents, t)
+    stats.forwards += len(unique)
+    by_branch = {branch: p.to(latents.device) for branch, p in zip(unique, computed, strict=True)}
+    predictions = [by_branch[source] for source in sources]
+    return inputs.mode.combine(predictions, latents, sigma, weights, inputs.state)
 
 
 def _current_sigma(scheduler, index: int) -> torch.Tensor:

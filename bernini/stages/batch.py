@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from ..adjustments import Adjustment
-from ..conditions import Conditions, Extension
+from ..conditions import Conditions, Extension, LatentGrid
 from ..record import RunFacts, Timings
 from ..resolved import ResolvedRequest
 from ..sampling.guidance import Text
-from ..sampling.sampler import SamplingInputs, SamplingStats
+from ..sampling.sampler import SamplingInputs, SamplingStats, WindowedInputs
+from ..sampling.windows import Span, context_windows
 
 OnProgress = Callable[[str, int, int], None]
 """``on_progress(phase, done, total)``: ``load``, ``encode`` (media), ``text``, ``denoise``, ``decode`` (per VAE
@@ -51,8 +52,10 @@ class RenderBatch:
     # text and planner stages: the contexts the guidance branches read
     text: dict[Text, torch.Tensor] = field(default_factory=dict)
     planning: dict[str, Any] | None = None
+    window_texts: list[dict[Text, torch.Tensor]] | None = None  # the full model's per-window planner contexts
     # denoising stage
     inputs: SamplingInputs | None = None
+    windows: WindowedInputs | None = None  # the context windows (None: one window, the plain run)
     stats: SamplingStats = field(default_factory=SamplingStats)
     latents: torch.Tensor | None = None
     # decoding stage: frames per ``output_type`` (the latents for "latent")
@@ -81,5 +84,31 @@ class RenderBatch:
             batched_forwards=stats.batched_forwards,
             adjustments=[*self.resolved.adjustments, *self.adjustments],
             planning=self.planning,
+            windows=self.windows_record(),
             extend=self.extension.record if self.extension is not None else None,
         )
+
+    def context_windows(self, grid: LatentGrid) -> list[Span]:
+        """The run's context windows over its latent frames (one covering all of them without --window_frames)."""
+        settings = self.resolved.windows
+        total = grid.latent_shape(self.frames, self.height, self.width)[2]
+        if settings is None:
+            return [(0, total)]
+        return context_windows(total, settings.frames, settings.overlap, grid.temporal)
+
+    def windows_record(self) -> dict[str, Any] | None:
+        """The sidecar's ``resolved.windows``: the settings, the latent windows run and how the planner ran."""
+        settings, inputs = self.resolved.windows, self.inputs
+        if settings is None or inputs is None:
+            return None
+        spans = self.windows.spans if self.windows is not None else [(0, inputs.latents.shape[2])]
+        record: dict[str, Any] = {
+            "frames": settings.frames,
+            "overlap": settings.overlap,
+            "count": len(spans),
+            "latent_windows": [list(span) for span in spans],
+            "shared_noise": len(spans) > 1,
+        }
+        if self.resolved.full_model:
+            record["planner"] = "once" if len(spans) == 1 else "per_window" if self.resolved.media.video else "shared"
+        return record

@@ -13,8 +13,16 @@ from ..resolved import ResolvedRequest
 from ..runtime.devices import supports_float64
 from ..sampling.cache import step_cache
 from ..sampling.guidance import GuidanceState
-from ..sampling.sampler import BatchedBranchRunner, BranchRunner, PinnedFrames, SamplingInputs, sample
+from ..sampling.sampler import (
+    BatchedBranchRunner,
+    BranchRunner,
+    PinnedFrames,
+    SamplingInputs,
+    WindowedInputs,
+    sample,
+)
 from ..sampling.schedulers import build_scheduler, set_timesteps
+from ..sampling.windows import shared_noise
 from .batch import OnProgress, RenderBatch
 from .components import Components, Runtime
 
@@ -29,6 +37,8 @@ def prepare_latents(batch: RenderBatch, components: Components, runtime: Runtime
         generator = torch.Generator("cpu").manual_seed(resolved.seed)
     shape = components.latent_grid.latent_shape(batch.frames, batch.height, batch.width)
     noise = randn_tensor(shape, generator=generator, device=runtime.device, dtype=torch.float32)
+    spans = batch.context_windows(components.latent_grid)
+    noise = shared_noise(noise, spans, resolved.seed)
     guidance = resolved.guidance
     inputs = SamplingInputs(
         latents=noise,
@@ -41,6 +51,7 @@ def prepare_latents(batch: RenderBatch, components: Components, runtime: Runtime
         pinned=pinned_frames(batch, noise),
     )
     batch.inputs = inputs.placed(runtime.device, components.experts[0].patch_embedding.weight.dtype)
+    batch.windows = WindowedInputs(batch.inputs, spans, batch.window_texts) if len(spans) > 1 else None
     return batch
 
 
@@ -76,6 +87,7 @@ def denoise(batch: RenderBatch, components: Components, runtime: Runtime) -> Ren
                 stats=stats,
                 interrupted=lambda: runtime.interrupt,
                 sigmas=resolved.scheduler.sigmas,
+                windows=batch.windows,
             )
             if computed is not None:
                 stats.skipped_forwards = computed.skipped(stats.forwards)

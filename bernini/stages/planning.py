@@ -17,15 +17,43 @@ from .components import Components, Runtime
 
 
 def plan_stage(batch: RenderBatch, components: Components, runtime: Runtime) -> RenderBatch:
-    """The planner's four contexts join the UMT5 ones; its record goes to ``batch.planning``."""
-    batch.report("plan", 0, 1)
+    """The planner's four contexts join the UMT5 ones; its record goes to ``batch.planning``.
+
+    With context windows over a source video the planner runs once per window, with the same seed, over the
+    window's slice of the sources (its ViT target tokens describe a whole clip and cannot be cut in time); each
+    window's guidance reads its own plan (``batch.window_texts``). Without a source video every window has the same
+    planner input, so one plan for a window's length serves all of them."""
     size = (batch.height, batch.width)
-    contexts, batch.planning = runtime.share_planning(
-        lambda: plan_contexts(components, runtime, batch.resolved, batch.text, size)
-    )
+    windows = window_slices(batch, components)
+    batch.report("plan", 0, len(windows))
+
+    def plan_all() -> list[tuple[dict[Text, torch.Tensor], dict[str, Any]]]:
+        plans = []
+        for start_s, frames in windows:
+            plans.append(plan_contexts(components, runtime, batch.resolved, batch.text, size, start_s, frames))
+            batch.report("plan", len(plans), len(windows))
+        return plans
+
+    plans = runtime.share_planning(plan_all)
+    contexts, batch.planning = plans[0]
+    count = len(batch.context_windows(components.latent_grid))
+    if count > 1:
+        batch.window_texts = [plans[min(index, len(plans) - 1)][0] for index in range(count)]
+        batch.planning = {**batch.planning, "windows": [record for _, record in plans]}
     batch.text = {**batch.text, **contexts}
-    batch.report("plan", 1, 1)
     return batch
+
+
+def window_slices(batch: RenderBatch, components: Components) -> list[tuple[float, int | None]]:
+    """What the planner runs on: ``(start in seconds, pixel frames)`` per plan; ``[(0, None)]``: the whole clip."""
+    from ..sampling.windows import pixel_span
+
+    spans = batch.context_windows(components.latent_grid)
+    if len(spans) == 1:
+        return [(0.0, None)]
+    fps, temporal = batch.resolved.media.fps, components.latent_grid.temporal
+    slices = [(start / fps, frames) for start, frames in (pixel_span(span, temporal) for span in spans)]
+    return slices if batch.resolved.media.video else slices[:1]
 
 
 def plan_contexts(
@@ -34,9 +62,12 @@ def plan_contexts(
     resolved: ResolvedRequest,
     text: dict[Text, torch.Tensor],
     size: tuple[int, int] | None = None,
+    start_s: float = 0.0,
+    frames: int | None = None,
 ) -> tuple[dict[Text, torch.Tensor], dict[str, Any]]:
     """The Qwen passes, the flow decoder and the connector. ``size`` is the rendered target's, the planner's
-    target without a source video when the plan follows a source image (0 × 0)."""
+    target without a source video when the plan follows a source image (0 × 0). ``start_s`` and ``frames``: a
+    context window's slice (None: the request's frames from the start)."""
     from ..planner.run import PlannerSettings
     from ..planner.stage import PlanningRequest, T5Rows, run_planning
     from ..planner.vision import planner_visuals, vision_features
@@ -56,10 +87,11 @@ def plan_contexts(
         image=media.image,
         images=media.images,
         fps=media.fps,
-        num_frames=geometry.frames,
+        num_frames=geometry.frames if frames is None else frames,
         height=height,
         width=width,
         video_fps=media.video_fps,
+        start_s=start_s,
     )
     request = PlanningRequest(
         task=resolved.task.name,

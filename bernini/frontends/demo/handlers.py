@@ -74,7 +74,11 @@ NUMERIC_PARAMETERS: tuple[str, ...] = (
     "eta",
     "momentum",
     *PLANNER_SETTINGS,
+    "window_frames",
+    "window_overlap",
 )
+NO_WINDOWS = 1
+"""The window-frames control's value for one window over the whole clip (no ``window_frames``)."""
 
 
 def _file_paths(value: Any) -> list[str]:
@@ -153,6 +157,9 @@ def build_request(
         numbers.pop("width", None)
     if TASKS[task].single_frame:
         numbers["num_frames"] = 1
+    if numbers.get("window_frames") in (None, NO_WINDOWS):
+        numbers.pop("window_frames", None)
+        numbers.pop("window_overlap", None)
     frames = numbers.get("num_frames")
     if frames is not None and isinstance(frames, (int, float)) and frames > settings.max_frames:
         raise BerniniError(f"num_frames {frames:g} is over this server's limit of {settings.max_frames}")
@@ -283,6 +290,8 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
         vit_img_cfg: float,
         request: gr.Request,
         progress=gr.Progress(),  # noqa: B008 - Gradio's documented idiom
+        window_frames: float = NO_WINDOWS,  # after the special arguments: Gradio inserts those at their places
+        window_overlap: float = GenerationRequest.window_overlap,
     ):
         ui = {
             "prompt": prompt,
@@ -308,6 +317,8 @@ def make_generate_handler(backend: DemoBackend) -> Callable[..., Any]:
             "vit_denoising_step": vit_denoising_step,
             "vit_txt_cfg": vit_txt_cfg,
             "vit_img_cfg": vit_img_cfg,
+            "window_frames": window_frames,
+            "window_overlap": window_overlap,
         }
         uploads: dict[str, str] = {}
         for item in (*_file_paths(videos), *_file_paths(image), *_file_paths(gallery)):

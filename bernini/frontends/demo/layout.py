@@ -9,7 +9,7 @@ from ...sampling.guidance import FULL_MODEL_MODES, GUIDANCE_MODES
 from ...settings import Slider, spec_of
 from ...tasks import TASKS
 from .backend import DemoBackend
-from .handlers import TASK_CHOICES, TASK_INPUTS, make_generate_handler, make_stop_handler
+from .handlers import NO_WINDOWS, TASK_CHOICES, TASK_INPUTS, make_generate_handler, make_stop_handler
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -202,6 +202,9 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
                     }
                     if settings.use_unipc:
                         gr.Markdown("Note: under UniPC (the default) the flow-shift slider has no effect.")
+                with gr.Accordion("Long video (context windows)", open=False):
+                    window_frames = slider("window_frames", NO_WINDOWS)
+                    window_overlap = slider("window_overlap", blank.window_overlap)
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="generate_btn")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop_btn")
@@ -259,6 +262,8 @@ def build_ui(backend: DemoBackend) -> "gr.Blocks":
             width,
             *guidance_controls,
             *planner_controls,
+            window_frames,
+            window_overlap,
         ]
         outputs = [result_video, result_image, files, sidecar, prompt_used, status]
         event = run.click(

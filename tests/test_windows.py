@@ -1,0 +1,370 @@
+"""Context windows for long video (``--window_frames`` / ``--window_overlap``): the window layout and its blend
+weights against independent formulas, FreeNoise shared noise, the windowed step (each window's own source slice,
+RoPE from 0, the weighted mix at the seams), bit-identity when the clip fits in one window, and end-to-end runs of
+every task through ``bernini generate`` with the sidecar and ``--replay``."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from bernini.conditions import Conditions
+from bernini.errors import BerniniError
+from bernini.frontends.cli import main
+from bernini.io.media import read_video_frames
+from bernini.io.output import write_video
+from bernini.models import transformer as transformer_module
+from bernini.request import GenerationRequest
+from bernini.resolve import resolve_request
+from bernini.resolved import SourceIdPolicy
+from bernini.sampling.guidance import GUIDANCE_MODES, Combo, GuidanceState, Weights
+from bernini.sampling.sampler import BranchRunner, Experts, SamplingInputs, WindowedInputs, sample
+from bernini.sampling.windows import (
+    blend_weights,
+    context_windows,
+    pixel_span,
+    shared_noise,
+    source_span,
+    window_spans,
+)
+
+TINY = dict(height=16, width=16, num_inference_steps=2)
+# 33 frames are 9 latent frames; windows of 17 frames (5 latent) sharing 8 (2 latent): [0, 5), [2, 7), [4, 9)
+LONG = dict(num_frames=33, window_frames=17, window_overlap=8)
+THREE = [[0, 5], [2, 7], [4, 9]]
+
+
+# ----------------------------------------------------------------------------------------- layout and weights
+@pytest.mark.parametrize("total", [1, 5, 6, 9, 21, 22, 41, 60, 61, 100, 257])
+@pytest.mark.parametrize(("size", "overlap"), [(5, 2), (21, 4), (21, 0), (21, 10), (3, 2)])
+def test_windows_cover_every_frame_with_the_fewest_windows_sharing_at_least_the_overlap(total, size, overlap):
+    spans = window_spans(total, size, overlap)
+    if total <= size:
+        assert spans == [(0, total)]
+        return
+    assert spans[0][0] == 0 and spans[-1][1] == total
+    assert all(stop - start == size for start, stop in spans)
+    assert all(b[0] > a[0] and a[1] - b[0] >= overlap for a, b in zip(spans, spans[1:], strict=False))
+    assert len(spans) == math.ceil((total - size) / (size - overlap)) + 1  # fewer cannot cover with that overlap
+    covered = set().union(*(range(start, stop) for start, stop in spans))
+    assert covered == set(range(total))
+
+
+@pytest.mark.parametrize(("total", "size", "overlap"), [(9, 5, 2), (41, 21, 4), (100, 21, 4), (61, 21, 8), (6, 5, 1)])
+def test_blend_weights_sum_to_one_are_one_alone_and_change_by_at_most_one_over_the_overlap(total, size, overlap):
+    spans = window_spans(total, size, overlap)
+    weights = blend_weights(spans, total)
+    assert weights.shape == (len(spans), total)
+    assert torch.allclose(weights.sum(0), torch.ones(total, dtype=torch.float64), atol=1e-12)
+    for index, (start, stop) in enumerate(spans):
+        assert (weights[index, :start] == 0).all() and (weights[index, stop:] == 0).all()
+        assert (weights[index, start:stop] > 0).all()
+    alone = [f for f in range(total) if sum(start <= f < stop for start, stop in spans) == 1]
+    assert alone and all(weights[:, f].max() == 1.0 for f in alone)
+    assert (weights[:, 1:] - weights[:, :-1]).abs().max() <= 1 / overlap + 1e-9
+
+
+def test_blend_weights_are_linear_ramps_across_a_shared_stretch():
+    # two windows of 5 sharing 2 frames: (0, 5) and (3, 8); the ramp steps are centred: 1/4 and 3/4
+    weights = blend_weights([(0, 5), (3, 8)], 8)
+    expected = torch.tensor(
+        [[1, 1, 1, 0.75, 0.25, 0, 0, 0], [0, 0, 0, 0.25, 0.75, 1, 1, 1]],
+        dtype=torch.float64,
+    )
+    assert torch.equal(weights, expected)
+
+
+def test_windows_in_pixel_frames_and_source_spans():
+    assert context_windows(9, None, 16) == [(0, 9)]
+    assert context_windows(9, 17, 8) == [(0, 5), (2, 7), (4, 9)]
+    assert context_windows(21, 81, 16) == [(0, 21)]  # the clip fits: the plain run
+    assert pixel_span((0, 5)) == (0, 17) and pixel_span((2, 7)) == (8, 17)
+    assert source_span((2, 7), 9, 9) == (2, 7)
+    assert source_span((2, 7), 9, 5) == (1, 4)  # floor(2·5/9), ceil(7·5/9)
+    assert source_span((8, 9), 9, 3) == (2, 3)
+
+
+def test_shared_noise_shuffles_each_new_stretch_from_one_window_earlier_and_keeps_one_window_as_is():
+    noise = torch.randn(1, 4, 9, 2, 3, generator=torch.Generator().manual_seed(0))
+    assert shared_noise(noise, [(0, 9)], 7) is noise
+    spans = [(0, 5), (2, 7), (4, 9)]
+    out = shared_noise(noise, spans, 7)
+    assert torch.equal(out[:, :, :5], noise[:, :, :5])  # the first window's noise is the plain run's
+    # frames 5 and 6 (new in window 2) are frames 0 and 1 shuffled; 7 and 8 (new in window 3) frames 2 and 3
+    for new, earlier in (((5, 6), (0, 1)), ((7, 8), (2, 3))):
+        got = sorted(out[0, 0, f, 0, 0].item() for f in new)
+        assert got == sorted(out[0, 0, f, 0, 0].item() for f in earlier)
+    assert torch.equal(out, shared_noise(noise, spans, 7))
+    assert not torch.equal(out, shared_noise(noise, spans, 8)) or not torch.equal(out, shared_noise(noise, spans, 9))
+
+
+# --------------------------------------------------------------------------------------------- resolution
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"window_frames": 80}, "window_frames must be 4k\\+1"),
+        ({"window_frames": 1}, "window_frames must be 4k\\+1 and at least 5"),
+        ({"window_frames": 17, "window_overlap": 6}, "window_overlap must be a multiple of 4"),
+        ({"window_frames": 17, "window_overlap": 16}, "smaller than window_frames - 1 = 16"),
+        ({"window_frames": 17, "window_overlap": -4}, "window_overlap must be a multiple of 4"),
+        ({"window_overlap": 8}, "--window_overlap needs --window_frames"),
+        ({"window_frames": "many"}, "window_frames must be a number"),
+    ],
+)
+def test_bad_window_settings_are_one_line_errors(values, match):
+    with pytest.raises(BerniniError, match=match) as error:
+        resolve_request(GenerationRequest(prompt="a boat", **values))
+    assert "\n" not in str(error.value)
+
+
+def test_window_settings_resolve_and_are_recorded_in_the_request():
+    resolved = resolve_request(GenerationRequest(prompt="a boat", window_frames=81, window_overlap=12))
+    assert (resolved.windows.frames, resolved.windows.overlap) == (81, 12)
+    assert resolved.request_record()["window_frames"] == 81 and resolved.request_record()["window_overlap"] == 12
+    short = resolve_request(GenerationRequest(prompt="a boat", window_frames=17))  # the default 16 leaves no advance
+    assert short.windows.overlap == 8
+    assert [(a.name, a.asked, a.used) for a in short.adjustments] == [("window_overlap", 16, 8)]
+    plain = resolve_request(GenerationRequest(prompt="a boat"))
+    assert plain.windows is None and plain.request_record()["window_frames"] is None
+
+
+# ------------------------------------------------------------------------------------------ the windowed step
+class SpyEuler(FlowMatchEulerDiscreteScheduler):
+    """Flow-match Euler that keeps the velocity it is given."""
+
+    velocities: list
+
+    def step(self, model_output, timestep, sample, **kwargs):
+        self.velocities.append(model_output.clone())
+        return super().step(model_output, timestep, sample, **kwargs)
+
+
+class ScopeRunner(BranchRunner):
+    """A fake expert: each branch predicts a constant that names its window (``inputs.scope``) and branch."""
+
+    def __call__(self, expert, inputs, branches, latents, t):
+        window = int(inputs.scope[1:-1]) if inputs.scope else 9
+        return [torch.full_like(latents, 10.0 * window + i + 1) for i in range(len(branches))]
+
+
+def test_blended_velocity_at_the_seams_is_the_weighted_mix_of_the_windows():
+    latents = torch.randn(1, 2, 9, 2, 2, generator=torch.Generator().manual_seed(1))
+    inputs = SamplingInputs(
+        latents=latents,
+        combos=Conditions().combos(SourceIdPolicy()),
+        text={},
+        mode=GUIDANCE_MODES["t2v"],
+        weights=Weights(1.25, 4.5, 4.0),
+        omega_scale=0.8,
+        state=GuidanceState(),
+    )
+    scheduler = SpyEuler(num_train_timesteps=1000, shift=5.0)
+    scheduler.velocities = []
+    windows = WindowedInputs(inputs, [(0, 5), (2, 7), (4, 9)])
+    sample(Experts(high="one"), scheduler, inputs, 1, runner=ScopeRunner(), windows=windows)
+    velocity = scheduler.velocities[0][0, 0, :, 0, 0].double()
+    # text CFG: u + 4·(c − u) with u = 10w + 1, c = 10w + 2 → 10w + 5 in window w
+    guided = [5.0, 15.0, 25.0]
+    # by hand: the windows start at 0, 2, 4, so neighbours share 3 frames, ramped 1/6, 1/2, 5/6 (centred steps);
+    # frame 4 is in all three: raw 1/6 (window 0's last), 5/6 (window 1, both its ramps), 1/6 → / 7/6
+    w0 = [1, 1, 5 / 6, 1 / 2, 1 / 7, 0, 0, 0, 0]
+    w1 = [0, 0, 1 / 6, 1 / 2, 5 / 7, 1 / 2, 1 / 6, 0, 0]
+    w2 = [0, 0, 0, 0, 1 / 7, 1 / 2, 5 / 6, 1, 1]
+    expected = torch.tensor(
+        [a * guided[0] + b * guided[1] + c * guided[2] for a, b, c in zip(w0, w1, w2, strict=True)],
+        dtype=torch.float64,
+    )
+    assert torch.allclose(velocity, expected, atol=1e-5), (velocity, expected)
+    # continuity: the guided values differ by 10 between windows, the ramps spread that over 2 frames
+    assert (velocity[1:] - velocity[:-1]).abs().max() <= 10 / 2 + 1e-5
+
+
+class RecordingRunner(BranchRunner):
+    """The real forwards, recording each window's segments and target."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list, torch.Tensor]] = []
+
+    def __call__(self, expert, inputs, branches, latents, t):
+        for branch in branches:
+            self.calls.append((inputs.scope, list(inputs.combos[branch.combo]), latents.clone()))
+        return super().__call__(expert, inputs, branches, latents, t)
+
+
+def test_each_window_forward_gets_its_own_source_slice_the_plain_source_ids_and_rope_from_zero(tiny_pipe, monkeypatch):
+    video = np.random.default_rng(3).integers(0, 255, (33, 16, 16, 3), dtype=np.uint8)
+    request = GenerationRequest(prompt="edit", task_type="v2v", video=[video], **TINY, **LONG)
+    resolved = tiny_pipe.resolve(request)
+    source = tiny_pipe.encode_conditions(resolved).conditions.videos[0]
+    grids: list[tuple] = []
+    real = transformer_module.packed_rope
+
+    def spy(g, ids, head_dim):
+        grids.append((list(g), list(ids)))
+        return real(g, ids, head_dim)
+
+    monkeypatch.setattr(transformer_module, "packed_rope", spy)
+    for expert in tiny_pipe.experts:
+        expert.runtime.rope_cache.clear()
+    runner = RecordingRunner()
+    monkeypatch.setattr(tiny_pipe.runtime, "branch_runner", runner)
+    out = tiny_pipe.generate(resolved)
+    assert out.parameters["resolved"]["windows"]["latent_windows"] == THREE
+    plain_ids = out.parameters["resolved"]["source_ids"]
+    seen = set()
+    for scope, segments, target in runner.calls:
+        start, stop = THREE[int(scope[1:-1])]
+        seen.add(scope)
+        assert target.shape[2] == stop - start
+        videos = [s for s in segments if s.latent.shape[2] > 1]
+        assert len(videos) == 1 and torch.equal(videos[0].latent, source[:, :, start:stop])
+        assert [s.source_id for s in segments] == plain_ids["VI"]
+    assert seen == {"w0:", "w1:", "w2:"}
+    # every packed layout the experts built: the video and the target each 5 latent frames (positions 0…4 —
+    # rope_angles counts from 0 per segment), never the whole clip's 9
+    assert grids and all(grid[0] == 5 for layout, _ in grids for grid in layout)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def test_a_clip_that_fits_in_one_window_is_bit_identical_with_windows_on(tiny_pipe):
+    plain = tiny_pipe("a boat", task_type="t2v", seed=5, num_frames=17, **TINY)
+    for frames in (17, 81):
+        windowed = tiny_pipe("a boat", task_type="t2v", seed=5, num_frames=17, window_frames=frames, **TINY)
+        assert np.array_equal(plain.frames, windowed.frames)
+        assert windowed.parameters["resolved"]["windows"]["count"] == 1
+    assert "windows" not in plain.parameters["resolved"]
+
+
+def read_sidecar(path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+CLI_TINY = ["--height", "16", "--width", "16", "--num_inference_steps", "2", "--window_frames", "17"]
+CLI_TINY += ["--window_overlap", "8"]
+
+
+def test_three_window_t2v_and_v2v_through_bernini_generate_and_replay(tiny_bundle, tmp_path, capsys):
+    clip = (np.random.default_rng(4).random((33, 16, 16, 3))).astype(np.float32)
+    write_video(tmp_path / "long.mp4", clip, 16)
+    runs = {
+        "t2v": ["--task_type", "t2v", "--num_frames", "33"],
+        "v2v": ["--task_type", "v2v", "--video", str(tmp_path / "long.mp4"), "--num_frames", "33"],
+    }
+    for name, args in runs.items():
+        output = tmp_path / f"{name}.mp4"
+        argv = ["generate", "--config", str(tiny_bundle), "--prompt", "a red boat", "--output", str(output)]
+        assert main([*argv, *args, *CLI_TINY]) == 0, capsys.readouterr().err
+        record = read_sidecar(tmp_path / f"{name}.mp4.json")
+        windows = record["resolved"]["windows"]
+        assert windows == {
+            "frames": 17,
+            "overlap": 8,
+            "count": 3,
+            "latent_windows": THREE,
+            "shared_noise": True,
+        }
+        assert record["request"]["window_frames"] == 17 and record["request"]["window_overlap"] == 8
+        assert read_video_frames(output)[0].shape[0] == 33
+        assert record["resolved"]["forwards"] == 2 * 3 * 2  # two branches, three windows, two steps
+    # the v2v run replays frame for frame
+    sidecar = tmp_path / "v2v.mp4.json"
+    assert main(["generate", "--replay", str(sidecar)]) == 0, capsys.readouterr().err
+    replayed = tmp_path / "v2v_replay.mp4"
+    assert replayed.read_bytes() == (tmp_path / "v2v.mp4").read_bytes()
+    assert read_sidecar(replayed.with_name("v2v_replay.mp4.json"))["resolved"] == read_sidecar(sidecar)["resolved"]
+
+
+@pytest.mark.parametrize("task", ["mv2v", "ads2v", "rv2v", "r2v"])
+def test_every_video_task_runs_windowed(tiny_pipe, task):
+    rng = np.random.default_rng(6)
+    video = rng.integers(0, 255, (33, 16, 16, 3), dtype=np.uint8)
+    image = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    media = {
+        "mv2v": {"video": [video]},
+        "ads2v": {"video": [video, rng.integers(0, 255, (17, 16, 16, 3), dtype=np.uint8)]},
+        "rv2v": {"video": [video], "images": [image]},
+        "r2v": {"images": [image]},
+    }[task]
+    one_step = {**TINY, "num_inference_steps": 1}
+    plain = tiny_pipe("a boat", task_type=task, num_frames=33, **media, **one_step)
+    out = tiny_pipe("a boat", task_type=task, **media, **one_step, **LONG)
+    resolved = out.parameters["resolved"]
+    assert out.frames.shape[0] == 33 and np.isfinite(out.frames).all()
+    assert resolved["windows"]["latent_windows"] == THREE
+    assert resolved["forwards"] == 3 * plain.parameters["resolved"]["forwards"]
+    assert resolved["source_ids"] == plain.parameters["resolved"]["source_ids"]
+    assert Combo.VIDEO.value in resolved["source_ids"]
+
+
+# --------------------------------------------------------------------------- with the step cache and batching
+def test_each_window_keeps_its_own_step_cache_history():
+    class Expert:
+        is_cache_enabled = True
+
+        def __init__(self):
+            self.contexts, self.active = [], None
+
+        @contextmanager
+        def cache_context(self, name):
+            self.active = name
+            yield
+            self.active = None
+
+        def forward_packed(self, conditions, target, timestep, context):
+            self.contexts.append(self.active)
+            return target
+
+    mode = GUIDANCE_MODES["t2v"]
+    text = {b.text: torch.zeros(1, 3, 4) for b in mode.branches}
+    combos = Conditions().combos(SourceIdPolicy())
+    inputs = SamplingInputs(torch.zeros(1, 16, 9, 2, 2), combos, text, mode, Weights(1, 1, 1), 1.0)
+    windows = WindowedInputs(inputs, [(0, 5), (2, 7), (4, 9)])
+    expert = Expert()
+    for window in windows.windows:
+        BranchRunner()(expert, window.inputs, mode.branches, window.inputs.latents, torch.tensor(900))
+    BranchRunner()(expert, inputs, mode.branches, inputs.latents, torch.tensor(900))
+    assert expert.contexts == ["w0:0/u", "w0:0/c", "w1:0/u", "w1:0/c", "w2:0/u", "w2:0/c", "0/u", "0/c"]
+
+
+def test_windows_run_with_the_step_cache_and_batched_branches(tiny_pipe):
+    settings = dict(task_type="t2v", seed=2, output_type="latent", **{**TINY, "num_inference_steps": 3}, **LONG)
+    plain = tiny_pipe("a boat", **settings)
+    batched = tiny_pipe("a boat", batch_branches=True, **settings)
+    assert (batched.latents - plain.latents).abs().max() <= 1e-5
+    assert batched.parameters["resolved"]["batched_forwards"] == 3 * 3  # one batched forward per window and step
+    cached = tiny_pipe("a boat", cache="teacache", cache_threshold=10.0, **settings)
+    resolved = cached.parameters["resolved"]
+    assert resolved["forwards"] == 2 * 3 * 3 and 0 < resolved["skipped_forwards"] < resolved["forwards"]
+    assert torch.isfinite(cached.latents).all()
+
+
+# ------------------------------------------------------------------------------------------------- the demo
+def test_the_demo_page_runs_windows_through_its_controls(tiny_pipe, tmp_path):
+    """The page's two window controls reach the run, in the positions Gradio fills (its special arguments are
+    inserted where the handler declares them, so the window values after them still line up)."""
+    import asyncio
+
+    from gradio.helpers import special_args
+
+    from bernini.frontends.demo import DemoBackend, DemoSettings
+    from bernini.frontends.demo.handlers import NUMERIC_PARAMETERS, make_generate_handler
+
+    handler = make_generate_handler(DemoBackend(tiny_pipe, DemoSettings(save_dir=tmp_path)))
+    blank = GenerationRequest()
+    ui = {name: getattr(blank, name) for name in NUMERIC_PARAMETERS}
+    ui.update(num_frames=33, num_inference_steps=1, height=16, width=16, seed=3, window_frames=17, window_overlap=8)
+    page = ["a boat", "t2v", "t2v", None, None, None, False, *ui.values()]  # the inputs list's order
+    filled, _, _, _ = special_args(handler, list(page), None)
+    _video, _image, _files, record, _prompt, _status = asyncio.run(handler(*filled))
+    assert record["resolved"]["windows"]["latent_windows"] == THREE
+    assert record["request"]["window_overlap"] == 8
+    ui["window_frames"] = 1  # the control's "one window"
+    filled, _, _, _ = special_args(handler, ["a boat", "t2v", "t2v", None, None, None, False, *ui.values()], None)
+    _video, _image, _files, record, _prompt, _status = asyncio.run(handler(*filled))
+    assert "windows" not in record["resolved"] and record["request"]["window_frames"] is None
