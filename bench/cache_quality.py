@@ -20,11 +20,11 @@ from diffusers import UniPCMultistepScheduler
 
 from bernini.conditions import Conditions
 from bernini.models.transformer import BerniniTransformer
-from bernini.resolve import CacheSettings
 from bernini.resolved import SourceIdPolicy
 from bernini.sampling.cache import magcache_available, step_cache
 from bernini.sampling.cachefile import read_calibration
 from bernini.sampling.guidance import GUIDANCE_MODES, GuidanceState, Text, Weights
+from bernini.sampling.presets import CacheSettings
 from bernini.sampling.sampler import Experts, SamplingInputs, SamplingStats, sample
 
 THRESHOLDS = {"firstblock": [0.05, 0.2], "teacache": [0.1, 0.3], "magcache": [0.06, 0.2]}

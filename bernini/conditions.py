@@ -114,10 +114,47 @@ class LatentCodec:
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[3, T, H, W]`` in [-1, 1] → normalised latent ``[1, C, T', H', W']`` (distribution mode)."""
-        pixels = pixels.unsqueeze(0).to(self.device, self.dtype)
-        latent = self.vae.encode(pixels).latent_dist.mode().float()
+        """``[3, T, H, W]`` in [-1, 1] → normalised latent ``[1, C, T', H', W']`` (distribution mode).
+
+        The Wan VAE encodes causally (the first frame, then four at a time, a feature cache carried over); that
+        loop runs here with only the current chunk's pixels on the device (:meth:`streams`), so a long source
+        never sits on the device whole. Other VAEs, and tiled encoding, take the pixels in one call."""
+        if not self.streams:
+            latent = self.vae.encode(pixels.unsqueeze(0).to(self.device, self.dtype)).latent_dist.mode().float()
+        else:
+            latent = self._encode_chunks(pixels.unsqueeze(0)).float()
         return (latent - self.mean.to(latent.device)) / self.std.to(latent.device)
+
+    @property
+    def streams(self) -> bool:
+        """Whether the Wan VAE's causal loops run here chunk by chunk (untiled, unpatchified, the loop's parts)."""
+        vae = self.vae
+        parts = ("clear_cache", "encoder", "quant_conv", "decoder", "post_quant_conv", "_enc_feat_map")
+        return (
+            not getattr(vae, "use_tiling", False)
+            and getattr(vae.config, "patch_size", None) is None
+            and all(hasattr(vae, name) for name in parts)
+        )
+
+    def _encode_chunks(self, pixels: torch.Tensor) -> torch.Tensor:
+        """diffusers' ``AutoencoderKLWan._encode`` with each chunk moved to the device as it is encoded; the
+        distribution's mode (its mean channels)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        vae = self.vae
+        vae.clear_cache()
+        try:
+            outs = []
+            starts = [0, *range(1, pixels.shape[2], 4)]
+            for start in starts:
+                stop = 1 if start == 0 else start + 4
+                vae._enc_conv_idx = [0]
+                chunk = pixels[:, :, start:stop].to(self.device, self.dtype)
+                outs.append(vae.encoder(chunk, feat_cache=vae._enc_feat_map, feat_idx=vae._enc_conv_idx))
+            moments = vae.quant_conv(torch.cat(outs, 2))
+        finally:
+            vae.clear_cache()
+        return DiagonalGaussianDistribution(moments).mode()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

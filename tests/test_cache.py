@@ -113,8 +113,8 @@ def test_teacache_rescale_coefficients_from_file(tiny_pipe, tmp_path):
 def test_teacache_histories_are_per_branch():
     """Two contexts on one expert: each skip reuses that context's own residual, never the other's."""
     from bernini.models.transformer import BerniniTransformer
-    from bernini.resolve import CacheSettings
     from bernini.sampling.cache import step_cache
+    from bernini.sampling.presets import CacheSettings
 
     torch.manual_seed(0)
     expert = BerniniTransformer(num_attention_heads=2, attention_head_dim=8, ffn_dim=16, num_layers=2, text_dim=8)

@@ -133,10 +133,9 @@ def test_planner_flags_on_bernini_r_are_refused(tiny_bundle, tmp_path):
 
 
 def test_plan_and_dry_run_print_the_planner_phase(full_bundle, capsys):
-    """``bernini plan`` and ``--dry_run`` on a full bundle: its own module shapes, both phases, nothing loaded."""
-    from bernini.frontends.resolved import full_shapes_for
-
+    """``bernini estimate`` and ``--dry_run`` on a full bundle: its own module shapes, both phases, nothing loaded."""
     from bernini.frontends.cli import main
+    from bernini.frontends.estimate import full_shapes_for
     from bernini.planner.memory import planner_sizes
 
     assert main(["plan", "--config", str(full_bundle), "--num_frames", "9", "--height", "64", "--width", "96"]) == 0

@@ -251,7 +251,7 @@ def test_a_full_model_mode_planned_before_the_model_is_known_waits_for_it(full_p
     pipeline plans again for the model it loaded (which refuses it on Bernini-R)."""
     blind = resolve_request(GenerationRequest(prompt=PROMPT, task_type="t2v", guidance_mode="vae_txt_vit"))
     assert with_model_defaults(blind, full_pipe.model_defaults).guidance.mode.name == "vae_txt_vit"
-    one_line_error(blind.with_model_defaults, tiny_pipe.model_defaults, match="does not run on Bernini-R")
+    one_line_error(with_model_defaults, blind, tiny_pipe.model_defaults, match="does not run on Bernini-R")
 
 
 def test_the_four_contexts_are_cropped_t5_rows_then_planner_rows_then_zeros(full_pipe, media):

@@ -14,13 +14,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bernini"
-FRONT_ENDS = (
-    "bernini.frontends.cli",
-    "bernini.frontends",
-    "bernini.frontends.demo",
-    "bernini.frontends.parallel_check",
-    "bernini.frontends.serve",
-)
+FRONT_ENDS = ("bernini.frontends",)
 
 
 def module_name(path: Path) -> str:
@@ -101,22 +95,67 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle_through_a_late_import(tmp_path):
     """The walker must see imports inside functions: a planted one closes a cycle."""
     graph = import_graph()
-    assert "bernini.resolve" in graph["bernini.conditions"]
+    assert "bernini.resolved" in graph["bernini.conditions"]
     source = "def late():\n    from .conditions import Conditions\n"
     module = ast.parse(source)
     assert isinstance(module.body[0].body[0], ast.ImportFrom)
-    planted = tmp_path / "plan_extra.py"
+    planted = tmp_path / "resolved_extra.py"
     planted.write_text(source)
     known = set(graph)
-    graph["bernini.resolve"] = graph["bernini.resolve"] | imports_of("bernini.resolve", planted, known)
+    graph["bernini.resolved"] = graph["bernini.resolved"] | imports_of("bernini.resolved", planted, known)
     assert find_cycle(graph) is not None
+
+
+def contracts() -> list:
+    """The import-linter contracts of pyproject.toml, built as ``lint-imports`` builds them."""
+    import tomllib
+    from importlinter.contracts.independence import IndependenceContract
+    from importlinter.contracts.layers import LayersContract
+
+    kinds = {"layers": LayersContract, "independence": IndependenceContract}
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    built = []
+    for contract in config["contracts"]:
+        options = {key: value for key, value in contract.items() if key not in ("name", "type")}
+        built.append(kinds[contract["type"]](contract["name"], {"root_packages": ["bernini"]}, options))
+    return built
+
+
+def package_graph():
+    import grimp
+
+    return grimp.build_graph("bernini", cache_dir=None)  # the package these tests import
+
+
+def test_every_import_linter_contract_is_kept():
+    """The layers (front ends > job engine > runner > pipeline > stages > services > models) and the front ends'
+    independence, on the graph grimp reads (every import statement, those inside functions included)."""
+    graph = package_graph()
+    broken = [contract.name for contract in contracts() if not contract.check(graph, verbose=False).kept]
+    assert not broken, broken
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported"),
+    [
+        ("bernini.models.rope", "bernini.frontends.cli"),  # anything below importing a front end
+        ("bernini.sampling.sampler", "bernini.stages.denoise"),  # a service importing a stage
+        ("bernini.stages.decode", "bernini.pipeline"),  # a stage importing the pipeline
+        ("bernini.loaders.bundle", "bernini.planner.loading"),  # loaders sit below the planner
+        ("bernini.frontends.demo.backend", "bernini.frontends.serve.worker"),  # one front end importing another
+    ],
+)
+def test_the_contracts_catch_an_upward_import(importer, imported):
+    graph = package_graph()
+    graph.add_import(importer=importer, imported=imported)
+    assert any(not contract.check(graph, verbose=False).kept for contract in contracts())
 
 
 def test_nothing_below_the_front_ends_imports_them():
     offenders = [
         f"{name} imports {target}"
         for name, targets in import_graph().items()
-        if not is_front_end(name) and name != "bernini"
+        if not is_front_end(name) and name not in ("bernini", "bernini.__main__")
         for target in targets
         if is_front_end(target)
     ]

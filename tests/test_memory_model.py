@@ -1,5 +1,5 @@
-"""One memory model (:mod:`bernini.runtime.memory`): placement at load time, ``bernini plan`` / ``--dry_run``, branch
-batching and the planner's batching all ask it, so they agree by construction.
+"""One memory model (:mod:`bernini.runtime.memory`): placement at load time, ``bernini estimate`` /
+``--dry_run``, branch batching and the planner's batching all ask it, so they agree by construction.
 
 The free device memory is mocked (``free_device_bytes``): there is no GPU here, and the batching rules only ask
 on one."""
@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bernini import memory_plan
 from bernini.planner.memory import planner_batch_bytes
+from bernini.runtime import memory as memory_plan
 from bernini.runtime.memory import (
     GIB,
     NOMINAL_REQUEST,
@@ -63,9 +63,9 @@ def test_planner_batching_asks_the_model_with_half_kept_spare(free):
 
 
 def test_load_time_placement_and_the_plan_decide_alike(monkeypatch):
-    """``runtime_decision`` (what ``from_pretrained`` places) and ``estimate_memory`` (what ``bernini plan`` prints) run
-    through the same activation estimate and fit rule; at the published sizes they choose the same at every budget,
-    and every mode comes up across the budgets."""
+    """``runtime_decision`` (what ``from_pretrained`` places) and ``estimate_memory`` (what ``bernini estimate``
+    prints) run through the same activation estimate and fit rule; at the published sizes they choose the same at
+    every budget, and every mode comes up across the budgets."""
     calls = []
     real_fit = memory_plan.fit
     monkeypatch.setattr(memory_plan, "fit", lambda *a, **k: calls.append(a[2]) or real_fit(*a, **k))

@@ -128,7 +128,7 @@ def test_dry_run_sizes_a_v2v_case_from_its_video_as_the_run_does(tiny_bundle, tm
     assert not (tmp_path / "o.mp4").exists()
     assert main(argv) == 0
     err = capsys.readouterr().err
-    estimate = json.loads((tmp_path / "o.mp4.json").read_text())["estimate"]
+    estimate = json.loads((tmp_path / "o.mp4.json").read_text())["resolved"]
     assert planned == (estimate["frames"], estimate["height"], estimate["width"]) == (9, 32, 64)
     assert "note: num_frames 11 -> 9: the VAE takes 4k+1 frames" in err
 

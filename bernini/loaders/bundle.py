@@ -2,7 +2,7 @@
 
 :meth:`BundleSpec.read` reads the root's ``config.json`` and ``model_index.json`` once; every other JSON file
 of the bundle (an expert's, the text encoder's, the VAE's, a shard index) is read the first time it is asked
-for and kept. Everything that used to open these files itself (the CLI's defaults, ``bernini plan`` /
+for and kept. Everything that used to open these files itself (the CLI's defaults, ``bernini estimate`` /
 ``--dry_run``, the loaders, the torchrun launcher) takes a spec instead, so one run reads each file once.
 
 Problems are kept, not raised, until a caller asks for the part they concern, so a broken ``config.json``

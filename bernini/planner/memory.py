@@ -203,9 +203,9 @@ def planner_batch_bytes(branches: int, tokens: int, config: Any, dtype: torch.dt
 def planner_batch_fits(branches: int, tokens: int, config: Any, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether :func:`planner_batch_bytes` fits the device's free memory with as much again kept spare (always
     without a device limit)."""
-    from . import memory_plan  # the one free-memory check, looked up when asked
+    from ..runtime import memory  # the one free-memory check, looked up when asked
 
-    free = memory_plan.free_device_bytes(device)
+    free = memory.free_device_bytes(device)
     return free is None or planner_batch_bytes(branches, tokens, config, dtype) * 2 <= free
 
 

@@ -55,7 +55,7 @@ def decode_latents(
     handle = vae.decoder.register_forward_hook(chunk_done)
     try:
         with runtime.placement.active(vae):
-            if streams(vae):
+            if LatentCodec(vae).streams:
                 video = _to_host(LatentCodec(vae), latents, components.latent_grid.temporal, output_type)
             else:
                 video = _postprocess(LatentCodec(vae).decode(latents), output_type)
@@ -71,19 +71,10 @@ def decode_latents(
     return video
 
 
-def streams(vae: Any) -> bool:
-    """Whether the stage runs the VAE's causal loop itself (the Wan VAE, untiled), keeping chunks on the host."""
-    return not getattr(vae, "use_tiling", False) and all(
-        hasattr(vae, name) for name in ("clear_cache", "post_quant_conv", "decoder", "_feat_map")
-    )
-
-
 def decoded_chunks(codec: LatentCodec, latents: torch.Tensor) -> Iterator[torch.Tensor]:
-    """The Wan VAE's causal decode as in diffusers' ``AutoencoderKLWan._decode`` (one latent frame per decoder call,
-    the feature cache carried over), yielding each call's pixels ``[1, 3, t, H, W]`` clamped to [-1, 1] instead of
-    concatenating them on the device."""
-    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
+    """The Wan VAE's causal decode as in diffusers' ``AutoencoderKLWan._decode`` (one latent frame per decoder
+    call, the feature cache carried over; unpatchified VAEs only), yielding each call's pixels ``[1, 3, t, H, W]``
+    clamped to [-1, 1] instead of concatenating them on the device."""
     vae = codec.vae
     z = latents.float() * codec.std.to(latents.device) + codec.mean.to(latents.device)
     z = z.to(codec.device, codec.dtype)
@@ -95,8 +86,6 @@ def decoded_chunks(codec: LatentCodec, latents: torch.Tensor) -> Iterator[torch.
             out = vae.decoder(
                 x[:, :, index : index + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=index == 0
             )
-            if vae.config.patch_size is not None:
-                out = unpatchify(out, patch_size=vae.config.patch_size)
             yield torch.clamp(out, min=-1.0, max=1.0).float()
     finally:
         vae.clear_cache()
