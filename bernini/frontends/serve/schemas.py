@@ -165,5 +165,5 @@ class VideoDeleted(BaseModel):
 def job_params(body: JobCreate) -> dict[str, Any]:
     """The generation parameters of ``body`` (everything but the media ids) as stored with the job, and which of
     them the client set (``given``: a full model's shipped settings fill only the others)."""
-    media = {"video", "image", "images"}
+    media = {"video", "image", "images", "extend"}
     return {**body.model_dump(exclude=media), "given": sorted(body.model_fields_set - media)}
