@@ -111,7 +111,11 @@ def test_shared_noise_shuffles_each_new_stretch_from_one_window_earlier_and_keep
         ({"window_frames": 80}, "window_frames must be 4k\\+1"),
         ({"window_frames": 1}, "window_frames must be 4k\\+1 and at least 5"),
         ({"window_frames": 17, "window_overlap": 6}, "window_overlap must be a multiple of 4"),
-        ({"window_frames": 17, "window_overlap": 16}, "smaller than window_frames - 1 = 16"),
+        ({"window_frames": 9, "window_overlap": 8}, "smaller than window_frames - 1 = 8"),
+        (
+            {"window_frames": 17, "window_overlap": 16, "explicit": frozenset({"window_frames", "window_overlap"})},
+            "smaller than window_frames - 1 = 16",
+        ),
         ({"window_frames": 17, "window_overlap": -4}, "window_overlap must be a multiple of 4"),
         ({"window_overlap": 8}, "--window_overlap needs --window_frames"),
         ({"window_frames": "many"}, "window_frames must be a number"),
@@ -368,3 +372,119 @@ def test_the_demo_page_runs_windows_through_its_controls(tiny_pipe, tmp_path):
     filled, _, _, _ = special_args(handler, ["a boat", "t2v", "t2v", None, None, None, False, *ui.values()], None)
     _video, _image, _files, record, _prompt, _status = asyncio.run(handler(*filled))
     assert "windows" not in record["resolved"] and record["request"]["window_frames"] is None
+
+
+# ------------------------------------------------------------------------------------- the full model's planner
+def long_clip(path, frames: int = 33):
+    """A clip whose content changes along time, so each window's slice differs."""
+    t = np.linspace(0, 1, frames)[:, None, None, None]
+    y, x = np.linspace(0, 1, 48)[None, :, None, None], np.linspace(0, 1, 80)[None, None, :, None]
+    return write_video(path, (0.5 + 0.4 * np.sin(6 * x + 4 * y + 9 * t + np.array([0.0, 1.0, 2.0]))).clip(0, 1), 16)
+
+
+def test_the_planner_sees_a_windows_slice_as_a_clip_of_its_own(full_bundle, tmp_path):
+    from bernini.io.media import read_video_frames
+    from bernini.planner.vision import load_image_processor, video_input
+
+    processor = load_image_processor(full_bundle / "mllm")
+    path = long_clip(tmp_path / "long.mp4")
+    frames, _ = read_video_frames(path)
+    for start in (8, 16):
+        sliced = video_input(processor, frames[start:], 16.0, 17)
+        from_file = video_input(processor, path, 16.0, 17, start_s=start / 16)
+        in_memory = video_input(processor, frames, 16.0, 17, start_s=start / 16)
+        assert torch.equal(from_file.pixel_values, sliced.pixel_values) and from_file.native == sliced.native
+        assert torch.equal(in_memory.pixel_values, sliced.pixel_values) and in_memory.native == sliced.native
+    assert not torch.equal(video_input(processor, path, 16.0, 17).pixel_values, sliced.pixel_values)
+
+
+@pytest.mark.slow  # the full model's three planner passes per run
+def test_the_full_model_plans_each_window_over_its_slice_of_the_source(full_bundle, tmp_path, monkeypatch):
+    from bernini import BerniniPipeline
+    from bernini.planner import vision
+    from bernini.sampling.guidance import Text
+
+    pipe = BerniniPipeline.from_pretrained(full_bundle, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    slices: list[tuple[float, int]] = []
+    real = vision.planner_visuals
+
+    def spy(processor, **kwargs):
+        slices.append((kwargs["start_s"], kwargs["num_frames"]))
+        return real(processor, **kwargs)
+
+    monkeypatch.setattr(vision, "planner_visuals", spy)
+    runner = RecordingTexts()
+    pipe.branch_runner = runner
+    fast = dict(num_inference_steps=1, planning_step=1, vit_denoising_step=1)
+    video = [str(long_clip(tmp_path / "long.mp4"))]
+    out = pipe("make it red", task_type="v2v", video=video, **fast, **LONG)
+    resolved = out.parameters["resolved"]
+    assert resolved["windows"]["planner"] == "per_window" and resolved["windows"]["latent_windows"] == THREE
+    assert len(resolved["planner"]["windows"]) == 3
+    assert slices == [(0.0, 17), (0.5, 17), (1.0, 17)]  # pixel frames 0, 8, 16 at 16 fps, 17 frames each
+    full = {scope: text[Text.PLAN_FULL] for scope, text in runner.texts.items()}
+    assert set(full) == {"w0:", "w1:", "w2:"}
+    assert not torch.equal(full["w0:"], full["w2:"])  # each window reads its own plan
+    slices.clear()
+    t2v = pipe("a red ball", task_type="t2v", height=32, width=48, **fast, **LONG).parameters["resolved"]
+    assert t2v["windows"]["planner"] == "shared" and slices == [(0.0, 17)]
+
+
+class RecordingTexts(BranchRunner):
+    def __init__(self) -> None:
+        self.texts: dict[str, dict] = {}
+
+    def __call__(self, expert, inputs, branches, latents, t):
+        self.texts[inputs.scope] = dict(inputs.text)
+        return super().__call__(expert, inputs, branches, latents, t)
+
+
+def test_the_time_estimate_counts_every_window_at_a_windows_length(tiny_pipe):
+    from bernini.runtime.estimate import transformer_flops
+
+    def flops(**values) -> float:
+        request = GenerationRequest(prompt="x", task_type="t2v", height=64, width=64, **values)
+        return transformer_flops(tiny_pipe, tiny_pipe.resolve(request))
+
+    assert flops(**LONG) == 3 * flops(num_frames=17)  # three windows of 17 frames
+    assert flops(num_frames=17, window_frames=81) == flops(num_frames=17)
+
+
+# ------------------------------------------------------------------------------------------------ torchrun
+@pytest.mark.integration  # torchrun
+def test_windows_under_ulysses_and_cfg_parallel_match_one_process(tiny_bundle, tmp_path):
+    """Every rank walks the windows in the same order: each window's forward is sequence-parallel under Ulysses,
+    and CFG-parallel splits each window's branches; the latents equal the single-process run's."""
+    from test_parallel import torchrun, write_tasks
+
+    clip = (np.random.default_rng(8).random((33, 16, 16, 3))).astype(np.float32)
+    write_video(tmp_path / "long.mp4", clip, 16)
+    window = {"num_frames": 33, "window_frames": 17, "window_overlap": 8}
+    tasks = [
+        {"prompt": "a fox", "task_type": "t2v", "guidance_mode": "t2v", **window},
+        {"prompt": "make it snow", "task_type": "v2v", "video": "long.mp4", **window},
+    ]
+    write_tasks(tmp_path / "tasks.jsonl", tasks)
+    report = tmp_path / "report.json"
+    target = ["-m", "bernini.frontends.parallel_check", "--layouts", "2:1,1:2", "--report", str(report)]
+    target += ["--tolerance", "1e-4", "--config", str(tiny_bundle), "--inputs", "tasks.jsonl", "--device", "cpu"]
+    target += ["--height", "16", "--width", "16", "--num_inference_steps", "2", "--dist_timeout", "60"]
+    result = torchrun(2, target, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = json.loads(report.read_text())["records"]
+    assert {(r["layout"], r["task_type"]) for r in records} == {(a, b) for a in ("2:1", "1:2") for b in ("t2v", "v2v")}
+    assert max(r["max_abs_diff"] for r in records) <= 1e-4
+
+
+def test_the_service_job_body_takes_the_window_settings():
+    from pydantic import ValidationError
+
+    from bernini.frontends.serve.schemas import JobCreate, job_params
+
+    params = job_params(JobCreate(prompt="a boat", num_frames=161, window_frames=81, window_overlap=12))
+    assert (params["window_frames"], params["window_overlap"]) == (81, 12)
+    assert {"window_frames", "window_overlap"} <= set(params["given"])
+    assert job_params(JobCreate(prompt="a boat"))["window_frames"] is None
+    with pytest.raises(ValidationError, match="window_frames"):
+        JobCreate(prompt="a boat", window_frames=3)

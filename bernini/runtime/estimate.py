@@ -14,22 +14,28 @@ import time
 import torch
 
 from ..resolved import ResolvedRequest
+from ..sampling.windows import context_windows
 from .memory import latent_tokens
 
 
 def transformer_flops(pipe, resolved: ResolvedRequest) -> float:
-    """FLOPs of the denoising loop for ``plan``'s asked geometry (source videos add their tokens)."""
+    """FLOPs of the denoising loop for ``plan``'s asked geometry (source videos add their tokens); with context
+    windows, every window's forwards at a window's length."""
     expert = pipe.experts[0]
     grid = pipe.latent_grid
     geometry = resolved.geometry
     _, _, t, h, w = grid.latent_shape(
         grid.snap_frames(geometry.frames), grid.snap_side(geometry.height), grid.snap_side(geometry.width)
     )
-    tokens = latent_tokens(t, h, w, tuple(expert.config.patch_size)) * (1 + len(resolved.media.video))
+    windows = resolved.windows
+    spans = context_windows(t, windows.frames if windows else None, windows.overlap if windows else 0, grid.temporal)
+    length = spans[0][1] - spans[0][0]
+    tokens = latent_tokens(length, h, w, tuple(expert.config.patch_size)) * (1 + len(resolved.media.video))
     block_params = sum(p.numel() for p in expert.blocks[0].parameters())
     width = expert.config.num_attention_heads * expert.config.attention_head_dim
     per_forward = len(expert.blocks) * (2 * tokens * block_params + 4 * tokens**2 * width)
-    return float(per_forward * resolved.guidance.mode.forwards_per_step * resolved.num_inference_steps)
+    forwards = resolved.guidance.mode.forwards_per_step * resolved.num_inference_steps * len(spans)
+    return float(per_forward * forwards)
 
 
 def measured_flops_per_s(device: torch.device, dtype: torch.dtype, size: int = 512, repeats: int = 4) -> float:

@@ -237,7 +237,8 @@ class WindowedInputs:
                 device, dtype = next(iter(inputs.text.values())).device, next(iter(inputs.text.values())).dtype
                 text.update({name: embeds.to(device, dtype) for name, embeds in texts[index].items()})
             state = GuidanceState(inputs.state.apg, float64=inputs.state.float64)
-            window = replace(inputs, combos=combos, text=text, state=state, scope=f"w{index}:")
+            noise = inputs.latents[:, :, span[0] : span[1]]
+            window = replace(inputs, latents=noise, combos=combos, text=text, state=state, scope=f"w{index}:")
             self.windows.append(Window(span, window, weights[index, span[0] : span[1]]))
 
     @property
