@@ -7,7 +7,9 @@ channel count is read from its config.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
 from .adjustments import Adjustment, changed
@@ -44,6 +46,18 @@ class Conditions:
         """Bernini-R's four combos (always, so the sidecar lists their ids), plus any ``extra`` a mode reads."""
         names = dict.fromkeys((*RENDERER_COMBOS, *extra))
         return {combo: self.combo(combo, policy) for combo in names}
+
+
+@dataclass
+class Extension:
+    """A clip being continued (``--extend``): all its frames (uint8 ``[T, H, W, 3]`` at the run's size), the
+    normalised latents of its last ``keep`` frames, which the run holds as its first latent frames, and what the
+    sidecar records of it."""
+
+    frames: np.ndarray
+    keep: int
+    latents: torch.Tensor
+    record: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -100,10 +114,47 @@ class LatentCodec:
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[3, T, H, W]`` in [-1, 1] → normalised latent ``[1, C, T', H', W']`` (distribution mode)."""
-        pixels = pixels.unsqueeze(0).to(self.device, self.dtype)
-        latent = self.vae.encode(pixels).latent_dist.mode().float()
+        """``[3, T, H, W]`` in [-1, 1] → normalised latent ``[1, C, T', H', W']`` (distribution mode).
+
+        The Wan VAE encodes causally (the first frame, then four at a time, a feature cache carried over); that
+        loop runs here with only the current chunk's pixels on the device (:meth:`streams`), so a long source
+        never sits on the device whole. Other VAEs, and tiled encoding, take the pixels in one call."""
+        if not self.streams:
+            latent = self.vae.encode(pixels.unsqueeze(0).to(self.device, self.dtype)).latent_dist.mode().float()
+        else:
+            latent = self._encode_chunks(pixels.unsqueeze(0)).float()
         return (latent - self.mean.to(latent.device)) / self.std.to(latent.device)
+
+    @property
+    def streams(self) -> bool:
+        """Whether the Wan VAE's causal loops run here chunk by chunk (untiled, unpatchified, the loop's parts)."""
+        vae = self.vae
+        parts = ("clear_cache", "encoder", "quant_conv", "decoder", "post_quant_conv", "_enc_feat_map")
+        return (
+            not getattr(vae, "use_tiling", False)
+            and getattr(vae.config, "patch_size", None) is None
+            and all(hasattr(vae, name) for name in parts)
+        )
+
+    def _encode_chunks(self, pixels: torch.Tensor) -> torch.Tensor:
+        """diffusers' ``AutoencoderKLWan._encode`` with each chunk moved to the device as it is encoded; the
+        distribution's mode (its mean channels)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        vae = self.vae
+        vae.clear_cache()
+        try:
+            outs = []
+            starts = [0, *range(1, pixels.shape[2], 4)]
+            for start in starts:
+                stop = 1 if start == 0 else start + 4
+                vae._enc_conv_idx = [0]
+                chunk = pixels[:, :, start:stop].to(self.device, self.dtype)
+                outs.append(vae.encoder(chunk, feat_cache=vae._enc_feat_map, feat_idx=vae._enc_conv_idx))
+            moments = vae.quant_conv(torch.cat(outs, 2))
+        finally:
+            vae.clear_cache()
+        return DiagonalGaussianDistribution(moments).mode()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -144,6 +195,9 @@ def probed_geometry(resolved: ResolvedRequest, grid: LatentGrid) -> tuple[tuple[
         video = video_input_size(
             media.video[0], media.fps, resolved.geometry.frames, media.max_image_size, source_fps=media.video_fps
         )
+    elif resolved.extend is not None:
+        size = video_input_size(resolved.extend.clip, media.fps, resolved.extend.keep, media.max_image_size)[1:]
+        video = (resolved.geometry.frames, *size)
     image = image_input_size(media.image, media.max_image_size) if media.image is not None else None
     return run_geometry(resolved, grid, video, image)
 
@@ -161,6 +215,8 @@ def source_geometry_adjustments(
         adjustments = changed("num_frames", asked.frames, frames, shorter)
     elif media.image is not None:
         source, adjustments = "the source image", []
+    elif resolved.extend is not None:
+        source, adjustments = "the clip being extended", []
     else:
         return []
     if asked.fixed_size and asked.shipped and source_size is not None:

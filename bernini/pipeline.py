@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+OUTPUT_TYPES = ("pil", "np", "pt", "uint8", "latent")
 Share = Callable[[Callable[[], Any]], Any]
 """Runs a call once for the group of ranks working on one task and hands every rank its result (see
 :meth:`~bernini.frontends.launch.ParallelContext.share`); alone, it just calls."""

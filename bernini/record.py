@@ -61,6 +61,7 @@ class RunFacts:
     adjustments: list[Adjustment] = field(default_factory=list)
     planning: dict[str, Any] | None = None  # the full model's planner: settings, reveal counts, context rows
     windows: dict[str, Any] | None = None  # the context windows (None: no --window_frames)
+    extend: dict[str, Any] | None = None  # --extend: the clip (path, sha256, frames kept, new frames)
 
 
 PathEntry = dict[str, str] | str | None
@@ -176,6 +177,8 @@ def run_record(
         ran["windows"] = facts.windows
     if facts.planning is not None:
         ran["planner"] = {"version": resolved.planner.version, **facts.planning}
+    if facts.extend is not None:
+        ran["extend"] = facts.extend
     return RunRecord(
         bernini_version=__version__,
         model=model,

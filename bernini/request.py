@@ -105,6 +105,17 @@ class GenerationRequest:
         resolved="media.images",
         media=True,
     )
+    extend: Any = setting(
+        None,
+        help="continue this clip: its last --window_overlap + 1 frames (default 17) start the run, held to the clip "
+        "at every step, and the output is the whole clip followed by --num_frames new frames (a multiple of 4); "
+        "--prompt describes the continuation (t2v; see docs/long_video.md)",
+        cli={"metavar": "CLIP.mp4"},
+        service="Video to continue (t2v): a file id from POST /v1/files; see POST /v1/videos/extensions.",
+        service_type=str | None,
+        resolved="extend.clip",
+        media=True,
+    )
     output: str | None = setting(None, help=f"output file (default {DEFAULT_OUTPUT}; .png for one frame)")
     seed: int = setting(
         42,
@@ -117,7 +128,7 @@ class GenerationRequest:
         service="Frames to generate; snapped to 4k+1 (1 for images).",
         bounds={"le": MAX_FRAMES},
         slider=Slider(1, 360, 4, "Frames"),
-        resolved="geometry.frames",
+        resolved="asked_frames",
     )
     num_inference_steps: int = setting(
         40,

@@ -21,6 +21,7 @@ from .errors import BerniniError
 from .request import GenerationRequest
 from .resolved import (
     MAX_LATENT_POSITIONS,
+    ExtendSettings,
     Geometry,
     GuidanceSettings,
     MediaInputs,
@@ -370,10 +371,20 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1}")
     if task.single_frame:
         frames = 1
-    asked_frames = frames
-    frames = frames // 4 * 4 + 1 if frames > 1 else 1
-    adjustments = model_adjustments + changed("num_frames", asked_frames, frames, "the VAE takes 4k+1 frames")
     windows, window_adjustments = _windows(request, merged)
+    extend = None
+    if request.extend is not None:
+        keep = (max(windows.overlap, 4) if windows else EXTEND_OVERLAP) + 1
+        fps_given = merged.layer("fps") in (Layer.CASE, Layer.USER)
+        extend, media, extend_adjustments = _extend(request, task.name, version, media, frames, fps_given, keep)
+        frames = extend.keep + extend.new
+        if (frames - 1) // 4 + 1 > MAX_LATENT_POSITIONS:
+            raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1 - extend.keep}")
+        adjustments = model_adjustments + extend_adjustments
+    else:
+        asked_frames = frames
+        frames = frames // 4 * 4 + 1 if frames > 1 else 1
+        adjustments = model_adjustments + changed("num_frames", asked_frames, frames, "the VAE takes 4k+1 frames")
     adjustments += window_adjustments
     for text_field in ("neg_prompt", "system_prompt"):
         if not isinstance(getattr(request, text_field), str):
@@ -402,10 +413,58 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         windows=windows,
         adjustments=tuple(adjustments),
         planner=planner,
+        extend=extend,
         for_model=defaults.model_kind if defaults is not None else None,
         request=original,
     )
     return with_model_defaults(resolved, defaults) if defaults is not None else resolved
+
+
+EXTEND_OVERLAP = 16
+"""Pixel frames an extension shares with its clip, less one, without windows: ``--extend`` keeps the clip's last 17
+frames (5 latent frames, about a second at 16 fps); with ``--window_frames`` it keeps ``--window_overlap`` + 1 (at
+least 5)."""
+
+
+def _extend(
+    request: GenerationRequest,
+    task: str,
+    version: str | None,
+    media: MediaInputs,
+    frames: int,
+    fps_given: bool,
+    keep: int,
+) -> tuple[ExtendSettings, MediaInputs, list[Adjustment]]:
+    """``--extend``: t2v on Bernini-R; the clip opens and is long enough; ``num_frames`` counts the new frames (a
+    multiple of 4); the clip's frame rate is the run's unless ``--fps`` is given."""
+    from .io.media import clip_header
+
+    clip = request.extend
+    if task != "t2v":
+        raise BerniniError(
+            f"--extend continues a clip from a prompt (t2v), not {task}; drop --task_type and the source media"
+        )
+    if version is not None:
+        raise BerniniError("--extend runs on Bernini-R; the full model's planner does not read the clip")
+    if isinstance(clip, (str, Path)):
+        path = Path(clip).expanduser()
+        if not path.is_file():
+            raise BerniniError(f"extend clip {path} {'is not a file' if path.exists() else 'not found'}")
+    total, native_fps = clip_header(clip)
+    if total < keep:
+        raise BerniniError(
+            f"the clip to extend has {total} frame(s); --extend keeps its last {keep} as the start of the run: "
+            "give a longer clip"
+        )
+    new = frames // 4 * 4
+    if new < 4:
+        raise BerniniError(f"with --extend, --num_frames counts the new frames: at least 4, got {frames}")
+    why = f"new frames come in multiples of 4 (the {keep} kept frames and the new ones make the 4k+1 the VAE takes)"
+    adjustments = changed("num_frames", frames, new, why)
+    if native_fps is not None and not fps_given and not math.isclose(native_fps, media.fps, rel_tol=1e-6):
+        adjustments += changed("fps", media.fps, native_fps, "the continuation runs at the clip's frame rate")
+        media = replace(media, fps=native_fps)
+    return ExtendSettings(clip, keep, new), media, adjustments
 
 
 def _windows(request: GenerationRequest, merged: Merged) -> tuple[WindowSettings | None, list[Adjustment]]:

@@ -104,6 +104,16 @@ class Geometry:
 
 
 @dataclass(frozen=True)
+class ExtendSettings:
+    """``--extend``: the ``clip`` continued; its last ``keep`` frames (4k+1) start the rendered frames, held to the
+    clip at every step, and ``new`` frames (a multiple of 4) follow them. The geometry renders ``keep + new``."""
+
+    clip: Any
+    keep: int
+    new: int
+
+
+@dataclass(frozen=True)
 class GuidanceSettings:
     mode: GuidanceMode
     weights: Weights
@@ -166,6 +176,7 @@ class ResolvedRequest:
     windows: WindowSettings | None = None
     adjustments: tuple[Adjustment, ...] = ()  # what resolve_request changed from the request
     planner: PlanningSettings = field(default_factory=lambda: PlanningSettings(25, 5, 1.2, 1.0))
+    extend: ExtendSettings | None = None
     for_model: str | None = None  # the ModelDefaults.model_kind it was planned for (None: not known yet)
     request: GenerationRequest | None = field(default=None, compare=False, repr=False)
 
@@ -193,6 +204,11 @@ class ResolvedRequest:
     @property
     def full_model(self) -> bool:
         return self.planner.version is not None
+
+    @property
+    def asked_frames(self) -> int:
+        """The frames the request's ``num_frames`` stands for: the new frames of an extension, else the target's."""
+        return self.extend.new if self.extend is not None else self.geometry.frames
 
     @property
     def uses_unipc(self) -> bool:
@@ -249,6 +265,7 @@ class ResolvedRequest:
             "cache": asdict(self.cache) if self.cache is not None else None,
             "batch_branches": self.batch_branches,
             "windows": asdict(self.windows) if self.windows is not None else None,
+            "extend": None if self.extend is None else {**asdict(self.extend), "clip": str(self.extend.clip)},
             "adjustments": [a.record() for a in self.adjustments],
             "planner": asdict(self.planner),
             "for_model": self.for_model,
@@ -293,6 +310,7 @@ class ResolvedRequest:
             cache=cache,
             batch_branches=data["batch_branches"],
             windows=WindowSettings(**data["windows"]) if data.get("windows") is not None else None,
+            extend=ExtendSettings(**data["extend"]) if data.get("extend") is not None else None,
             adjustments=tuple(Adjustment(**a) for a in data["adjustments"]),
             planner=planner,
             for_model=data["for_model"],

@@ -152,7 +152,7 @@ def run_job(
         enhance = make_enhancer(config, log, share, batch)
     generate_kwargs = {"on_progress": on_progress} if on_progress is not None else {}
     result = pipe.generate(
-        resolved, enhance=enhance, callback=callback, output_type="np" if write else "latent", **generate_kwargs
+        resolved, enhance=enhance, callback=callback, output_type="uint8" if write else "latent", **generate_kwargs
     )
     record = getattr(result, "record", None) or RunRecord.from_json(result.parameters)
     prompt = record.request["prompt"]

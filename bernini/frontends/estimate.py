@@ -38,6 +38,12 @@ def add_estimate_parser(sub) -> argparse.ArgumentParser:
     plan.add_argument("--source_videos", type=int, default=1, help="videos packed beside the target (v2v: 1)")
     plan.add_argument("--images", type=int, default=0, help="reference images packed beside the target")
     plan.add_argument(
+        "--window_frames",
+        type=int,
+        default=None,
+        help="context windows of this many frames: an expert forward packs one window (default: the whole clip)",
+    )
+    plan.add_argument(
         "--quantize",
         default="none",
         choices=("none", "fp8", "int8"),
@@ -140,7 +146,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     from ..runtime.devices import parse_dtype
     from ..runtime.memory import Request, estimate_memory
 
-    request = Request(args.num_frames, args.height, args.width, args.source_videos, args.images)
+    request = Request(args.num_frames, args.height, args.width, args.source_videos, args.images, args.window_frames)
     bundle = _local(args.config)  # read once for both questions
     if print_full_estimate(full_shapes_for(bundle), request, parse_dtype(args.dtype, torch.device("cuda"))):
         return 0
@@ -207,7 +213,8 @@ def dry_run(
             failures += 1
             continue
         media = task.media
-        request = Request(frames, height, width, len(media.video), media.references)
+        windows = task.windows.frames if task.windows is not None else None
+        request = Request(frames, height, width, len(media.video), media.references, windows)
         log(f"{label}: {task.task.name} {frames}x{height}x{width}")
         for adjustment in (*task.adjustments, *adjustments):
             log(adjustment.note())

@@ -147,6 +147,7 @@ def add_setting_flags(group: argparse._ActionsContainer, *names: str, given_only
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("inputs")
     add_setting_flags(group, "prompt", "task_type", "guidance_mode", "video", "image", "images", "output")
+    add_setting_flags(group, "extend")
     group.add_argument("--case", default=None, help="a case file (JSON object)")
     group.add_argument("--inputs", default=None, help="a task list (.jsonl or .json array)")
     group.add_argument("--save_frames", default=None, metavar="DIR", help="also write every frame as PNG into DIR")

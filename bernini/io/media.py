@@ -32,6 +32,7 @@ from .video_read import (
     frame_rgb,
     native_fps,
     open_video,
+    read_video_frames,
     with_decoded_count,
 )
 
@@ -228,3 +229,42 @@ def probe_media(source: Any, kind: str) -> None:
             )
     else:
         read_image(path)
+
+
+# ------------------------------------------------------------------------------------ clips to extend
+
+
+def clip_header(source: VideoSource) -> tuple[int, float | None]:
+    """A clip's frame count and native frame rate from its header (an in-memory clip has no rate: None)."""
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        total = count_frames(path)
+        with open_video(path) as (container, stream):
+            return total, native_fps(container, stream, total)
+    return _memory_video(source)[0], None
+
+
+def read_clip(source: VideoSource, max_size: int) -> np.ndarray:
+    """Every frame of a clip, not resampled in time, as uint8 ``[T, H, W, 3]`` sized as source videos are (long
+    side at most ``max_size``, sides multiples of 16; frames already of that size are kept byte for byte)."""
+    if isinstance(source, str | os.PathLike):
+        frames, _ = read_video_frames(source)
+    else:
+        total, frame_at = _memory_video(source)
+        frames = np.stack([frame_at(i) for i in range(total)]) if total else np.zeros((0, 1, 1, 3), np.uint8)
+    if len(frames) < MIN_FRAMES:
+        raise MediaError(f"the clip to extend has {len(frames)} frame(s); at least {MIN_FRAMES} are needed")
+    width, height = resize_dims(frames.shape[2], frames.shape[1], max_size)
+    if (height, width) == frames.shape[1:3]:
+        return frames
+    step = max(1, _BATCH_ELEMENTS // (3 * frames.shape[1] * frames.shape[2]))
+    out = np.empty((len(frames), height, width, 3), dtype=np.uint8)
+    for start in range(0, len(frames), step):
+        pixels = _to_model(frames[start : start + step], width, height)
+        out[start : start + step] = to_preview_frames(pixels)
+    return out
+
+
+def clip_pixels(frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames ``[T, H, W, 3]`` (already sized) as the model's float32 ``[3, T, H, W]`` in ``[-1, 1]``."""
+    return _to_model(frames, frames.shape[2], frames.shape[1])

@@ -9,7 +9,16 @@ estimates from shapes (stated below), not measurements; ``docs/performance.md`` 
   attention (q, k, v, output and two fp32 RoPE temporaries; memory-efficient attention, no N² matrix) and
   the FFN (input plus two ``[N, ffn]`` tensors); plus the upcast of the largest quantised linear;
 * the VAE at full resolution: six live ``[4 frames, C, H, W]`` fp32 maps (causal-cache convolutions) and
-  the decoded video twice (chunks and their concatenation); tiled decoding scales the maps to a 256² tile;
+  one chunk's pixels twice (its output and its postprocessed copy): the Wan VAE encodes and decodes causally,
+  chunk by chunk, and each decoded chunk goes to host memory as it comes (``bernini.stages.decode``), so the
+  device never holds the whole clip's pixels; tiled decoding scales the maps to a 256² tile (and concatenates
+  the video on the device, as diffusers' tiled decode does);
+* context windows (``--window_frames``): an expert forward packs one window (its target frames and the same
+  frames of every source), not the whole clip; the whole clip's latent state stays on the device beside it
+  (:data:`LATENT_COPIES` fp32 copies: the latents, the blended velocity, the scheduler's history) with the
+  sources' latents in the compute dtype;
+* on the host: the decoded frames of the whole clip, one byte per value (what a job writes), and the whole
+  clip's latents, beside the preprocessed sources (fp32);
 * a fixed runtime overhead per device (CUDA context, allocator slack) and per host (interpreter, libraries).
 """
 
@@ -27,6 +36,10 @@ from ..loaders import quant
 from .placement import ModelSizes, PlacementDecision, choose_placement
 
 GIB = 1024**3
+LATENT_COPIES = 6
+"""fp32 copies of the whole latent the denoising loop keeps on the device: the latents, the velocity, the guidance
+temporaries and UniPC's history (order 2: two model outputs and the previous sample)."""
+CHUNK_FRAMES = 4
 DEVICE_OVERHEAD = 1 * GIB
 HOST_OVERHEAD = 3 * GIB
 TILE = 256
@@ -80,6 +93,12 @@ class Request:
     width: int
     source_videos: int = 0
     images: int = 0
+    window_frames: int | None = None  # --window_frames: an expert forward packs this many frames, not all
+
+    @property
+    def forward_frames(self) -> int:
+        """The frames one expert forward packs: one window's, or the whole clip's."""
+        return min(self.frames, self.window_frames) if self.window_frames else self.frames
 
 
 @dataclass(frozen=True)
@@ -197,7 +216,8 @@ def latent_tokens(frames: int, height: int, width: int, patch: tuple[int, int, i
 
 
 def packed_tokens(request: Request, patch: tuple[int, int, int] = (1, 2, 2), vae_t: int = 4, vae_s: int = 8) -> int:
-    latent_frames = (request.frames - 1) // vae_t + 1
+    """Tokens of one expert forward: the target (one window of it) and each source's same frames, the images."""
+    latent_frames = (request.forward_frames - 1) // vae_t + 1
     height, width = request.height // vae_s, request.width // vae_s
     per_frame = latent_tokens(1, height, width, (1, *patch[1:]))
     target = latent_tokens(latent_frames, height, width, patch)
@@ -240,8 +260,20 @@ def branch_batch_fits(batch: int, latent_elements: int, config: Any, dtype: torc
 def vae_workspace(request: Request, vae_config: dict[str, Any], tiled: bool) -> int:
     base = vae_config.get("base_dim", 96) * (vae_config.get("dim_mult") or [1])[0]
     area = min(request.height, TILE) * min(request.width, TILE) if tiled else request.height * request.width
-    video = 3 * request.frames * request.height * request.width * 4
+    frames = request.frames if tiled else min(request.frames, CHUNK_FRAMES)
+    video = 3 * frames * request.height * request.width * 4
     return 6 * 4 * base * area * 4 + 2 * video
+
+
+def latent_bytes(request: Request, channels: int = 16, vae_t: int = 4, vae_s: int = 8) -> int:
+    """fp32 bytes of the whole clip's latent."""
+    frames = (request.frames - 1) // vae_t + 1
+    return channels * frames * (request.height // vae_s) * (request.width // vae_s) * 4
+
+
+def frames_bytes(request: Request) -> int:
+    """The whole clip's decoded frames on the host, uint8 RGB."""
+    return 3 * request.frames * request.height * request.width
 
 
 def text_activation(shapes: Shapes) -> int:
@@ -308,7 +340,9 @@ def estimate_memory(
         expert_peak = max(sizes.experts) + activation
     else:  # streamed: the expert's other weights, the running block and the prefetched one
         expert_peak = sizes.expert_other + 2 * sizes.expert_blocks + activation
-    media = 3 * request.frames * request.height * request.width * 4 * (1 + request.source_videos)
+    media = 3 * request.frames * request.height * request.width * 4 * request.source_videos
+    latent = latent_bytes(request, shapes.transformer.get("in_channels", 16))
+    state = LATENT_COPIES * latent + request.source_videos * latent * element_size(dtype) // 4
     held = sum(sizes.experts) + sizes.text_encoder + sizes.vae + HOST_OVERHEAD
     decode_ws = workspace[decision.tiled_decode]
     phases = []
@@ -318,8 +352,8 @@ def estimate_memory(
     phases.append(Phase("text encoder", text_device, held + (t5_act if decision.text_encoder == "cpu" else 0)))
     for index in range(shapes.experts):
         name = "high-noise" if index == 0 and shapes.experts == 2 else ("low-noise" if index else "expert")
-        phases.append(Phase(name, expert_peak, held))
-    phases.append(Phase("decode", (resident or sizes.vae) + decode_ws, held + media))
+        phases.append(Phase(name, expert_peak + state, held + media))
+    phases.append(Phase("decode", (resident or sizes.vae) + decode_ws, held + media + latent + frames_bytes(request)))
     phases = [Phase(p.name, p.device + DEVICE_OVERHEAD, p.host) for p in phases]
     return MemoryEstimate(decision, sizes, tokens, phases)
 

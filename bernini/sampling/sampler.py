@@ -56,6 +56,22 @@ class Experts:
         return self.low, False
 
 
+@dataclass(frozen=True)
+class PinnedFrames:
+    """The first latent frames held to known clean latents (``--extend``: the clip's last frames). Before the first
+    step and after every step they are replaced by ``clean`` re-noised to the scheduler's next sigma with the run's
+    own seeded ``noise`` of those frames, ``x_sigma = (1 - sigma) * x0 + sigma * noise`` (flow matching), so the
+    model denoises the other frames as a continuation of them."""
+
+    clean: torch.Tensor  # [1, C, k, H, W], fp32, on the latents' device
+    noise: torch.Tensor  # the same frames of the run's initial noise
+
+    def apply(self, latents: torch.Tensor, sigma: float) -> torch.Tensor:
+        out = latents.clone()
+        out[:, :, : self.clean.shape[2]] = (1.0 - sigma) * self.clean + sigma * self.noise
+        return out
+
+
 @dataclass
 class SamplingInputs:
     """Everything the loop reads; condition latents and texts already sit where the forwards run."""
@@ -68,6 +84,7 @@ class SamplingInputs:
     omega_scale: float
     state: GuidanceState = field(default_factory=GuidanceState)
     scope: str = ""  # prefixes the step-cache histories (one set per context window)
+    pinned: PinnedFrames | None = None
 
     def same_inputs(self, first: Branch, second: Branch) -> bool:
         """Whether two branches feed the expert identical tensors (then one forward serves both)."""
@@ -269,6 +286,9 @@ def sample(
     latents = inputs.latents
     set_timesteps(scheduler, num_inference_steps, latents.device, sigmas)
     weights = inputs.weights
+    pinned = inputs.pinned
+    if pinned is not None:
+        latents = pinned.apply(latents, float(scheduler.sigmas[0]))
     switched = False
     bar = progress(len(scheduler.timesteps)) if progress else None
     for index, t in enumerate(scheduler.timesteps):
@@ -296,6 +316,8 @@ def sample(
                 guided = guided_velocity(expert, window.inputs, runner, weights, part, t, sigma, stats)
                 velocity[:, :, start:stop] += window.weight.view(1, 1, -1, 1, 1) * guided
         latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        if pinned is not None:
+            latents = pinned.apply(latents, float(scheduler.sigmas[index + 1]))
         if callback is not None:
             replaced = callback(index, int(t), latents)
             if replaced is not None:

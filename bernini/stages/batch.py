@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..adjustments import Adjustment
-from ..conditions import Conditions, LatentGrid
+from ..conditions import Conditions, Extension, LatentGrid
 from ..record import RunFacts, Timings
 from ..resolved import ResolvedRequest
 from ..sampling.guidance import Text
@@ -47,6 +47,7 @@ class RenderBatch:
     width: int = 0
     previews: list[np.ndarray] = field(default_factory=list)
     adjustments: list[Adjustment] = field(default_factory=list)  # beyond the plan's own
+    extension: Extension | None = None  # --extend: the clip continued
     enhancement: dict[str, Any] = field(default_factory=dict)
     # text and planner stages: the contexts the guidance branches read
     text: dict[Text, torch.Tensor] = field(default_factory=dict)
@@ -84,6 +85,7 @@ class RenderBatch:
             adjustments=[*self.resolved.adjustments, *self.adjustments],
             planning=self.planning,
             windows=self.windows_record(),
+            extend=self.extension.record if self.extension is not None else None,
         )
 
     def context_windows(self, grid: LatentGrid) -> list[Span]:

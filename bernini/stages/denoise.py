@@ -13,7 +13,14 @@ from ..resolved import ResolvedRequest
 from ..runtime.devices import supports_float64
 from ..sampling.cache import step_cache
 from ..sampling.guidance import GuidanceState
-from ..sampling.sampler import BatchedBranchRunner, BranchRunner, SamplingInputs, WindowedInputs, sample
+from ..sampling.sampler import (
+    BatchedBranchRunner,
+    BranchRunner,
+    PinnedFrames,
+    SamplingInputs,
+    WindowedInputs,
+    sample,
+)
 from ..sampling.schedulers import build_scheduler, set_timesteps
 from ..sampling.windows import shared_noise
 from .batch import OnProgress, RenderBatch
@@ -41,10 +48,20 @@ def prepare_latents(batch: RenderBatch, components: Components, runtime: Runtime
         weights=guidance.weights,
         omega_scale=guidance.omega_scale,
         state=GuidanceState(guidance.apg, float64=supports_float64(runtime.device)),
+        pinned=pinned_frames(batch, noise),
     )
     batch.inputs = inputs.placed(runtime.device, components.experts[0].patch_embedding.weight.dtype)
     batch.windows = WindowedInputs(batch.inputs, spans, batch.window_texts) if len(spans) > 1 else None
     return batch
+
+
+def pinned_frames(batch: RenderBatch, noise: torch.Tensor) -> PinnedFrames | None:
+    """``--extend``: the clip's latents held as the first latent frames, re-noised with this run's own noise."""
+    extension = batch.extension
+    if extension is None:
+        return None
+    clean = extension.latents.to(noise.device, torch.float32)
+    return PinnedFrames(clean, noise[:, :, : clean.shape[2]].clone())
 
 
 def denoise(batch: RenderBatch, components: Components, runtime: Runtime) -> RenderBatch:

@@ -14,7 +14,7 @@ from .service import ApiError, Service
 from .store import FileRow
 from .uploads import check_kind, read_limited
 
-MEDIA_SLOTS = {"video": "video", "image": "image", "images": "image"}
+MEDIA_SLOTS = {"video": "video", "image": "image", "images": "image", "extend": "video"}
 
 
 async def read_json(request: Request) -> Any:
@@ -55,18 +55,20 @@ async def multipart_job(service: Service, request: Request) -> dict[str, Any]:
         raise ApiError(422, "the 'request' field must hold a JSON object")
     unknown = sorted(set(form.keys()) - {"request", *MEDIA_SLOTS})
     if unknown:
-        raise ApiError(400, f"unknown multipart field(s) {', '.join(unknown)}; use request, video, image, images")
+        use = "request, video, image, images, extend"
+        raise ApiError(400, f"unknown multipart field(s) {', '.join(unknown)}; use {use}")
     for slot, kind in MEDIA_SLOTS.items():
         uploads = form.getlist(slot)
         if not uploads:
             continue
         if not all(isinstance(u, UploadFile) for u in uploads):
             raise ApiError(400, f"multipart field {slot!r} must hold files")
-        if slot == "image" and len(uploads) > 1:
-            raise ApiError(400, "one file in 'image'; put further reference images in 'images'")
+        if slot in ("image", "extend") and len(uploads) > 1:
+            more = "; put further reference images in 'images'" if slot == "image" else ""
+            raise ApiError(400, f"one file in {slot!r}{more}")
         ids = [(await store_upload(service, u, kind)).id for u in uploads]
-        if slot == "image":
-            data["image"] = ids[0]
+        if slot in ("image", "extend"):
+            data[slot] = ids[0]
         else:
             data[slot] = [*(data.get(slot) or []), *ids]
     return data

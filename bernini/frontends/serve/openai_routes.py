@@ -2,6 +2,7 @@
 
 ``POST /v1/videos`` (text to video; an ``input_reference`` image makes it subject-to-video),
 ``POST /v1/videos/edits`` (video editing of an uploaded video or of a finished video by id),
+``POST /v1/videos/extensions`` (continuing an uploaded or finished video: the video, then the new frames),
 ``GET /v1/videos``, ``GET /v1/videos/{id}``, ``GET /v1/videos/{id}/content`` and ``DELETE``.
 ``size`` "WxH" sets width and height, ``seconds`` × the model's fps sets the frame count (snapped to
 4k+1; ``num_frames`` may be sent instead), ``model`` must be an id from ``/v1/models``; any other
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +38,11 @@ def frames_for(seconds: float, fps: float) -> int:
     """The 4k+1 frame count nearest to ``seconds`` × ``fps`` (at least 5)."""
     wanted = max(seconds * fps, 5.0)
     return max(1, round((wanted - 1) / 4)) * 4 + 1
+
+
+def new_frames_for(seconds: float, fps: float) -> int:
+    """An extension's new frames: the multiple of 4 nearest to ``seconds`` × ``fps`` (at least 4)."""
+    return max(1, round(seconds * fps / 4)) * 4
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -112,7 +119,11 @@ def video_router(service: Service) -> APIRouter:
     fps = JobCreate.model_fields["fps"].default
 
     def body_for(
-        fields: dict[str, Any], media: dict[str, Any], task_type: str, default_seconds: str | None = DEFAULT_SECONDS
+        fields: dict[str, Any],
+        media: dict[str, Any],
+        task_type: str,
+        default_seconds: str | None = DEFAULT_SECONDS,
+        frames: Callable[[float, float], int] = frames_for,
     ) -> tuple[JobCreate, dict[str, Any]]:
         model = fields.pop("model", None)
         if model not in (None, "", config.model_id):
@@ -132,7 +143,7 @@ def video_router(service: Service) -> APIRouter:
         except (TypeError, ValueError):
             raise ApiError(400, f"fps must be a number, got {str(data['fps'])[:40]!r}") from None
         if seconds not in (None, ""):
-            data["num_frames"] = frames_for(parse_seconds(str(seconds)), frame_rate)
+            data["num_frames"] = frames(parse_seconds(str(seconds)), frame_rate)
             if data["num_frames"] > MAX_FRAMES:
                 raise ApiError(
                     400, f"seconds={str(seconds)[:20]} gives {data['num_frames']} frames; at most {MAX_FRAMES} here"
@@ -173,26 +184,46 @@ def video_router(service: Service) -> APIRouter:
         row, _ = await run_in_threadpool(service.submit, body, idempotency_key, meta)
         return video_view(row, config.model_id)
 
+    async def source_video(fields: dict[str, Any]) -> tuple[str, str | None]:
+        """The ``video`` field: an upload, or ``{"id": ...}`` of a finished video (stored as an upload); its file id
+        and the finished video's id."""
+        source = fields.pop("video", None)
+        if isinstance(source, UploadFile):
+            return (await store_upload(service, source, "video")).id, None
+        if isinstance(source, dict) and source.get("id"):
+            video_id = str(source["id"])
+            done = await run_in_threadpool(service.finished_output, video_id)
+            if (done.output_name or "").endswith(".png"):
+                raise ApiError(400, f"{video_id} is an image, not a video")
+            data = await run_in_threadpool(Path(done.output_path or "").read_bytes)
+            stored = await run_in_threadpool(service.store.add_file, f"{done.id}.mp4", "video", ".mp4", data)
+            return stored.id, video_id
+        raise ApiError(400, "video must be an uploaded video or {'id': ...} of a completed video")
+
+    @router.post("/videos/extensions", response_model=VideoView)
+    async def extend_video(
+        request: Request, idempotency_key: Annotated[str | None, Header(max_length=255)] = None
+    ) -> VideoView:
+        """Continue a video (``--extend``): ``video`` is an uploaded video or ``{"id": ...}`` of a finished one,
+        ``prompt`` describes what happens next, ``seconds`` (or ``num_frames``) the new part; the result is the
+        whole video followed by the new frames. Its size comes from the video (``size`` is refused)."""
+        fields = await read_fields(request, config.max_files)
+        if fields.get("size") not in (None, ""):
+            raise ApiError(400, "an extension keeps the video's size; drop size")
+        fields.pop("size", None)
+        file_id, meta_source = await source_video(fields)
+        body, meta = body_for(extra_fields(fields), {"extend": file_id}, "t2v", frames=new_frames_for)
+        meta["remixed_from_video_id"] = meta_source
+        row, _ = await run_in_threadpool(service.submit, body, idempotency_key, meta)
+        return video_view(row, config.model_id)
+
     @router.post("/videos/edits", response_model=VideoView)
     async def edit_video(
         request: Request, idempotency_key: Annotated[str | None, Header(max_length=255)] = None
     ) -> VideoView:
         """Video editing (v2v): ``video`` is an uploaded video or ``{"id": ...}`` of a finished video."""
         fields = await read_fields(request, config.max_files)
-        source = fields.pop("video", None)
-        meta_source = None
-        if isinstance(source, UploadFile):
-            file_id = (await store_upload(service, source, "video")).id
-        elif isinstance(source, dict) and source.get("id"):
-            meta_source = str(source["id"])
-            done = await run_in_threadpool(service.finished_output, meta_source)
-            if (done.output_name or "").endswith(".png"):
-                raise ApiError(400, f"{meta_source} is an image, not a video")
-            data = await run_in_threadpool(Path(done.output_path or "").read_bytes)
-            stored = await run_in_threadpool(service.store.add_file, f"{done.id}.mp4", "video", ".mp4", data)
-            file_id = stored.id
-        else:
-            raise ApiError(400, "video must be an uploaded video or {'id': ...} of a completed video")
+        file_id, meta_source = await source_video(fields)
         fields.setdefault("size", None)
         if fields["size"] is None:
             fields.pop("size")

@@ -163,4 +163,4 @@ def job_params(body: JobCreate) -> dict[str, Any]:
     """The generation parameters the client set in ``body`` (everything but the media ids), as stored with the job:
     the request's user layer (a field the body left out is not given; its documented default is the built-in one
     the merge falls back to, unless a full model's shipped settings fill it)."""
-    return body.model_dump(include=body.model_fields_set - {"video", "image", "images"})
+    return body.model_dump(include=body.model_fields_set - {"video", "image", "images", "extend"})

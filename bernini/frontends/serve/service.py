@@ -99,6 +99,8 @@ class Service:
         slots = [("video", v, "video") for v in body.video] + [("images", v, "image") for v in body.images]
         if body.image is not None:
             slots.append(("image", body.image, "image"))
+        if body.extend is not None:
+            slots.append(("extend", body.extend, "video"))
         digests: dict[str, str] = {}
         for slot, file_id, kind in slots:
             if not re.fullmatch(FILE_ID, file_id):
@@ -114,7 +116,8 @@ class Service:
                     400, f"{slot}: {file_id} is {'a' if row.kind == 'video' else 'an'} {row.kind}; {kind} expected"
                 )
             digests[file_id] = row.sha256
-        return {"video": list(body.video), "image": body.image, "images": list(body.images), "digests": digests}
+        media = {"video": list(body.video), "image": body.image, "images": list(body.images), "digests": digests}
+        return {**media, "extend": body.extend} if body.extend is not None else media
 
     def submit(self, body: JobCreate, key: str | None, meta: dict[str, Any] | None = None) -> tuple[JobRow, bool]:
         """Validate, plan and queue ``body``; returns the job and whether it is new (False: idempotent replay)."""
@@ -135,6 +138,8 @@ class Service:
             "image": digests.get(media["image"] or ""),
             "images": [digests[i] for i in media["images"]],
         }
+        if media.get("extend"):
+            digest_media["extend"] = digests[media["extend"]]
         job = NewJob(params, media, planned.task.name, meta or {}, key, digest_media, planned.to_json())
         try:
             return self.store.create_job(job)

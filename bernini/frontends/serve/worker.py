@@ -53,11 +53,14 @@ def local_inputs(store: Store, media: dict[str, Any]) -> dict[str, Any]:
             raise BerniniError(f"uploaded file {file_id} is missing from this server's disk; upload it again")
         return row.path
 
-    return {
+    inputs = {
         "video": [path_of(i) for i in media.get("video", [])],
         "image": path_of(media["image"]) if media.get("image") else None,
         "images": [path_of(i) for i in media.get("images", [])],
     }
+    if media.get("extend"):
+        inputs["extend"] = path_of(media["extend"])
+    return inputs
 
 
 def request_for(params: dict[str, Any], inputs: dict[str, Any], output: str | None) -> GenerationRequest:
