@@ -199,6 +199,7 @@ def test_the_sidecar_request_is_generated_from_every_settings_declaration():
         video=[],
         image=None,
         images=[],
+        extend=None,
     )
     assert set(given) == set(GenerationRequest.field_names())
     resolved = resolve_request(GenerationRequest(**given))
@@ -210,7 +211,7 @@ def test_the_sidecar_request_is_generated_from_every_settings_declaration():
         path = spec_of(f).resolved or f.name
         value = resolved
         for part in path.split("."):
-            value = getattr(value, part)  # each declared place exists on the resolved request
+            value = getattr(value, part) if value is not None else None  # each declared place exists
     again = resolve_request(GenerationRequest(**record))  # the sidecar's request reproduces the run
     assert replace(again, source_ids=resolved.source_ids) == resolved
 
