@@ -92,3 +92,26 @@ def test_a_bad_extension_is_a_one_line_400(server, clips):
         assert response.status_code == 400, response.text
         message = response.json()["error"]["message"]
         assert words in message and "\n" not in message, message
+
+
+def test_a_three_window_v2v_edit_and_t2v_run_as_service_jobs(server, clips):
+    """Long video through the service: the window settings are job fields, the worker runs the windows, and the
+    sidecar served with the output records them (the same record the command line writes)."""
+    import json
+
+    with server.client() as http:
+        body = {"prompt": "make it snow", "window_frames": 9, "window_overlap": 4, "num_inference_steps": 2}
+        files = {"video": ("clip.mp4", clips["clip"].read_bytes(), "video/mp4")}
+        edit = http.post("/v1/jobs", data={"request": json.dumps({**body, "num_frames": 21})}, files=files)
+        run = http.post("/v1/jobs", json={**body, "num_frames": 21, "height": 16, "width": 32})
+        for created, task in ((edit, "v2v"), (run, "t2v")):
+            assert created.status_code == 201, created.text
+            job = created.json()
+            assert job["task_type"] == task
+            deadline = time.monotonic() + 300
+            while job["state"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+                time.sleep(0.3)
+                job = http.get(f"/v1/jobs/{job['id']}").json()
+            assert job["state"] == "succeeded", job
+            windows = http.get(job["sidecar_url"]).json()["resolved"]["windows"]
+            assert windows["count"] == 3 and windows["frames"] == 9 and windows["overlap"] == 4, windows
