@@ -26,6 +26,8 @@ from ..runtime.parallel.layout import LaunchEnv, Layout, check_degrees
 from .options import default_config, describe_loaded, load_pipeline
 
 DEFAULT_TIMEOUT_S = 600.0
+# How long a rank other than 0 stays after an error every rank hit, so that rank 0's line reaches stderr first.
+REPORT_GRACE_S = 30.0
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,23 @@ class SetupError(BerniniError):
     def __init__(self, message: str, every_rank: bool = True) -> None:
         super().__init__(message)
         self.every_rank = every_rank
+
+
+def report_setup_error(exc: BaseException, rank: int, log: Callable[[str], None], grace_s: float = REPORT_GRACE_S):
+    """Print a bring-up error once: rank 0 prints one that every rank hit, any rank prints its own.
+
+    torchrun stops the whole job as soon as one rank exits with an error, so a rank that exited at once could cut
+    rank 0 off before its line is written (under load rank 0 is often the last to get there). The other ranks
+    therefore wait: rank 0's exit ends the wait (torchrun stops them); if rank 0 never reports, they do.
+    """
+    if rank == 0 or not getattr(exc, "every_rank", True):
+        log(f"error: {exc}")
+        return
+    try:
+        time.sleep(grace_s)
+    except KeyboardInterrupt:  # torchrun's SIGTERM, where a front end turns it into an interrupt
+        return
+    log(f"error: {exc}")
 
 
 def launch_env(environ: Mapping[str, str] = os.environ) -> LaunchEnv:

@@ -26,7 +26,7 @@ from ..runner import TaskListRunner, resolve_tasks
 from ..runtime.parallel.cfg import branch_tokens
 from ..runtime.parallel.groups import PeerTimeout
 from ..sampling.sampler import BranchRunner
-from .launch import ParallelContext, ParallelSession, SetupError, launch_env
+from .launch import ParallelContext, ParallelSession, SetupError, launch_env, report_setup_error
 from .options import (
     OneLineErrorParser,
     add_generation_args,
@@ -166,8 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = resolve_tasks(requests_from_args(args), model_defaults(args))
         session = ParallelSession(args, env, layouts)
     except BerniniError as exc:
-        if env.rank == 0 or not getattr(exc, "every_rank", True):
-            stderr(f"error: {exc}")
+        report_setup_error(exc, env.rank, stderr)
         return 2
     quiet_libraries()
     records: list[dict] = []
@@ -188,8 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             records = [r for part in parts for r in part["records"]]
             failures = [f for part in parts for f in part["failures"]]
     except SetupError as exc:
-        if env.rank == 0 or not exc.every_rank:
-            stderr(f"error: {exc}")
+        report_setup_error(exc, env.rank, stderr)
         return 2
     except PeerTimeout as exc:
         stderr(f"error: {exc}")

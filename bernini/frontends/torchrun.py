@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..runner import EnhancerBatch, Task, TaskListRunner, run_job, summarize
 from ..runtime.parallel.groups import PeerTimeout
-from .launch import SetupError, parallel_run, timeout_s
+from .launch import SetupError, parallel_run, report_setup_error, timeout_s
 from .options import enhancer_config, run_context
 
 
@@ -84,6 +84,5 @@ def run_parallel(args: argparse.Namespace, tasks: list[Task], env, log: Callable
         )
         return 1
     except SetupError as exc:
-        if env.rank == 0 or not exc.every_rank:
-            log(f"error: {exc}")
+        report_setup_error(exc, env.rank, log)
         return 2

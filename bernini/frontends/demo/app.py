@@ -15,7 +15,7 @@ from typing import Any
 from ...errors import BerniniError
 from ...runtime.parallel.groups import RankZeroChannel
 from ..help import document
-from ..launch import ParallelSession, cfg_degree, launch_env, parallel_requested
+from ..launch import ParallelSession, cfg_degree, launch_env, parallel_requested, report_setup_error
 from ..options import (
     OneLineErrorParser,
     add_model_args,
@@ -156,8 +156,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "bernini demo") -> int:
             settings, pipe, collective = bring_up_this_rank(args, stack)
             return serve(args, auth, DemoBackend(pipe, settings, collective))
     except BerniniError as exc:
-        if launch_env().rank == 0 or not getattr(exc, "every_rank", True):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+        report_setup_error(exc, launch_env().rank, lambda line: print(line, file=sys.stderr, flush=True))
         return 2
     except KeyboardInterrupt:
         return 130

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BerniniError
-from ..launch import cfg_degree, launch_env, parallel_requested, parallel_run
+from ..launch import cfg_degree, launch_env, parallel_requested, parallel_run, report_setup_error
 from ..options import (
     OneLineErrorParser,
     add_model_args,
@@ -174,8 +174,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
             return serve(args, token, pipe)
         return serve_group(args, token, env)
     except BerniniError as exc:
-        if env.rank == 0 or not getattr(exc, "every_rank", True):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+        report_setup_error(exc, env.rank, lambda line: print(line, file=sys.stderr, flush=True))
         return 2
     except KeyboardInterrupt:
         return 130
