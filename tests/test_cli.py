@@ -1,4 +1,5 @@
-"""``bernini generate``: bad input fails cleanly (real subprocesses), task lists, flags and sidecars."""
+"""``bernini generate``: bad input fails cleanly (in this process, and a few in real subprocesses for the real exit
+code and stderr), task lists, flags and sidecars."""
 
 from __future__ import annotations
 
@@ -118,15 +119,19 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+# One of each kind runs in a fresh interpreter too: an argparse refusal, a case file's, a video's after loading.
+IN_A_PROCESS = ("not_a_number", "case_not_json", "corrupt_video")
+
+
 @pytest.fixture(scope="module")
 def bad_runs(tiny_bundle: Path, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess[str], set[str], Path]]:
-    """Every bad input in its own folder, run concurrently (each process pays the interpreter start-up)."""
+    """The IN_A_PROCESS bad inputs, each in its own folder, run concurrently (each pays the interpreter start-up)."""
     root = tmp_path_factory.mktemp("bad")
     jobs = {}
-    for name, bad in BAD_INPUTS.items():
+    for name in IN_A_PROCESS:
         folder = root / name
         folder.mkdir()
-        args = bad.setup(folder)
+        args = BAD_INPUTS[name].setup(folder)
         jobs[name] = (folder, files_under(folder), args)
 
     def run(name: str):
@@ -134,22 +139,41 @@ def bad_runs(tiny_bundle: Path, tmp_path_factory) -> dict[str, tuple[subprocess.
         common = ["--output", "out/result.mp4", "--config", str(tiny_bundle), *TINY]
         return name, (run_generate(*common, *args, cwd=folder), before, folder)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         return dict(pool.map(run, jobs))
 
 
-@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
-def test_bad_input_exits_with_one_error_line_and_writes_nothing(name: str, bad_runs) -> None:
-    result, before, folder = bad_runs[name]
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = stderr_lines(result.stderr)
-    assert len(lines) == 1, result.stderr
+def check_one_error_line(name: str, code: int, stdout: str, stderr: str, folder: Path, before: set[str]) -> None:
+    assert code != 0
+    assert "Traceback" not in stderr
+    lines = stderr_lines(stderr)
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("error:"), lines[0]
     assert BAD_INPUTS[name].expect.lower() in lines[0].lower(), lines[0]
-    assert result.stdout == ""
+    assert stdout == ""
     assert files_under(folder) == before  # no output, sidecar or temporary file
     assert not (folder / "outputs").exists()
+
+
+@pytest.mark.parametrize("name", IN_A_PROCESS)
+def test_bad_input_in_a_real_process_exits_with_one_error_line_and_writes_nothing(name: str, bad_runs) -> None:
+    result, before, folder = bad_runs[name]
+    check_one_error_line(name, result.returncode, result.stdout, result.stderr, folder, before)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_exits_with_one_error_line_and_writes_nothing(
+    name: str, tiny_bundle: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    args = BAD_INPUTS[name].setup(tmp_path)
+    before = files_under(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["generate", "--output", "out/result.mp4", "--config", str(tiny_bundle), *TINY, *args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    check_one_error_line(name, code, out, err, tmp_path, before)
 
 
 # ------------------------------------------------------------------------------------- task lists

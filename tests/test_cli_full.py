@@ -1,5 +1,6 @@
 """The full Bernini model from the command line: ``bernini generate`` and the upstream-compatible script with the
-reference's flags, real MP4s and sidecars, task lists, and one-line refusals. Real subprocesses."""
+reference's flags, real MP4s and sidecars, task lists, and one-line refusals. The upstream script and one refusal run
+as real subprocesses (exit codes, no traceback); the rest call ``main`` in this process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,18 +26,36 @@ def run(*args: str, cwd: Path, script: str | None = None) -> subprocess.Complete
     return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture
+def generate(capsys, monkeypatch, tmp_path) -> Callable[..., tuple[int, str]]:
+    """``bernini generate ARGS`` in this process, from ``tmp_path``: (exit status, stderr)."""
+    from bernini.frontends.cli import main
+
+    def call(*args: str) -> tuple[int, str]:
+        monkeypatch.chdir(tmp_path)
+        capsys.readouterr()
+        try:
+            code = main(["generate", *args])
+        except SystemExit as exc:
+            code = exc.code
+        return code, capsys.readouterr().err
+
+    return call
+
+
 @pytest.fixture(scope="module")
 def source(full_media) -> Path:
     return full_media / "src.mp4"
 
 
-def test_generate_writes_the_video_and_records_the_plan(full_bundle, tmp_path):
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
+def test_generate_writes_the_video_and_records_the_plan(full_bundle, tmp_path, generate):
     out = tmp_path / "t2v.mp4"
-    proc = run(
+    code, err = generate(
         "--config", str(full_bundle), "--task_type", "t2v", "--prompt", "a red fox runs across a snowy field",
-        "--num_frames", "9", "--height", "64", "--width", "96", *SMALL, "--output", str(out), cwd=tmp_path,
+        "--num_frames", "9", "--height", "64", "--width", "96", *SMALL, "--output", str(out),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert code == 0, err
     assert out.is_file() and out.stat().st_size > 0
     record = json.loads(sidecar_path(out).read_text())
     planner = record["resolved"]["planner"]
@@ -63,7 +83,8 @@ def test_upstream_script_takes_the_reference_flags(full_bundle, source, tmp_path
     assert len(planner["source_tokens"]) == 1
 
 
-def test_every_task_runs_from_a_task_list(full_bundle, source, tmp_path):
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
+def test_every_task_runs_from_a_task_list(full_bundle, source, tmp_path, generate):
     image = source.parent / "image.png"
     video, ads = str(source), str(source.parent / "ads.mp4")
     entries = {
@@ -78,11 +99,11 @@ def test_every_task_runs_from_a_task_list(full_bundle, source, tmp_path):
     }
     tasks = tmp_path / "every.jsonl"
     tasks.write_text("".join(json.dumps({"prompt": "a fox", "task_type": t, **e}) + "\n" for t, e in entries.items()))
-    proc = run(
+    code, err = generate(
         "--config", str(full_bundle), "--inputs", str(tasks), "--num_frames", "9", "--height", "48", "--width", "80",
-        *SMALL, "--output", str(tmp_path / "every.mp4"), cwd=tmp_path,
+        *SMALL, "--output", str(tmp_path / "every.mp4"),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert code == 0, err
     records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("every_*.json"))]
     assert sorted(r["resolved"]["task_type"] for r in records) == sorted(entries)
     for record in records:
@@ -91,45 +112,52 @@ def test_every_task_runs_from_a_task_list(full_bundle, source, tmp_path):
         assert (tmp_path / record["output"]).is_file()
 
 
-def test_task_list_entries_keep_their_own_settings(full_bundle, tmp_path):
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
+def test_task_list_entries_keep_their_own_settings(full_bundle, tmp_path, generate):
     tasks = tmp_path / "tasks.jsonl"
     entries = [
         {"prompt": "a red fox", "task_type": "t2v", "planning_step": 3},
         {"prompt": "a blue cat", "task_type": "t2i", "num_frames": 1},
     ]
     tasks.write_text("".join(json.dumps(e) + "\n" for e in entries))
-    proc = run(
+    code, err = generate(
         "--config", str(full_bundle), "--inputs", str(tasks), "--num_inference_steps", "2", "--vit_denoising_step",
         "1", "--height", "64", "--width", "64", "--num_frames", "9", "--output", str(tmp_path / "o.mp4"),
-        cwd=tmp_path,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert code == 0, err
     records = sorted(tmp_path.glob("o_*.json"))
     planners = [json.loads(p.read_text())["resolved"]["planner"] for p in records]
     assert sorted(len(p["reveal_counts"]) for p in planners) == [3, 25]  # the t2i entry: v1's shipped 25 rounds
 
 
+def test_a_bad_combination_exits_with_one_line_from_a_real_process(full_bundle, tmp_path):
+    out = tmp_path / "o.mp4"
+    extra = ["--task_type", "rv2v", "--guidance_mode", "rv2v"]
+    proc = run("--config", str(full_bundle), "--prompt", "a fox", *extra, "--output", str(out), cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert any("does not run on the full bernini model" in line.lower() for line in lines), proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        (["--task_type", "rv2v", "--guidance_mode", "rv2v"], "does not run on the full bernini model"),
         (["--task_type", "t2v", "--high_noise_ckpt", "x.safetensors"], "--high_noise_ckpt"),
         (["--task_type", "t2i", "--num_frames", "9"], "makes one image"),
     ],
 )
-def test_bad_combinations_exit_with_one_line(full_bundle, tmp_path, extra, match):
+def test_bad_combinations_exit_with_one_line(full_bundle, tmp_path, generate, extra, match):
     out = tmp_path / "o.mp4"
-    proc = run("--config", str(full_bundle), "--prompt", "a fox", *extra, "--output", str(out), cwd=tmp_path)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert any(match in line.lower() for line in lines), proc.stderr
+    code, err = generate("--config", str(full_bundle), "--prompt", "a fox", *extra, "--output", str(out))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and lines[-1].startswith("error: ") and match in lines[-1].lower(), err
     assert not out.exists()
 
 
-def test_planner_flags_on_bernini_r_are_refused(tiny_bundle, tmp_path):
-    proc = run("--config", str(tiny_bundle), "--prompt", "a fox", "--planning_step", "3", cwd=tmp_path)
-    assert proc.returncode != 0 and "only affect the full Bernini model" in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_planner_flags_on_bernini_r_are_refused(tiny_bundle, generate):
+    code, err = generate("--config", str(tiny_bundle), "--prompt", "a fox", "--planning_step", "3")
+    assert code == 2 and "only affect the full Bernini model" in err.splitlines()[-1]
 
 
 def test_plan_and_dry_run_print_the_planner_phase(full_bundle, capsys):
@@ -149,7 +177,10 @@ def test_plan_and_dry_run_print_the_planner_phase(full_bundle, capsys):
     assert full_shapes_for(str(REPO / "examples")) is None
 
 
-def test_a_shipped_size_other_than_the_sources_prints_a_note_and_is_recorded(full_bundle, full_media, tmp_path):
+@pytest.mark.slow  # over ~10 s of CPU on 2 cores: the other tier (tests/conftest.py)
+def test_a_shipped_size_other_than_the_sources_prints_a_note_and_is_recorded(
+    full_bundle, full_media, tmp_path, generate
+):
     """Issue 19 item 6: i2i's shipped 512×512 from a 48×48 source is a change made on the user's behalf; at the
     source's own size (0 × 0) or at a size the user gave, nothing is noted."""
     image = str(full_media / "image.png")
@@ -157,11 +188,12 @@ def test_a_shipped_size_other_than_the_sources_prints_a_note_and_is_recorded(ful
     tasks = tmp_path / "i2i.jsonl"
     tasks.write_text("".join(json.dumps({"prompt": "a fox", "task_type": "i2i", "image": image, **e}) + "\n"
                              for e in entries))  # fmt: skip
-    proc = run("--config", str(full_bundle), "--inputs", str(tasks), *SMALL, "--output", str(tmp_path / "o.png"),
-               cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    code, err = generate(
+        "--config", str(full_bundle), "--inputs", str(tasks), *SMALL, "--output", str(tmp_path / "o.png")
+    )
+    assert code == 0, err
     why = "the full model's shipped i2i settings (v1) render 512x512, not the source image's size; --height 0 --width 0"
-    notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
     assert notes == [f"note: height 48 -> 512: {why} keep it", f"note: width 48 -> 512: {why} keep it"]
     records = {}
     for path in tmp_path.glob("o_*.json"):
@@ -171,13 +203,14 @@ def test_a_shipped_size_other_than_the_sources_prints_a_note_and_is_recorded(ful
     assert records[0, 0] == [] and records[64, 64] == []
 
 
-def test_a_bundle_with_the_old_connector_keys_is_refused_in_one_line(full_bundle, tmp_path, bundle_with_config):
+def test_a_bundle_with_the_old_connector_keys_is_refused_in_one_line(
+    full_bundle, tmp_path, bundle_with_config, generate
+):
     """Bundles bernini wrote before it read the released ``out_dim_for_gen`` / ``out_dim_for_vit``: one error line."""
     old = bundle_with_config(full_bundle, connector_cfg={"out_gen": 40, "out_vit": 48})
     out = tmp_path / "o.mp4"
-    proc = run("--config", str(old), "--prompt", "a fox", "--task_type", "t2v", *SMALL, "--output", str(out),
-               cwd=tmp_path)  # fmt: skip
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and not out.exists()
+    code, err = generate("--config", str(old), "--prompt", "a fox", "--task_type", "t2v", *SMALL, "--output", str(out))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and not out.exists()
     assert lines[-1].startswith("error: ") and "out_dim_for_gen / out_dim_for_vit" in lines[-1]
     assert "bernini tiny-bundle --layout full" in lines[-1]

@@ -236,11 +236,43 @@ def test_failing_tasks_are_reported_and_the_group_goes_on(tiny_bundle: Path, med
     assert server.calls == 1  # the leader asked once and broadcast the answer
 
 
+LATE_RANK_ZERO_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+import bernini.frontends.launch as launch
+from bernini.frontends.cli import main
+
+refused = Path("rank1_refused")
+if os.environ["RANK"] == "1":  # rank 1 says when it has refused the degree
+    real_check = launch.check_degrees
+
+    def check_degrees(*args, **kwargs):
+        try:
+            return real_check(*args, **kwargs)
+        except Exception:
+            refused.touch()
+            raise
+
+    launch.check_degrees = check_degrees
+else:  # rank 0 gets there last, as it often does under load: after rank 1 refused and had time to exit
+    deadline = time.monotonic() + 120
+    while not refused.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)
+sys.exit(main(["generate", *sys.argv[1:]]))
+"""
+
+
 def test_bad_ulysses_degree_stops_every_rank_with_the_valid_degrees(tiny_bundle: Path, tmp_path: Path):
-    result = torchrun(2, generate_args(tiny_bundle, "--prompt", "a fox", "--ulysses", "3"), tmp_path)
+    """Every rank refuses the degree; rank 0 prints it even when it gets there last (torchrun stops the job as
+    soon as a rank exits with an error, so a peer that left first used to cut rank 0's line off)."""
+    script = tmp_path / "late_rank_zero.py"
+    script.write_text(LATE_RANK_ZERO_SCRIPT)
+    args = [str(script), "--config", str(tiny_bundle), *GENERATION, "--prompt", "a fox", "--ulysses", "3"]
+    result = torchrun(2, args, tmp_path)
     assert result.returncode != 0
     assert "--ulysses 3 does not divide the model's 4 attention heads; valid degrees: 1, 2, 4" in result.stderr
-    assert result.stderr.count("valid degrees") == 1  # printed by rank 0 only
+    assert result.stderr.count("valid degrees") == 1  # printed by rank 0 only; the peer waiting on it was stopped
 
 
 @pytest.mark.parametrize(

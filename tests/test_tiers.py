@@ -119,3 +119,18 @@ def test_an_unmarked_test_that_starts_a_process_fails_before_the_process_starts(
     with pytest.raises(RuntimeError, match=refusal):
         os.posix_spawn("/bin/sh", ["sh", "-c", f"touch {marker}"], {})
     assert not marker.exists()
+
+
+def test_pins_are_the_unit_tests_of_the_pinned_api_files_and_the_named_comparisons(monkeypatch):
+    """``-m pins`` (CI's run on upstream's pinned diffusers and transformers) takes no process-starting or slow test
+    of those files, and nothing of the others, but does take the named comparison with diffusers' pipeline."""
+    parity = "tests/test_pipeline.py::test_t2v_mode_reproduces_diffusers_wan_pipeline"
+    pins = collect(monkeypatch, "-m", conftest.PINS, *FILES, "tests/test_pipeline.py")
+    assert {i.split("::")[0] for i in pins.ids} == {
+        "tests/test_layers.py",
+        "tests/test_layouts.py",
+        "tests/test_pipeline.py",
+    }
+    assert pins.marked == {parity}, "of the tests outside the unit tier, only the named ones"
+    assert "tests/test_layers.py::test_the_package_has_no_import_cycle" in pins.ids
+    assert "tests/test_layouts.py::test_fp8_files_are_within_fp8_rounding_of_the_bundle" in pins.ids

@@ -27,6 +27,8 @@ from ..runtime.parallel.layout import LaunchEnv, Layout, check_degrees
 from .options import default_config, describe_loaded, load_pipeline
 
 DEFAULT_TIMEOUT_S = 600.0
+# How long a rank other than 0 stays after an error every rank hit, so that rank 0's line reaches stderr first.
+REPORT_GRACE_S = 30.0
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
@@ -43,11 +45,24 @@ def stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def setup_failed(exc: BerniniError, rank: int, log: Callable[[str], None] = stderr_line) -> int:
-    """A bring-up error as one ``error:`` line, said once (by rank 0 when every rank hit it, else by the ranks that
-    did); the exit status 2 of bad usage."""
+def setup_failed(
+    exc: BaseException, rank: int, log: Callable[[str], None] = stderr_line, grace_s: float = REPORT_GRACE_S
+) -> int:
+    """A bring-up error as one ``error:`` line, said once, and the exit status 2 of bad usage: rank 0 prints one that
+    every rank hit, any rank prints its own.
+
+    torchrun stops the whole job as soon as one rank exits with an error, so a rank that exited at once could cut
+    rank 0 off before its line is written (under load rank 0 is often the last to get there). The other ranks
+    therefore wait: rank 0's exit ends the wait (torchrun stops them); if rank 0 never reports, they do.
+    """
     if rank == 0 or not getattr(exc, "every_rank", True):
         log(f"error: {exc}")
+        return 2
+    try:
+        time.sleep(grace_s)
+    except KeyboardInterrupt:  # torchrun's SIGTERM, where a front end turns it into an interrupt
+        return 2
+    log(f"error: {exc}")
     return 2
 
 
