@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 
 import pytest
 import torch
+from fakes import CacheContextExpert
 
 from bernini.request import GenerationRequest
 from bernini.resolve import resolve_request
@@ -38,27 +38,11 @@ def test_tiny_threshold_skips_nothing_and_matches(tiny_pipe):
 
 
 def test_skip_count_is_per_branch_and_each_branch_has_its_own_context():
-    class Expert:
-        is_cache_enabled = True
-
-        def __init__(self):
-            self.contexts, self.active = [], None
-
-        @contextmanager
-        def cache_context(self, name):
-            self.active = name
-            yield
-            self.active = None
-
-        def forward_packed(self, conditions, target, timestep, context):
-            self.contexts.append(self.active)
-            return target
-
     from bernini.conditions import Conditions
     from bernini.resolved import SourceIdPolicy
     from bernini.sampling.sampler import SamplingInputs, run_batched
 
-    expert = Expert()
+    expert = CacheContextExpert()
     mode = GUIDANCE_MODES["rv2v"]
     conditions = Conditions(videos=[torch.zeros(1, 16, 1, 2, 2)], images=[torch.zeros(1, 16, 1, 2, 2)])
     text = {b.text: torch.zeros(1, 3, 4) for b in mode.branches}

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from fakes import CacheContextExpert
 
 from bernini.conditions import Conditions
 from bernini.errors import BerniniError
@@ -305,28 +305,12 @@ def test_every_video_task_runs_windowed(tiny_pipe, task):
 
 # --------------------------------------------------------------------------- with the step cache and batching
 def test_each_window_keeps_its_own_step_cache_history():
-    class Expert:
-        is_cache_enabled = True
-
-        def __init__(self):
-            self.contexts, self.active = [], None
-
-        @contextmanager
-        def cache_context(self, name):
-            self.active = name
-            yield
-            self.active = None
-
-        def forward_packed(self, conditions, target, timestep, context):
-            self.contexts.append(self.active)
-            return target
-
     mode = GUIDANCE_MODES["t2v"]
     text = {b.text: torch.zeros(1, 3, 4) for b in mode.branches}
     combos = Conditions().combos(SourceIdPolicy())
     inputs = SamplingInputs(torch.zeros(1, 16, 9, 2, 2), combos, text, mode, Weights(1, 1, 1), 1.0)
     windows = WindowedInputs(inputs, [(0, 5), (2, 7), (4, 9)])
-    expert = Expert()
+    expert = CacheContextExpert()
     for window in windows.windows:
         BranchRunner()(expert, window.inputs, mode.branches, window.inputs.latents, torch.tensor(900))
     BranchRunner()(expert, inputs, mode.branches, inputs.latents, torch.tensor(900))
