@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from bernini import BerniniPipeline
+from bernini.case_files import load_case
 from bernini.errors import BerniniError
-from bernini.request import load_case
 from bernini.sampling.guidance import FULL_MODEL_MODES, GUIDANCE_MODES
 from bernini.tiny.bundle import write_tiny_bundle
 from bernini.tiny.full import write_tiny_full_bundle

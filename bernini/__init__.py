@@ -12,7 +12,7 @@ _LAZY = {
     "BerniniOutput": "pipeline",
     "tasks_table": "tasks",
     "export_to_video": "io.output",
-    "load_case": "request",
+    "load_case": "case_files",
     "GenerationRequest": "request",
     "ResolvedRequest": "resolved",
     "resolve_request": "resolve",

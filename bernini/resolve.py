@@ -9,19 +9,18 @@ Everything after it (conditions, text, sampler, output) reads the resolved reque
 
 from __future__ import annotations
 
-import math
-import numbers
 import secrets
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .adjustments import Adjustment, changed
+from .checks import as_float, as_int, check_range
 from .errors import BerniniError
+from .long_video import EXTEND_OVERLAP, resolve_extend, resolve_windows
 from .request import GenerationRequest
 from .resolved import (
     MAX_LATENT_POSITIONS,
-    ExtendSettings,
     Geometry,
     GuidanceSettings,
     MediaInputs,
@@ -30,7 +29,6 @@ from .resolved import (
     ResolvedRequest,
     SchedulerChoice,
     SourceIdChoice,
-    WindowSettings,
 )
 from .sampling.cachefile import read_calibration
 from .sampling.full_presets import full_preset
@@ -91,45 +89,13 @@ def _check_media_files(media: MediaInputs) -> None:
             raise BerniniError(f"{slot} file {path} is empty")
 
 
-def _as_float(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BerniniError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise BerniniError(f"{name} must be finite, got {value!r}")
-    return number
-
-
-def _as_int(name: str, value: Any) -> int:
-    """Integers stay exact (never through a float: 2**53 + 1 must stay itself); integral floats are accepted."""
-    if isinstance(value, bool):
-        raise BerniniError(f"{name} must be an integer, got {value!r}")
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    number = _as_float(name, value)
-    if number != int(number):
-        raise BerniniError(f"{name} must be an integer, got {value!r}")
-    return int(number)
-
-
 RANDOM_SEED = -1
 """``--seed -1``: draw a seed; the plan (and so the sidecar) holds the one drawn."""
 
 
-def _check_range(name: str, value: float, low: float | None = None, high: float | None = None, what: str = "") -> None:
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise BerniniError(f"{name} must be {what}, got {value:g}")
-
-
 def _norm_thresholds(value: Any) -> tuple[float, ...]:
     thresholds = [value] if isinstance(value, (int, float)) else list(value)
-    thresholds = [_as_float("norm_threshold", t) for t in thresholds]
+    thresholds = [as_float("norm_threshold", t) for t in thresholds]
     if not thresholds:
         raise BerniniError("norm_threshold needs at least one value")
     while len(thresholds) < 2:
@@ -149,8 +115,8 @@ def _source_id_choice(request: GenerationRequest) -> SourceIdChoice:
 
     max_trained = request.max_trained_src_id
     if max_trained is not None:
-        max_trained = _as_int("max_trained_src_id", max_trained)
-        _check_range("max_trained_src_id", max_trained, 1, None, "at least 1")
+        max_trained = as_int("max_trained_src_id", max_trained)
+        check_range("max_trained_src_id", max_trained, 1, None, "at least 1")
     return SourceIdChoice(flag(request.use_src_tgt_id), flag(request.interpolate_src_id), max_trained)
 
 
@@ -231,9 +197,9 @@ def _cache(request: GenerationRequest) -> CacheSettings | None:
     if kind is None:
         raise BerniniError(f"unknown cache {request.cache!r}; choose one of: {', '.join(CACHES)}")
     threshold = (
-        kind.threshold if request.cache_threshold is None else _as_float("cache_threshold", request.cache_threshold)
+        kind.threshold if request.cache_threshold is None else as_float("cache_threshold", request.cache_threshold)
     )
-    _check_range("cache_threshold", threshold, 1e-300, None, "positive")
+    check_range("cache_threshold", threshold, 1e-300, None, "positive")
     path = request.cache_calibration
     if path is None:
         if kind.name == "magcache":
@@ -294,19 +260,19 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
             "(or leave it out for the task's default)"
         )
     mode = registry[mode_name]
-    one_frame = _as_int("num_frames", request.num_frames) == 1
+    one_frame = as_int("num_frames", request.num_frames) == 1
     if version and task.single_frame and merged.given("num_frames") and not one_frame:
         raise BerniniError(f"task {task.name} makes one image: pass --num_frames 1 or drop --num_frames")
     video_fps = request.video_fps
     if video_fps is not None:
-        _check_range("video_fps", _as_float("video_fps", video_fps), 1e-300, None, "positive")
+        check_range("video_fps", as_float("video_fps", video_fps), 1e-300, None, "positive")
     media = MediaInputs(
         video=tuple(_videos(request.video)),
         image=request.image,
         images=tuple(_as_list(request.images)),
-        fps=_as_float("fps", request.fps),
+        fps=as_float("fps", request.fps),
         video_fps=video_fps,
-        max_image_size=_as_int("max_image_size", request.max_image_size),
+        max_image_size=as_int("max_image_size", request.max_image_size),
     )
     problem = task.media_problem(len(media.video), media.image is not None, len(media.images))
     if problem:
@@ -323,25 +289,23 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         )
     _check_media_files(media)
 
-    seed = _as_int("seed", request.seed)
+    seed = as_int("seed", request.seed)
     if seed == RANDOM_SEED:
         seed = secrets.randbelow(2**63)
-    frames = _as_int("num_frames", request.num_frames)
-    steps = _as_int("num_inference_steps", request.num_inference_steps)
-    height, width = _as_int("height", request.height), _as_int("width", request.width)
-    flow_shift = _as_float("flow_shift", request.flow_shift)
-    weights = Weights(
-        *(_as_float(n, getattr(request, n)) for n in ("omega_vid", "omega_img", "omega_txt", "omega_tgt"))
-    )
+    frames = as_int("num_frames", request.num_frames)
+    steps = as_int("num_inference_steps", request.num_inference_steps)
+    height, width = as_int("height", request.height), as_int("width", request.width)
+    flow_shift = as_float("flow_shift", request.flow_shift)
+    weights = Weights(*(as_float(n, getattr(request, n)) for n in ("omega_vid", "omega_img", "omega_txt", "omega_tgt")))
     planner = _planner_plan(request, version)
-    omega_scale = _as_float("omega_scale", request.omega_scale)
+    omega_scale = as_float("omega_scale", request.omega_scale)
     apg = APGSettings(
-        eta=_as_float("eta", request.eta),
+        eta=as_float("eta", request.eta),
         norm_threshold=_norm_thresholds(request.norm_threshold),
-        momentum=_as_float("momentum", request.momentum),
+        momentum=as_float("momentum", request.momentum),
     )
-    _check_range("num_frames", frames, 1, None, "at least 1")
-    _check_range("num_inference_steps", steps, 1, None, "at least 1")
+    check_range("num_frames", frames, 1, None, "at least 1")
+    check_range("num_inference_steps", steps, 1, None, "at least 1")
     if not 0 <= seed < 2**63:
         raise BerniniError(f"seed must be between 0 and 2**63-1 (or -1 for a random one), got {seed}")
     if media.fps <= 0:
@@ -349,7 +313,7 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
     if flow_shift <= 0:
         raise BerniniError(f"flow_shift must be positive, got {flow_shift}")
     limit = MAX_LATENT_POSITIONS * 16
-    _check_range("max_image_size", media.max_image_size, 16, None, "at least 16")
+    check_range("max_image_size", media.max_image_size, 16, None, "at least 16")
     follow_source = version is not None and height == 0 and width == 0
     if follow_source and not (media.video or media.image is not None):
         raise BerniniError(
@@ -360,8 +324,8 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         shipped = tuple(name for name in ("height", "width") if merged.layer(name) is Layer.PRESET and merged[name])
     for name, value in (("height", height), ("width", width)):
         if not follow_source:
-            _check_range(name, value, 16, limit, f"between 16 and {limit} pixels (or both 0: the source's size)")
-    _check_range("max_image_size", media.max_image_size, None, limit, f"at most {limit}")
+            check_range(name, value, 16, limit, f"between 16 and {limit} pixels (or both 0: the source's size)")
+    check_range("max_image_size", media.max_image_size, None, limit, f"at most {limit}")
     cache = _cache(request)
     scheduler = SchedulerChoice(_scheduler_name(request.use_unipc), flow_shift)
     if preset is not None:
@@ -371,12 +335,12 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
         raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1}")
     if task.single_frame:
         frames = 1
-    windows, window_adjustments = _windows(request, merged)
+    windows, window_adjustments = resolve_windows(request, merged)
     extend = None
     if request.extend is not None:
         keep = (max(windows.overlap, 4) if windows else EXTEND_OVERLAP) + 1
         fps_given = merged.layer("fps") in (Layer.CASE, Layer.USER)
-        extend, media, extend_adjustments = _extend(request, task.name, version, media, frames, fps_given, keep)
+        extend, media, extend_adjustments = resolve_extend(request, task.name, version, media, frames, fps_given, keep)
         frames = extend.keep + extend.new
         if (frames - 1) // 4 + 1 > MAX_LATENT_POSITIONS:
             raise BerniniError(f"num_frames must be at most {(MAX_LATENT_POSITIONS - 1) * 4 + 1 - extend.keep}")
@@ -420,79 +384,6 @@ def resolve_request(request: GenerationRequest, defaults: ModelDefaults | None =
     return with_model_defaults(resolved, defaults) if defaults is not None else resolved
 
 
-EXTEND_OVERLAP = 16
-"""Pixel frames an extension shares with its clip, less one, without windows: ``--extend`` keeps the clip's last 17
-frames (5 latent frames, about a second at 16 fps); with ``--window_frames`` it keeps ``--window_overlap`` + 1 (at
-least 5)."""
-
-
-def _extend(
-    request: GenerationRequest,
-    task: str,
-    version: str | None,
-    media: MediaInputs,
-    frames: int,
-    fps_given: bool,
-    keep: int,
-) -> tuple[ExtendSettings, MediaInputs, list[Adjustment]]:
-    """``--extend``: t2v on Bernini-R; the clip opens and is long enough; ``num_frames`` counts the new frames (a
-    multiple of 4); the clip's frame rate is the run's unless ``--fps`` is given."""
-    from .io.media import clip_header
-
-    clip = request.extend
-    if task != "t2v":
-        raise BerniniError(
-            f"--extend continues a clip from a prompt (t2v), not {task}; drop --task_type and the source media"
-        )
-    if version is not None:
-        raise BerniniError("--extend runs on Bernini-R; the full model's planner does not read the clip")
-    if isinstance(clip, (str, Path)):
-        path = Path(clip).expanduser()
-        if not path.is_file():
-            raise BerniniError(f"extend clip {path} {'is not a file' if path.exists() else 'not found'}")
-    total, native_fps = clip_header(clip)
-    if total < keep:
-        raise BerniniError(
-            f"the clip to extend has {total} frame(s); --extend keeps its last {keep} as the start of the run: "
-            "give a longer clip"
-        )
-    new = frames // 4 * 4
-    if new < 4:
-        raise BerniniError(f"with --extend, --num_frames counts the new frames: at least 4, got {frames}")
-    why = f"new frames come in multiples of 4 (the {keep} kept frames and the new ones make the 4k+1 the VAE takes)"
-    adjustments = changed("num_frames", frames, new, why)
-    if native_fps is not None and not fps_given and not math.isclose(native_fps, media.fps, rel_tol=1e-6):
-        adjustments += changed("fps", media.fps, native_fps, "the continuation runs at the clip's frame rate")
-        media = replace(media, fps=native_fps)
-    return ExtendSettings(clip, keep, new), media, adjustments
-
-
-def _windows(request: GenerationRequest, merged: Merged) -> tuple[WindowSettings | None, list[Adjustment]]:
-    """``--window_frames`` / ``--window_overlap`` checked (pixel frames; the latent grid takes 4k+1 and 4k). The
-    default overlap shrinks to half a short window (with a note); an overlap given that leaves no advance is refused."""
-    overlap = _as_int("window_overlap", request.window_overlap)
-    overlap_set = merged.layer("window_overlap") in (Layer.CASE, Layer.USER)
-    if request.window_frames is None:
-        if overlap_set and overlap != GenerationRequest.builtin()["window_overlap"]:
-            raise BerniniError("--window_overlap needs --window_frames (e.g. --window_frames 81)")
-        return None, []
-    frames = _as_int("window_frames", request.window_frames)
-    if frames < 5 or (frames - 1) % 4:
-        raise BerniniError(f"window_frames must be 4k+1 and at least 5 (e.g. 81), got {frames}")
-    if overlap < 0 or overlap % 4:
-        raise BerniniError(f"window_overlap must be a multiple of 4 (e.g. 16), got {overlap}")
-    adjustments: list[Adjustment] = []
-    if overlap >= frames - 1 and not overlap_set:
-        half = (frames - 1) // 2 // 4 * 4
-        why = f"the default overlap is at most half of a {frames}-frame window"
-        adjustments, overlap = changed("window_overlap", overlap, half, why), half
-    if overlap >= frames - 1:
-        raise BerniniError(
-            f"window_overlap must be smaller than window_frames - 1 = {frames - 1} so windows advance, got {overlap}"
-        )
-    return WindowSettings(frames, overlap), adjustments
-
-
 PLANNER_SETTINGS = ("omega_tgt", "planning_step", "vit_txt_cfg", "vit_img_cfg", "vit_denoising_step")
 
 
@@ -506,12 +397,12 @@ def _refuse_planner_settings(given: frozenset[str]) -> None:
 
 
 def _planner_plan(request: GenerationRequest, version: str | None) -> PlanningSettings:
-    steps = _as_int("planning_step", request.planning_step)
-    vit_steps = _as_int("vit_denoising_step", request.vit_denoising_step)
-    _check_range("planning_step", steps, 1, None, "at least 1")
-    _check_range("vit_denoising_step", vit_steps, 1, None, "at least 1")
-    text_scale = _as_float("vit_txt_cfg", request.vit_txt_cfg)
-    image_scale = None if request.vit_img_cfg is None else _as_float("vit_img_cfg", request.vit_img_cfg)
+    steps = as_int("planning_step", request.planning_step)
+    vit_steps = as_int("vit_denoising_step", request.vit_denoising_step)
+    check_range("planning_step", steps, 1, None, "at least 1")
+    check_range("vit_denoising_step", vit_steps, 1, None, "at least 1")
+    text_scale = as_float("vit_txt_cfg", request.vit_txt_cfg)
+    image_scale = None if request.vit_img_cfg is None else as_float("vit_img_cfg", request.vit_img_cfg)
     return PlanningSettings(steps, vit_steps, text_scale, image_scale, version)
 
 

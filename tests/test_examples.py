@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bernini.case_files import load_case
 from bernini.frontends.cli import main
 from bernini.io.output import write_image, write_video
-from bernini.request import CASE_KEYS, load_case
+from bernini.request import CASE_KEYS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MEDIA = EXAMPLES / "media"

@@ -8,15 +8,10 @@ from typing import Any
 
 import pytest
 
+from bernini.case_files import load_case, load_task_list, numbered_output
 from bernini.errors import BerniniError
 from bernini.frontends.cli import build_parser
-from bernini.request import (
-    CASE_KEYS,
-    GenerationRequest,
-    load_case,
-    load_task_list,
-    numbered_output,
-)
+from bernini.request import CASE_KEYS, GenerationRequest
 from bernini.resolve import resolve_request
 
 PROMPT = "Add a snowman. The meadow, the person and the camera stay unchanged."

@@ -14,15 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..case_files import load_case, load_task_list, numbered_output
 from ..errors import BerniniError
 from ..loaders.bundle import BundleSpec
-from ..request import (
-    DEFAULT_OUTPUT,
-    GenerationRequest,
-    load_case,
-    load_task_list,
-    numbered_output,
-)
+from ..request import DEFAULT_OUTPUT, GenerationRequest
 from ..resolved import ModelDefaults
 from ..settings import spec_of, unwrap_optional
 from .help import DefaultsHelpFormatter, document
