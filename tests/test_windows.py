@@ -353,6 +353,12 @@ def test_the_demo_page_runs_windows_through_its_controls(tiny_pipe, tmp_path):
     filled, _, _, _ = special_args(handler, ["a boat", "t2v", "t2v", None, None, None, False, *ui.values()], None)
     _video, _image, _files, record, _prompt, _status = asyncio.run(handler(*filled))
     assert "windows" not in record["resolved"] and record["request"]["window_frames"] is None
+    clip = long_clip(tmp_path / "source.mp4")  # a 33-frame source video: a 3-window v2v edit through the page
+    ui.update(window_frames=17, max_image_size=48)
+    page = ["make it snow", "v2v", "v2v", [str(clip)], None, None, False, *ui.values()]
+    filled, _, _, _ = special_args(handler, page, None)
+    _video, _image, _files, record, _prompt, _status = asyncio.run(handler(*filled))
+    assert record["request"]["task_type"] == "v2v" and record["resolved"]["windows"]["latent_windows"] == THREE
 
 
 # ------------------------------------------------------------------------------------- the full model's planner
