@@ -474,3 +474,18 @@ def test_the_service_job_body_takes_the_window_settings():
     assert "window_frames" not in job_params(JobCreate(prompt="a boat"))
     with pytest.raises(ValidationError, match="window_frames"):
         JobCreate(prompt="a boat", window_frames=3)
+
+
+def test_the_progress_bar_shows_each_window_of_a_step(tiny_pipe):
+    """Progress per window: the step bar names the window running (``window N/M``) without counting it a step."""
+    import io
+
+    shown = io.StringIO()
+    tiny_pipe.set_progress_bar_config(file=shown, disable=False, mininterval=0)
+    try:
+        tiny_pipe("a boat", task_type="t2v", seed=1, output_type="latent", **TINY, **LONG)
+    finally:
+        tiny_pipe.set_progress_bar_config(disable=True)
+    text = shown.getvalue()
+    assert all(f"window {n}/3" in text for n in (1, 2, 3)), text
+    assert f"{TINY['num_inference_steps']}/{TINY['num_inference_steps']}" in text  # steps, not windows, are counted

@@ -279,7 +279,8 @@ def sample(
     ``interrupted`` is asked before every step; once it says yes the loop stops (diffusers' ``interrupt``).
     ``sigmas`` (a preset's, before the shift) replace the scheduler's spacing. With ``windows`` every step runs
     the guidance on each context window and blends the windows' velocities with their weights into one velocity
-    over the whole latent; the scheduler steps once (a windowed step is one step).
+    over the whole latent; the scheduler steps once (a windowed step is one step), and a ``progress`` bar with a
+    ``window(number, count)`` method is told each window as it runs.
     """
     runner = runner or BranchRunner()
     stats = stats if stats is not None else SamplingStats()
@@ -311,6 +312,8 @@ def sample(
             velocity = torch.zeros_like(latents)
             for number, window in enumerate(windows.windows, start=1):
                 logger.debug("step %d/%d: window %d/%d", index + 1, len(scheduler.timesteps), number, len(windows))
+                if bar is not None and hasattr(bar, "window"):
+                    bar.window(number, len(windows))
                 start, stop = window.span
                 part = latents[:, :, start:stop].contiguous()
                 guided = guided_velocity(expert, window.inputs, runner, weights, part, t, sigma, stats)

@@ -163,5 +163,10 @@ class StepReport:
         self.done += n
         self.report("denoise", self.done, self.total)
 
+    def window(self, number: int, count: int) -> None:
+        """Which context window of the step runs (long video): shown after the bar."""
+        if hasattr(self.bar, "set_postfix_str"):
+            self.bar.set_postfix_str(f"window {number}/{count}")
+
     def close(self) -> None:
         self.bar.close()
