@@ -77,6 +77,7 @@ class RunPaths:
     video: list[PathEntry] | None = None
     image: PathEntry = None
     images: list[PathEntry] | None = None
+    extend: PathEntry = None
     model: PathEntry = None
     checkpoints: dict[str, PathEntry] | None = None
 
@@ -230,6 +231,7 @@ def run_paths(resolved: ResolvedRequest, written: Path, *, model: str | None, ch
         video=[path_pair(describe_media(v)) for v in media.video],
         image=path_pair(describe_media(media.image)) if media.image is not None else None,
         images=[path_pair(describe_media(v)) for v in media.images],
+        extend=path_pair(describe_media(resolved.extend.clip)) if resolved.extend is not None else None,
         model=path_pair(local_model) if local_model else model,
         checkpoints={name: path_pair(path) for name, path in checkpoints.items()},
     )

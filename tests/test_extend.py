@@ -151,3 +151,26 @@ def test_extend_with_windows_keeps_the_overlap_and_pins_the_first_window(clips, 
     clean = LatentCodec(tiny_pipe.vae).encode(clip_pixels(frames[-9:]))
     torch.testing.assert_close(out.latents[:, :, : clean.shape[2]], clean, rtol=0, atol=1e-6)
     assert out.frames.shape[0] == 21 + 24
+
+
+def test_replay_of_an_extension_finds_its_clip_from_another_folder(clips, tiny_bundle, tmp_path, monkeypatch, capsys):
+    """The clip is a path of the run like the source media: recorded as given and absolute, so ``--replay`` from
+    another working directory continues the same clip, byte for byte."""
+    import shutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(clips / "clip.mp4", work / "clip.mp4")
+    monkeypatch.chdir(work)
+    args = ["generate", "--prompt", "it goes on", "--config", str(tiny_bundle), "--extend", "clip.mp4"]
+    assert main([*args, "--num_frames", "8", "--output", "more.mp4", *STEPS]) == 0, capsys.readouterr().err
+    sidecar = work / "more.mp4.json"
+    assert json.loads(sidecar.read_text())["paths"]["extend"] == {
+        "given": "clip.mp4",
+        "absolute": str(work / "clip.mp4"),
+    }
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # "clip.mp4" no longer resolves from here: the absolute path is used
+    assert main(["generate", "--replay", str(sidecar)]) == 0, capsys.readouterr().err
+    assert (work / "more_replay.mp4").read_bytes() == (work / "more.mp4").read_bytes()

@@ -53,10 +53,12 @@ def _media(record: RunRecord) -> dict[str, Any]:
     videos = paths.video if paths.video is not None else request.get("video") or []
     image = paths.image if paths.image is not None else request.get("image")
     images = paths.images if paths.images is not None else request.get("images") or []
+    extend = paths.extend if paths.extend is not None else request.get("extend")
     return {
         "video": [_absolute(v, "video") for v in videos],
         "image": _absolute(image, "image"),
         "images": [_absolute(v, "images") for v in images],
+        "extend": _absolute(extend, "extend"),
     }
 
 
