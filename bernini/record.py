@@ -77,9 +77,9 @@ class RunPaths:
     video: list[PathEntry] | None = None
     image: PathEntry = None
     images: list[PathEntry] | None = None
-    extend: PathEntry = None
     model: PathEntry = None
     checkpoints: dict[str, PathEntry] | None = None
+    extend: PathEntry = None  # --extend's clip
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

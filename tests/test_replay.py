@@ -227,7 +227,7 @@ def test_the_typed_sidecar_keeps_the_file_layout_and_reads_older_sidecars():
     data = json.loads(json.dumps(written.to_json()))
     keys = [*RUN_KEYS, "output", "fps", "created", "versions", "paths", "command_line", "demo", "frames_dir"]
     assert list(data) == keys
-    assert list(data["paths"]) == ["output", "video", "image", "images", "model", "checkpoints"]
+    assert list(data["paths"]) == ["output", "video", "image", "images", "model", "checkpoints", "extend"]
     assert data["paths"]["output"] == {"given": "o.mp4", "absolute": "/o.mp4"} and data["paths"]["image"] is None
     assert RunRecord.from_json(data) == written
     older = {"request": {"prompt": "a", "video": ["/v.mp4"]}, "output": "/o.mp4"}
