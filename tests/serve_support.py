@@ -30,9 +30,19 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port for a server a test starts, drawn below Linux's ephemeral range (32768-60999): a port the OS hands
+    out for ``bind(0)`` can be taken before the server binds it by the outgoing sockets torchrun and gloo open."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 class ServerProcess:

@@ -298,9 +298,9 @@ def test_ranks_follow_rank_zero_over_a_gloo_group(tmp_path):
 
 # ------------------------------------------------------------------------------------- the server
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    from serve_support import free_port
+
+    return free_port()
 
 
 @pytest.fixture(scope="module")
