@@ -36,12 +36,13 @@ OTHER_TIER = f"{INTEGRATION} or {SLOW}"
 TESTS = Path(__file__).resolve().parent
 # Files whose tests call diffusers or transformers where their APIs change between releases: model and bundle
 # loading, layouts and conversion, attention, schedulers and sampling, GGUF, LoRA, tokenizers,
-# Qwen2.5-VL (the planner). Their unit-tier tests are ``pins``. Not test_placement.py: diffusers < 0.36 group offloading
-# needs an accelerator (test_pipeline.py skips its one such test there).
+# Qwen2.5-VL (the planner), the Wan VAE's causal loops run chunk by chunk (long_video_memory: they follow
+# AutoencoderKLWan's private feature cache). Their unit-tier tests are ``pins``. Not test_placement.py: diffusers
+# < 0.36 group offloading needs an accelerator (test_pipeline.py skips its one such test there).
 PINNED_API_FILES = frozenset(
     f"test_{name}.py"
     for name in (
-        "api attention convert full_pipeline gguf guidance layers layouts loading lora pipeline plan "
+        "api attention convert full_pipeline gguf guidance layers layouts loading long_video_memory lora pipeline plan "
         "planner_loading planner_memory planner_packing planner_run planner_vision rope sampler tiny_tokenizer "
         "transformer"
     ).split()
