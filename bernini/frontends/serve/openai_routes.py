@@ -72,8 +72,13 @@ def video_view(row: JobRow, model_id: str) -> VideoView:
     if status == "failed":
         error = VideoError(code=row.state if row.state == "cancelled" else "generation_failed", message=row.error or "")
     progress = 100 if row.state == "succeeded" else int(100 * row.step / row.total) if row.total else 0
-    seconds = meta.get("seconds") or f"{params.get('num_frames', 0) / max(params.get('fps', 16.0), 1e-9):g}"
-    size = meta.get("size") or f"{params.get('width')}x{params.get('height')}"
+    # what the job asks for: its request as resolved at submit (a job's params hold only the fields the client set;
+    # a job queued before jobs stored it has every field in its params)
+    resolved = json.loads(row.resolved) if row.resolved else {}
+    geometry, fps = resolved.get("geometry", params), (resolved.get("media") or params).get("fps", 16.0)
+    asked_frames = geometry.get("frames", params.get("num_frames", 0))
+    seconds = meta.get("seconds") or f"{asked_frames / max(fps, 1e-9):g}"
+    size = meta.get("size") or f"{geometry.get('width')}x{geometry.get('height')}"
     done = meta.get("rendered") or {}
     if all(done.get(k) for k in ("frames", "width", "height", "fps")):  # what the file holds
         seconds = f"{round(done['frames'] / done['fps'], 3):g}"
