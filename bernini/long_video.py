@@ -61,6 +61,14 @@ def resolve_extend(
     return ExtendSettings(clip, keep, new), media, adjustments
 
 
+def checked_window_frames(value: object) -> int:
+    """``--window_frames`` as the latent grid takes it: 4k+1 pixel frames, at least 5 (one-line error otherwise)."""
+    frames = as_int("window_frames", value)
+    if frames < 5 or (frames - 1) % 4:
+        raise BerniniError(f"window_frames must be 4k+1 and at least 5 (e.g. 81), got {frames}")
+    return frames
+
+
 def resolve_windows(request: GenerationRequest, merged: Merged) -> tuple[WindowSettings | None, list[Adjustment]]:
     """``--window_frames`` / ``--window_overlap`` checked (pixel frames; the latent grid takes 4k+1 and 4k). The
     default overlap shrinks to half a short window (with a note); an overlap given that leaves no advance is refused."""
@@ -70,9 +78,7 @@ def resolve_windows(request: GenerationRequest, merged: Merged) -> tuple[WindowS
         if overlap_set and overlap != GenerationRequest.builtin()["window_overlap"]:
             raise BerniniError("--window_overlap needs --window_frames (e.g. --window_frames 81)")
         return None, []
-    frames = as_int("window_frames", request.window_frames)
-    if frames < 5 or (frames - 1) % 4:
-        raise BerniniError(f"window_frames must be 4k+1 and at least 5 (e.g. 81), got {frames}")
+    frames = checked_window_frames(request.window_frames)
     if overlap < 0 or overlap % 4:
         raise BerniniError(f"window_overlap must be a multiple of 4 (e.g. 16), got {overlap}")
     adjustments: list[Adjustment] = []

@@ -83,3 +83,12 @@ def test_encoding_moves_one_chunk_at_a_time_and_matches_the_one_call_encode(tiny
         handle.remove()
     assert seen == [1, 4, 4, 4]
     assert torch.equal(latents, reference)
+
+
+@pytest.mark.parametrize("frames", ["3", "80"])
+def test_bernini_estimate_refuses_a_window_generate_would_refuse(frames, capsys):
+    from bernini.frontends.cli import main
+
+    assert main(["estimate", "--window_frames", frames]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: window_frames must be 4k+1 and at least 5 (e.g. 81), got {frames}"]

@@ -143,10 +143,12 @@ def print_estimate(plan, log: Callable[[str], None] = print) -> None:
 def run_estimate(args: argparse.Namespace) -> int:
     import torch
 
+    from ..long_video import checked_window_frames
     from ..runtime.devices import parse_dtype
     from ..runtime.memory import Request, estimate_memory
 
-    request = Request(args.num_frames, args.height, args.width, args.source_videos, args.images, args.window_frames)
+    windows = None if args.window_frames is None else checked_window_frames(args.window_frames)
+    request = Request(args.num_frames, args.height, args.width, args.source_videos, args.images, windows)
     bundle = _local(args.config)  # read once for both questions
     if print_full_estimate(full_shapes_for(bundle), request, parse_dtype(args.dtype, torch.device("cuda"))):
         return 0
